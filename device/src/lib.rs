@@ -1,0 +1,3 @@
+//! The device-bus contract and the host devices: vmbfs, storvsp and the
+//! read-only SCSI disk.
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! Guest-side drivers that behave like real guests: a vmbfs client modelled
+//! on the Hyper-V UEFI firmware and a storvsc modelled on Linux.
+#![forbid(unsafe_code)]

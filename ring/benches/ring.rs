@@ -1,0 +1,3 @@
+//! Ring throughput benchmark.
+
+fn main() {}
