@@ -5,3 +5,9 @@
 //! and writer, GPA ranges, pipe framing, doorbells, and the loopback channel
 //! pair used by tests, the demo and benchmarks.
 #![deny(unsafe_code)]
+
+pub mod gpa;
+pub mod memory;
+
+pub use gpa::{GpaError, GpaRange, GpadlRegistry};
+pub use memory::{GuestMemory, MemoryError, PAGE_SIZE};

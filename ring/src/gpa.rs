@@ -1,0 +1,415 @@
+//! GPA ranges (a byte range over a list of guest page numbers) and the GPADL
+//! registry (guest-registered page lists by handle).
+//!
+//! Both are built only from validated values: a [`GpaRange`] always has a
+//! non-zero byte count, a first-page offset below 4096 and exactly the pages
+//! it spans. Page numbers are checked against guest memory when accessed.
+
+use crate::memory::{GuestMemory, MemoryError, PAGE_SHIFT, PAGE_SIZE};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// An error building or using a GPA range or GPADL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpaError {
+    /// A range with `byte_count == 0`.
+    #[error("GPA range has byte_count 0")]
+    EmptyRange,
+    /// A first-page offset of 4096 or more (rejected, never masked).
+    #[error("GPA range byte_offset {0:#x} is not below 4096")]
+    OffsetTooLarge(u32),
+    /// A first-page offset that is not 2-byte aligned.
+    #[error("GPA range byte_offset {0:#x} is not 2-byte aligned")]
+    OddOffset(u32),
+    /// The page list does not match what `byte_offset + byte_count` spans.
+    #[error("GPA range spans {needed} pages but {present} page numbers are present")]
+    PageCount {
+        /// Pages the range spans.
+        needed: u64,
+        /// Page numbers given (or available in the buffer).
+        present: u64,
+    },
+    /// The encoded range list is shorter than its fields claim.
+    #[error("GPA range list truncated at byte {0}")]
+    Truncated(usize),
+    /// A page number outside guest memory.
+    #[error("page number {gpn:#x} is outside guest memory of {pages} pages")]
+    PageOutOfRange {
+        /// The page number.
+        gpn: u64,
+        /// Pages in guest memory.
+        pages: u64,
+    },
+    /// An access beyond the end of the range.
+    #[error("access of {len} bytes at offset {offset} exceeds a GPA range of {byte_count} bytes")]
+    BeyondRange {
+        /// Offset of the access inside the range.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+        /// Length of the range.
+        byte_count: u32,
+    },
+    /// A guest-memory access failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// A GPADL with no pages.
+    #[error("GPADL {0:#x} has no pages")]
+    EmptyGpadl(u32),
+    /// A GPADL handle that is not registered.
+    #[error("GPADL handle {0:#x} is not registered")]
+    UnknownGpadl(u32),
+    /// A GPADL handle registered twice.
+    #[error("GPADL handle {0:#x} is already registered")]
+    DuplicateGpadl(u32),
+}
+
+/// A byte range in guest memory: `byte_count` bytes starting `byte_offset`
+/// bytes into the first of `gpns`, continuing through the following pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpaRange {
+    byte_count: u32,
+    byte_offset: u32,
+    gpns: Vec<u64>,
+}
+
+/// Number of pages a range of `byte_count` bytes at `byte_offset` spans.
+pub fn pages_spanned(byte_offset: u32, byte_count: u32) -> u64 {
+    (u64::from(byte_offset) + u64::from(byte_count)).div_ceil(PAGE_SIZE as u64)
+}
+
+impl GpaRange {
+    /// Builds a range, checking `byte_count != 0`, `byte_offset < 4096` and
+    /// 2-byte aligned, and that `gpns` holds exactly the pages spanned.
+    pub fn new(byte_count: u32, byte_offset: u32, gpns: Vec<u64>) -> Result<Self, GpaError> {
+        Self::check_header(byte_count, byte_offset)?;
+        let needed = pages_spanned(byte_offset, byte_count);
+        if gpns.len() as u64 != needed {
+            return Err(GpaError::PageCount {
+                needed,
+                present: gpns.len() as u64,
+            });
+        }
+        Ok(Self {
+            byte_count,
+            byte_offset,
+            gpns,
+        })
+    }
+
+    fn check_header(byte_count: u32, byte_offset: u32) -> Result<(), GpaError> {
+        if byte_count == 0 {
+            return Err(GpaError::EmptyRange);
+        }
+        if byte_offset >= PAGE_SIZE as u32 {
+            return Err(GpaError::OffsetTooLarge(byte_offset));
+        }
+        if byte_offset % 2 != 0 {
+            return Err(GpaError::OddOffset(byte_offset));
+        }
+        Ok(())
+    }
+
+    /// Parses `count` ranges in wire form (`byte_count u32, byte_offset u32,
+    /// gpn u64 × pages`) from `bytes`, which is already a host copy. Returns
+    /// the ranges and the number of bytes consumed. `count` is bounded by the
+    /// buffer: each range needs at least 16 bytes, so no allocation exceeds
+    /// what the buffer can describe.
+    pub fn parse_list(bytes: &[u8], count: u32) -> Result<(Vec<Self>, usize), GpaError> {
+        let max_possible = bytes.len() / 16;
+        if count as usize > max_possible {
+            return Err(GpaError::Truncated(bytes.len()));
+        }
+        let mut ranges = Vec::with_capacity(count as usize);
+        let mut at = 0usize;
+        for _ in 0..count {
+            let header = bytes.get(at..at + 8).ok_or(GpaError::Truncated(at))?;
+            let byte_count = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let byte_offset = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            Self::check_header(byte_count, byte_offset)?;
+            at += 8;
+            let needed = pages_spanned(byte_offset, byte_count);
+            let available = ((bytes.len() - at) / 8) as u64;
+            if needed > available {
+                return Err(GpaError::PageCount {
+                    needed,
+                    present: available,
+                });
+            }
+            let gpns = bytes[at..at + needed as usize * 8]
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            at += needed as usize * 8;
+            ranges.push(Self {
+                byte_count,
+                byte_offset,
+                gpns,
+            });
+        }
+        Ok((ranges, at))
+    }
+
+    /// Appends this range in wire form to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.byte_count.to_le_bytes());
+        out.extend_from_slice(&self.byte_offset.to_le_bytes());
+        for gpn in &self.gpns {
+            out.extend_from_slice(&gpn.to_le_bytes());
+        }
+    }
+
+    /// Length of the wire form in bytes.
+    pub fn encoded_len(&self) -> usize {
+        8 + 8 * self.gpns.len()
+    }
+
+    /// Length of the range in bytes (never 0).
+    pub fn byte_count(&self) -> u32 {
+        self.byte_count
+    }
+
+    /// Offset of the first byte inside the first page.
+    pub fn byte_offset(&self) -> u32 {
+        self.byte_offset
+    }
+
+    /// The guest page numbers the range spans.
+    pub fn gpns(&self) -> &[u64] {
+        &self.gpns
+    }
+
+    /// The same range cut to its first `len` bytes (`0 < len <=
+    /// byte_count`), dropping pages no longer spanned.
+    pub fn truncated(&self, len: u32) -> Result<Self, GpaError> {
+        if len == 0 || len > self.byte_count {
+            return Err(GpaError::BeyondRange {
+                offset: 0,
+                len: u64::from(len),
+                byte_count: self.byte_count,
+            });
+        }
+        let pages = pages_spanned(self.byte_offset, len) as usize;
+        Self::new(len, self.byte_offset, self.gpns[..pages].to_vec())
+    }
+
+    /// The guest-physical pieces `(gpa, len)` covering `len` bytes at
+    /// `offset` into the range, each inside one page. Fails if the access
+    /// leaves the range or touches a page outside guest memory.
+    pub fn segments(
+        &self,
+        memory: &GuestMemory,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64)>, GpaError> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= u64::from(self.byte_count))
+            .ok_or(GpaError::BeyondRange {
+                offset,
+                len,
+                byte_count: self.byte_count,
+            })?;
+        let pages = memory.page_count();
+        let mut pieces = Vec::new();
+        let mut pos = u64::from(self.byte_offset) + offset;
+        let stop = u64::from(self.byte_offset) + end;
+        while pos < stop {
+            let index = (pos >> PAGE_SHIFT) as usize;
+            let in_page = pos & (PAGE_SIZE as u64 - 1);
+            let take = (PAGE_SIZE as u64 - in_page).min(stop - pos);
+            let gpn = self.gpns[index];
+            if gpn >= pages {
+                return Err(GpaError::PageOutOfRange { gpn, pages });
+            }
+            let gpa = (gpn << PAGE_SHIFT) + in_page;
+            match pieces.last_mut() {
+                Some((last_gpa, last_len)) if *last_gpa + *last_len == gpa => *last_len += take,
+                _ => pieces.push((gpa, take)),
+            }
+            pos += take;
+        }
+        Ok(pieces)
+    }
+
+    /// Copies `buf.len()` bytes at `offset` into the range out of guest memory.
+    pub fn read_at(
+        &self,
+        memory: &GuestMemory,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), GpaError> {
+        let mut done = 0usize;
+        for (gpa, len) in self.segments(memory, offset, buf.len() as u64)? {
+            memory.read(gpa, &mut buf[done..done + len as usize])?;
+            done += len as usize;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into guest memory at `offset` into the range.
+    pub fn write_at(&self, memory: &GuestMemory, offset: u64, data: &[u8]) -> Result<(), GpaError> {
+        let mut done = 0usize;
+        for (gpa, len) in self.segments(memory, offset, data.len() as u64)? {
+            memory.write(gpa, &data[done..done + len as usize])?;
+            done += len as usize;
+        }
+        Ok(())
+    }
+}
+
+/// Guest-registered page lists by 32-bit handle. Shared between the
+/// channel-management code that registers GPADLs and the channels that use
+/// them.
+#[derive(Debug, Clone, Default)]
+pub struct GpadlRegistry {
+    gpadls: Arc<RwLock<HashMap<u32, Arc<[u64]>>>>,
+}
+
+impl GpadlRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `pages` under `handle`, refusing an empty list, a page
+    /// outside `memory` and a handle already in use.
+    pub fn register(
+        &self,
+        memory: &GuestMemory,
+        handle: u32,
+        pages: Vec<u64>,
+    ) -> Result<(), GpaError> {
+        if pages.is_empty() {
+            return Err(GpaError::EmptyGpadl(handle));
+        }
+        let limit = memory.page_count();
+        if let Some(&gpn) = pages.iter().find(|&&gpn| gpn >= limit) {
+            return Err(GpaError::PageOutOfRange { gpn, pages: limit });
+        }
+        let mut map = self.gpadls.write().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(&handle) {
+            return Err(GpaError::DuplicateGpadl(handle));
+        }
+        map.insert(handle, pages.into());
+        Ok(())
+    }
+
+    /// The pages registered under `handle`.
+    pub fn get(&self, handle: u32) -> Result<Arc<[u64]>, GpaError> {
+        let map = self.gpadls.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&handle)
+            .cloned()
+            .ok_or(GpaError::UnknownGpadl(handle))
+    }
+
+    /// Removes `handle`, returning its pages.
+    pub fn remove(&self, handle: u32) -> Result<Arc<[u64]>, GpaError> {
+        let mut map = self.gpadls.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(&handle).ok_or(GpaError::UnknownGpadl(handle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> GuestMemory {
+        GuestMemory::new(16 * 4096).unwrap()
+    }
+
+    #[test]
+    fn new_checks_every_field() {
+        assert_eq!(GpaRange::new(0, 0, vec![]), Err(GpaError::EmptyRange));
+        assert_eq!(
+            GpaRange::new(1, 0x1000, vec![0]),
+            Err(GpaError::OffsetTooLarge(0x1000))
+        );
+        assert_eq!(GpaRange::new(1, 3, vec![0]), Err(GpaError::OddOffset(3)));
+        assert_eq!(
+            GpaRange::new(4096, 2, vec![0]),
+            Err(GpaError::PageCount {
+                needed: 2,
+                present: 1
+            })
+        );
+        assert!(GpaRange::new(4094, 2, vec![0]).is_ok());
+    }
+
+    #[test]
+    fn non_contiguous_pages_read_and_write_in_order() {
+        let mem = memory();
+        let range = GpaRange::new(7000, 2048, vec![5, 2, 9]).unwrap();
+        let data: Vec<u8> = (0..7000u32).map(|i| (i * 7 % 251) as u8).collect();
+        range.write_at(&mem, 0, &data).unwrap();
+        let mut page = vec![0u8; 2048];
+        mem.read(5 * 4096 + 2048, &mut page).unwrap();
+        assert_eq!(page, data[..2048]);
+        let mut page = vec![0u8; 4096];
+        mem.read(2 * 4096, &mut page).unwrap();
+        assert_eq!(page, data[2048..6144]);
+        let mut page = vec![0u8; 7000 - 6144];
+        mem.read(9 * 4096, &mut page).unwrap();
+        assert_eq!(page, data[6144..]);
+        let mut back = vec![0u8; 100];
+        range.read_at(&mem, 6900, &mut back).unwrap();
+        assert_eq!(back, data[6900..]);
+        assert!(matches!(
+            range.read_at(&mem, 6901, &mut back),
+            Err(GpaError::BeyondRange { .. })
+        ));
+    }
+
+    #[test]
+    fn page_outside_memory_is_refused_on_access() {
+        let mem = memory();
+        let range = GpaRange::new(10, 0, vec![1 << 40]).unwrap();
+        assert_eq!(
+            range.write_at(&mem, 0, &[0; 10]),
+            Err(GpaError::PageOutOfRange {
+                gpn: 1 << 40,
+                pages: 16
+            })
+        );
+    }
+
+    #[test]
+    fn parse_list_roundtrips_and_bounds_count() {
+        let a = GpaRange::new(8192, 0, vec![1, 2]).unwrap();
+        let b = GpaRange::new(200, 4000, vec![7, 8]).unwrap();
+        let mut bytes = Vec::new();
+        a.encode_into(&mut bytes);
+        b.encode_into(&mut bytes);
+        let (ranges, used) = GpaRange::parse_list(&bytes, 2).unwrap();
+        assert_eq!(ranges, vec![a, b]);
+        assert_eq!(used, bytes.len());
+        assert!(matches!(
+            GpaRange::parse_list(&bytes, u32::MAX),
+            Err(GpaError::Truncated(_))
+        ));
+        assert!(matches!(
+            GpaRange::parse_list(&bytes[..bytes.len() - 8], 2),
+            Err(GpaError::PageCount { .. })
+        ));
+    }
+
+    #[test]
+    fn gpadl_registry_refuses_bad_registrations() {
+        let mem = memory();
+        let reg = GpadlRegistry::new();
+        assert_eq!(reg.register(&mem, 1, vec![]), Err(GpaError::EmptyGpadl(1)));
+        assert_eq!(
+            reg.register(&mem, 1, vec![3, 16]),
+            Err(GpaError::PageOutOfRange { gpn: 16, pages: 16 })
+        );
+        reg.register(&mem, 1, vec![3, 4]).unwrap();
+        assert_eq!(
+            reg.register(&mem, 1, vec![5]),
+            Err(GpaError::DuplicateGpadl(1))
+        );
+        assert_eq!(&*reg.get(1).unwrap(), &[3, 4]);
+        assert_eq!(reg.get(2), Err(GpaError::UnknownGpadl(2)));
+        reg.remove(1).unwrap();
+        assert_eq!(reg.remove(1), Err(GpaError::UnknownGpadl(1)));
+    }
+}
