@@ -67,13 +67,29 @@ impl HostDirTree {
     fn open_dir(&self, components: &[String], path: &TreePath) -> Result<OwnedFd, TreeError> {
         let mut dir = rustix::io::dup(&self.root).map_err(|e| self.io_error(path, e))?;
         for name in components {
-            dir = rustix::fs::openat(
+            dir = match rustix::fs::openat(
                 &dir,
                 name.as_str(),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
-            )
-            .map_err(|e| self.io_error(path, e))?;
+            ) {
+                Ok(next) => next,
+                // A link (or special file) on the way is not there at all;
+                // only a regular file there means "not a directory".
+                Err(Errno::NOTDIR) => {
+                    let is_file =
+                        rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok_and(|st| {
+                                FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                            });
+                    return Err(if is_file {
+                        TreeError::NotADirectory(path.to_string())
+                    } else {
+                        TreeError::NotFound(path.to_string())
+                    });
+                }
+                Err(e) => return Err(self.io_error(path, e)),
+            };
         }
         Ok(dir)
     }
