@@ -31,7 +31,7 @@ fn host_dir_stays_inside_its_root() {
     symlink("inside.txt", root.join("link-in")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("fifo"),
+        root.join("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,

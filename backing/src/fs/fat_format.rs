@@ -161,7 +161,7 @@ impl ShortEntry {
 pub fn short_name_checksum(raw_name: &[u8]) -> u8 {
     raw_name
         .iter()
-        .fold(0u8, |sum, &b| (sum >> 1 | sum << 7).wrapping_add(b))
+        .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
 }
 
 /// The 13 UTF-16 units of one long-name entry.
