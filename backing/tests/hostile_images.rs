@@ -376,3 +376,48 @@ fn ext4_huge_sparse_file_is_read_at_an_offset() {
     assert_eq!(tree.read_at(&path, 1 << 30, &mut buf).unwrap(), 16);
     assert_eq!(buf, [0u8; 16]);
 }
+
+/// The ntfs crate allocates each index record at the size the directory's
+/// index root announces; a huge value is refused before that.
+#[test]
+fn ntfs_huge_index_record_size_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = small_source(tmp.path());
+    let img = std::fs::read(ntfs_image(tmp.path(), &src, 8)).unwrap();
+    let u16_at = |at: usize| usize::from(u16::from_le_bytes([img[at], img[at + 1]]));
+    let u32_at = |at: usize| u32::from_le_bytes(img[at..at + 4].try_into().unwrap()) as usize;
+    let cluster = u16_at(11) * usize::from(img[13]);
+    let mft = u64::from_le_bytes(img[48..56].try_into().unwrap()) as usize * cluster;
+    // Record 5 is the root directory; walk its attributes to $INDEX_ROOT.
+    let record = mft + 5 * 1024;
+    assert_eq!(&img[record..record + 4], b"FILE");
+    let mut attr = record + u16_at(record + 0x14);
+    while u32_at(attr) != 0x90 {
+        assert_ne!(
+            u32_at(attr),
+            0xFFFF_FFFF,
+            "no $INDEX_ROOT in the root record"
+        );
+        attr += u32_at(attr + 4);
+    }
+    let value = attr + u16_at(attr + 0x14);
+    assert_eq!(
+        u32_at(value + 8),
+        4096,
+        "index record size as mkntfs writes it"
+    );
+    let mut patched = img.clone();
+    patched[value + 8..value + 12].copy_from_slice(&0x8000_0000u32.to_le_bytes());
+    let result = open_tree(mem_device(patched), None).and_then(|tree| {
+        tree.read_dir(&TreePath::root())
+            .map_err(|source| OpenTreeError::Mount {
+                number: 0,
+                kind: vmbdev_backing::fs::FsKind::Ntfs,
+                source,
+            })
+    });
+    let err = result
+        .err()
+        .expect("a huge index record size must be refused");
+    assert!(format!("{err}").contains("index record size"), "{err}");
+}

@@ -23,6 +23,8 @@ const HANDLE_CACHE: usize = 16;
 const SUPERBLOCK: u64 = 1024;
 /// Incompat feature flag: 64-bit block numbers.
 const INCOMPAT_64BIT: u32 = 0x80;
+/// Largest number of entries accepted in one directory.
+const MAX_DIR_ENTRIES: usize = 1 << 20;
 
 /// A mounted ext4 volume.
 pub struct Ext4Tree {
@@ -230,6 +232,11 @@ impl FileTree for Ext4Tree {
             let mut out = Vec::new();
             for entry in entries {
                 let entry = entry.map_err(|e| map_error(&path, e))?;
+                if out.len() >= MAX_DIR_ENTRIES {
+                    return Err(corrupt(format!(
+                        "{path}: more than {MAX_DIR_ENTRIES} entries"
+                    )));
+                }
                 let Ok(name) = entry.file_name().as_str().map(str::to_owned) else {
                     continue;
                 };

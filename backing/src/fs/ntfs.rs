@@ -13,8 +13,8 @@ use std::io::SeekFrom;
 use std::sync::Arc;
 
 use ntfs::indexes::NtfsFileNameIndex;
-use ntfs::structured_values::NtfsFileNamespace;
-use ntfs::{Ntfs, NtfsFile, NtfsReadSeek};
+use ntfs::structured_values::{NtfsFileNamespace, NtfsIndexRoot};
+use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 
 use super::bytes::{DeviceCursor, read_bytes};
 use super::worker::Worker;
@@ -26,6 +26,11 @@ const PATH_CACHE: usize = 1024;
 /// Record numbers below this are NTFS metadata files ($MFT, $Bitmap, ...),
 /// which are not served.
 const FIRST_USER_RECORD: u64 = 24;
+/// Largest index record accepted. NTFS uses 4 KiB; the crate allocates
+/// whatever the index root says, so a larger value is refused first.
+const MAX_INDEX_RECORD: u32 = 64 * 1024;
+/// Largest number of entries accepted in one directory.
+const MAX_DIR_ENTRIES: usize = 1 << 20;
 
 /// A mounted NTFS volume.
 pub struct NtfsTree {
@@ -146,6 +151,7 @@ impl State {
             if !file.is_directory() {
                 return Err(TreeError::NotADirectory(path.to_string()));
             }
+            check_index_root(&file, &mut self.cursor, path)?;
             let index = file
                 .directory_index(&mut self.cursor)
                 .map_err(|e| crate_error(path, e))?;
@@ -192,6 +198,17 @@ impl State {
             .ok_or_else(|| corrupt(format!("{path}: no data attribute")))?
             .map_err(|e| crate_error(path, e))?;
         let attribute = item.to_attribute().map_err(|e| crate_error(path, e))?;
+        // The crate would hand back compressed or encrypted bytes as they
+        // are stored; refuse rather than serve the wrong contents.
+        let flags = attribute.flags();
+        if flags.intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED) {
+            return Err(TreeError::Io {
+                path: path.to_string(),
+                message: format!(
+                    "compressed or encrypted data (attribute flags {flags:?}) is not supported"
+                ),
+            });
+        }
         let mut value = attribute
             .value(&mut self.cursor)
             .map_err(|e| crate_error(path, e))?;
@@ -220,6 +237,7 @@ impl State {
             .ntfs
             .file(&mut self.cursor, record)
             .map_err(|e| crate_error(path, e))?;
+        check_index_root(&dir, &mut self.cursor, path)?;
         let index = dir
             .directory_index(&mut self.cursor)
             .map_err(|e| crate_error(path, e))?;
@@ -235,6 +253,11 @@ impl State {
             let number = entry.file_reference().file_record_number();
             if number < FIRST_USER_RECORD {
                 continue;
+            }
+            if children.len() >= MAX_DIR_ENTRIES {
+                return Err(corrupt(format!(
+                    "{path}: more than {MAX_DIR_ENTRIES} entries"
+                )));
             }
             let name = key.name().to_string_lossy();
             children.push((name, number));
@@ -255,6 +278,33 @@ impl State {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+}
+
+/// Refuses a directory whose index root announces index records larger
+/// than [`MAX_INDEX_RECORD`] (the crate allocates that size per record).
+fn check_index_root(
+    file: &NtfsFile<'_>,
+    cursor: &mut DeviceCursor,
+    path: &TreePath,
+) -> Result<(), TreeError> {
+    let mut attributes = file.attributes();
+    while let Some(item) = attributes.next(cursor) {
+        let item = item.map_err(|e| crate_error(path, e))?;
+        let attribute = item.to_attribute().map_err(|e| crate_error(path, e))?;
+        if attribute.ty().map_err(|e| crate_error(path, e))? != NtfsAttributeType::IndexRoot {
+            continue;
+        }
+        let root = attribute
+            .resident_structured_value::<NtfsIndexRoot<'_>>()
+            .map_err(|e| crate_error(path, e))?;
+        let size = root.index_record_size();
+        if !(512..=MAX_INDEX_RECORD).contains(&size) || !size.is_power_of_two() {
+            return Err(corrupt(format!(
+                "{path}: index record size {size} in the index root"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Kind and exact size (from the unnamed data attribute) of a file record.
