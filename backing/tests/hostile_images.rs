@@ -416,8 +416,6 @@ fn ntfs_huge_index_record_size_is_refused() {
                 source,
             })
     });
-    let err = result
-        .err()
-        .expect("a huge index record size must be refused");
+    let err = result.expect_err("a huge index record size must be refused");
     assert!(format!("{err}").contains("index record size"), "{err}");
 }
