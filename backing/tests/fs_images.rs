@@ -233,3 +233,51 @@ fn file_trees_are_send_and_sync() {
     check::<vmbdev_backing::fs::Ext4Tree>();
     check::<vmbdev_backing::fs::FatTree>();
 }
+
+#[test]
+fn survey_reports_each_partition_with_its_file_system() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path(), 10, false);
+    let fat = fat_image(tmp.path(), &src, 16, 16);
+    let ext4 = ext4_image(tmp.path(), &src, 8);
+    let disk = tmp.path().join("disk.img");
+    let fat_sectors = (16u64 << 20) / 512;
+    let ext4_sectors = (8u64 << 20) / 512;
+    let second = PART_START + fat_sectors;
+    blank(&disk, (second + ext4_sectors + 4096) * 512);
+    run(Command::new("sgdisk")
+        .arg(format!("--new=1:{}:{}", PART_START, second - 1))
+        .arg(format!("--new=2:{}:{}", second, second + ext4_sectors - 1))
+        .arg(format!(
+            "--new=3:{}:{}",
+            second + ext4_sectors,
+            second + ext4_sectors + 2047
+        ))
+        .arg(&disk));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.write_all_at(&std::fs::read(&fat).unwrap(), PART_START * 512)
+            .unwrap();
+        f.write_all_at(&std::fs::read(&ext4).unwrap(), second * 512)
+            .unwrap();
+    }
+    use vmbdev_backing::fs::FsKind;
+    let summary = vmbdev_backing::fs::survey(open_disk(&disk)).unwrap();
+    let found: Vec<(usize, Option<FsKind>)> = summary
+        .iter()
+        .map(|s| (s.info.number, s.file_system))
+        .collect();
+    assert_eq!(
+        found,
+        [(1, Some(FsKind::Fat)), (2, Some(FsKind::Ext4)), (3, None)]
+    );
+    let ext = open_tree(open_disk(&disk), Some(2)).unwrap();
+    assert_tree_matches(&*ext, &src);
+    assert_case_behaviour(&*ext, false);
+
+    // With the protective MBR wiped, the GPT is still found.
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[..512].fill(0);
+    assert_eq!(list_partitions(&*mem_device(bytes)).unwrap().len(), 3);
+}

@@ -25,6 +25,9 @@ const MAX_DIR_ENTRIES: usize = 65536;
 const DIR_CACHE: usize = 64;
 /// Files whose last read position is remembered.
 const HANDLE_CACHE: usize = 32;
+/// Bytes of the FAT read at once and kept, so following a chain does not
+/// read the device once per cluster.
+const FAT_WINDOW: u64 = 4096;
 
 /// One listed directory entry.
 #[derive(Debug, Clone)]
@@ -62,6 +65,10 @@ pub struct FatTree {
     dir_cache: Mutex<HashMap<DirLocation, Arc<Vec<Entry>>>>,
     /// first cluster → (cluster index, cluster number) last reached.
     handles: Mutex<HashMap<u32, (u64, u32)>>,
+    /// Byte length of one FAT copy.
+    fat_bytes: u64,
+    /// The last FAT window read: its offset inside the FAT and its bytes.
+    fat_window: Mutex<Option<(u64, Vec<u8>)>>,
 }
 
 fn corrupt(what: String) -> TreeError {
@@ -132,6 +139,8 @@ impl FatTree {
             root_cluster: bpb.root_cluster,
             dir_cache: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            fat_bytes: u64::from(bpb.fat_sectors) * bps,
+            fat_window: Mutex::new(None),
         };
         if fat_type == FatType::Fat32 {
             tree.check_cluster(bpb.root_cluster, "root cluster")?;
@@ -169,7 +178,7 @@ impl FatTree {
             FatType::Fat32 => (c * 4, 4),
         };
         let mut raw = [0u8; 4];
-        read_bytes(&*self.device, self.fat_offset + offset, &mut raw[..width])
+        self.read_fat(offset, &mut raw[..width])
             .map_err(|e| corrupt(format!("reading FAT entry {cluster}: {e}")))?;
         let value = u32::from_le_bytes(raw);
         let (next, end) = match self.fat_type {
@@ -189,6 +198,31 @@ impl FatTree {
         }
         self.check_cluster(next, &format!("FAT entry of cluster {cluster} links to"))?;
         Ok(Some(next))
+    }
+
+    /// Reads bytes at `offset` inside the first FAT through the window.
+    fn read_fat(&self, offset: u64, out: &mut [u8]) -> Result<(), crate::block::BlockError> {
+        let start = offset - offset % FAT_WINDOW;
+        let end = offset + out.len() as u64;
+        let window_len = FAT_WINDOW.min(self.fat_bytes - start);
+        if end > start + window_len {
+            // An entry straddling the window edge (FAT12): read it directly.
+            return read_bytes(&*self.device, self.fat_offset + offset, out);
+        }
+        let mut window = self
+            .fat_window
+            .lock()
+            .map_err(|_| crate::block::BlockError::Corrupt("FAT window lock poisoned".into()))?;
+        if window.as_ref().is_none_or(|(at, _)| *at != start) {
+            let mut bytes = vec![0u8; window_len as usize];
+            read_bytes(&*self.device, self.fat_offset + start, &mut bytes)?;
+            *window = Some((start, bytes));
+        }
+        if let Some((_, bytes)) = window.as_ref() {
+            let within = (offset - start) as usize;
+            out.copy_from_slice(&bytes[within..within + out.len()]);
+        }
+        Ok(())
     }
 
     fn cluster_offset(&self, cluster: u32) -> u64 {

@@ -117,6 +117,31 @@ pub fn open_tree(
     Err(first_error.unwrap_or(OpenTreeError::NothingMountable(candidates.len())))
 }
 
+/// A partition and the file system found on it, for `vmbdev info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSummary {
+    /// The partition.
+    pub info: PartitionInfo,
+    /// The file system detected on it, if any (detection only reads the
+    /// first sectors; it does not mount).
+    pub file_system: Option<FsKind>,
+}
+
+/// Lists the partitions of `device` with the file system detected on each.
+/// A partition that cannot be read is reported with no file system.
+pub fn survey(device: Arc<dyn BlockDevice>) -> Result<Vec<PartitionSummary>, OpenTreeError> {
+    let parts = list_partitions(&*device)?;
+    Ok(parts
+        .into_iter()
+        .map(|info| {
+            let file_system = PartitionDevice::for_partition(device.clone(), &info)
+                .ok()
+                .and_then(|view| detect(&view).ok().flatten());
+            PartitionSummary { info, file_system }
+        })
+        .collect())
+}
+
 /// Whether two names are equal ignoring letter case (Unicode lower-case
 /// mapping, as Windows file systems compare names).
 pub(crate) fn names_equal_ignore_case(a: &str, b: &str) -> bool {

@@ -61,6 +61,16 @@ pub(super) fn read(device: &dyn BlockDevice) -> Result<Vec<PartitionInfo>, Parti
     }
 }
 
+/// Whether LBA 1 starts with the GPT signature.
+pub(super) fn has_primary_signature(device: &dyn BlockDevice) -> Result<bool, PartitionError> {
+    if device.sector_count() < 2 {
+        return Ok(false);
+    }
+    let mut sector = vec![0u8; device.logical_sector_size() as usize];
+    device.read_sectors(1, &mut sector)?;
+    Ok(sector.get(..8) == Some(&SIGNATURE[..]))
+}
+
 fn read_at(device: &dyn BlockDevice, lba: u64) -> Result<Vec<PartitionInfo>, PartitionError> {
     let header = read_header(device, lba)?;
     let entries = read_entries(device, &header)?;

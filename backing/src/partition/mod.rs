@@ -109,6 +109,10 @@ pub fn list_partitions(device: &dyn BlockDevice) -> Result<Vec<PartitionInfo>, P
     if has_signature && mbr::is_protective(&sector0) {
         return gpt::read(device);
     }
+    if !has_signature && gpt::has_primary_signature(device)? {
+        // A GPT whose protective MBR was wiped.
+        return gpt::read(device);
+    }
     if has_signature && !crate::fs::looks_like_boot_sector(&sector0) {
         if let Some(parts) = mbr::read(device, &sector0)? {
             return Ok(parts);
