@@ -281,3 +281,67 @@ fn survey_reports_each_partition_with_its_file_system() {
     bytes[..512].fill(0);
     assert_eq!(list_partitions(&*mem_device(bytes)).unwrap().len(), 3);
 }
+
+#[test]
+fn whole_disk_volumes_on_4k_sector_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path(), 12, false);
+    let fat = fat_image(tmp.path(), &src, 16, 16);
+    let ext4 = ext4_image(tmp.path(), &src, 8);
+    let ntfs = ntfs_image(tmp.path(), &src, 8);
+    for img in [fat, ext4, ntfs] {
+        let device: Arc<dyn BlockDevice> =
+            Arc::new(RawFile::open_with_sector_size(&img, 4096).unwrap());
+        let tree = open_tree(device, None).unwrap();
+        assert_tree_matches(&*tree, &src);
+    }
+}
+
+/// Reading near the end of a large file, or through it in order, reads
+/// about as many device bytes as file bytes: no read starts over from the
+/// beginning of the file.
+#[test]
+fn reads_at_an_offset_do_not_reread_the_file() {
+    use std::sync::atomic::Ordering;
+    use vmbdev_backing::TreePath;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path(), 13, true);
+    let images = [
+        fat_image(tmp.path(), &src, 32, 40),
+        ext4_image(tmp.path(), &src, 16),
+        ntfs_image(tmp.path(), &src, 16),
+    ];
+    let path = TreePath::parse("docs/big file.bin");
+    let want = std::fs::read(src.join("docs/big file.bin")).unwrap();
+    let size = want.len() as u64;
+    for img in images {
+        let counter = Arc::new(CountingDevice {
+            inner: open_disk(&img),
+            bytes: 0.into(),
+        });
+        let tree = open_tree(counter.clone(), None).unwrap();
+        assert_eq!(tree.lookup(&path).unwrap().size, size);
+
+        let before = counter.bytes.load(Ordering::Relaxed);
+        let mut tail = vec![0u8; 4096];
+        assert_eq!(tree.read_at(&path, size - 4096, &mut tail).unwrap(), 4096);
+        assert_eq!(tail, want[want.len() - 4096..]);
+        let tail_cost = counter.bytes.load(Ordering::Relaxed) - before;
+        assert!(
+            tail_cost < size / 8,
+            "{img:?}: reading the last 4 KiB read {tail_cost} bytes"
+        );
+
+        let before = counter.bytes.load(Ordering::Relaxed);
+        let mut chunk = vec![0u8; 65536];
+        let mut offset = 0;
+        while offset < size {
+            offset += tree.read_at(&path, offset, &mut chunk).unwrap() as u64;
+        }
+        let whole_cost = counter.bytes.load(Ordering::Relaxed) - before;
+        assert!(
+            whole_cost < size * 2,
+            "{img:?}: reading {size} bytes read {whole_cost} bytes"
+        );
+    }
+}
