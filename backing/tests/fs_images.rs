@@ -345,3 +345,71 @@ fn reads_at_an_offset_do_not_reread_the_file() {
         );
     }
 }
+
+#[test]
+fn logical_partition_in_an_extended_mbr_partition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path(), 14, false);
+    let img = fat_image(tmp.path(), &src, 16, 16);
+    let sectors = (16u64 << 20) / 512;
+    let disk = tmp.path().join("disk.img");
+    let logical_start = 6144;
+    blank(&disk, (logical_start + sectors + 2048) * 512);
+    let script = format!(
+        "label: dos\n2048,2048,83\n4096,{},5\n{logical_start},{sectors},e\n",
+        2048 + sectors
+    );
+    let mut child = Command::new("sfdisk")
+        .arg("--no-reread")
+        .arg("-q")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run sfdisk (is it installed?)");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "sfdisk failed");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.write_all_at(&std::fs::read(&img).unwrap(), logical_start * 512)
+            .unwrap();
+    }
+    let device = open_disk(&disk);
+    let parts = list_partitions(&*device).unwrap();
+    let found: Vec<(usize, u64, u64)> = parts
+        .iter()
+        .map(|p| (p.number, p.first_lba, p.sector_count()))
+        .collect();
+    assert_eq!(found, [(1, 2048, 2048), (5, logical_start, sectors)]);
+    let tree = open_tree(device.clone(), Some(5)).unwrap();
+    assert_tree_matches(&*tree, &src);
+    let tree = open_tree(device, None).unwrap();
+    assert_tree_matches(&*tree, &src);
+}
+
+#[test]
+fn trees_serve_several_threads_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(tmp.path(), 15, true);
+    let images = [
+        fat_image(tmp.path(), &src, 32, 40),
+        ext4_image(tmp.path(), &src, 16),
+        ntfs_image(tmp.path(), &src, 16),
+    ];
+    for img in images {
+        let tree = open_tree(open_disk(&img), None).unwrap();
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| assert_tree_matches(&*tree, &src));
+            }
+        });
+    }
+}
