@@ -62,22 +62,25 @@ fn io_error(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 impl Read for DeviceCursor {
+    /// Fills all of `buf` or fails: a request that runs past the device end
+    /// is an error, not a short count, because the ntfs crate indexes its
+    /// buffers as if every read were complete.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let size = self.device.size_bytes();
-        if self.position >= size || buf.is_empty() {
-            return if buf.is_empty() {
-                Ok(0)
-            } else {
-                Err(io_error(format!(
-                    "read at byte {:#x} past the device end",
-                    self.position
-                )))
-            };
+        if buf.is_empty() {
+            return Ok(0);
         }
-        let n = (buf.len() as u64).min(size - self.position) as usize;
-        read_bytes(&*self.device, self.position, &mut buf[..n]).map_err(io_error)?;
-        self.position += n as u64;
-        Ok(n)
+        let size = self.device.size_bytes();
+        let end = self.position.checked_add(buf.len() as u64);
+        if end.is_none_or(|end| end > size) {
+            return Err(io_error(format!(
+                "read of {} bytes at byte {:#x} runs past the device end ({size:#x})",
+                buf.len(),
+                self.position
+            )));
+        }
+        read_bytes(&*self.device, self.position, buf).map_err(io_error)?;
+        self.position += buf.len() as u64;
+        Ok(buf.len())
     }
 }
 

@@ -107,9 +107,11 @@ fn check_superblock(device: &dyn BlockDevice) -> Result<(), TreeError> {
 
 fn map_error(path: &TreePath, e: Ext4Error) -> TreeError {
     match e {
-        Ext4Error::NotFound | Ext4Error::MalformedPath | Ext4Error::IsASpecialFile => {
-            TreeError::NotFound(path.to_string())
-        }
+        // A link loop, like any link that leads nowhere, reads as absent.
+        Ext4Error::NotFound
+        | Ext4Error::MalformedPath
+        | Ext4Error::IsASpecialFile
+        | Ext4Error::TooManySymlinks => TreeError::NotFound(path.to_string()),
         Ext4Error::NotADirectory => TreeError::NotADirectory(path.to_string()),
         Ext4Error::IsADirectory => TreeError::IsADirectory(path.to_string()),
         Ext4Error::Io(e) => TreeError::Io {
