@@ -6,13 +6,22 @@
 //!   file ([`RawFile`]) and a VHDX image.
 //! - [`FileTree`]: the read-only file tree that vmbfs serves, addressed by a
 //!   normalized [`TreePath`].
+//! - [`partition`]: GPT and MBR tables and bounded partition views;
+//!   [`fs`]: FAT, NTFS and ext4 mounted as file trees; [`open_tree`] picks
+//!   the partition to serve; [`trees`]: host-directory and in-memory trees.
 //!
 //! Image bytes are untrusted: a hostile image yields an error naming what is
 //! wrong and where, never a panic, an abort or an unbounded allocation.
 #![forbid(unsafe_code)]
 
 mod block;
+pub mod fs;
+pub mod partition;
 mod tree;
+pub mod trees;
 
 pub use block::{BlockDevice, BlockError, RawFile, check_request, read_exact_at};
+pub use fs::{OpenTreeError, open_tree};
+pub use partition::{PartitionDevice, PartitionInfo, list_partitions};
 pub use tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+pub use trees::{HostDirTree, MemoryTree};

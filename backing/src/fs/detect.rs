@@ -1,0 +1,62 @@
+//! Recognising a file system from its first sectors.
+
+use super::bytes::read_bytes;
+use super::fat_format::Bpb;
+use crate::block::{BlockDevice, BlockError};
+
+/// A file system this crate can mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FsKind {
+    /// FAT12, FAT16 or FAT32.
+    Fat,
+    /// NTFS.
+    Ntfs,
+    /// ext2/3/4 (read through the ext4 reader).
+    Ext4,
+}
+
+/// Offset of the ext superblock.
+const EXT_SUPERBLOCK: u64 = 1024;
+/// Offset of `s_magic` inside the superblock.
+const EXT_MAGIC_OFFSET: usize = 56;
+
+/// Whether a sector 0 is a FAT or NTFS boot sector (which also carries the
+/// 0x55AA signature an MBR has).
+pub fn looks_like_boot_sector(sector0: &[u8]) -> bool {
+    boot_sector_kind(sector0).is_some()
+}
+
+fn boot_sector_kind(sector0: &[u8]) -> Option<FsKind> {
+    let first: &[u8; 512] = sector0.get(..512)?.try_into().ok()?;
+    if &first[3..11] == b"NTFS    " {
+        return Some(FsKind::Ntfs);
+    }
+    let fat_label =
+        &first[54..59] == b"FAT12" || &first[54..59] == b"FAT16" || &first[82..87] == b"FAT32";
+    if Bpb::parse(first).is_ok() && (fat_label || first[21] >= 0xF0) {
+        return Some(FsKind::Fat);
+    }
+    None
+}
+
+/// Detects the file system on `device`; `Ok(None)` when none is
+/// recognised.
+pub fn detect(device: &dyn BlockDevice) -> Result<Option<FsKind>, BlockError> {
+    let size = device.size_bytes();
+    if size < 512 {
+        return Ok(None);
+    }
+    let mut sector0 = [0u8; 512];
+    read_bytes(device, 0, &mut sector0)?;
+    if let Some(kind) = boot_sector_kind(&sector0) {
+        return Ok(Some(kind));
+    }
+    if size >= EXT_SUPERBLOCK + 1024 {
+        let mut magic = [0u8; 2];
+        read_bytes(device, EXT_SUPERBLOCK + EXT_MAGIC_OFFSET as u64, &mut magic)?;
+        if magic == [0x53, 0xEF] {
+            return Ok(Some(FsKind::Ext4));
+        }
+    }
+    Ok(None)
+}
