@@ -1158,3 +1158,44 @@ fn reset_clears_everything() {
     let reply = send(&mut host, &version_request(VERSION_WIN10));
     assert_eq!(u32_at(&reply, 8), 0);
 }
+
+// ---- arbitrary input ----
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Any message yields exactly one well-formed reply of the matching
+    /// type, or a protocol violation; never a panic.
+    #[test]
+    fn arbitrary_messages_get_one_reply_or_stop(
+        message_type in 0u32..10,
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+        rdma in proptest::prelude::any::<bool>(),
+    ) {
+        let (mut host, _) = ready_host(rdma);
+        setup(&mut host, 1, true, vec![GpaRange::new(4096, 0, vec![MEMORY_PAGES - 1]).unwrap()]);
+        let msg = message(message_type, &body);
+        match host.handle(VmbfsInput::Message(&msg)) {
+            Ok(Some(reply)) => {
+                let reply = reply.as_bytes();
+                proptest::prop_assert!(reply.len() <= 12288);
+                proptest::prop_assert_eq!(u32_at(reply, 0), message_type + 1);
+                let expected_len = match message_type {
+                    3 => Some(24),
+                    7 => Some(16),
+                    _ => None,
+                };
+                if let Some(len) = expected_len {
+                    proptest::prop_assert_eq!(reply.len(), len);
+                }
+                let ready = matches!(host.state(), ProtocolState::Ready { .. });
+                proptest::prop_assert!(ready);
+            }
+            Ok(None) => proptest::prop_assert!(false, "a message always gets a reply"),
+            Err(e) => {
+                proptest::prop_assert!(e.kind().is_some());
+                proptest::prop_assert_eq!(host.state(), ProtocolState::Stopped);
+            }
+        }
+    }
+}
