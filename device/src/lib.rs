@@ -1,3 +1,4 @@
 //! The device-bus contract and the host devices: vmbfs, storvsp and the
 //! read-only SCSI disk.
 #![forbid(unsafe_code)]
+pub mod vmbfs;

@@ -3,3 +3,4 @@
 //!
 //! Structs and constants only, no I/O and no logic beyond size checks.
 #![forbid(unsafe_code)]
+pub mod vmbfs;
