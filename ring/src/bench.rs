@@ -1,0 +1,1 @@
+//! Throughput measurement of the loopback ring against memcpy.
