@@ -98,11 +98,15 @@ impl RingReader {
         // Validated: 16 <= 8*length8 <= available - 8 < size. Copy the rest
         // of the packet once; the descriptor is not fetched again.
         let total = usize::from(desc.length8) * 8;
-        buffer.clear();
-        buffer.extend_from_slice(&raw);
-        buffer.resize(total, 0);
-        half.read_at(after_desc, &mut buffer[DESCRIPTOR_LEN..])?;
-        let (kind, payload) = parse_packet(&desc, buffer, position)?;
+        // Grow only: zeroing a reused buffer on every packet would cost
+        // as much as the copy itself.
+        if buffer.len() < total {
+            buffer.resize(total, 0);
+        }
+        let packet = &mut buffer[..total];
+        packet[..DESCRIPTOR_LEN].copy_from_slice(&raw);
+        half.read_at(after_desc, &mut packet[DESCRIPTOR_LEN..])?;
+        let (kind, payload) = parse_packet(&desc, packet, position)?;
         let next = half.advance(position, (total + TRAILER_LEN) as u32);
         Ok(Some(ParsedPacket {
             desc,

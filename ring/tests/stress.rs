@@ -61,7 +61,10 @@ fn a_million_packets_through_a_16k_ring() {
                     let len = lens.random_range(0..=MAX_LEN);
                     assert_eq!(p.transaction_id, next);
                     assert_eq!(p.payload.len(), len.next_multiple_of(8));
-                    assert!(&p.payload[..len] == window(&pattern, next, len), "packet {next}");
+                    assert!(
+                        &p.payload[..len] == window(&pattern, next, len),
+                        "packet {next}"
+                    );
                     assert!(p.payload[len..].iter().all(|&b| b == 0));
                     next += 1;
                 })
