@@ -55,14 +55,23 @@ fn packet_count(payload: usize, quick: bool) -> u64 {
     (bytes / payload as u64).max(min)
 }
 
-/// Seconds to memcpy `payload` bytes `count` times between two buffers.
+/// Seconds to memcpy `payload` bytes `count` times from a source buffer
+/// into a destination cycling through a buffer the size of the ring's data
+/// area: the same bytes over the same memory footprint as the ring.
 fn memcpy_seconds(payload: usize, count: u64) -> f64 {
     let src = vec![0x5Au8; payload];
-    let mut dst = vec![0u8; payload];
+    let ring_bytes = RING_PAGES as usize * crate::memory::PAGE_SIZE;
+    let mut dst = vec![0u8; ring_bytes + payload];
+    let stride = payload.next_multiple_of(8) + 24;
+    let mut at = 0usize;
     let start = Instant::now();
     for _ in 0..count {
-        dst.copy_from_slice(black_box(&src));
+        dst[at..at + payload].copy_from_slice(black_box(&src));
         black_box(&mut dst);
+        at += stride;
+        if at >= ring_bytes {
+            at -= ring_bytes;
+        }
     }
     start.elapsed().as_secs_f64()
 }

@@ -5,8 +5,10 @@
 use crate::control::FEATURE_PENDING_SEND_SIZE;
 use crate::doorbell::Doorbell;
 use crate::error::{Result, RingError};
+use crate::gpa::GpaRange;
 use crate::memory::GuestMemory;
 use crate::packet::{IncomingPacket, OutgoingPacket, PacketView};
+use crate::pipe::{PipeError, PipeMessage};
 use crate::reader::RingReader;
 use crate::ring::RingHalf;
 use crate::writer::{RingWriter, WriteBatch};
@@ -116,5 +118,30 @@ impl Endpoint {
     /// Sleeps until `ring_len` bytes fit the outgoing ring.
     pub async fn wait_write_ready(&mut self, ring_len: usize) -> Result<()> {
         self.writer.wait_write_ready(ring_len).await
+    }
+
+    /// Receives one pipe message (data longer than `max_data` is an error).
+    pub async fn recv_pipe(&mut self, max_data: usize) -> Result<PipeMessage, PipeError> {
+        self.reader.recv_pipe(max_data).await
+    }
+
+    /// Sends one message-mode pipe DATA message.
+    pub async fn send_data(&mut self, data: &[u8]) -> Result<(), PipeError> {
+        self.writer.send_data(data).await
+    }
+
+    /// Sends a pipe SETUP_GPA_DIRECT.
+    pub async fn send_setup(
+        &mut self,
+        handle: u32,
+        writable: bool,
+        ranges: &[GpaRange],
+    ) -> Result<(), PipeError> {
+        self.writer.send_setup(handle, writable, ranges).await
+    }
+
+    /// Sends a pipe TEARDOWN_GPA_DIRECT.
+    pub async fn send_teardown(&mut self, handle: u32) -> Result<(), PipeError> {
+        self.writer.send_teardown(handle).await
     }
 }

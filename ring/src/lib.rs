@@ -33,7 +33,7 @@ pub use loopback::{Loopback, LoopbackConfig, LoopbackError, PageAllocator, loopb
 pub use memory::{GuestMemory, MemoryError, PAGE_SIZE};
 pub use packet::{
     IncomingPacket, OutgoingKind, OutgoingPacket, PacketKind, PacketView, TransferPageRange,
-    gpa_direct_ring_len, in_band_ring_len,
+    gpa_direct_ring_len, in_band_ring_len, pipe_data_ring_len,
 };
 pub use pipe::{PipeError, PipeMessage};
 pub use reader::RingReader;

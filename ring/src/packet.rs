@@ -457,6 +457,12 @@ pub fn in_band_ring_len(payload_len: usize) -> usize {
     (DESCRIPTOR_LEN + payload_len).next_multiple_of(8) + TRAILER_LEN
 }
 
+/// Ring bytes a pipe DATA message of `data_len` bytes takes (8-byte pipe
+/// header + data in an in-band packet).
+pub fn pipe_data_ring_len(data_len: usize) -> usize {
+    in_band_ring_len(8 + data_len)
+}
+
 /// Ring bytes a GPA-direct packet with `ranges` and `payload_len` payload
 /// bytes takes.
 pub fn gpa_direct_ring_len(ranges: &[GpaRange], payload_len: usize) -> usize {

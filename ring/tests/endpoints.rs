@@ -288,3 +288,47 @@ fn page_allocator_hands_out_distinct_pages() {
     assert_eq!(r.gpns().len(), 3);
     r.write_at(&lb.memory, 0, &[9; 10_000]).unwrap();
 }
+
+#[test]
+fn request_completion_ping_pong_on_a_single_threaded_executor() {
+    // Both sides are tasks of one executor thread: a side that spun instead
+    // of sleeping on its doorbell would starve the other and hang.
+    let lb = loopback(&config(1)).unwrap();
+    let mut host = lb.host;
+    let mut guest = lb.guest;
+    let ex = async_executor::LocalExecutor::new();
+    let device = ex.spawn(async move {
+        for _ in 0..2000 {
+            let req = host.read().await.unwrap();
+            assert!(req.completion_requested);
+            // Reserve room for the reply before consuming more.
+            host.wait_write_ready(in_band_ring_len(req.payload.len()))
+                .await
+                .unwrap();
+            let mut reply = req.payload.clone();
+            reply.reverse();
+            host.write(&OutgoingPacket::completion(req.transaction_id, &reply))
+                .await
+                .unwrap();
+        }
+    });
+    let driver = ex.spawn(async move {
+        for id in 0..2000u64 {
+            let body = id.to_le_bytes();
+            guest
+                .write(&OutgoingPacket::request(id, &body))
+                .await
+                .unwrap();
+            let done = guest.read().await.unwrap();
+            assert_eq!(done.kind, PacketKind::Completion);
+            assert_eq!(done.transaction_id, id);
+            let mut expect = body;
+            expect.reverse();
+            assert_eq!(done.payload, expect);
+        }
+    });
+    block_on(ex.run(async {
+        driver.await;
+        device.await;
+    }));
+}
