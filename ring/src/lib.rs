@@ -4,10 +4,38 @@
 //! workspace), GPADLs, the two ring halves of a channel, the packet reader
 //! and writer, GPA ranges, pipe framing, doorbells, and the loopback channel
 //! pair used by tests, the demo and benchmarks.
+//!
+//! Layering: [`control`] (control page fields) → [`ring`] (one half: index
+//! validation, free/available math, wrapped copies) → [`packet`] (wire
+//! format) → [`reader`]/[`writer`] (packet I/O, signalling rules, async
+//! waits) → [`endpoint`] (a channel side) → [`pipe`] and [`loopback`].
 #![deny(unsafe_code)]
 
+pub mod bench;
+pub mod control;
+pub mod doorbell;
+pub mod endpoint;
+pub mod error;
 pub mod gpa;
+pub mod loopback;
 pub mod memory;
+pub mod packet;
+pub mod pipe;
+pub mod reader;
+pub mod ring;
+pub mod writer;
 
+pub use doorbell::{Doorbell, EventDoorbell};
+pub use endpoint::{Endpoint, Side, split_gpadl};
+pub use error::RingError;
 pub use gpa::{GpaError, GpaRange, GpadlRegistry};
+pub use loopback::{Loopback, LoopbackConfig, LoopbackError, PageAllocator, loopback};
 pub use memory::{GuestMemory, MemoryError, PAGE_SIZE};
+pub use packet::{
+    IncomingPacket, OutgoingKind, OutgoingPacket, PacketKind, PacketView, TransferPageRange,
+    gpa_direct_ring_len, in_band_ring_len, pipe_data_ring_len,
+};
+pub use pipe::{PipeError, PipeMessage};
+pub use reader::RingReader;
+pub use ring::RingHalf;
+pub use writer::{RingWriter, WriteBatch};

@@ -1,0 +1,218 @@
+//! Throughput measurement of the loopback ring against memcpy: packets/s
+//! and GB/s for several payload sizes on one and two threads, each beside
+//! a memcpy of the same bytes measured in the same run. Used by the
+//! `cargo bench` target and by the command-line `bench`.
+
+use crate::loopback::{LoopbackConfig, loopback};
+use crate::packet::OutgoingPacket;
+use crate::reader::RingReader;
+use crate::writer::RingWriter;
+use futures_lite::future::block_on;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Payload sizes measured.
+pub const PAYLOAD_SIZES: [usize; 4] = [64, 1024, 8192, 12288];
+/// Data pages per ring half (256 KiB).
+pub const RING_PAGES: u32 = 64;
+
+/// One measurement beside its baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchResult {
+    /// What was measured, e.g. `ring 2 threads 64 B packets/s`.
+    pub name: String,
+    /// The measured value.
+    pub value: f64,
+    /// Unit of `value` and `baseline`.
+    pub unit: &'static str,
+    /// The same quantity for a plain memcpy of the same bytes.
+    pub baseline: f64,
+    /// `value / baseline`.
+    pub ratio: f64,
+}
+
+/// An error setting up the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The loopback channel could not be built.
+    #[error(transparent)]
+    Loopback(#[from] crate::loopback::LoopbackError),
+    /// A ring operation failed.
+    #[error(transparent)]
+    Ring(#[from] crate::error::RingError),
+    /// The writer thread panicked.
+    #[error("benchmark writer thread panicked")]
+    WriterPanicked,
+}
+
+/// Packets to move for `payload` bytes each.
+fn packet_count(payload: usize, quick: bool) -> u64 {
+    let (min, bytes) = if quick {
+        (50_000u64, 64u64 << 20)
+    } else {
+        (2_000_000, 2u64 << 30)
+    };
+    (bytes / payload as u64).max(min)
+}
+
+/// Seconds to memcpy `payload` bytes `count` times from a source buffer
+/// into a destination cycling through a buffer the size of the ring's data
+/// area: the same bytes over the same memory footprint as the ring.
+fn memcpy_seconds(payload: usize, count: u64) -> f64 {
+    let src = vec![0x5Au8; payload];
+    let ring_bytes = RING_PAGES as usize * crate::memory::PAGE_SIZE;
+    let mut dst = vec![0u8; ring_bytes + payload];
+    let stride = payload.next_multiple_of(8) + 24;
+    let mut at = 0usize;
+    let start = Instant::now();
+    for _ in 0..count {
+        dst[at..at + payload].copy_from_slice(black_box(&src));
+        black_box(&mut dst);
+        at += stride;
+        if at >= ring_bytes {
+            at -= ring_bytes;
+        }
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Packets per published batch: about 32 KiB of ring, so the other side
+/// works on one batch while this side fills the next.
+fn batch_packets(payload: usize) -> u64 {
+    let ring_len = crate::packet::in_band_ring_len(payload) as u64;
+    (32 * 1024 / ring_len).max(1)
+}
+
+/// Writes up to `batch` packets (fewer if the ring fills or `left` runs
+/// out) and publishes them once.
+fn write_batch(
+    writer: &mut RingWriter,
+    packet: &OutgoingPacket<'_>,
+    left: &mut u64,
+    batch: u64,
+) -> Result<(), BenchError> {
+    let mut n = 0;
+    while n < batch && *left > 0 && writer.try_write_unpublished(packet)? {
+        *left -= 1;
+        n += 1;
+    }
+    writer.publish()?;
+    Ok(())
+}
+
+fn drain(reader: &mut RingReader) -> Result<u64, BenchError> {
+    let n = reader.try_read_batch(usize::MAX, |p| {
+        black_box(p.payload);
+    })?;
+    Ok(n as u64)
+}
+
+/// Seconds for one thread to write and read `count` packets, alternating
+/// fill and drain.
+fn one_thread_seconds(payload: usize, count: u64) -> Result<f64, BenchError> {
+    let lb = loopback(&LoopbackConfig {
+        incoming_pages: RING_PAGES,
+        outgoing_pages: 1,
+        buffer_pages: 1,
+        ..LoopbackConfig::default()
+    })?;
+    let (mut reader, _) = lb.host.split();
+    let (_, mut writer) = lb.guest.split();
+    let data = vec![0x5Au8; payload];
+    let packet = OutgoingPacket::in_band(&data);
+    let start = Instant::now();
+    let (mut to_write, mut read) = (count, 0u64);
+    while read < count {
+        write_batch(&mut writer, &packet, &mut to_write, u64::MAX)?;
+        read += drain(&mut reader)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Seconds for a writer thread and a reader thread to move `count`
+/// packets, sleeping on the doorbells.
+fn two_thread_seconds(payload: usize, count: u64) -> Result<f64, BenchError> {
+    let lb = loopback(&LoopbackConfig {
+        incoming_pages: RING_PAGES,
+        outgoing_pages: 1,
+        buffer_pages: 1,
+        ..LoopbackConfig::default()
+    })?;
+    let (mut reader, _) = lb.host.split();
+    let (_, mut writer) = lb.guest.split();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || -> Result<(), BenchError> {
+        let data = vec![0x5Au8; payload];
+        let packet = OutgoingPacket::in_band(&data);
+        let ring_len = packet.ring_len()? as usize;
+        let mut left = count;
+        let batch = batch_packets(payload);
+        block_on(async {
+            while left > 0 {
+                write_batch(&mut writer, &packet, &mut left, batch)?;
+                if left > 0 {
+                    writer.wait_write_ready(ring_len).await?;
+                }
+            }
+            Ok(())
+        })
+    });
+    let mut read = 0u64;
+    let batch = batch_packets(payload) as usize;
+    let result = block_on(async {
+        while read < count {
+            read += reader
+                .read_batch(batch, |p| {
+                    black_box(p.payload);
+                })
+                .await? as u64;
+        }
+        Ok::<_, BenchError>(())
+    });
+    let sent = sender.join().map_err(|_| BenchError::WriterPanicked)?;
+    result?;
+    sent?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn push_pair(
+    out: &mut Vec<BenchResult>,
+    label: &str,
+    payload: usize,
+    count: u64,
+    secs: f64,
+    base: f64,
+) {
+    let pps = count as f64 / secs;
+    let base_pps = count as f64 / base;
+    let gbps = pps * payload as f64 / 1e9;
+    let base_gbps = base_pps * payload as f64 / 1e9;
+    out.push(BenchResult {
+        name: format!("ring {label} {payload} B packets/s"),
+        value: pps,
+        unit: "packets/s",
+        baseline: base_pps,
+        ratio: pps / base_pps,
+    });
+    out.push(BenchResult {
+        name: format!("ring {label} {payload} B GB/s"),
+        value: gbps,
+        unit: "GB/s",
+        baseline: base_gbps,
+        ratio: gbps / base_gbps,
+    });
+}
+
+/// Runs every measurement; `quick` moves fewer bytes (for smoke runs).
+pub fn run(quick: bool) -> Result<Vec<BenchResult>, BenchError> {
+    let mut out = Vec::new();
+    for payload in PAYLOAD_SIZES {
+        let count = packet_count(payload, quick);
+        let base = memcpy_seconds(payload, count);
+        let one = one_thread_seconds(payload, count)?;
+        push_pair(&mut out, "1 thread", payload, count, one, base);
+        let two = two_thread_seconds(payload, count)?;
+        push_pair(&mut out, "2 threads", payload, count, two, base);
+    }
+    Ok(out)
+}

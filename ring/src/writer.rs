@@ -1,0 +1,207 @@
+//! The sending side of a ring half: packet encoding into the ring, batched
+//! write-index publication with the empty-ring signal rule, and the async
+//! backpressure wait with the pending-send-size handshake.
+
+use crate::doorbell::Doorbell;
+use crate::error::{Result, RingError};
+use crate::packet::{OutgoingPacket, TRAILER_LEN};
+use crate::ring::{RingHalf, bytes_free};
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+
+/// Writes packets into one ring half.
+pub struct RingWriter {
+    half: RingHalf,
+    /// Rung by the peer when it frees space we asked for (we wait on it).
+    incoming: Arc<dyn Doorbell>,
+    /// Rung by us when we publish data into an empty ring.
+    outgoing: Arc<dyn Doorbell>,
+    /// Offset of the next packet (may be ahead of `published`).
+    position: u32,
+    /// Write index last stored in the control page.
+    published: u32,
+    /// Reused buffer for descriptor + extension.
+    header: Vec<u8>,
+}
+
+impl std::fmt::Debug for RingWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingWriter")
+            .field("size", &self.half.size())
+            .field("position", &self.position)
+            .finish()
+    }
+}
+
+impl RingWriter {
+    /// A writer of `half`, starting at its current (validated) write index.
+    pub fn new(
+        half: RingHalf,
+        incoming: Arc<dyn Doorbell>,
+        outgoing: Arc<dyn Doorbell>,
+    ) -> Result<Self> {
+        let position = half.load_write_index()?;
+        Ok(Self {
+            half,
+            incoming,
+            outgoing,
+            position,
+            published: position,
+            header: Vec::with_capacity(64),
+        })
+    }
+
+    /// The ring half written to.
+    pub fn half(&self) -> &RingHalf {
+        &self.half
+    }
+
+    /// Free bytes as seen from the (possibly unpublished) write position.
+    pub fn free(&self) -> Result<u32> {
+        let read = self.half.load_read_index()?;
+        Ok(bytes_free(self.position, read, self.half.size()))
+    }
+
+    /// Checks that `ring_len` bytes (packet + trailer) can ever fit.
+    fn check_fits_ring(&self, ring_len: u32) -> Result<()> {
+        if u64::from(ring_len) + 8 > u64::from(self.half.size()) {
+            return Err(RingError::PacketExceedsRing {
+                needed: u64::from(ring_len),
+                ring_size: self.half.size(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `packet` without publishing it. `Ok(false)`: not enough space
+    /// now. A packet that can never fit is an error.
+    pub fn try_write_unpublished(&mut self, packet: &OutgoingPacket<'_>) -> Result<bool> {
+        let ring_len = packet.ring_len()?;
+        self.check_fits_ring(ring_len)?;
+        if self.free()? <= ring_len {
+            return Ok(false);
+        }
+        let start = self.position;
+        self.header.clear();
+        packet.encode_header(&mut self.header)?;
+        let mut at = self.half.write_at(start, &self.header)?;
+        at = self.half.write_at(at, packet.prefix)?;
+        at = self.half.write_at(at, packet.payload)?;
+        let used = self.header.len() + packet.payload_len();
+        let padding = used.next_multiple_of(8) - used;
+        let mut tail = [0u8; 16];
+        tail[padding..padding + TRAILER_LEN]
+            .copy_from_slice(&(u64::from(start) << 32).to_le_bytes());
+        at = self.half.write_at(at, &tail[..padding + TRAILER_LEN])?;
+        self.position = at;
+        Ok(true)
+    }
+
+    /// Writes and publishes one packet. `Ok(false)`: not enough space now.
+    pub fn try_write(&mut self, packet: &OutgoingPacket<'_>) -> Result<bool> {
+        let written = self.try_write_unpublished(packet)?;
+        self.publish()?;
+        Ok(written)
+    }
+
+    /// Starts a batch: packets written through it are published once, when
+    /// [`WriteBatch::publish`] is called or the batch is dropped.
+    pub fn batch(&mut self) -> WriteBatch<'_> {
+        WriteBatch { writer: self }
+    }
+
+    /// Publishes everything written so far, signalling the reader if its
+    /// interrupt mask is clear and the ring was empty before this batch.
+    pub fn publish(&mut self) -> Result<()> {
+        if self.position == self.published {
+            return Ok(());
+        }
+        let before = self.published;
+        let control = self.half.control();
+        control.set_write_index(self.position, Ordering::Release);
+        self.published = self.position;
+        // Order the index store before the mask/read-index loads (the
+        // reader does the mirror image before sleeping).
+        fence(Ordering::SeqCst);
+        let masked = control.interrupt_mask(Ordering::Relaxed) != 0;
+        let read = self.half.load_read_index()?;
+        if !masked && read == before {
+            self.outgoing.signal();
+        }
+        Ok(())
+    }
+
+    /// Sleeps until `ring_len` bytes (packet + trailer, see
+    /// [`OutgoingPacket::ring_len`] and the `*_ring_len` helpers) fit,
+    /// using the pending-send-size handshake. Publishes pending writes
+    /// first. Use it to reserve space for a reply before consuming the
+    /// request: only this writer fills the ring, so the space stays.
+    pub async fn wait_write_ready(&mut self, ring_len: usize) -> Result<()> {
+        let ring_len = u32::try_from(ring_len).map_err(|_| RingError::PacketExceedsRing {
+            needed: ring_len as u64,
+            ring_size: self.half.size(),
+        })?;
+        self.check_fits_ring(ring_len)?;
+        self.publish()?;
+        let control = self.half.control().clone();
+        loop {
+            if self.free()? > ring_len {
+                return Ok(());
+            }
+            let wait = self.incoming.listen();
+            control.set_pending_send_size(ring_len + 8, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if self.free()? > ring_len {
+                control.set_pending_send_size(0, Ordering::Relaxed);
+                return Ok(());
+            }
+            wait.await;
+            control.set_pending_send_size(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes and publishes `packet`, sleeping while the ring is too full.
+    pub async fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<()> {
+        loop {
+            if self.try_write(packet)? {
+                return Ok(());
+            }
+            self.wait_write_ready(packet.ring_len()? as usize).await?;
+        }
+    }
+
+    /// Writes every packet, publishing when the ring fills (before
+    /// sleeping) and once at the end.
+    pub async fn write_all(&mut self, packets: &[OutgoingPacket<'_>]) -> Result<()> {
+        for packet in packets {
+            while !self.try_write_unpublished(packet)? {
+                self.wait_write_ready(packet.ring_len()? as usize).await?;
+            }
+        }
+        self.publish()
+    }
+}
+
+/// Packets written through a batch are published together.
+#[derive(Debug)]
+pub struct WriteBatch<'a> {
+    writer: &'a mut RingWriter,
+}
+
+impl WriteBatch<'_> {
+    /// Writes `packet` unpublished; `Ok(false)`: not enough space now.
+    pub fn try_write(&mut self, packet: &OutgoingPacket<'_>) -> Result<bool> {
+        self.writer.try_write_unpublished(packet)
+    }
+
+    /// Publishes the batch (also done on drop, ignoring errors).
+    pub fn publish(self) -> Result<()> {
+        self.writer.publish()
+    }
+}
+
+impl Drop for WriteBatch<'_> {
+    fn drop(&mut self) {
+        let _ = self.writer.publish();
+    }
+}
