@@ -3,3 +3,6 @@
 //!
 //! Structs and constants only, no I/O and no logic beyond size checks.
 #![forbid(unsafe_code)]
+
+pub mod scsi;
+pub mod vstor;
