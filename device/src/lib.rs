@@ -1,3 +1,5 @@
 //! The device-bus contract and the host devices: vmbfs, storvsp and the
 //! read-only SCSI disk.
 #![forbid(unsafe_code)]
+
+pub mod scsi_disk;
