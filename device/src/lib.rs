@@ -3,3 +3,4 @@
 #![forbid(unsafe_code)]
 
 pub mod scsi_disk;
+pub mod storvsp;
