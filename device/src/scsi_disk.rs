@@ -245,7 +245,9 @@ impl ScsiDisk {
                 let Some((lba, blocks)) = lba_and_length(cdb) else {
                     return Ok(illegal(asc::INVALID_FIELD_IN_CDB));
                 };
-                Ok(self.check_range(lba, blocks).unwrap_or(CommandResult::good(0)))
+                Ok(self
+                    .check_range(lba, blocks)
+                    .unwrap_or(CommandResult::good(0)))
             }
             Opcode::WRITE6
             | Opcode::WRITE10
@@ -283,11 +285,7 @@ impl ScsiDisk {
         }
     }
 
-    fn inquiry(
-        &self,
-        cdb: &[u8],
-        out: &mut Responder<'_>,
-    ) -> Result<CommandResult, SinkError> {
+    fn inquiry(&self, cdb: &[u8], out: &mut Responder<'_>) -> Result<CommandResult, SinkError> {
         let Ok((cdb, _)) = InquiryCdb::read_from_prefix(cdb) else {
             return Ok(illegal(asc::INVALID_FIELD_IN_CDB));
         };
@@ -319,7 +317,9 @@ impl ScsiDisk {
             }
             scsi::VPD_LOGICAL_BLOCK_PROVISIONING => {
                 // Fully provisioned and read-only: no UNMAP or WRITE SAME.
-                LogicalBlockProvisioningPage::new_zeroed().as_bytes().to_vec()
+                LogicalBlockProvisioningPage::new_zeroed()
+                    .as_bytes()
+                    .to_vec()
             }
             _ => return None,
         };
@@ -344,7 +344,11 @@ impl ScsiDisk {
         naa[0] = 0x60 | (naa[0] & 0x0F);
         let mut out = Vec::new();
         for (code_set, kind, value) in [
-            (scsi::CODE_SET_ASCII, scsi::DESIGNATOR_T10_VENDOR_ID, &t10[..]),
+            (
+                scsi::CODE_SET_ASCII,
+                scsi::DESIGNATOR_T10_VENDOR_ID,
+                &t10[..],
+            ),
             (scsi::CODE_SET_BINARY, scsi::DESIGNATOR_NAA, &naa[..]),
         ] {
             let header = DesignatorHeader {
@@ -516,7 +520,9 @@ struct Responder<'a> {
 
 impl Responder<'_> {
     fn respond(&mut self, data: &[u8], allocation: u64) -> Result<CommandResult, SinkError> {
-        let len = (data.len() as u64).min(allocation).min(self.buffer_len as u64) as usize;
+        let len = (data.len() as u64)
+            .min(allocation)
+            .min(self.buffer_len as u64) as usize;
         if len > 0 {
             self.sink.write_at(0, &data[..len])?;
         }
@@ -532,7 +538,11 @@ pub fn lba_and_length(cdb: &[u8]) -> Option<(u64, u64)> {
         6 => {
             let (c, _) = Cdb6::read_from_prefix(cdb).ok()?;
             let lba = (u64::from(c.byte1 & 0x1F) << 16) | u64::from(c.lba_low.get());
-            let blocks = if c.length == 0 { 256 } else { u64::from(c.length) };
+            let blocks = if c.length == 0 {
+                256
+            } else {
+                u64::from(c.length)
+            };
             Some((lba, blocks))
         }
         10 => {

@@ -51,7 +51,11 @@ fn disk(sector: u32, sectors: usize) -> (ScsiDisk, Vec<u8>) {
 fn run(disk: &ScsiDisk, cdb: &[u8], buffer: usize) -> (CommandResult, Vec<u8>) {
     let mut out = Vec::new();
     let result = disk.execute(cdb, buffer, &mut out).unwrap();
-    assert_eq!(out.len(), result.transferred, "sink got exactly the reported bytes");
+    assert_eq!(
+        out.len(),
+        result.transferred,
+        "sink got exactly the reported bytes"
+    );
     (result, out)
 }
 
@@ -105,7 +109,11 @@ fn reads_match_the_backing_bytes_for_both_sector_sizes() {
             let (r, data) = run(&d, &read10(lba, blocks), 8 << 20);
             assert_eq!(r.status, CommandStatus::Good);
             let start = lba as usize * s;
-            assert_eq!(data, bytes[start..start + blocks as usize * s], "{sector} {lba}");
+            assert_eq!(
+                data,
+                bytes[start..start + blocks as usize * s],
+                "{sector} {lba}"
+            );
         }
         let (r, data) = run(&d, &read16(u64::from(last), 1), s);
         assert_eq!(r.status, CommandStatus::Good);
@@ -240,7 +248,10 @@ fn vpd_pages() {
         let (r, data) = vpd(page);
         assert_eq!(r.status, CommandStatus::Good);
         assert_eq!(data[1], page);
-        assert_eq!(data.len(), 4 + u16::from_be_bytes([data[2], data[3]]) as usize);
+        assert_eq!(
+            data.len(),
+            4 + u16::from_be_bytes([data[2], data[3]]) as usize
+        );
     }
     let (_, serial) = vpd(0x80);
     assert_eq!(&serial[4..], b"30313233343536373839616263646566");
@@ -263,7 +274,11 @@ fn vpd_pages() {
     let (_, chars) = vpd(0xB1);
     assert_eq!(chars[4..6], [0, 1]);
     let (_, prov) = vpd(0xB2);
-    assert_eq!(prov[5] & 0xE0, 0, "no UNMAP / WRITE SAME on a read-only disk");
+    assert_eq!(
+        prov[5] & 0xE0,
+        0,
+        "no UNMAP / WRITE SAME on a read-only disk"
+    );
     // Unsupported page: GOOD with no data (Linux forces INQUIRY to GOOD).
     for page in [0x89, 0x01, 0xFF] {
         let (r, data) = vpd(page);
@@ -286,7 +301,10 @@ fn mode_sense_reports_write_protect_and_caching() {
         assert_eq!(data.len(), 4 + 20);
         let (r, data) = run(&d, &[0x5A, 0, page, 0, 0, 0, 0, 0x01, 0x00, 0], 256);
         assert_eq!(r.status, CommandStatus::Good);
-        assert_eq!(u16::from_be_bytes([data[0], data[1]]) as usize + 2, data.len());
+        assert_eq!(
+            u16::from_be_bytes([data[0], data[1]]) as usize + 2,
+            data.len()
+        );
         assert_eq!(data[3] & 0x80, 0x80);
         assert_eq!(data[8] & 0x3F, 0x08);
     }

@@ -15,16 +15,14 @@ use std::sync::{Arc, RwLock};
 
 use vmbdev_protocol::scsi::{self, Opcode, VpdHeader};
 use vmbdev_protocol::vstor::{
-    self, CreateSubChannelsBody, DataDirection, NtStatus, Operation, PacketHeader,
-    PropertiesBody, ProtocolVersion, ScsiRequest, SrbStatus, VersionBody,
+    self, CreateSubChannelsBody, DataDirection, NtStatus, Operation, PacketHeader, PropertiesBody,
+    ProtocolVersion, ScsiRequest, SrbStatus, VersionBody,
 };
 use vmbdev_ring::{GpaRange, GuestMemory};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::scsi_disk::{
-    self, CommandResult, CommandStatus, DataSink, ScsiDisk, SinkError,
-};
+use crate::scsi_disk::{self, CommandResult, CommandStatus, DataSink, ScsiDisk, SinkError};
 
 /// Default largest transfer of one SRB.
 pub const DEFAULT_MAX_TRANSFER_BYTES: u32 = 2 * 1024 * 1024;
@@ -202,7 +200,9 @@ pub struct Completion {
 impl Completion {
     /// The vstor header of the payload.
     pub fn header(&self) -> Option<PacketHeader> {
-        PacketHeader::read_from_prefix(&self.bytes).ok().map(|(h, _)| h)
+        PacketHeader::read_from_prefix(&self.bytes)
+            .ok()
+            .map(|(h, _)| h)
     }
 }
 
@@ -438,9 +438,10 @@ impl StorvspChannel {
             (Operation::EXECUTE_SRB, InitState::Ready) => {
                 self.execute_srb(&body, body_len, request.ranges, tid, reply_len)
             }
-            (Operation::RESET_LUN | Operation::RESET_ADAPTER | Operation::RESET_BUS, InitState::Ready) => {
-                reply(NtStatus::SUCCESS, &body)
-            }
+            (
+                Operation::RESET_LUN | Operation::RESET_ADAPTER | Operation::RESET_BUS,
+                InitState::Ready,
+            ) => reply(NtStatus::SUCCESS, &body),
             (
                 Operation::BEGIN_INITIALIZATION
                 | Operation::QUERY_PROTOCOL_VERSION
@@ -453,7 +454,12 @@ impl StorvspChannel {
                 | Operation::RESET_BUS,
                 state,
             ) => {
-                tracing::debug!(?operation, ?state, primary = self.primary, "vstor operation out of order");
+                tracing::debug!(
+                    ?operation,
+                    ?state,
+                    primary = self.primary,
+                    "vstor operation out of order"
+                );
                 reply(NtStatus::INVALID_DEVICE_STATE, &body)
             }
             _ => {

@@ -75,8 +75,16 @@ fn send(host: &mut Host, payload: &[u8]) -> Vec<u8> {
     let c = complete(&mut host.channel, payload, vec![]);
     assert_eq!(c.transaction_id, 0x1234);
     assert!(c.bytes.len() <= 80);
-    assert_eq!(u32::from_le_bytes(c.bytes[..4].try_into().unwrap()), 1, "COMPLETE_IO");
-    assert_eq!(u32::from_le_bytes(c.bytes[4..8].try_into().unwrap()), 0, "host flags");
+    assert_eq!(
+        u32::from_le_bytes(c.bytes[..4].try_into().unwrap()),
+        1,
+        "COMPLETE_IO"
+    );
+    assert_eq!(
+        u32::from_le_bytes(c.bytes[4..8].try_into().unwrap()),
+        0,
+        "host flags"
+    );
     c.bytes
 }
 
@@ -161,7 +169,10 @@ fn all_five_versions_are_accepted_and_properties_reported() {
         let flags = u32::from_le_bytes(props[20..24].try_into().unwrap());
         assert_eq!(max_sub, if win8 { 3 } else { 0 }, "{version:#x}");
         assert_eq!(flags & 1, u32::from(win8));
-        assert_eq!(u32::from_le_bytes(props[24..28].try_into().unwrap()), 256 * 1024);
+        assert_eq!(
+            u32::from_le_bytes(props[24..28].try_into().unwrap()),
+            256 * 1024
+        );
         assert_eq!(h.channel.version(), Some(ProtocolVersion(version)));
     }
 }
@@ -186,7 +197,11 @@ fn unsupported_version_gets_revision_mismatch_echoing_it() {
 fn out_of_order_init_is_refused_and_channel_survives() {
     let mut h = host();
     for op in [3u32, 8, 10, 9, 13, 4] {
-        assert_eq!(status(&send(&mut h, &packet(op, 0x40))), 0xC000_0184, "op {op}");
+        assert_eq!(
+            status(&send(&mut h, &packet(op, 0x40))),
+            0xC000_0184,
+            "op {op}"
+        );
     }
     send(&mut h, &packet(7, 0x40));
     assert_eq!(status(&send(&mut h, &packet(7, 0x40))), 0xC000_0184);
@@ -203,7 +218,13 @@ fn out_of_order_init_is_refused_and_channel_survives() {
 
 #[test]
 fn completion_has_the_size_of_the_request() {
-    for (size, expected) in [(0x30, 0x30), (0x34, 0x34), (0x40, 0x40), (0x50, 0x40), (12, 12)] {
+    for (size, expected) in [
+        (0x30, 0x30),
+        (0x34, 0x34),
+        (0x40, 0x40),
+        (0x50, 0x40),
+        (12, 12),
+    ] {
         let mut h = host();
         assert_eq!(send(&mut h, &packet(7, size)).len(), expected);
     }
@@ -261,8 +282,15 @@ fn read_lands_in_non_contiguous_guest_pages() {
         let lba = SECTORS as u32 - u32::from(blocks);
         // Offset 2 into page 7, then pages 3, 20, 9: longer than needed.
         let r = range(&[7, 3, 20, 9], 2, len + 100);
-        let reply = run_srb(&mut h, &srb(0x40, 0, 0, &read10(lba, blocks), 1, len), vec![r.clone()]);
-        assert_eq!((reply.status, reply.srb_status, reply.scsi_status), (0, 1, 0));
+        let reply = run_srb(
+            &mut h,
+            &srb(0x40, 0, 0, &read10(lba, blocks), 1, len),
+            vec![r.clone()],
+        );
+        assert_eq!(
+            (reply.status, reply.srb_status, reply.scsi_status),
+            (0, 1, 0)
+        );
         assert_eq!(reply.transferred, len);
         let mut got = vec![0u8; len as usize];
         r.read_at(&h.memory, 0, &mut got).unwrap();
@@ -273,7 +301,11 @@ fn read_lands_in_non_contiguous_guest_pages() {
         assert_eq!(page, [0, 0], "bytes before the range untouched");
         let mut tail = vec![0u8; 100];
         r.read_at(&h.memory, u64::from(len), &mut tail).unwrap();
-        assert_eq!(tail, vec![0; 100], "bytes past data_transfer_length untouched");
+        assert_eq!(
+            tail,
+            vec![0; 100],
+            "bytes past data_transfer_length untouched"
+        );
     }
 }
 
@@ -282,15 +314,25 @@ fn read_past_end_and_writes_give_sense() {
     let mut h = host();
     init(&mut h, 0x0602, 0x40);
     let r = range(&[1], 0, 1024);
-    let reply = run_srb(&mut h, &srb(0x40, 0, 0, &read10(SECTORS as u32 - 1, 2), 1, 1024), vec![r.clone()]);
-    assert_eq!((reply.srb_status, reply.scsi_status, reply.transferred), (0x84, 2, 0));
+    let reply = run_srb(
+        &mut h,
+        &srb(0x40, 0, 0, &read10(SECTORS as u32 - 1, 2), 1, 1024),
+        vec![r.clone()],
+    );
+    assert_eq!(
+        (reply.srb_status, reply.scsi_status, reply.transferred),
+        (0x84, 2, 0)
+    );
     assert_eq!(reply.sense[0], 0x70);
     assert_eq!((reply.sense[2], reply.sense[12]), (0x05, 0x21));
     let mut write = read10(0, 1);
     write[0] = 0x2A;
     let reply = run_srb(&mut h, &srb(0x40, 0, 0, &write, 0, 512), vec![r.clone()]);
     assert_eq!((reply.srb_status, reply.scsi_status), (0x84, 2));
-    assert_eq!((reply.sense[2], reply.sense[12], reply.sense[13]), (0x07, 0x27, 0));
+    assert_eq!(
+        (reply.sense[2], reply.sense[12], reply.sense[13]),
+        (0x07, 0x27, 0)
+    );
     assert_eq!(reply.sense_len, 18);
     // A read CDB sent as data-out does not write guest pages.
     h.memory.fill(4096, 4096, 0xEE).unwrap();
@@ -305,7 +347,11 @@ fn read_past_end_and_writes_give_sense() {
 fn pre_win8_sense_is_capped_at_0x12() {
     let mut h = host();
     init(&mut h, 0x0402, 0x30);
-    let reply = run_srb(&mut h, &srb(0x30, 0, 0, &[0xC5, 0, 0, 0, 0, 0], 2, 0), vec![]);
+    let reply = run_srb(
+        &mut h,
+        &srb(0x30, 0, 0, &[0xC5, 0, 0, 0, 0, 0], 2, 0),
+        vec![],
+    );
     assert_eq!(reply.len, 0x30);
     assert_eq!((reply.srb_status, reply.scsi_status), (0x84, 2));
     assert_eq!(reply.sense_len, 0x12);
@@ -323,10 +369,22 @@ fn hostile_srbs_have_defined_outcomes() {
         assert_eq!(r.transferred, 0);
     };
     // Page outside guest memory.
-    invalid(&run_srb(&mut h, &srb(0x40, 0, 0, &read, 1, 512), vec![range(&[MEMORY_PAGES], 0, 512)]));
-    invalid(&run_srb(&mut h, &srb(0x40, 0, 0, &read, 1, 512), vec![range(&[u64::MAX >> 12], 0, 512)]));
+    invalid(&run_srb(
+        &mut h,
+        &srb(0x40, 0, 0, &read, 1, 512),
+        vec![range(&[MEMORY_PAGES], 0, 512)],
+    ));
+    invalid(&run_srb(
+        &mut h,
+        &srb(0x40, 0, 0, &read, 1, 512),
+        vec![range(&[u64::MAX >> 12], 0, 512)],
+    ));
     // Range shorter than data_transfer_length.
-    invalid(&run_srb(&mut h, &srb(0x40, 0, 0, &read, 1, 512), vec![range(&[1], 0, 511)]));
+    invalid(&run_srb(
+        &mut h,
+        &srb(0x40, 0, 0, &read, 1, 512),
+        vec![range(&[1], 0, 511)],
+    ));
     // Two ranges.
     invalid(&run_srb(
         &mut h,
@@ -336,7 +394,11 @@ fn hostile_srbs_have_defined_outcomes() {
     // Data length but no range.
     invalid(&run_srb(&mut h, &srb(0x40, 0, 0, &read, 1, 512), vec![]));
     // Data length above max_transfer_bytes.
-    invalid(&run_srb(&mut h, &srb(0x40, 0, 0, &read, 1, 4 << 20), vec![range(&[1], 0, 512)]));
+    invalid(&run_srb(
+        &mut h,
+        &srb(0x40, 0, 0, &read, 1, 4 << 20),
+        vec![range(&[1], 0, 512)],
+    ));
     // CDB length 0 and 17.
     let mut p = srb(0x40, 0, 0, &TUR, 2, 0);
     p[20] = 0;
@@ -361,9 +423,16 @@ fn hostile_srbs_have_defined_outcomes() {
     let mut p = srb(0x40, 0, 0, &read, 1, 512);
     p[20] = 6;
     let reply = run_srb(&mut h, &p, vec![range(&[1], 0, 512)]);
-    assert_eq!((reply.srb_status, reply.scsi_status, reply.sense[12]), (0x84, 2, 0x24));
+    assert_eq!(
+        (reply.srb_status, reply.scsi_status, reply.sense[12]),
+        (0x84, 2, 0x24)
+    );
     // The channel still works.
-    let reply = run_srb(&mut h, &srb(0x40, 0, 0, &read, 1, 512), vec![range(&[1], 0, 512)]);
+    let reply = run_srb(
+        &mut h,
+        &srb(0x40, 0, 0, &read, 1, 512),
+        vec![range(&[1], 0, 512)],
+    );
     assert_eq!((reply.srb_status, reply.transferred), (1, 512));
 }
 
@@ -373,7 +442,11 @@ fn lun_addressing_and_report_luns() {
     init(&mut h, 0x0600, 0x30);
     let buf = range(&[4], 0, 2048);
     // Absent LUN: INQUIRY byte 0 = 0x7F, other commands INVALID_LUN.
-    let reply = run_srb(&mut h, &srb(0x30, 1, 0, &[0x12, 0, 0, 0, 36, 0], 1, 36), vec![buf.clone()]);
+    let reply = run_srb(
+        &mut h,
+        &srb(0x30, 1, 0, &[0x12, 0, 0, 0, 36, 0], 1, 36),
+        vec![buf.clone()],
+    );
     assert_eq!((reply.srb_status, reply.transferred), (1, 36));
     let mut b = [0u8; 1];
     buf.read_at(&h.memory, 0, &mut b).unwrap();
@@ -383,18 +456,47 @@ fn lun_addressing_and_report_luns() {
     // REPORT LUNS with allocation length 0 (UEFI) to an empty target.
     let report = [0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     for target in [1u8, 2] {
-        let reply = run_srb(&mut h, &srb(0x30, target, 0, &report, 1, 2048), vec![buf.clone()]);
-        assert_eq!((reply.srb_status, reply.scsi_status, reply.transferred), (1, 0, 8));
+        let reply = run_srb(
+            &mut h,
+            &srb(0x30, target, 0, &report, 1, 2048),
+            vec![buf.clone()],
+        );
+        assert_eq!(
+            (reply.srb_status, reply.scsi_status, reply.transferred),
+            (1, 0, 8)
+        );
         let mut hdr = [0xFFu8; 8];
         buf.read_at(&h.memory, 0, &mut hdr).unwrap();
         assert_eq!(hdr, [0; 8]);
     }
     // Hot add LUN 3 at target 0: notification, then it is listed and works.
-    let disk = h.channel.controller().get(LunAddress { path: 0, target: 0, lun: 0 }).unwrap();
-    let note = h.channel.hot_add(LunAddress { path: 0, target: 0, lun: 3 }, disk).unwrap();
+    let disk = h
+        .channel
+        .controller()
+        .get(LunAddress {
+            path: 0,
+            target: 0,
+            lun: 0,
+        })
+        .unwrap();
+    let note = h
+        .channel
+        .hot_add(
+            LunAddress {
+                path: 0,
+                target: 0,
+                lun: 3,
+            },
+            disk,
+        )
+        .unwrap();
     assert_eq!(note.bytes.len(), 0x40);
     assert_eq!(u32::from_le_bytes(note.bytes[..4].try_into().unwrap()), 11);
-    let reply = run_srb(&mut h, &srb(0x30, 0, 0, &report, 1, 2048), vec![buf.clone()]);
+    let reply = run_srb(
+        &mut h,
+        &srb(0x30, 0, 0, &report, 1, 2048),
+        vec![buf.clone()],
+    );
     assert_eq!(reply.transferred, 24);
     let mut list = [0u8; 24];
     buf.read_at(&h.memory, 0, &mut list).unwrap();
@@ -403,7 +505,15 @@ fn lun_addressing_and_report_luns() {
     assert_eq!(list[17], 3);
     let reply = run_srb(&mut h, &srb(0x30, 0, 3, &TUR, 1, 0), vec![]);
     assert_eq!(reply.srb_status, 1);
-    assert!(h.channel.hot_remove(LunAddress { path: 0, target: 0, lun: 3 }).is_some());
+    assert!(
+        h.channel
+            .hot_remove(LunAddress {
+                path: 0,
+                target: 0,
+                lun: 3
+            })
+            .is_some()
+    );
     let reply = run_srb(&mut h, &srb(0x30, 0, 3, &TUR, 1, 0), vec![]);
     assert_eq!(reply.srb_status, 0x20);
 }
@@ -411,8 +521,27 @@ fn lun_addressing_and_report_luns() {
 #[test]
 fn no_notification_before_init() {
     let h = host();
-    let disk = h.channel.controller().get(LunAddress { path: 0, target: 0, lun: 0 }).unwrap();
-    assert!(h.channel.hot_add(LunAddress { path: 0, target: 0, lun: 1 }, disk).is_none());
+    let disk = h
+        .channel
+        .controller()
+        .get(LunAddress {
+            path: 0,
+            target: 0,
+            lun: 0,
+        })
+        .unwrap();
+    assert!(
+        h.channel
+            .hot_add(
+                LunAddress {
+                    path: 0,
+                    target: 0,
+                    lun: 1
+                },
+                disk
+            )
+            .is_none()
+    );
 }
 
 fn sub_channel_packet(count: u16) -> Vec<u8> {
@@ -452,7 +581,10 @@ fn sub_channels() {
     let mut sub = h.channel.sub_channel().unwrap();
     let r = parse(&complete(&mut sub, &srb(0x40, 0, 0, &TUR, 2, 0), vec![]).bytes);
     assert_eq!(r.srb_status, 1);
-    assert_eq!(status(&complete(&mut sub, &packet(7, 0x40), vec![]).bytes), 0xC000_0184);
+    assert_eq!(
+        status(&complete(&mut sub, &packet(7, 0x40), vec![]).bytes),
+        0xC000_0184
+    );
     // Pre-WIN8 guests get no sub-channels.
     let mut h = host_with(config, 512);
     init(&mut h, 0x0402, 0x40);
@@ -497,12 +629,24 @@ fn save_restore_and_config_limits() {
     assert_eq!(fresh.channel.state(), InitState::Ready);
     let r = parse(&complete(&mut fresh.channel, &srb(0x40, 0, 0, &TUR, 2, 0), vec![]).bytes);
     assert_eq!(r.srb_status, 1);
-    let bad = SavedState { version: Some(0x0601), ..saved };
-    assert_eq!(fresh.channel.restore(bad), Err(RestoreError::Version(0x0601)));
-    let bad = SavedState { version: None, ..saved };
+    let bad = SavedState {
+        version: Some(0x0601),
+        ..saved
+    };
+    assert_eq!(
+        fresh.channel.restore(bad),
+        Err(RestoreError::Version(0x0601))
+    );
+    let bad = SavedState {
+        version: None,
+        ..saved
+    };
     assert!(fresh.channel.restore(bad).is_err());
     for bytes in [0u32, 8 * 1024 * 1024 + 1] {
-        let config = StorvspConfig { max_transfer_bytes: bytes, ..Default::default() };
+        let config = StorvspConfig {
+            max_transfer_bytes: bytes,
+            ..Default::default()
+        };
         assert_eq!(config.validate(), Err(ConfigError::MaxTransferBytes(bytes)));
     }
 }

@@ -153,7 +153,12 @@ fn linux_probe_sequence() {
     let info = parse_inquiry(&data).unwrap();
     assert!(info.present());
     assert_eq!(info.device_type, 0);
-    let (_, full) = vm.srb(0x40, 0, cdb::inquiry(None, info.full_length as u16), info.full_length as u32);
+    let (_, full) = vm.srb(
+        0x40,
+        0,
+        cdb::inquiry(None, info.full_length as u16),
+        info.full_length as u32,
+    );
     assert_eq!(full.len(), info.full_length);
     let (_, data) = vm.srb(0x40, 0, cdb::inquiry(Some(0), 255), 255);
     let pages = parse_vpd_supported(&data).unwrap();
@@ -175,14 +180,29 @@ fn linux_probe_sequence() {
     assert_eq!(data[4] & 0x3F, 8);
     let (c, data) = vm.srb(0x40, 0, cdb::read10(990, 10), 5120);
     assert_eq!(c.transferred, 5120);
-    assert!(data.iter().enumerate().all(|(i, &b)| b == pattern(990 * 512 + i as u64)));
+    assert!(
+        data.iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern(990 * 512 + i as u64))
+    );
     let (c, data) = vm.srb(0x40, 0, cdb::read16(0, 256), 128 * 1024);
     assert_eq!(c.srb_status, 1);
-    assert!(data.iter().enumerate().all(|(i, &b)| b == pattern(i as u64)));
+    assert!(
+        data.iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern(i as u64))
+    );
     // A write is refused with DATA PROTECT.
     let mut write = cdb::read10(0, 1);
     write[0] = 0x2A;
-    let params = SrbParams { path: 0, target: 0, lun: 0, cdb: write, data_in: 0, data_transfer_length: 512 };
+    let params = SrbParams {
+        path: 0,
+        target: 0,
+        lun: 0,
+        cdb: write,
+        data_in: 0,
+        data_transfer_length: 512,
+    };
     let range = GpaRange::new(512, 0, vec![30]).unwrap();
     let c = SrbCompletion::parse(&vm.send(&srb_packet(&params, 0x40), vec![range]).bytes).unwrap();
     assert_eq!(c.sense_key_asc(), Some((7, 0x27)));
@@ -237,7 +257,11 @@ fn every_linux_version_initializes_against_the_host() {
         assert_eq!(parse_read_capacity10(&data).unwrap(), (999, 4096));
         let (c, data) = vm.srb(0x40, 0, cdb::read10(999, 1), 4096);
         assert_eq!(c.transferred, 4096);
-        assert!(data.iter().enumerate().all(|(i, &b)| b == pattern(999 * 4096 + i as u64)));
+        assert!(
+            data.iter()
+                .enumerate()
+                .all(|(i, &b)| b == pattern(999 * 4096 + i as u64))
+        );
     }
 }
 
@@ -249,7 +273,11 @@ fn uefi_probe_sequence() {
     assert_eq!(driver.properties().max_transfer_bytes, 2 * 1024 * 1024);
     for target in 0..3u8 {
         let (c, data) = vm.srb(0x30, target, cdb::report_luns(0), 2048);
-        assert_eq!((c.status, c.srb_status, c.scsi_status), (0, 1, 0), "target {target}");
+        assert_eq!(
+            (c.status, c.srb_status, c.scsi_status),
+            (0, 1, 0),
+            "target {target}"
+        );
         let luns = parse_report_luns(&data).unwrap();
         assert_eq!(luns, if target == 0 { vec![0] } else { vec![] });
         assert!(luns.iter().all(|&l| l < 255));
@@ -265,7 +293,11 @@ fn uefi_probe_sequence() {
     assert_eq!(parse_read_capacity10(&data).unwrap(), (999, 512));
     let (c, data) = vm.srb(0x30, 0, cdb::read10(3, 2), 1024);
     assert_eq!(c.transferred, 1024);
-    assert!(data.iter().enumerate().all(|(i, &b)| b == pattern(3 * 512 + i as u64)));
+    assert!(
+        data.iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern(3 * 512 + i as u64))
+    );
 }
 
 #[test]
@@ -275,7 +307,10 @@ fn uefi_refuses_a_zero_max_transfer() {
     ok[0] = 1;
     driver.on_completion(&ok).unwrap();
     driver.on_completion(&ok).unwrap();
-    assert_eq!(driver.on_completion(&ok), Err(StorvscError::BadMaxTransfer(0)));
+    assert_eq!(
+        driver.on_completion(&ok),
+        Err(StorvscError::BadMaxTransfer(0))
+    );
 }
 
 #[test]
