@@ -48,7 +48,11 @@ impl DataSink for Vec<u8> {
             len: data.len(),
             reason: "offset does not fit in memory".into(),
         })?;
-        let end = start + data.len();
+        let end = start.checked_add(data.len()).ok_or_else(|| SinkError {
+            offset,
+            len: data.len(),
+            reason: "end of write overflows".into(),
+        })?;
         if self.len() < end {
             self.resize(end, 0);
         }

@@ -524,24 +524,20 @@ impl StorvspChannel {
         tid: u64,
         reply_len: usize,
     ) -> Outcome {
-        let Ok(srb) = ScsiRequest::read_from_bytes(&body[..]) else {
-            // Unreachable: the body array is exactly the SRB size.
-            return Outcome::Violation(ProtocolViolation::TooShort { len: body_len });
-        };
+        // The body array is exactly the size of the WIN8 SRB.
+        let srb: ScsiRequest = zerocopy::transmute!(*body);
         let version = self.version.unwrap_or(ProtocolVersion::WIN8);
-        let job = SrbJob {
+        let plan = self
+            .plan(&srb, body_len, ranges)
+            .unwrap_or_else(Plan::Reject);
+        Outcome::Execute(SrbJob {
             transaction_id: tid,
             reply_len,
             srb,
             sense_capacity: usize::from(srb.sense_info_length).min(version.sense_size()),
-            plan: Plan::Reject(RejectReason::Malformed),
+            plan,
             memory: self.memory.clone(),
-        };
-        let plan = match self.plan(&srb, body_len, ranges) {
-            Ok(plan) => plan,
-            Err(reason) => Plan::Reject(reason),
-        };
-        Outcome::Execute(SrbJob { plan, ..job })
+        })
     }
 
     /// Validates an SRB and decides what running it means.

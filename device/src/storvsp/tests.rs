@@ -99,7 +99,6 @@ fn init(host: &mut Host, version: u16, size: usize) -> Vec<u8> {
 }
 
 /// An SRB packet; offsets from the wire table.
-#[allow(clippy::too_many_arguments)]
 fn srb(size: usize, target: u8, lun: u8, cdb: &[u8], data_in: u8, length: u32) -> Vec<u8> {
     let mut p = packet(3, size);
     p[12..14].copy_from_slice(&0x34u16.to_le_bytes());
