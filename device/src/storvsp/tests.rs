@@ -649,3 +649,47 @@ fn save_restore_and_config_limits() {
         assert_eq!(config.validate(), Err(ConfigError::MaxTransferBytes(bytes)));
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any packet, before or after init, with any single range, yields
+        /// a defined outcome and a completion no longer than its request or
+        /// 80 bytes.
+        #[test]
+        fn random_packets_never_panic(
+            initialized in any::<bool>(),
+            op in 0u32..16,
+            mut payload in proptest::collection::vec(any::<u8>(), 0..96),
+            count in 1u32..20_000,
+            offset in 0u32..2048,
+            first_page in 0u64..80,
+        ) {
+            let mut h = host();
+            if initialized {
+                init(&mut h, 0x0602, 0x40);
+            }
+            if payload.len() >= 4 {
+                payload[..4].copy_from_slice(&op.to_le_bytes());
+            }
+            let offset = offset & !1;
+            let pages = vmbdev_ring::gpa::pages_spanned(offset, count);
+            let range = GpaRange::new(count, offset, (first_page..first_page + pages).collect()).unwrap();
+            match h.channel.handle(Request { payload: &payload, ranges: vec![range], transaction_id: 9 }) {
+                Outcome::Complete(c) | Outcome::CreateSubChannels { completion: c, .. } => {
+                    prop_assert!(c.bytes.len() <= payload.len().min(80));
+                }
+                Outcome::Execute(job) => {
+                    let c = job.run();
+                    prop_assert!(c.bytes.len() <= payload.len().min(80));
+                    prop_assert_eq!(c.transaction_id, 9);
+                }
+                Outcome::Violation(_) => prop_assert!(payload.len() < 12),
+            }
+        }
+    }
+}
