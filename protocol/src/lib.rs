@@ -3,4 +3,7 @@
 //!
 //! Structs and constants only, no I/O and no logic beyond size checks.
 #![forbid(unsafe_code)]
+
+pub mod scsi;
 pub mod vmbfs;
+pub mod vstor;
