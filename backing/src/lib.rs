@@ -13,6 +13,8 @@
 
 mod block;
 mod tree;
+pub mod vhdx;
 
 pub use block::{BlockDevice, BlockError, RawFile, check_request, read_exact_at};
 pub use tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+pub use vhdx::{Vhdx, VhdxError, open_image};
