@@ -62,7 +62,10 @@ pub(crate) fn replay(
         let stale = if log_len <= MAX_REPLAY_LOG && log_len > 0 {
             let mut log = vec![0u8; log_len as usize];
             file.read_raw(log_offset, &mut log)?;
-            count_signatures(&log)
+            (0..log_len)
+                .step_by(LOG_SECTOR as usize)
+                .filter(|&offset| parse_entry(&log, offset).is_some())
+                .count() as u64
         } else {
             0
         };
@@ -118,13 +121,6 @@ pub(crate) fn replay(
             stale_entries: stale,
         },
     })
-}
-
-/// Counts 4 KiB-aligned entry signatures (for reporting stale entries).
-fn count_signatures(log: &[u8]) -> u64 {
-    log.chunks(LOG_SECTOR as usize)
-        .filter(|s| s.starts_with(LOG_ENTRY_SIGNATURE))
-        .count() as u64
 }
 
 /// Copies `len` bytes of the circular log starting at `offset`.

@@ -178,3 +178,71 @@ pub fn metadata_value(b: &[u8], guid: &[u8; 16]) -> usize {
     let (meta, _) = region(b, &META_GUID);
     meta + le32(b, metadata_entry(b, guid) + 16) as usize
 }
+
+/// One log descriptor to craft.
+pub enum Desc {
+    /// Replace the 4 KiB page at the offset.
+    Data(u64, Vec<u8>),
+    /// Zero `len` bytes at the offset.
+    Zero(u64, u64),
+}
+
+/// Builds a log entry with valid checksums.
+pub fn log_entry(
+    guid: [u8; 16],
+    seq: u64,
+    tail: u32,
+    descs: &[Desc],
+    last_file_offset: u64,
+) -> Vec<u8> {
+    let desc_area = (64 + 32 * descs.len()).div_ceil(4096) * 4096;
+    let data_count = descs.iter().filter(|d| matches!(d, Desc::Data(..))).count();
+    let len = desc_area + 4096 * data_count;
+    let mut e = vec![0u8; len];
+    e[0..4].copy_from_slice(b"loge");
+    put32(&mut e, 8, len as u32);
+    put32(&mut e, 12, tail);
+    put64(&mut e, 16, seq);
+    put32(&mut e, 24, descs.len() as u32);
+    e[32..48].copy_from_slice(&guid);
+    put64(&mut e, 48, last_file_offset);
+    put64(&mut e, 56, last_file_offset);
+    let mut data_at = desc_area;
+    for (i, d) in descs.iter().enumerate() {
+        let at = 64 + 32 * i;
+        match d {
+            Desc::Data(offset, page) => {
+                e[at..at + 4].copy_from_slice(b"desc");
+                e[at + 4..at + 8].copy_from_slice(&page[4092..4096]);
+                e[at + 8..at + 16].copy_from_slice(&page[0..8]);
+                put64(&mut e, at + 16, *offset);
+                e[data_at..data_at + 4].copy_from_slice(b"data");
+                put32(&mut e, data_at + 4, (seq >> 32) as u32);
+                e[data_at + 8..data_at + 4092].copy_from_slice(&page[8..4092]);
+                put32(&mut e, data_at + 4092, seq as u32);
+                data_at += 4096;
+            }
+            Desc::Zero(offset, length) => {
+                e[at..at + 4].copy_from_slice(b"zero");
+                put64(&mut e, at + 8, *length);
+                put64(&mut e, at + 16, *offset);
+            }
+        }
+        put64(&mut e, at + 24, seq);
+    }
+    fix_crc(&mut e, 0, len);
+    e
+}
+
+/// Log (offset, length) from the current header.
+pub fn log_area(b: &[u8]) -> (usize, usize) {
+    let h = current_header(b);
+    (le64(b, h + 72) as usize, le32(b, h + 68) as usize)
+}
+
+/// Sets the current header's log GUID and fixes its checksum.
+pub fn set_log_guid(b: &mut [u8], guid: [u8; 16]) {
+    let h = current_header(b);
+    b[h + 48..h + 64].copy_from_slice(&guid);
+    fix_crc(b, h, 4096);
+}
