@@ -62,7 +62,7 @@ fn dump_matches_qemu_convert() {
     );
     assert_eq!(a.len(), b.len());
     assert!(a == b, "dump differs from qemu-img convert");
-    assert!(a.iter().any(|x| *x == 0x5c));
+    assert!(a.contains(&0x5c));
 }
 
 #[test]
