@@ -122,6 +122,28 @@ fn differencing_chain_reads_parent_and_changes() {
     assert!(info.bat_counts.fully_present > 0);
     assert!(info.bat_counts.not_present > 0);
     assert_same(&read_all(&vhdx), &model, "chain read");
+    qemu_view_of_child(&top, dir.path(), &model);
+}
+
+/// qemu-img reads differencing VHDX only in versions that support it; where
+/// it opens the child, its view must equal ours. Where it refuses, it must
+/// say so rather than return other data.
+fn qemu_view_of_child(child: &Path, dir: &Path, model: &[u8]) {
+    let out = dir.join("child.qemu.raw");
+    let result = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw", p(child), p(&out)])
+        .output()
+        .expect("qemu-img is required");
+    if result.status.success() {
+        assert_same(&std::fs::read(&out).unwrap(), model, "qemu view of chain");
+    } else {
+        let err = String::from_utf8_lossy(&result.stderr);
+        eprintln!("qemu-img refuses the differencing image: {err}");
+        assert!(
+            err.contains("not supported") || err.contains("Not supported"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
