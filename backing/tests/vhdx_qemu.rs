@@ -140,3 +140,47 @@ fn open_and_read_leave_file_untouched() {
     assert_eq!(std::fs::metadata(&img).unwrap().modified().unwrap(), mtime);
     assert!(std::fs::read(&img).unwrap() == before);
 }
+
+/// Data on both sides of the 4 GiB chunk boundary (32 MiB blocks: 128 blocks
+/// per chunk, so the BAT interleaves a sector bitmap entry after block 127).
+#[test]
+fn reads_across_chunk_boundary_match_written_patterns() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.vhdx");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "vhdx",
+            "-o",
+            "block_size=33554432",
+            p(&img),
+            "9G",
+        ],
+    );
+    let writes = [
+        (4096 * MIB - MIB, 2 * MIB, 0x3au8),
+        (8192 * MIB + 4096, 8192, 0x4b),
+        (100 * MIB, 4096, 0x5c),
+    ];
+    let mut args: Vec<String> = vec!["-f".into(), "vhdx".into()];
+    for (at, len, pattern) in writes {
+        args.push("-c".into());
+        args.push(format!("write -P {pattern} {at} {len}"));
+    }
+    args.push(p(&img).into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("qemu-io", &args);
+    let vhdx = Vhdx::open(&img).unwrap();
+    assert_eq!(vhdx.info().bat_counts.fully_present, 4);
+    for (at, len, pattern) in writes {
+        // The written range plus 64 KiB of zeros on each side.
+        let start = at - 65536;
+        let mut buf = vec![0u8; (len + 2 * 65536) as usize];
+        vhdx.read_sectors(start / 512, &mut buf).unwrap();
+        let mut want = vec![0u8; buf.len()];
+        want[65536..65536 + len as usize].fill(pattern);
+        assert_same(&buf, &want, &format!("range at {at:#x}"));
+    }
+}

@@ -251,3 +251,52 @@ fn parent_with_other_sector_size_is_refused() {
         })
     ));
 }
+
+/// A child whose changes lie in the second sector-bitmap chunk (1 MiB
+/// blocks, 512-byte sectors: 4096 blocks = 4 GiB per chunk) over a sparse
+/// qemu-made parent.
+#[test]
+fn differencing_in_second_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "vhdx",
+            "-o",
+            "block_size=1048576",
+            p(&base),
+            "5G",
+        ],
+    );
+    let at = 4096 * MIB + 3 * MIB;
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "vhdx",
+            "-c",
+            &format!("write -P 0x66 {at} {}", 2 * MIB),
+            p(&base),
+        ],
+    );
+    let child = dir.path().join("child.vhdx");
+    let lba = at / 512 + 100;
+    let opts = WriteOptions {
+        block_size: 1 << 20,
+        ..WriteOptions::default()
+    };
+    write_differencing(&base, &child, &[(lba, vec![0x77; 1024])], &opts).unwrap();
+    let vhdx = Vhdx::open(&child).unwrap();
+    assert_eq!(vhdx.info().bat_counts.partially_present, 1);
+    assert_eq!(vhdx.info().bat_counts.bitmaps_present, 1);
+    let mut buf = vec![0u8; 4 * MIB as usize];
+    vhdx.read_sectors((at - MIB) / 512, &mut buf).unwrap();
+    let mut want = vec![0u8; buf.len()];
+    want[MIB as usize..3 * MIB as usize].fill(0x66);
+    let changed = MIB as usize + 100 * 512;
+    want[changed..changed + 1024].fill(0x77);
+    assert_same(&buf, &want, "second chunk");
+}

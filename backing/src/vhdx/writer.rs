@@ -214,6 +214,9 @@ pub fn write_differencing(
     let per_block = block_size / sector;
     let content = |block: u64| -> Result<BlockContent, WriteError> {
         let first = block * per_block;
+        if sectors.range(first..first + per_block).next().is_none() {
+            return Ok(BlockContent::Absent(bat_state::NOT_PRESENT));
+        }
         let mut data = vec![0u8; block_size as usize];
         let mut present = vec![false; per_block as usize];
         for (&lba, bytes) in sectors.range(first..first + per_block) {
