@@ -575,3 +575,24 @@ fn random_corruption_never_panics() {
         }
     }
 }
+
+#[test]
+fn undefined_and_unmapped_blocks_read_zeros() {
+    let data = {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("src.raw");
+        make_raw(&raw, 8 * MIB, 60)
+    };
+    for state in [1u64, 3] {
+        let mut b = valid();
+        let at = first_allocated(&b);
+        let (bat, _) = region(&b, &BAT_GUID);
+        let block = (at - bat) / 8;
+        put64(&mut b, at, state);
+        let v = open_bytes(&b).unwrap();
+        let ours = read_all(&v);
+        let mut want = data.clone();
+        want[block * MIB as usize..(block + 1) * MIB as usize].fill(0);
+        assert_same(&ours, &want, "UNDEFINED/UNMAPPED block");
+    }
+}

@@ -165,3 +165,78 @@ fn descriptor_targeting_the_log_is_refused() {
         Err(VhdxError::LogImpossibleDescriptor { reason, .. }) if reason.contains("log")
     ));
 }
+
+/// Writes `entries` at their log offsets, marks the log dirty, and checks
+/// our in-memory view against qemu's on-disk replay.
+fn compare_with_qemu(mut b: Vec<u8>, entries: &[(usize, Vec<u8>)], applied: u64) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, log_len) = log_area(&b);
+    for (offset, entry) in entries {
+        for (i, byte) in entry.iter().enumerate() {
+            b[log + (offset + i) % log_len] = *byte;
+        }
+    }
+    set_log_guid(&mut b, GUID);
+    let ours_path = dir.path().join("ours.vhdx");
+    let qemu_path = dir.path().join("qemu.vhdx");
+    std::fs::write(&ours_path, &b).unwrap();
+    std::fs::write(&qemu_path, &b).unwrap();
+    let vhdx = Vhdx::open(&ours_path).unwrap();
+    assert!(matches!(vhdx.info().log, LogState::Replayed { entries, .. } if entries == applied));
+    let ours = read_all(&vhdx);
+    run("qemu-img", &["check", "-r", "all", p(&qemu_path)]);
+    assert_same(&ours, &qemu_raw(&qemu_path, dir.path()), "replayed view");
+    ours
+}
+
+#[test]
+fn entry_wrapping_around_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, data) = base_image(dir.path());
+    let (_, log_len) = log_area(&b);
+    let target = find_allocated(&b);
+    let at = log_len - 4096;
+    let entry = log_entry(
+        GUID,
+        7,
+        at as u32,
+        &[Desc::Data(target, vec![0xee; 4096])],
+        b.len() as u64,
+    );
+    assert_eq!(entry.len(), 8192);
+    let ours = compare_with_qemu(b, &[(at, entry)], 1);
+    assert!(ours != data);
+}
+
+#[test]
+fn later_entries_override_earlier_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _) = base_image(dir.path());
+    let target = find_allocated(&b);
+    let len = b.len() as u64;
+    let first = log_entry(GUID, 20, 0, &[Desc::Data(target, vec![0x01; 4096])], len);
+    let second = log_entry(
+        GUID,
+        21,
+        0,
+        &[
+            Desc::Data(target, vec![0x02; 4096]),
+            Desc::Data(target + 8192, vec![0x03; 4096]),
+        ],
+        len,
+    );
+    let second_at = first.len();
+    let ours = compare_with_qemu(b, &[(0, first), (second_at, second)], 2);
+    assert!(ours.windows(4096).any(|w| w.iter().all(|x| *x == 2)));
+    assert!(!ours.windows(4096).any(|w| w.iter().all(|x| *x == 1)));
+}
+
+/// File offset of the first allocated payload block.
+fn find_allocated(b: &[u8]) -> u64 {
+    let (bat, _) = region(b, &BAT_GUID);
+    (0..16)
+        .map(|i| le64(b, bat + i * 8))
+        .find(|e| e & 7 == 6)
+        .expect("allocated block")
+        & !0xfffff
+}
