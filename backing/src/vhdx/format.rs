@@ -416,3 +416,20 @@ pub fn checksum_with_zeroed_field(bytes: &[u8], field: usize) -> u32 {
     let crc = crc32c::crc32c_append(crc, &[0u8; 4]);
     crc32c::crc32c_append(crc, bytes.get(field + 4..).unwrap_or(&[]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_text_round_trips_in_mixed_endian() {
+        assert_eq!(
+            BAT_REGION.to_string(),
+            "2dc27766-f623-4200-9d64-115e9bfd4a08"
+        );
+        assert_eq!(&BAT_REGION.0[..4], &[0x66, 0x77, 0xc2, 0x2d]);
+        let parsed: Guid = "{8B7CA206-4790-4B9A-B8FE-575F050F886E}".parse().unwrap();
+        assert_eq!(parsed, METADATA_REGION);
+        assert!("not-a-guid".parse::<Guid>().is_err());
+    }
+}

@@ -343,3 +343,9 @@ impl BlockDevice for Vhdx {
         self.read_bytes(offset, buf)
     }
 }
+
+/// Many tasks read one image at once: the device must be shareable.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Vhdx>();
+};
