@@ -19,9 +19,11 @@ pub mod fs;
 pub mod partition;
 mod tree;
 pub mod trees;
+pub mod vhdx;
 
 pub use block::{BlockDevice, BlockError, RawFile, check_request, read_exact_at};
 pub use fs::{OpenTreeError, open_tree};
 pub use partition::{PartitionDevice, PartitionInfo, list_partitions};
 pub use tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 pub use trees::{HostDirTree, MemoryTree};
+pub use vhdx::{Vhdx, VhdxError, open_image};
