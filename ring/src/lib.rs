@@ -8,7 +8,7 @@
 //! Layering: [`control`] (control page fields) → [`ring`] (one half: index
 //! validation, free/available math, wrapped copies) → [`packet`] (wire
 //! format) → [`reader`]/[`writer`] (packet I/O, signalling rules, async
-//! waits) → [`endpoint`] (a channel side) → [`pipe`] and [`loopback`].
+//! waits) → [`endpoint`] (a channel side) → [`pipe`] and [`mod@loopback`].
 //!
 //! ```
 //! use futures_lite::future::block_on;
