@@ -5,7 +5,7 @@
 use crate::control::FEATURE_PENDING_SEND_SIZE;
 use crate::doorbell::Doorbell;
 use crate::error::{Result, RingError};
-use crate::gpa::GpaRange;
+use crate::gpa::{GpaRange, GpadlRegistry};
 use crate::memory::GuestMemory;
 use crate::packet::{IncomingPacket, OutgoingPacket, PacketView};
 use crate::pipe::{PipeError, PipeMessage};
@@ -78,6 +78,21 @@ impl Endpoint {
             reader: RingReader::new(incoming, local.clone(), remote.clone())?,
             writer: RingWriter::new(outgoing, local, remote)?,
         })
+    }
+
+    /// Opens `side` of the channel whose ring GPADL is registered in
+    /// `registry` under `handle` (see [`open`](Self::open)).
+    pub fn open_gpadl(
+        side: Side,
+        memory: &GuestMemory,
+        registry: &GpadlRegistry,
+        handle: u32,
+        downstream_offset: u32,
+        local: Arc<dyn Doorbell>,
+        remote: Arc<dyn Doorbell>,
+    ) -> Result<Self> {
+        let pages = registry.get(handle)?;
+        Self::open(side, memory, &pages, downstream_offset, local, remote)
     }
 
     /// Splits into the reader and writer, usable from two tasks or threads.

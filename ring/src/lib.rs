@@ -8,7 +8,29 @@
 //! Layering: [`control`] (control page fields) → [`ring`] (one half: index
 //! validation, free/available math, wrapped copies) → [`packet`] (wire
 //! format) → [`reader`]/[`writer`] (packet I/O, signalling rules, async
-//! waits) → [`endpoint`] (a channel side) → [`pipe`] and [`loopback`].
+//! waits) → [`endpoint`] (a channel side) → [`pipe`] and [`mod@loopback`].
+//!
+//! ```
+//! use futures_lite::future::block_on;
+//! use vmbdev_ring::{LoopbackConfig, OutgoingPacket, PacketKind, in_band_ring_len, loopback};
+//!
+//! let mut lb = loopback(&LoopbackConfig::default()).unwrap();
+//! block_on(async {
+//!     // Guest driver: send a request.
+//!     lb.guest.write(&OutgoingPacket::request(7, b"ping")).await.unwrap();
+//!     // Device: reserve room for the worst-case reply, then consume.
+//!     lb.host.wait_write_ready(in_band_ring_len(64)).await.unwrap();
+//!     let request = lb.host.read().await.unwrap();
+//!     assert_eq!(&request.payload[..4], b"ping");
+//!     lb.host
+//!         .write(&OutgoingPacket::completion(request.transaction_id, b"pong"))
+//!         .await
+//!         .unwrap();
+//!     let reply = lb.guest.read().await.unwrap();
+//!     assert_eq!(reply.kind, PacketKind::Completion);
+//!     assert_eq!(reply.transaction_id, 7);
+//! });
+//! ```
 #![deny(unsafe_code)]
 
 pub mod bench;

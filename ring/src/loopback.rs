@@ -125,24 +125,25 @@ pub fn loopback(config: &LoopbackConfig) -> Result<Loopback, LoopbackError> {
     gpadl.extend(half(1 + incoming, outgoing));
     let registry = GpadlRegistry::new();
     registry.register(&memory, config.gpadl_handle, gpadl)?;
-    let pages = registry.get(config.gpadl_handle)?;
     let downstream_offset = (1 + incoming) as u32;
     let host_doorbell = Arc::new(EventDoorbell::new());
     let guest_doorbell = Arc::new(EventDoorbell::new());
     let host_bell: Arc<dyn Doorbell> = host_doorbell.clone();
     let guest_bell: Arc<dyn Doorbell> = guest_doorbell.clone();
-    let host = Endpoint::open(
+    let host = Endpoint::open_gpadl(
         Side::Host,
         &memory,
-        &pages,
+        &registry,
+        config.gpadl_handle,
         downstream_offset,
         host_bell.clone(),
         guest_bell.clone(),
     )?;
-    let guest = Endpoint::open(
+    let guest = Endpoint::open_gpadl(
         Side::Guest,
         &memory,
-        &pages,
+        &registry,
+        config.gpadl_handle,
         downstream_offset,
         guest_bell,
         host_bell,

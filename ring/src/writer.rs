@@ -20,6 +20,10 @@ pub struct RingWriter {
     position: u32,
     /// Write index last stored in the control page.
     published: u32,
+    /// Read index as last loaded (validated). Free space computed from it
+    /// can only be an underestimate, since the reader only moves forward;
+    /// it is reloaded before a write is refused or a sleep begins.
+    seen_read: u32,
     /// Reused buffer for descriptor + extension.
     header: Vec<u8>,
 }
@@ -41,12 +45,14 @@ impl RingWriter {
         outgoing: Arc<dyn Doorbell>,
     ) -> Result<Self> {
         let position = half.load_write_index()?;
+        let seen_read = half.load_read_index()?;
         Ok(Self {
             half,
             incoming,
             outgoing,
             position,
             published: position,
+            seen_read,
             header: Vec::with_capacity(64),
         })
     }
@@ -57,9 +63,19 @@ impl RingWriter {
     }
 
     /// Free bytes as seen from the (possibly unpublished) write position.
-    pub fn free(&self) -> Result<u32> {
-        let read = self.half.load_read_index()?;
-        Ok(bytes_free(self.position, read, self.half.size()))
+    pub fn free(&mut self) -> Result<u32> {
+        self.seen_read = self.half.load_read_index()?;
+        Ok(bytes_free(self.position, self.seen_read, self.half.size()))
+    }
+
+    /// Whether `ring_len` bytes fit, trusting the last-seen read index
+    /// first and reloading it only when that says no. Avoids touching the
+    /// control page's cache line (which the reader writes) per packet.
+    fn fits(&mut self, ring_len: u32) -> Result<bool> {
+        if bytes_free(self.position, self.seen_read, self.half.size()) > ring_len {
+            return Ok(true);
+        }
+        Ok(self.free()? > ring_len)
     }
 
     /// Checks that `ring_len` bytes (packet + trailer) can ever fit.
@@ -78,7 +94,7 @@ impl RingWriter {
     pub fn try_write_unpublished(&mut self, packet: &OutgoingPacket<'_>) -> Result<bool> {
         let ring_len = packet.ring_len()?;
         self.check_fits_ring(ring_len)?;
-        if self.free()? <= ring_len {
+        if !self.fits(ring_len)? {
             return Ok(false);
         }
         let start = self.position;
@@ -125,6 +141,7 @@ impl RingWriter {
         fence(Ordering::SeqCst);
         let masked = control.interrupt_mask(Ordering::Relaxed) != 0;
         let read = self.half.load_read_index()?;
+        self.seen_read = read;
         if !masked && read == before {
             self.outgoing.signal();
         }

@@ -332,3 +332,18 @@ fn request_completion_ping_pong_on_a_single_threaded_executor() {
         device.await;
     }));
 }
+
+#[test]
+fn halves_and_their_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let lb = loopback(&config(1)).unwrap();
+    let (mut reader, mut writer) = lb.host.split();
+    assert_send(&reader);
+    assert_send(&writer);
+    assert_send(&reader.read());
+    assert_send(&reader.wait_readable());
+    let payload = [0u8; 8];
+    let packet = OutgoingPacket::in_band(&payload);
+    assert_send(&writer.write(&packet));
+    assert_send(&writer.wait_write_ready(64));
+}
