@@ -1,7 +1,7 @@
 //! The VMBus ring buffer over guest memory.
 //!
-//! This crate owns the guest-memory model (the only `unsafe` code in the
-//! workspace), GPADLs, the two ring halves of a channel, the packet reader
+//! This crate owns the guest-memory model (the one module of the workspace
+//! allowed raw memory access), GPADLs, the two ring halves of a channel, the packet reader
 //! and writer, GPA ranges, pipe framing, doorbells, and the loopback channel
 //! pair used by tests, the demo and benchmarks.
 //!
