@@ -14,6 +14,7 @@ mod detect;
 mod ext4;
 mod fat;
 mod fat_format;
+mod label;
 mod ntfs;
 mod worker;
 
@@ -24,6 +25,7 @@ pub use detect::{FsKind, detect, looks_like_boot_sector};
 pub use ext4::Ext4Tree;
 pub use fat::FatTree;
 pub use fat_format::FatType;
+pub use label::{FsDetails, details};
 pub use ntfs::NtfsTree;
 
 use crate::block::{BlockDevice, BlockError};
