@@ -1,0 +1,441 @@
+//! `vmbdev info`: describes a disk image — format, geometry, VHDX state
+//! (BAT, log, parent chain), partitions and the file system on each — as
+//! aligned key/value lines or, with `--json`, one JSON object.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use vmbdev_backing::fs::{FsKind, PartitionSummary, details, survey};
+use vmbdev_backing::partition::{PartitionScheme, PartitionType};
+use vmbdev_backing::vhdx::{BatCounts, Guid, LogState, Vhdx};
+use vmbdev_backing::{BlockDevice, PartitionDevice, RawFile};
+
+use crate::error::{CliError, print_stdout};
+
+/// The identifier a VHDX file starts with.
+const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
+
+/// Arguments of `vmbdev info`.
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// The disk image (VHDX or raw).
+    image: PathBuf,
+    /// Print one JSON object instead of key/value lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Everything `info` reports about an image.
+#[derive(Debug, Serialize)]
+pub struct ImageReport {
+    /// Path as given.
+    pub path: String,
+    /// `"vhdx"` or `"raw"`.
+    pub format: &'static str,
+    /// Virtual disk size in bytes.
+    pub virtual_size: u64,
+    /// Logical sector size in bytes.
+    pub logical_sector_size: u32,
+    /// Physical sector size in bytes.
+    pub physical_sector_size: u32,
+    /// VHDX payload block size in bytes.
+    pub block_size: Option<u32>,
+    /// VHDX page-83 disk id.
+    pub disk_id: Option<String>,
+    /// VHDX BAT state counts.
+    pub bat: Option<BatReport>,
+    /// VHDX log state at open.
+    pub log: Option<LogReport>,
+    /// Parent images of a differencing VHDX, nearest first.
+    pub parent_chain: Vec<String>,
+    /// Partitions (a `none` scheme pseudo-partition when there is no table).
+    pub partitions: Vec<PartitionReport>,
+}
+
+/// How many BAT payload entries are in each state.
+#[derive(Debug, Serialize)]
+pub struct BatReport {
+    /// FULLY_PRESENT blocks.
+    pub fully_present: u64,
+    /// PARTIALLY_PRESENT blocks.
+    pub partially_present: u64,
+    /// NOT_PRESENT blocks.
+    pub not_present: u64,
+    /// ZERO blocks.
+    pub zero: u64,
+    /// UNMAPPED blocks.
+    pub unmapped: u64,
+    /// UNDEFINED blocks.
+    pub undefined: u64,
+    /// Present sector bitmap blocks.
+    pub sector_bitmaps_present: u64,
+}
+
+/// The VHDX log when the image was opened.
+#[derive(Debug, Serialize)]
+pub struct LogReport {
+    /// `"clean"`, or `"replayed"` when it was dirty and replayed in memory.
+    pub state: &'static str,
+    /// Entries replayed (0 when clean).
+    pub entries_replayed: u64,
+    /// Entries of older log sequences, ignored.
+    pub stale_entries_ignored: u64,
+}
+
+/// One partition.
+#[derive(Debug, Serialize)]
+pub struct PartitionReport {
+    /// `"gpt"`, `"mbr"` or `"none"` (the whole disk, no table).
+    pub scheme: &'static str,
+    /// OS partition number (0 for the whole disk).
+    pub number: usize,
+    /// GPT partition-type GUID.
+    pub type_guid: Option<String>,
+    /// MBR partition-type byte.
+    pub mbr_type: Option<u8>,
+    /// GPT unique partition GUID.
+    pub unique_guid: Option<String>,
+    /// First logical sector.
+    pub first_lba: u64,
+    /// Last logical sector (inclusive).
+    pub last_lba: u64,
+    /// Partition size in bytes.
+    pub size: u64,
+    /// GPT name (empty for MBR).
+    pub name: String,
+    /// The file system found on it.
+    pub file_system: Option<FsReport>,
+}
+
+/// A file system found on a partition.
+#[derive(Debug, Serialize)]
+pub struct FsReport {
+    /// `"fat"`, `"ntfs"` or `"ext4"`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Volume label when the boot sector or superblock holds one.
+    pub label: Option<String>,
+    /// Size the file system records for itself, in bytes.
+    pub size: Option<u64>,
+}
+
+/// Runs `info`.
+pub fn run(args: &InfoArgs) -> Result<(), CliError> {
+    let report = inspect(&args.image)?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        render(&report)
+    };
+    print_stdout(&text)
+}
+
+/// Prefixes `message` with the image path unless it already names it.
+fn about(path: &Path, message: impl std::fmt::Display) -> CliError {
+    let shown = path.display().to_string();
+    let message = message.to_string();
+    if message.starts_with(&shown) {
+        CliError::new(message)
+    } else {
+        CliError::new(format!("{shown}: {message}"))
+    }
+}
+
+/// Whether the file starts with the VHDX identifier (as `open_image`
+/// decides: a malformed VHDX is an error, never shown as raw).
+fn is_vhdx(path: &Path) -> Result<bool, CliError> {
+    let file = std::fs::File::open(path).map_err(|e| about(path, e))?;
+    let meta = file.metadata().map_err(|e| about(path, e))?;
+    if meta.is_dir() {
+        return Err(about(path, "is a directory, not a disk image"));
+    }
+    let mut ident = Vec::with_capacity(VHDX_SIGNATURE.len());
+    file.take(VHDX_SIGNATURE.len() as u64)
+        .read_to_end(&mut ident)
+        .map_err(|e| about(path, format!("reading offset 0: {e}")))?;
+    Ok(ident == VHDX_SIGNATURE)
+}
+
+/// Opens the image and gathers the report.
+pub fn inspect(path: &Path) -> Result<ImageReport, CliError> {
+    let mut report;
+    let device: Arc<dyn BlockDevice> = if is_vhdx(path)? {
+        let vhdx = Vhdx::open(path).map_err(|e| about(path, e))?;
+        report = vhdx_report(path, &vhdx);
+        Arc::new(vhdx)
+    } else {
+        let raw = RawFile::open(path).map_err(|e| about(path, e))?;
+        if raw.sector_count() == 0 {
+            return Err(about(
+                path,
+                "file is smaller than one 512-byte sector: not a disk image",
+            ));
+        }
+        report = device_report(path, "raw", &raw);
+        Arc::new(raw)
+    };
+    let parts = survey(device.clone()).map_err(|e| about(path, e))?;
+    report.partitions = parts
+        .into_iter()
+        .map(|p| partition_report(&device, p))
+        .collect();
+    Ok(report)
+}
+
+/// The fields every block device has.
+fn device_report(path: &Path, format: &'static str, device: &dyn BlockDevice) -> ImageReport {
+    ImageReport {
+        path: path.display().to_string(),
+        format,
+        virtual_size: device.size_bytes(),
+        logical_sector_size: device.logical_sector_size(),
+        physical_sector_size: device.physical_sector_size(),
+        block_size: None,
+        disk_id: None,
+        bat: None,
+        log: None,
+        parent_chain: Vec::new(),
+        partitions: Vec::new(),
+    }
+}
+
+fn vhdx_report(path: &Path, vhdx: &Vhdx) -> ImageReport {
+    let info = vhdx.info();
+    let mut report = device_report(path, "vhdx", vhdx);
+    report.virtual_size = info.virtual_size;
+    report.block_size = Some(info.block_size);
+    report.disk_id = Some(info.disk_id.to_string());
+    report.bat = Some(bat_report(&info.bat_counts));
+    report.log = Some(log_report(info.log));
+    report.parent_chain = info
+        .parent_chain
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    report
+}
+
+fn bat_report(c: &BatCounts) -> BatReport {
+    BatReport {
+        fully_present: c.fully_present,
+        partially_present: c.partially_present,
+        not_present: c.not_present,
+        zero: c.zero,
+        unmapped: c.unmapped,
+        undefined: c.undefined,
+        sector_bitmaps_present: c.bitmaps_present,
+    }
+}
+
+fn log_report(log: LogState) -> LogReport {
+    match log {
+        LogState::Clean { stale_entries } => LogReport {
+            state: "clean",
+            entries_replayed: 0,
+            stale_entries_ignored: stale_entries,
+        },
+        LogState::Replayed {
+            entries,
+            stale_entries,
+        } => LogReport {
+            state: "replayed",
+            entries_replayed: entries,
+            stale_entries_ignored: stale_entries,
+        },
+    }
+}
+
+fn partition_report(device: &Arc<dyn BlockDevice>, summary: PartitionSummary) -> PartitionReport {
+    let info = &summary.info;
+    let (type_guid, mbr_type) = match info.partition_type {
+        PartitionType::Guid(g) => (Some(Guid(g).to_string()), None),
+        PartitionType::MbrType(b) => (None, Some(b)),
+        PartitionType::None => (None, None),
+    };
+    let file_system = summary.file_system.map(|kind| {
+        // Label and size are extras: a partition whose boot sector cannot
+        // be read again still shows its file-system type.
+        let extra = PartitionDevice::for_partition(device.clone(), info)
+            .map_err(|e| e.to_string())
+            .and_then(|view| details(&view, kind).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                tracing::warn!(partition = info.number, error = %e, "reading file-system details");
+                Default::default()
+            });
+        FsReport {
+            kind: fs_name(kind),
+            label: extra.label,
+            size: extra.size_bytes,
+        }
+    });
+    PartitionReport {
+        scheme: match info.scheme {
+            PartitionScheme::Gpt => "gpt",
+            PartitionScheme::Mbr => "mbr",
+            PartitionScheme::WholeDisk => "none",
+        },
+        number: info.number,
+        type_guid,
+        mbr_type,
+        unique_guid: info.unique_guid.map(|g| Guid(g).to_string()),
+        first_lba: info.first_lba,
+        last_lba: info.last_lba,
+        size: info
+            .sector_count()
+            .saturating_mul(u64::from(device.logical_sector_size())),
+        name: info.name.clone(),
+        file_system,
+    }
+}
+
+fn fs_name(kind: FsKind) -> &'static str {
+    match kind {
+        FsKind::Fat => "fat",
+        FsKind::Ntfs => "ntfs",
+        FsKind::Ext4 => "ext4",
+    }
+}
+
+/// `bytes` exactly, with a binary-unit approximation when it is large.
+fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = None;
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = Some(u);
+    }
+    match unit {
+        Some(u) => format!("{bytes} bytes ({value:.1} {u})"),
+        None => format!("{bytes} bytes"),
+    }
+}
+
+/// The human form: aligned key/value lines.
+fn render(r: &ImageReport) -> String {
+    let mut lines: Vec<(String, String)> = vec![
+        ("image".into(), r.path.clone()),
+        ("format".into(), r.format.to_uppercase()),
+        ("virtual size".into(), size_text(r.virtual_size)),
+        (
+            "logical sector size".into(),
+            r.logical_sector_size.to_string(),
+        ),
+        (
+            "physical sector size".into(),
+            r.physical_sector_size.to_string(),
+        ),
+    ];
+    if let Some(block) = r.block_size {
+        lines.push(("block size".into(), size_text(u64::from(block))));
+    }
+    if let Some(id) = &r.disk_id {
+        lines.push(("disk id".into(), id.clone()));
+    }
+    if let Some(b) = &r.bat {
+        lines.push((
+            "BAT".into(),
+            format!(
+                "fully present {}, partially present {}, not present {}, zero {}, unmapped {}, undefined {}, sector bitmaps {}",
+                b.fully_present,
+                b.partially_present,
+                b.not_present,
+                b.zero,
+                b.unmapped,
+                b.undefined,
+                b.sector_bitmaps_present
+            ),
+        ));
+    }
+    if let Some(log) = &r.log {
+        let state = if log.state == "clean" {
+            "clean".to_owned()
+        } else {
+            format!(
+                "dirty, replayed in memory ({} entries)",
+                log.entries_replayed
+            )
+        };
+        lines.push((
+            "log".into(),
+            format!(
+                "{state}; {} stale entries ignored",
+                log.stale_entries_ignored
+            ),
+        ));
+    }
+    if r.format == "vhdx" {
+        if r.parent_chain.is_empty() {
+            lines.push(("parent chain".into(), "none".into()));
+        }
+        for (depth, parent) in r.parent_chain.iter().enumerate() {
+            lines.push((format!("parent {}", depth + 1), parent.clone()));
+        }
+    }
+    lines.push(("partitions".into(), r.partitions.len().to_string()));
+    for p in &r.partitions {
+        partition_lines(p, &mut lines);
+    }
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    lines
+        .iter()
+        .map(|(k, v)| format!("{}\n", format!("{k:<width$}  {v}").trim_end()))
+        .collect()
+}
+
+fn partition_lines(p: &PartitionReport, lines: &mut Vec<(String, String)>) {
+    let scheme = match p.scheme {
+        "gpt" => "GPT",
+        "mbr" => "MBR",
+        _ => "whole disk (no partition table)",
+    };
+    lines.push((format!("partition {}", p.number), scheme.into()));
+    if let Some(t) = &p.type_guid {
+        lines.push(("  type GUID".into(), t.clone()));
+    }
+    if let Some(t) = p.mbr_type {
+        lines.push(("  type".into(), format!("{t:#04x}")));
+    }
+    if let Some(u) = &p.unique_guid {
+        lines.push(("  unique GUID".into(), u.clone()));
+    }
+    lines.push((
+        "  LBA range".into(),
+        format!("{}-{}, {}", p.first_lba, p.last_lba, size_text(p.size)),
+    ));
+    if p.scheme == "gpt" {
+        lines.push(("  name".into(), format!("{:?}", p.name)));
+    }
+    let fs = match &p.file_system {
+        None => "none recognised".to_owned(),
+        Some(fs) => {
+            let mut text = fs.kind.to_uppercase();
+            match &fs.label {
+                Some(label) => text.push_str(&format!(", label {label:?}")),
+                None => text.push_str(", no label"),
+            }
+            if let Some(size) = fs.size {
+                text.push_str(&format!(", {}", size_text(size)));
+            }
+            text
+        }
+    };
+    lines.push(("  file system".into(), fs));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_show_exact_bytes_and_a_binary_unit() {
+        assert_eq!(size_text(512), "512 bytes");
+        assert_eq!(size_text(1536), "1536 bytes (1.5 KiB)");
+        assert_eq!(size_text(32 << 20), "33554432 bytes (32.0 MiB)");
+    }
+}
