@@ -176,6 +176,7 @@ pub fn inspect(path: &Path) -> Result<ImageReport, CliError> {
         report = device_report(path, "raw", &raw);
         Arc::new(raw)
     };
+    tracing::debug!(path = %path.display(), format = report.format, size = report.virtual_size, "opened image");
     let parts = survey(device.clone()).map_err(|e| about(path, e))?;
     report.partitions = parts
         .into_iter()
