@@ -150,6 +150,51 @@ fn fixed_vhdx_has_every_block_present() {
     assert!(text.contains("fully present 5"), "{text}");
 }
 
+#[test]
+fn differencing_vhdx_shows_its_parent_chain() {
+    use vmbdev_backing::RawFile;
+    use vmbdev_backing::vhdx::{WriteOptions, write_differencing, write_vhdx};
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("base.raw");
+    std::fs::write(&raw, vec![0x5Au8; 4 * MIB as usize]).unwrap();
+    let opts = WriteOptions {
+        block_size: MIB as u32,
+        ..WriteOptions::default()
+    };
+    let base = dir.path().join("base.vhdx");
+    write_vhdx(&RawFile::open(&raw).unwrap(), &base, &opts).unwrap();
+    let mid = dir.path().join("mid.vhdx");
+    // One sector of block 0 (partial) and all of block 2 (full).
+    let changes = [(0, vec![1u8; 512]), (4096, vec![2u8; MIB as usize])];
+    write_differencing(&base, &mid, &changes, &opts).unwrap();
+    let top = dir.path().join("top.vhdx");
+    write_differencing(&mid, &top, &[(8, vec![3u8; 512])], &opts).unwrap();
+
+    let mid_info = info_json(&mid);
+    let bat = &mid_info["bat"];
+    assert_eq!(u(&bat["partially_present"]), 1, "{bat}");
+    assert_eq!(u(&bat["fully_present"]), 1, "{bat}");
+    assert_eq!(u(&bat["not_present"]), 2, "{bat}");
+    let top_info = info_json(&top);
+    let chain: Vec<std::path::PathBuf> = top_info["parent_chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::canonicalize(p.as_str().unwrap()).unwrap())
+        .collect();
+    let expected = [&mid, &base].map(|p| std::fs::canonicalize(p).unwrap());
+    assert_eq!(chain, expected);
+    assert_eq!(u(&top_info["virtual_size"]), 4 * MIB);
+    let text = String::from_utf8(vmbdev(&["info", s(&top)]).stdout).unwrap();
+    assert!(
+        text.contains("parent 2") && text.contains("base.vhdx"),
+        "{text}"
+    );
+    // A missing parent is an error naming the child.
+    std::fs::remove_file(&base).unwrap();
+    assert_refused(&top, false);
+}
+
 /// `field: value` from `sgdisk -i` output.
 fn sgdisk_field<'a>(text: &'a str, field: &str) -> &'a str {
     text.lines()
