@@ -111,13 +111,15 @@ struct Report<'a> {
     results: &'a [Row],
 }
 
-/// Runs `bench`.
+/// Runs `bench`. The table prints each suite's section as soon as the
+/// suite finishes (a full run takes minutes); JSON is printed at the end.
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     let mut all = Vec::new();
-    let mut sections = Vec::new();
+    if !args.json {
+        print_stdout(&table_header())?;
+    }
     for suite in suites() {
-        // Each suite gets a fresh scratch directory, so one suite's files
-        // never sit in the page cache or on disk during another.
+        // Each suite gets a fresh scratch directory, removed when it ends.
         let scratch = tempfile::tempdir()
             .map_err(|e| CliError::new(format!("creating a scratch directory: {e}")))?;
         tracing::info!(
@@ -129,15 +131,15 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             quick: args.quick,
             scratch: scratch.path(),
         })?;
-        sections.push((suite.name, suite.baseline, rows.len()));
+        if !args.json {
+            print_stdout(&table_section(&suite, &rows))?;
+        }
         all.extend(rows);
     }
-    let text = if args.json {
-        serde_json::to_string_pretty(&Report { results: &all })? + "\n"
-    } else {
-        table(&all, &sections)
-    };
-    print_stdout(&text)
+    if args.json {
+        print_stdout(&(serde_json::to_string_pretty(&Report { results: &all })? + "\n"))?;
+    }
+    Ok(())
 }
 
 /// A value with about four significant digits, without exponent for the
@@ -152,29 +154,29 @@ fn figure(v: f64) -> String {
     }
 }
 
-/// The table: one section per suite naming its baseline, then one row per
-/// measurement.
-fn table(rows: &[Row], sections: &[(&str, &str, usize)]) -> String {
-    let name_width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(11);
-    let mut out = format!(
-        "{:<name_width$}  {:>14}  {:>14}  {:>7}  unit\n",
+/// Width of the measurement column (longer names push the row right).
+const NAME_WIDTH: usize = 36;
+
+fn table_header() -> String {
+    format!(
+        "{:<NAME_WIDTH$}  {:>14}  {:>14}  {:>9}  unit\n",
         "measurement", "value", "baseline", "ratio"
-    );
-    let mut rest = rows;
-    for (name, baseline, count) in sections {
-        out.push_str(&format!("[{name}] baseline: {baseline}\n"));
-        let (here, after) = rest.split_at((*count).min(rest.len()));
-        for r in here {
-            out.push_str(&format!(
-                "{:<name_width$}  {:>14}  {:>14}  {:>7.3}  {}\n",
-                r.name,
-                figure(r.value),
-                figure(r.baseline),
-                r.ratio,
-                r.unit
-            ));
-        }
-        rest = after;
+    )
+}
+
+/// One suite's part of the table: a line naming its baseline, then one row
+/// per measurement.
+fn table_section(suite: &Suite, rows: &[Row]) -> String {
+    let mut out = format!("[{}] baseline: {}\n", suite.name, suite.baseline);
+    for r in rows {
+        out.push_str(&format!(
+            "{:<NAME_WIDTH$}  {:>14}  {:>14}  {:>9.3}  {}\n",
+            r.name,
+            figure(r.value),
+            figure(r.baseline),
+            r.ratio,
+            r.unit
+        ));
     }
     out
 }
@@ -184,7 +186,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_puts_each_row_under_its_suite() {
+    fn table_puts_each_row_under_its_suite_in_aligned_columns() {
         let row = |name: &str, value: f64| Row {
             name: name.into(),
             value,
@@ -192,8 +194,14 @@ mod tests {
             baseline: 2.0,
             ratio: value / 2.0,
         };
-        let rows = [row("a", 1.0), row("b", 3.0), row("c", 4000.0)];
-        let text = table(&rows, &[("one", "base one", 2), ("two", "base two", 1)]);
+        let suite = |name, baseline| Suite {
+            name,
+            baseline,
+            run: |_| Ok(Vec::new()),
+        };
+        let text = table_header()
+            + &table_section(&suite("one", "base one"), &[row("a", 1.0), row("b", 3.0)])
+            + &table_section(&suite("two", "base two"), &[row("c", 4000.0)]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 6);
         assert!(lines[1].contains("[one]") && lines[1].contains("base one"));
@@ -201,6 +209,10 @@ mod tests {
         assert!(lines[3].starts_with('b') && lines[3].contains("1.500"));
         assert!(lines[4].contains("[two]"));
         assert!(lines[5].starts_with('c') && lines[5].contains("4000"));
+        let ratio_end = lines[0].find("ratio").unwrap() + "ratio".len();
+        for row in [lines[2], lines[3], lines[5]] {
+            assert_eq!(row.find("  u").unwrap(), ratio_end, "{row}");
+        }
     }
 
     #[test]
