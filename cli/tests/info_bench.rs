@@ -345,6 +345,61 @@ fn raw_gpt_disk_matches_sgdisk_and_mkfs() {
     }
 }
 
+#[test]
+fn raw_mbr_disk_matches_sfdisk() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("mbr.raw");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(24 * MIB)
+        .unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", s(&img)])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk is required for this test");
+    use std::io::Write;
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"start=2048, size=32768, type=e\n")
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let table: Value = serde_json::from_str(&tool("sfdisk", &["--json", s(&img)])).unwrap();
+    let theirs = &table["partitiontable"]["partitions"][0];
+    let start = u(&theirs["start"]);
+    let size = u(&theirs["size"]);
+    tool(
+        "mkfs.vfat",
+        &[
+            "-F",
+            "16",
+            "-n",
+            "MBRVOL",
+            "--offset",
+            &start.to_string(),
+            s(&img),
+            &(size / 2).to_string(),
+        ],
+    );
+    let ours = info_json(&img);
+    let parts = ours["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 1);
+    let p = &parts[0];
+    assert_eq!(p["scheme"], "mbr");
+    assert_eq!(u(&p["number"]), 1);
+    let their_type = u64::from_str_radix(theirs["type"].as_str().unwrap(), 16).unwrap();
+    assert_eq!(u(&p["mbr_type"]), their_type);
+    assert!(p["type_guid"].is_null() && p["unique_guid"].is_null());
+    assert_eq!(u(&p["first_lba"]), start);
+    assert_eq!(u(&p["last_lba"]), start + size - 1);
+    assert_eq!(u(&p["size"]), size * 512);
+    assert_eq!(p["file_system"]["type"], "fat");
+    assert_eq!(p["file_system"]["label"], "MBRVOL");
+    assert_eq!(u(&p["file_system"]["size"]), size * 512);
+}
+
 /// Asserts a refused image: exit 1, one `vmbdev:` line naming the file,
 /// no panic report.
 fn assert_refused(image: &Path, json: bool) {
@@ -411,6 +466,20 @@ fn hostile_files_exit_1_with_one_line() {
         assert_refused(case, false);
         assert_refused(case, true);
     }
+    // A GPT whose primary and backup headers both fail their checksum.
+    let bad_gpt = dir.path().join("bad-gpt.raw");
+    std::fs::File::create(&bad_gpt)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    tool("sgdisk", &["-n", "1:2048:+1M", s(&bad_gpt)]);
+    let mut disk = std::fs::read(&bad_gpt).unwrap();
+    let backup = disk.len() - 512;
+    for header in [512, backup] {
+        disk[header + 88] ^= 0xFF;
+    }
+    std::fs::write(&bad_gpt, &disk).unwrap();
+    assert_refused(&bad_gpt, true);
     let missing = dir.path().join("missing.vhdx");
     assert_refused(&missing, false);
 }
