@@ -17,6 +17,7 @@
 //!
 //! [`client`] moves these messages over a loopback channel.
 
+pub mod bench;
 pub mod client;
 #[cfg(test)]
 mod tests;
