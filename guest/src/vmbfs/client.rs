@@ -403,19 +403,25 @@ fn stopped(e: ChannelError) -> VmbfsClientError {
     VmbfsClientError::DeviceStopped(e.to_string())
 }
 
-/// Copies the first `out.len()` bytes of a guest range into `out`.
+/// Copies the first `out.len()` bytes of a guest range into `out`, one
+/// copy per run of consecutive pages.
 fn read_range(vm: &LoopbackVm, range: &GpaRange, out: &mut [u8]) -> Result<()> {
+    let page = PAGE_SIZE as u64;
+    let gpns = range.gpns();
     let mut done = 0usize;
-    for (i, &gpn) in range.gpns().iter().enumerate() {
-        if done == out.len() {
-            break;
+    let mut i = 0usize;
+    while done < out.len() && i < gpns.len() {
+        let mut run = 1usize;
+        while i + run < gpns.len() && gpns[i + run] == gpns[i] + run as u64 {
+            run += 1;
         }
-        let start = if i == 0 { range.byte_offset() as usize } else { 0 };
-        let n = (PAGE_SIZE - start).min(out.len() - done);
+        let start = if i == 0 { u64::from(range.byte_offset()) } else { 0 };
+        let n = ((run as u64 * page - start) as usize).min(out.len() - done);
         vm.memory()
-            .read(gpn * PAGE_SIZE as u64 + start as u64, &mut out[done..done + n])
-            .map_err(|e| VmError::Memory(e))?;
+            .read(gpns[i] * page + start, &mut out[done..done + n])
+            .map_err(VmError::Memory)?;
         done += n;
+        i += run;
     }
     Ok(())
 }
