@@ -2,6 +2,7 @@
 //! [`VmbusDevice`] by running a [`VmbfsHost`] over an opened channel.
 //!
 //! Per channel task, in a loop:
+//! 0. sleep until a request is readable (not yet taken);
 //! 1. reserve outgoing ring space for the largest reply
 //!    ([`VmbfsHost::max_reply_size`]) with `wait_write_ready`, *before*
 //!    taking the next request: a guest that never reads replies stops the
@@ -313,8 +314,15 @@ impl Channel {
         let channel = self.index;
         let counters = &self.shared.counters;
         loop {
-            // Room for the worst-case reply first: while the guest does not
-            // read, nothing more is consumed.
+            // Sleep until a request is there (without taking it), so a
+            // guest that reads a reply and then sends the next request
+            // wakes the task once, not once per step.
+            match self.stop.unless_stopped(reader.wait_readable()).await {
+                None => return Ok(()),
+                Some(r) => r.map_err(|source| ChannelError::Ring { channel, source })?,
+            }
+            // Room for the worst-case reply before taking the request:
+            // while the guest does not read, nothing more is consumed.
             let free = writer
                 .free()
                 .map_err(|source| ChannelError::Ring { channel, source })?;
