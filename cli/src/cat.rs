@@ -33,7 +33,10 @@ pub struct CatArgs {
 }
 
 /// Opens SOURCE as the tree to serve.
-pub fn open_source(source: &PathBuf, partition: Option<usize>) -> Result<Arc<dyn FileTree>, String> {
+pub fn open_source(
+    source: &PathBuf,
+    partition: Option<usize>,
+) -> Result<Arc<dyn FileTree>, String> {
     if source.is_dir() {
         if partition.is_some() {
             return Err("--partition applies to disk images, not directories".into());
@@ -69,7 +72,11 @@ pub fn run(args: &CatArgs) -> ExitCode {
     let data = match futures_lite::future::block_on(client.read_all(&args.path)) {
         Ok(data) => data,
         Err(e) if e.is_not_found() => {
-            eprintln!("vmbdev cat: {}: no such file in {}", args.path, args.source.display());
+            eprintln!(
+                "vmbdev cat: {}: no such file in {}",
+                args.path,
+                args.source.display()
+            );
             return ExitCode::FAILURE;
         }
         Err(e) => {

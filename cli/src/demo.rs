@@ -42,7 +42,10 @@ fn sample_files() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("EFI/BOOT/BOOTX64.EFI", sample_bytes(1_234_567, 1)),
         ("EFI/Microsoft/Boot/BCD", sample_bytes(28_672, 2)),
-        ("EFI/Microsoft/Boot/bootmgfw.efi", sample_bytes(2_536_000, 3)),
+        (
+            "EFI/Microsoft/Boot/bootmgfw.efi",
+            sample_bytes(2_536_000, 3),
+        ),
         ("boot/initrd.img", sample_bytes(9 << 20, 4)),
         ("imc.hiv", sample_bytes(12_276, 5)),
         ("EFI/empty.txt", Vec::new()),
@@ -60,7 +63,10 @@ fn read_all_files(
     futures_lite::future::block_on(async {
         client.open_volume().await.map_err(|e| e.to_string())?;
         for (path, data) in files {
-            let got = client.read_all(path).await.map_err(|e| format!("{path}: {e}"))?;
+            let got = client
+                .read_all(path)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
             if got != *data {
                 return Err(format!("{path}: bytes differ"));
             }
@@ -87,7 +93,9 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let files = sample_files();
     let mut builder = MemoryTree::builder();
     for (path, data) in &files {
-        builder.add_file(path, data.clone()).map_err(|e| e.to_string())?;
+        builder
+            .add_file(path, data.clone())
+            .map_err(|e| e.to_string())?;
     }
     let vmbfs = VmbfsDevice::new(VmbfsConfig {
         tree: Arc::new(builder.build()),
@@ -106,7 +114,11 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     );
     println!("sample tree:");
     for (path, data) in &files {
-        println!("  \\{:<34} {:>10} bytes", path.replace('/', "\\"), data.len());
+        println!(
+            "  \\{:<34} {:>10} bytes",
+            path.replace('/', "\\"),
+            data.len()
+        );
     }
     for rdma in [false, true] {
         let (bytes, secs, requests) = read_all_files(&device, &files, rdma)?;

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 
 /// Command line of `vmbdev`.
 #[derive(Debug, Parser)]
-#[command(name = "vmbdev", version, about = "VMBus paravirtual devices, end to end")]
+#[command(
+    name = "vmbdev",
+    version,
+    about = "VMBus paravirtual devices, end to end"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -11,11 +11,7 @@ fn vmbdev(args: &[&std::ffi::OsStr]) -> Output {
 }
 
 fn cat(dir: &Path, path: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "cat".as_ref(),
-        dir.as_os_str(),
-        std::ffi::OsStr::new(path),
-    ];
+    let mut args = vec!["cat".as_ref(), dir.as_os_str(), std::ffi::OsStr::new(path)];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
     vmbdev(&args)
 }
@@ -53,13 +49,21 @@ fn cat_every_file_byte_exact_in_band_and_rdma() {
     for (path, data) in &files {
         for extra in [&[][..], &["--rdma"][..]] {
             let out = cat(&dir, path, extra);
-            assert!(out.status.success(), "{path} {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{path} {extra:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(out.stdout == *data, "{path} {extra:?} differs");
         }
     }
     // -o writes the file instead of standard output.
     let target = tmp.path().join("out.bin");
-    let out = cat(&dir, "big/blob", &["--rdma", "-o", target.to_str().unwrap()]);
+    let out = cat(
+        &dir,
+        "big/blob",
+        &["--rdma", "-o", target.to_str().unwrap()],
+    );
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
     assert!(std::fs::read(&target).unwrap() == files[5].1);
@@ -109,7 +113,12 @@ fn cat_errors_and_usage() {
     assert_eq!(out.status.code(), Some(1), "a directory is not catted");
     let out = vmbdev(&["cat".as_ref()]);
     assert_eq!(out.status.code(), Some(2));
-    let out = vmbdev(&["cat".as_ref(), "a".as_ref(), "b".as_ref(), "--bogus".as_ref()]);
+    let out = vmbdev(&[
+        "cat".as_ref(),
+        "a".as_ref(),
+        "b".as_ref(),
+        "--bogus".as_ref(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -151,7 +160,11 @@ fn cat_from_an_ext4_disk_image() {
     assert!(child.wait().unwrap().success());
     for (path, data) in &files {
         let out = cat(&disk, path, &["--rdma", "--partition", "1"]);
-        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.stdout == *data, "{path} differs");
     }
     let out = cat(&disk, "one", &["--partition", "3"]);
@@ -161,7 +174,11 @@ fn cat_from_an_ext4_disk_image() {
 #[test]
 fn demo_exits_0_and_reports() {
     let out = vmbdev(&["demo".as_ref(), "--bench-mib".as_ref(), "8".as_ref()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("all bytes match"), "{text}");
     assert!(text.contains("RDMA / in-band"), "{text}");

@@ -218,7 +218,9 @@ impl LoopbackVm {
                 .fill(page * PAGE_SIZE as u64, PAGE_SIZE as u64, 0)?;
         }
         let gpadl = inner.next_gpadl.fetch_add(1, Ordering::Relaxed);
-        inner.gpadls.register(&inner.memory, gpadl, pages.to_vec())?;
+        inner
+            .gpadls
+            .register(&inner.memory, gpadl, pages.to_vec())?;
         let downstream_offset = 1 + shape.incoming_pages;
         let host_bell: Arc<dyn Doorbell> = Arc::new(EventDoorbell::new());
         let guest_bell: Arc<dyn Doorbell> = Arc::new(EventDoorbell::new());

@@ -96,7 +96,13 @@ fn serve_and_compare(disk: &PathBuf, files: &[(String, Vec<u8>)]) {
             }
             let dir = client.file_info("EFI\\BOOT").await.unwrap();
             assert!(dir.directory);
-            assert!(client.read_all("EFI/nope").await.unwrap_err().is_not_found());
+            assert!(
+                client
+                    .read_all("EFI/nope")
+                    .await
+                    .unwrap_err()
+                    .is_not_found()
+            );
         });
         if use_rdma {
             assert!(client.stats().rdma_bytes > 0);
@@ -127,8 +133,13 @@ fn fat_image_made_by_mkfs_vfat_served_over_vmbfs() {
     let src = dir.path().join("src");
     let files = make_source(&src);
     let fs = dir.path().join("fat.img");
-    std::fs::File::create(&fs).unwrap().set_len(20 << 20).unwrap();
-    run(Command::new("mkfs.vfat").args(["-F", "16", "-n", "BOOT"]).arg(&fs));
+    std::fs::File::create(&fs)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "16", "-n", "BOOT"])
+        .arg(&fs));
     let entries: Vec<PathBuf> = std::fs::read_dir(&src)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -111,7 +111,9 @@ fn utf16(s: &str) -> Vec<u16> {
 fn uefi_sequence_with_its_quirks() {
     let mut builder = MemoryTree::builder();
     let boot = b"MZ boot loader".repeat(2000);
-    builder.add_file("EFI/BOOT/BOOTX64.EFI", boot.clone()).unwrap();
+    builder
+        .add_file("EFI/BOOT/BOOTX64.EFI", boot.clone())
+        .unwrap();
     builder.add_file("hive", vec![7u8; 100]).unwrap();
     let dev = device(Arc::new(builder.build()), true);
     let mut client = VmbfsClient::new(vm(), dev.clone(), false);
@@ -122,7 +124,10 @@ fn uefi_sequence_with_its_quirks() {
         assert!(root.info.directory && root.info.size == 0);
 
         // The boot manager's full path, verbatim with a leading `\`.
-        let loader = client.open(&root, "\\EFI\\BOOT\\BOOTX64.EFI").await.unwrap();
+        let loader = client
+            .open(&root, "\\EFI\\BOOT\\BOOTX64.EFI")
+            .await
+            .unwrap();
         assert_eq!(loader.path, utf16("\\EFI\\BOOT\\BOOTX64.EFI"));
         assert_eq!(loader.info.size, boot.len() as u64);
         assert!(!loader.info.directory && loader.info.rdma_capable);
@@ -187,7 +192,9 @@ fn uefi_sequence_with_its_quirks() {
 
 fn sample_tree() -> Arc<dyn FileTree> {
     let mut builder = MemoryTree::builder();
-    builder.add_file("dir/file", b"0123456789".repeat(3000)).unwrap();
+    builder
+        .add_file("dir/file", b"0123456789".repeat(3000))
+        .unwrap();
     Arc::new(builder.build())
 }
 
@@ -301,12 +308,7 @@ fn bad_case(negotiated: bool, kind: BadInput, case: impl FnOnce(&mut GuestChanne
 }
 
 /// [`bad_case`] for a case that sends `count` bad inputs of one kind.
-fn bad_case_n(
-    negotiated: bool,
-    kind: BadInput,
-    count: u64,
-    case: impl FnOnce(&mut GuestChannel),
-) {
+fn bad_case_n(negotiated: bool, kind: BadInput, count: u64, case: impl FnOnce(&mut GuestChannel)) {
     let vm = vm();
     let dev = device(sample_tree(), true);
     let mut ch = raw_open(&vm, &dev);
@@ -463,7 +465,11 @@ fn bad_rdma_range_smaller_than_byte_count() {
 fn bad_rdma_range_outside_guest_memory() {
     bad_case(true, BadInput::RdmaOutsideGuestMemory, |ch| {
         let pages = ch.vm().memory().page_count();
-        setup(ch, 1, GpaRange::new(8192, 0, vec![pages - 1, pages]).unwrap());
+        setup(
+            ch,
+            1,
+            GpaRange::new(8192, 0, vec![pages - 1, pages]).unwrap(),
+        );
         expect_status(exchange(ch, &rdma(1, 8192, 0, 0, "dir\\file")), 8, 3);
     });
 }
@@ -638,7 +644,9 @@ fn restore_without_the_rdma_handle_makes_the_deferred_teardown_a_violation() {
     block_on(client.read(path, 0, half)).unwrap();
     block_on(client.suspend_device()).unwrap();
     let blank = encode_saved_state(&VmbfsSavedState {
-        state: ProtocolState::Ready { version: 0x0001_0000 },
+        state: ProtocolState::Ready {
+            version: 0x0001_0000,
+        },
         gpa_direct: Vec::new(),
     });
     let second = Arc::new(VmbfsDevice::new(VmbfsConfig {
@@ -660,7 +668,10 @@ fn not_found_and_directory_errors_through_the_client() {
     let mut client = VmbfsClient::new(vm(), dev, true);
     block_on(async {
         let err = client.read_all("missing").await.unwrap_err();
-        assert!(matches!(err, VmbfsClientError::Protocol(ClientError::NotFound)));
+        assert!(matches!(
+            err,
+            VmbfsClientError::Protocol(ClientError::NotFound)
+        ));
         let err = client.read_all("dir/file/below").await.unwrap_err();
         assert!(err.is_not_found(), "{err}");
         let err = client.read_all("dir").await.unwrap_err();

@@ -21,7 +21,9 @@ use super::host::{ProtocolState, VmbfsConfig, VmbfsHost, VmbfsSavedState};
 use super::saved::{decode_saved_state, encode_saved_state};
 use super::stats::VmbfsStats;
 use super::{Reply, Step, VmbfsInput};
-use crate::bus::{BusError, ChannelError, ChannelTask, Guid, Offer, OpenRequest, PipeMode, VmbusDevice};
+use crate::bus::{
+    BusError, ChannelError, ChannelTask, Guid, Offer, OpenRequest, PipeMode, VmbusDevice,
+};
 use event_listener::Event;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -275,7 +277,8 @@ impl VmbusDevice for VmbfsDevice {
     }
 
     fn restore(&self, saved: &[u8]) -> Result<(), BusError> {
-        let saved = decode_saved_state(saved).map_err(|e| BusError::BadSavedState(e.to_string()))?;
+        let saved =
+            decode_saved_state(saved).map_err(|e| BusError::BadSavedState(e.to_string()))?;
         let mut slot = self.shared.slot();
         if slot.running.is_some() {
             return Err(BusError::ChannelRunning(0));
@@ -329,11 +332,19 @@ impl Channel {
             if free as usize <= reserve {
                 counters.backpressure_waits.fetch_add(1, Ordering::Relaxed);
             }
-            match self.stop.unless_stopped(writer.wait_write_ready(reserve)).await {
+            match self
+                .stop
+                .unless_stopped(writer.wait_write_ready(reserve))
+                .await
+            {
                 None => return Ok(()),
                 Some(r) => r.map_err(|source| ChannelError::Ring { channel, source })?,
             }
-            let message = match self.stop.unless_stopped(reader.recv_pipe(MAX_MESSAGE_LEN)).await {
+            let message = match self
+                .stop
+                .unless_stopped(reader.recv_pipe(MAX_MESSAGE_LEN))
+                .await
+            {
                 None => return Ok(()),
                 Some(Ok(message)) => message,
                 Some(Err(e)) => {

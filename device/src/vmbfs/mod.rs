@@ -81,11 +81,11 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use device::{RING_PAGES, VmbfsDevice, VmbfsDeviceStats};
 pub use host::{
     MAX_GPA_DIRECT_BUFFERS, ProtocolError, ProtocolState, RestoreError, SavedGpaDirect, Step,
     VmbfsConfig, VmbfsHost, VmbfsInput, VmbfsSavedState,
 };
-pub use device::{RING_PAGES, VmbfsDevice, VmbfsDeviceStats};
 pub use io::{BOUNCE_SIZE, IoDone, IoJob};
 pub use path::{PathError, decode_path};
 pub use reply::Reply;

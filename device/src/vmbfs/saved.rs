@@ -132,14 +132,13 @@ pub fn decode_saved_state(bytes: &[u8]) -> Result<VmbfsSavedState, SavedStateErr
         let range_count = cur.u32("range count")?;
         let offset = cur.at;
         let rest = bytes.get(offset..).unwrap_or_default();
-        let (ranges, used) =
-            GpaRange::parse_list(rest, range_count).map_err(|source| {
-                SavedStateError::BadRanges {
-                    handle,
-                    offset,
-                    source,
-                }
-            })?;
+        let (ranges, used) = GpaRange::parse_list(rest, range_count).map_err(|source| {
+            SavedStateError::BadRanges {
+                handle,
+                offset,
+                source,
+            }
+        })?;
         cur.at += used;
         gpa_direct.push(SavedGpaDirect {
             handle,

@@ -13,8 +13,8 @@
 
 use super::{
     ClientError, FileInfo, FileRead, RDMA_HANDLE, child_path, get_file_info_request,
-    parse_file_info_response, parse_rdma_response, parse_read_response, rdma_chunk,
-    read_request, root_path, version_request, parse_version_response,
+    parse_file_info_response, parse_rdma_response, parse_read_response, parse_version_response,
+    rdma_chunk, read_request, root_path, version_request,
 };
 use crate::vm::{ExitHandle, GuestChannel, LoopbackVm, RingShape, VmError};
 use std::sync::Arc;
@@ -208,7 +208,12 @@ impl VmbfsClient {
 
     /// The firmware's `Read`: fills `buf` from `offset` until it is full
     /// or the file ends; returns the bytes read.
-    pub async fn read_file(&mut self, file: &UefiFile, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    pub async fn read_file(
+        &mut self,
+        file: &UefiFile,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
         if file.info.directory {
             return Err(VmbfsClientError::IsADirectory(String::from_utf16_lossy(
                 &file.path,
@@ -218,7 +223,8 @@ impl VmbfsClient {
         let rdma = self.use_rdma && file.info.rdma_capable;
         while let Some((at, done, left)) = read.next_chunk() {
             let n = if rdma {
-                self.rdma_chunk(&file.path, at, &mut buf[done..], left).await?
+                self.rdma_chunk(&file.path, at, &mut buf[done..], left)
+                    .await?
             } else {
                 self.in_band_chunk(&file.path, at, &mut buf[done..], left)
                     .await?
@@ -238,13 +244,13 @@ impl VmbfsClient {
         let (request, requested) = read_request(path, offset, left)?;
         let reply = self.request(&request).await?;
         let data = parse_read_response(&reply, requested)?;
-        let out = buf
-            .get_mut(..data.len())
-            .ok_or(VmbfsClientError::Protocol(ClientError::BadHost {
-                what: "more data than the buffer holds",
-                len: data.len(),
-                message_type: 0,
-            }))?;
+        let out =
+            buf.get_mut(..data.len())
+                .ok_or(VmbfsClientError::Protocol(ClientError::BadHost {
+                    what: "more data than the buffer holds",
+                    len: data.len(),
+                    message_type: 0,
+                }))?;
         out.copy_from_slice(data);
         self.stats.in_band_bytes += data.len() as u64;
         Ok(data.len())
@@ -302,9 +308,10 @@ impl VmbfsClient {
         teardown: Option<u32>,
         ranges: &[GpaRange],
     ) -> Result<()> {
-        let channel = self.channel.as_mut().ok_or(VmbfsClientError::DeviceStopped(
-            "no channel open".into(),
-        ))?;
+        let channel = self
+            .channel
+            .as_mut()
+            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
         let writer = &mut channel.endpoint.writer;
         if let Some(handle) = teardown {
             let message = PipeMessage::TeardownGpaDirect { handle }.encode();
@@ -323,9 +330,10 @@ impl VmbfsClient {
     /// Sends one request and waits for its reply; fails if the device
     /// stops the channel instead of answering.
     pub async fn request(&mut self, message: &[u8]) -> Result<Vec<u8>> {
-        let channel = self.channel.as_mut().ok_or(VmbfsClientError::DeviceStopped(
-            "no channel open".into(),
-        ))?;
+        let channel = self
+            .channel
+            .as_mut()
+            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
         let exit = self.exit.clone().unwrap_or_else(|| channel.exit_handle());
         self.stats.requests += 1;
         let endpoint = &mut channel.endpoint;
@@ -380,7 +388,13 @@ impl VmbfsClient {
     /// Up to `len` bytes of `path` at `offset` (fewer at end of file).
     pub async fn read(&mut self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let file = self.open_path(path).await?;
-        let len = len.min(file.info.size.saturating_sub(offset).try_into().unwrap_or(usize::MAX));
+        let len = len.min(
+            file.info
+                .size
+                .saturating_sub(offset)
+                .try_into()
+                .unwrap_or(usize::MAX),
+        );
         let mut buf = vec![0u8; len];
         let n = self.read_file(&file, offset, &mut buf).await?;
         buf.truncate(n);
@@ -415,7 +429,11 @@ fn read_range(vm: &LoopbackVm, range: &GpaRange, out: &mut [u8]) -> Result<()> {
         while i + run < gpns.len() && gpns[i + run] == gpns[i] + run as u64 {
             run += 1;
         }
-        let start = if i == 0 { u64::from(range.byte_offset()) } else { 0 };
+        let start = if i == 0 {
+            u64::from(range.byte_offset())
+        } else {
+            0
+        };
         let n = ((run as u64 * page - start) as usize).min(out.len() - done);
         vm.memory()
             .read(gpns[i] * page + start, &mut out[done..done + n])
