@@ -363,10 +363,30 @@ impl GuestChannel {
     /// GPADL and frees its pages. Returns how the task ended.
     pub async fn close(mut self) -> Result<(), ChannelError> {
         let result = self.suspend_device().await;
-        let inner = &self.vm.inner;
-        let _ = inner.gpadls.remove(self.gpadl);
-        inner.pages.free(&self.ring_pages);
+        self.release_ring();
         result
+    }
+
+    fn release_ring(&mut self) {
+        let inner = &self.vm.inner;
+        if inner.gpadls.remove(self.gpadl).is_ok() {
+            inner.pages.free(&self.ring_pages);
+        }
+    }
+}
+
+impl Drop for GuestChannel {
+    /// A channel dropped without [`GuestChannel::close`] still stops its
+    /// device task; its ring pages are given back only if the task has
+    /// already ended (otherwise they stay allocated, never reused under a
+    /// running device).
+    fn drop(&mut self) {
+        if self.exit.is_some() {
+            let _ = self.device.close(self.index);
+        }
+        if self.device_ended() {
+            self.release_ring();
+        }
     }
 }
 
