@@ -682,3 +682,127 @@ fn not_found_and_directory_errors_through_the_client() {
         );
     });
 }
+
+#[test]
+fn bus_contract_rules() {
+    let vm = vm();
+    let dev = device(sample_tree(), true);
+    let dyn_dev: Arc<dyn VmbusDevice> = dev.clone();
+    let offer = dyn_dev.offer();
+    assert_eq!(offer.interface_id, vmbdev_protocol::vmbfs::INTERFACE_ID);
+    assert_eq!(offer.pipe_mode, vmbdev_device::bus::PipeMode::Message);
+    assert_eq!(offer.max_sub_channels, 0);
+    assert!(matches!(
+        vm.open_channel(dyn_dev.clone(), 1, RingShape::from_offer(&*dyn_dev)),
+        Err(vmbdev_guest::vm::VmError::Bus(
+            vmbdev_device::bus::BusError::NoSuchChannel { index: 1, .. }
+        ))
+    ));
+    assert!(matches!(
+        dyn_dev.close(0),
+        Err(vmbdev_device::bus::BusError::NotOpen(0))
+    ));
+    let mut ch = raw_open(&vm, &dev);
+    assert!(dev.is_running());
+    assert!(matches!(
+        vm.open_channel(dyn_dev.clone(), 0, RingShape::from_offer(&*dyn_dev)),
+        Err(vmbdev_guest::vm::VmError::Bus(
+            vmbdev_device::bus::BusError::AlreadyOpen(0)
+        ))
+    ));
+    negotiate(&mut ch);
+    assert!(dyn_dev.save().is_err(), "save while running");
+    // Close ends the task with Ok; the negotiated state is saved.
+    block_on(ch.close()).unwrap();
+    assert!(!dev.is_running());
+    let saved = dyn_dev.save().unwrap();
+    let decoded = vmbdev_device::vmbfs::decode_saved_state(&saved).unwrap();
+    assert_eq!(
+        decoded.state,
+        ProtocolState::Ready {
+            version: 0x0001_0000
+        }
+    );
+    // A fresh open starts clean: a file request before VERSION stops it.
+    let mut ch = raw_open(&vm, &dev);
+    expect_stop(exchange(&mut ch, &info(&[])), |e| {
+        matches!(e, ProtocolError::RequestBeforeVersion { .. })
+    });
+}
+
+/// A tree whose reads block until released.
+struct GatedTree {
+    inner: Arc<dyn FileTree>,
+    gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl FileTree for GatedTree {
+    fn lookup(
+        &self,
+        path: &vmbdev_backing::TreePath,
+    ) -> Result<vmbdev_backing::Metadata, vmbdev_backing::TreeError> {
+        self.inner.lookup(path)
+    }
+
+    fn read_at(
+        &self,
+        path: &vmbdev_backing::TreePath,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, vmbdev_backing::TreeError> {
+        let _ = self.gate.lock().unwrap().recv();
+        self.inner.read_at(path, offset, buf)
+    }
+
+    fn read_dir(
+        &self,
+        path: &vmbdev_backing::TreePath,
+    ) -> Result<Vec<(String, vmbdev_backing::Metadata)>, vmbdev_backing::TreeError> {
+        self.inner.read_dir(path)
+    }
+}
+
+#[test]
+fn a_blocked_read_does_not_stall_another_channel() {
+    // One executor thread runs both devices' tasks: only the blocking pool
+    // keeps the stuck read from stalling the other channel.
+    let vm = LoopbackVm::new(&VmConfig {
+        executor_threads: 1,
+        ..VmConfig::default()
+    })
+    .unwrap();
+    let (release, gate) = std::sync::mpsc::channel();
+    let slow = device(
+        Arc::new(GatedTree {
+            inner: sample_tree(),
+            gate: std::sync::Mutex::new(gate),
+        }),
+        false,
+    );
+    let fast = device(sample_tree(), false);
+    let slow_vm = vm.clone();
+    let slow_stats = slow.clone();
+    let slow_reader = std::thread::spawn(move || {
+        let mut client = VmbfsClient::new(slow_vm, slow, false);
+        block_on(client.read("dir/file", 0, 10)).unwrap()
+    });
+    // Wait until the slow device has taken the READ_FILE (version, root
+    // info, file info, read) and is stuck inside it.
+    while slow_stats.stats().messages < 4 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut client = VmbfsClient::new(vm.clone(), fast, false);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let fast_reader = std::thread::spawn(move || {
+        let data = block_on(client.read_all("dir/file")).unwrap();
+        done_tx.send(data).unwrap();
+    });
+    let data = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the fast channel is stalled behind the blocked read");
+    assert_eq!(data, b"0123456789".repeat(3000));
+    fast_reader.join().unwrap();
+    assert!(!slow_reader.is_finished(), "the slow read is still blocked");
+    release.send(()).unwrap();
+    assert_eq!(slow_reader.join().unwrap(), b"0123456789".to_vec());
+}
