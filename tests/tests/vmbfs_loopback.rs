@@ -806,3 +806,43 @@ fn a_blocked_read_does_not_stall_another_channel() {
     release.send(()).unwrap();
     assert_eq!(slow_reader.join().unwrap(), b"0123456789".to_vec());
 }
+
+#[test]
+fn the_host_never_sends_completions_even_when_asked() {
+    let vm = vm();
+    let dev = device(sample_tree(), true);
+    let mut ch = raw_open(&vm, &dev);
+    let pipe = |m: &[u8]| {
+        let mut p = 1u32.to_le_bytes().to_vec();
+        p.extend((m.len() as u32).to_le_bytes());
+        p.extend_from_slice(m);
+        p
+    };
+    let requests = [
+        pipe(&version(0x0001_0000)),
+        pipe(&info(&path_bytes("dir\\file"))),
+    ];
+    for (i, payload) in requests.iter().enumerate() {
+        // Completion requested, with a transaction id: still exactly one
+        // in-band DATA reply with transaction id 0 and no flags.
+        block_on(
+            ch.endpoint
+                .write(&OutgoingPacket::request(0x1234 + i as u64, payload)),
+        )
+        .unwrap();
+        let packet = block_on(ch.endpoint.read()).unwrap();
+        assert_eq!(packet.kind, vmbdev_ring::PacketKind::InBand);
+        assert_eq!(packet.transaction_id, 0);
+        assert!(!packet.completion_requested);
+        let PipeMessage::Data(reply) = PipeMessage::from_packet(&packet, MAX_MESSAGE_LEN).unwrap()
+        else {
+            panic!("not a DATA message");
+        };
+        assert_eq!(u32_at(&reply, 0), [2, 4][i]);
+        assert_eq!(u32_at(&reply, 8), 0);
+    }
+    // Nothing else was sent by the time the task has stopped.
+    block_on(ch.suspend_device()).unwrap();
+    assert_eq!(ch.endpoint.reader.available().unwrap(), 0);
+    assert_eq!(dev.stats().messages, 2);
+}
