@@ -846,3 +846,22 @@ fn the_host_never_sends_completions_even_when_asked() {
     assert_eq!(ch.endpoint.reader.available().unwrap(), 0);
     assert_eq!(dev.stats().messages, 2);
 }
+
+#[test]
+fn inline_io_policy_serves_the_same_bytes() {
+    let (tree, files) = random_tree(5);
+    let dev = Arc::new(
+        VmbfsDevice::new(VmbfsConfig {
+            tree,
+            rdma_enabled: true,
+        })
+        .with_io_policy(vmbdev_device::vmbfs::IoPolicy::Inline),
+    );
+    for use_rdma in [false, true] {
+        let mut client = VmbfsClient::new(vm(), dev.clone(), use_rdma);
+        for (path, data) in files.iter().filter(|(_, d)| d.len() < 4 * MIB) {
+            assert!(block_on(client.read_all(path)).unwrap() == *data, "{path}");
+        }
+        block_on(client.close()).unwrap();
+    }
+}

@@ -36,6 +36,19 @@ use vmbdev_ring::{Endpoint, PipeMessage, pipe_data_ring_len};
 /// uses).
 pub const RING_PAGES: u32 = 4;
 
+/// Where a request's tree I/O runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoPolicy {
+    /// On the `blocking` thread pool: a slow read never stalls other
+    /// tasks of the executor. Costs two thread hand-offs per request.
+    #[default]
+    BlockingPool,
+    /// On the channel task's own thread. Only for a VMM that polls this
+    /// channel's task on a thread of its own (a blocked read then stalls
+    /// only this channel); saves the two hand-offs.
+    Inline,
+}
+
 /// What the device has done, read while it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VmbfsDeviceStats {
@@ -115,6 +128,7 @@ struct Slot {
 
 struct Shared {
     config: VmbfsConfig,
+    io: IoPolicy,
     slot: Mutex<Slot>,
     counters: Counters,
 }
@@ -164,6 +178,21 @@ impl VmbfsDevice {
             },
             shared: Arc::new(Shared {
                 config,
+                io: IoPolicy::default(),
+                slot: Mutex::default(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The same device with tree I/O run per `policy` (set before the
+    /// first open; clones made earlier keep the old policy).
+    pub fn with_io_policy(self, policy: IoPolicy) -> Self {
+        Self {
+            offer: self.offer,
+            shared: Arc::new(Shared {
+                config: self.shared.config.clone(),
+                io: policy,
                 slot: Mutex::default(),
                 counters: Counters::default(),
             }),
@@ -391,7 +420,10 @@ impl Channel {
             Ok(Step::NoReply) => Ok(None),
             Ok(Step::Reply(reply)) => Ok(Some(reply)),
             Ok(Step::Io(job)) => {
-                let done = blocking::unblock(move || job.run()).await;
+                let done = match self.shared.io {
+                    IoPolicy::BlockingPool => blocking::unblock(move || job.run()).await,
+                    IoPolicy::Inline => job.run(),
+                };
                 Ok(Some(lock_host(&self.host).finish(done)))
             }
             Err(e) => Err(ChannelError::Protocol {

@@ -81,7 +81,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use device::{RING_PAGES, VmbfsDevice, VmbfsDeviceStats};
+pub use device::{IoPolicy, RING_PAGES, VmbfsDevice, VmbfsDeviceStats};
 pub use host::{
     MAX_GPA_DIRECT_BUFFERS, ProtocolError, ProtocolState, RestoreError, SavedGpaDirect, Step,
     VmbfsConfig, VmbfsHost, VmbfsInput, VmbfsSavedState,

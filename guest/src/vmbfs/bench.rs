@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmbdev_backing::MemoryTree;
 use vmbdev_device::bus::VmbusDevice;
-use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
+use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
 
 /// Size of the file the standard measurement reads.
 pub const BENCH_FILE_SIZE: usize = 64 << 20;
@@ -120,18 +120,31 @@ fn timed_read(
 
 /// Reads a `file_size`-byte in-memory file over the loopback VM in-band,
 /// then by RDMA, checking the bytes each time, and times both (best of
-/// three rounds each).
+/// three rounds each). Tree I/O runs on the blocking pool.
 pub fn measure_throughput(file_size: usize) -> Result<ThroughputReport, BenchError> {
+    measure_throughput_with(file_size, IoPolicy::BlockingPool)
+}
+
+/// [`measure_throughput`] with the device's tree I/O run per `io` (the
+/// loopback VM runs the one device task on its own executor thread, so
+/// [`IoPolicy::Inline`] is allowed here).
+pub fn measure_throughput_with(
+    file_size: usize,
+    io: IoPolicy,
+) -> Result<ThroughputReport, BenchError> {
     let path = "bench/file.bin";
     let data = contents(file_size);
     let mut builder = MemoryTree::builder();
     builder
         .add_file(path, data.clone())
         .map_err(BenchError::Tree)?;
-    let device: Arc<dyn VmbusDevice> = Arc::new(VmbfsDevice::new(VmbfsConfig {
-        tree: Arc::new(builder.build()),
-        rdma_enabled: true,
-    }));
+    let device: Arc<dyn VmbusDevice> = Arc::new(
+        VmbfsDevice::new(VmbfsConfig {
+            tree: Arc::new(builder.build()),
+            rdma_enabled: true,
+        })
+        .with_io_policy(io),
+    );
     let vm = LoopbackVm::new(&VmConfig::default())?;
     let mut client = VmbfsClient::new(vm, device, false);
     futures_lite::future::block_on(client.open_volume())?;
