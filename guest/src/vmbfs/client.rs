@@ -23,6 +23,10 @@ use vmbdev_protocol::vmbfs::MAX_RDMA_READ_SIZE;
 use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
 use vmbdev_ring::{GpaRange, OutgoingPacket, PAGE_SIZE, PipeError, PipeMessage};
 
+/// Largest file [`VmbfsClient::read_all`] reads into memory: the size comes
+/// from the host, so it is not trusted with an allocation beyond this.
+pub const MAX_READ_ALL: u64 = 4 << 30;
+
 /// An error of the async client.
 #[derive(Debug, thiserror::Error)]
 pub enum VmbfsClientError {
@@ -44,8 +48,8 @@ pub enum VmbfsClientError {
     /// A read was asked of a directory.
     #[error("{0} is a directory")]
     IsADirectory(String),
-    /// A length does not fit this machine's address space.
-    #[error("length {0} does not fit in memory")]
+    /// A file larger than [`MAX_READ_ALL`] or this address space.
+    #[error("file of {0} bytes is too large to read into memory")]
     TooLarge(u64),
 }
 
@@ -388,7 +392,7 @@ impl VmbfsClient {
     /// Up to `len` bytes of `path` at `offset` (fewer at end of file).
     pub async fn read(&mut self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let file = self.open_path(path).await?;
-        let len = len.min(
+        let len = len.min(MAX_READ_ALL as usize).min(
             file.info
                 .size
                 .saturating_sub(offset)
@@ -405,7 +409,9 @@ impl VmbfsClient {
     pub async fn read_all(&mut self, path: &str) -> Result<Vec<u8>> {
         let file = self.open_path(path).await?;
         let size = usize::try_from(file.info.size)
-            .map_err(|_| VmbfsClientError::TooLarge(file.info.size))?;
+            .ok()
+            .filter(|&s| s as u64 <= MAX_READ_ALL)
+            .ok_or(VmbfsClientError::TooLarge(file.info.size))?;
         let mut buf = vec![0u8; size];
         let n = self.read_file(&file, 0, &mut buf).await?;
         buf.truncate(n);
