@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod cat;
+mod demo;
 mod dump;
 mod error;
 mod info;
@@ -26,6 +28,11 @@ struct Args {
 /// The subcommands.
 #[derive(Debug, clap::Subcommand)]
 enum Cli {
+    /// Serve a sample boot tree over vmbfs on a loopback channel and read
+    /// it back like the UEFI firmware, in-band and by RDMA.
+    Demo(demo::DemoArgs),
+    /// Read one file through the vmbfs guest client over loopback.
+    Cat(cat::CatArgs),
     /// Write the whole virtual disk of an image to a file.
     Dump(dump::DumpArgs),
     /// Describe an image: format, geometry, VHDX state, partitions and file
@@ -38,6 +45,8 @@ enum Cli {
 fn main() -> ExitCode {
     let args = Args::parse();
     error::run(args.verbose, || match args.command {
+        Cli::Demo(args) => demo::run(&args),
+        Cli::Cat(args) => cat::run(&args),
         Cli::Dump(args) => Ok(dump::run(&args)?),
         Cli::Info(args) => info::run(&args),
         Cli::Bench(args) => bench::run(&args),

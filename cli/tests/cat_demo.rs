@@ -1,0 +1,185 @@
+//! `vmbdev cat` and `vmbdev demo` as a user runs them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vmbdev(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
+        .args(args)
+        .output()
+        .expect("cannot run vmbdev")
+}
+
+fn cat(dir: &Path, path: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["cat".as_ref(), dir.as_os_str(), std::ffi::OsStr::new(path)];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    vmbdev(&args)
+}
+
+/// Files of assorted sizes, contents differing per file and position.
+fn make_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let files = [
+        ("a.txt", 0usize),
+        ("one", 1),
+        ("EFI/BOOT/BOOTX64.EFI", 12277),
+        ("EFI/BOOT/exact", 12276),
+        ("dir with space/ü.bin", 70_001),
+        ("big/blob", 1 << 20),
+    ];
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, (path, len))| {
+            let data: Vec<u8> = (0..*len)
+                .map(|j| (j as u32).wrapping_mul(2_654_435_761).rotate_left(i as u32) as u8)
+                .collect();
+            let full = root.join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(&full, &data).unwrap();
+            (path.to_string(), data)
+        })
+        .collect()
+}
+
+#[test]
+fn cat_every_file_byte_exact_in_band_and_rdma() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    let files = make_tree(&dir);
+    for (path, data) in &files {
+        for extra in [&[][..], &["--rdma"][..]] {
+            let out = cat(&dir, path, extra);
+            assert!(
+                out.status.success(),
+                "{path} {extra:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.stdout == *data, "{path} {extra:?} differs");
+        }
+    }
+    // -o writes the file instead of standard output.
+    let target = tmp.path().join("out.bin");
+    let out = cat(
+        &dir,
+        "big/blob",
+        &["--rdma", "-o", target.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(std::fs::read(&target).unwrap() == files[5].1);
+}
+
+#[test]
+fn cat_never_leaves_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    make_tree(&dir);
+    let secret = b"top secret bytes";
+    std::fs::write(tmp.path().join("secret"), secret).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("secret"), dir.join("link")).unwrap();
+    std::os::unix::fs::symlink("../secret", dir.join("EFI/rel")).unwrap();
+    for path in [
+        "../secret",
+        "..\\secret",
+        "/../secret",
+        "\\..\\..\\secret",
+        "EFI/../../secret",
+        "link",
+        "EFI/rel",
+    ] {
+        for extra in [&[][..], &["--rdma"][..]] {
+            let out = cat(&dir, path, extra);
+            assert_eq!(out.status.code(), Some(1), "{path}: not a clean failure");
+            assert!(
+                !out.stdout.windows(secret.len()).any(|w| w == secret),
+                "{path} leaked the secret"
+            );
+            assert!(!out.stderr.is_empty(), "{path}: no message");
+        }
+    }
+}
+
+#[test]
+fn cat_errors_and_usage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    make_tree(&dir);
+    let out = cat(&dir, "missing/file", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing/file"));
+    let out = cat(&tmp.path().join("nope"), "x", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = cat(&dir, "EFI", &[]);
+    assert_eq!(out.status.code(), Some(1), "a directory is not catted");
+    let out = vmbdev(&["cat".as_ref()]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = vmbdev(&[
+        "cat".as_ref(),
+        "a".as_ref(),
+        "b".as_ref(),
+        "--bogus".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn cat_from_an_ext4_disk_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    let files = make_tree(&dir);
+    let img = tmp.path().join("fs.img");
+    let status = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&dir)
+        .arg(&img)
+        .arg("8M")
+        .status()
+        .expect("cannot run mke2fs (is it installed?)");
+    assert!(status.success());
+    // Partition 1 of an MBR disk starting at sector 2048.
+    let fs = std::fs::read(&img).unwrap();
+    let disk = tmp.path().join("disk.raw");
+    let mut bytes = vec![0u8; 2048 * 512];
+    bytes.extend_from_slice(&fs);
+    std::fs::write(&disk, &bytes).unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["--no-reread", "-q"])
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot run sfdisk (is it installed?)");
+    use std::io::Write;
+    let sectors = fs.len().div_ceil(512);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("label: dos\n2048,{sectors},83\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    for (path, data) in &files {
+        let out = cat(&disk, path, &["--rdma", "--partition", "1"]);
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == *data, "{path} differs");
+    }
+    let out = cat(&disk, "one", &["--partition", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn demo_exits_0_and_reports() {
+    let out = vmbdev(&["demo".as_ref(), "--bench-mib".as_ref(), "8".as_ref()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("all bytes match"), "{text}");
+    assert!(text.contains("RDMA / in-band"), "{text}");
+}
