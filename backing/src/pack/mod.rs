@@ -1,0 +1,304 @@
+//! Packs a directory tree into a dynamic VHDX: a GPT disk with one
+//! "Microsoft basic data" partition (1 MiB aligned) holding a FAT32 volume
+//! with the tree's files.
+//!
+//! The disk is built in a sparse temporary file next to the output (only
+//! written regions take space, file bytes are streamed), opened as a
+//! [`RawFile`] and handed to [`write_vhdx`], which leaves zero blocks out.
+
+use std::path::{Path, PathBuf};
+
+use crate::fs::fat_writer::{
+    FatLayout, FatOptions, FatSource, FatWriteError, OffsetWriter, WriteAt, min_fat32_sectors,
+};
+use crate::partition::{
+    BASIC_DATA_PARTITION, GptPartition, GptWriteError, build_gpt, gpt_usable_range,
+};
+use crate::vhdx::{WriteError, WriteOptions, write_vhdx};
+use crate::{BlockError, FileTree, HostDirTree, RawFile, TreeError};
+
+/// Sector size of packed disks.
+pub const SECTOR_SIZE: u32 = 512;
+/// Partition alignment and disk-size granularity.
+const ALIGN: u64 = 1 << 20;
+/// Largest default VHDX block size.
+const MAX_DEFAULT_BLOCK: u64 = 32 << 20;
+/// Smallest VHDX block size.
+const MIN_BLOCK: u64 = 1 << 20;
+
+/// The file system to put on the partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PackFs {
+    /// FAT32 (long names, up to 4 GiB - 1 per file).
+    #[default]
+    Fat32,
+}
+
+/// How to pack.
+#[derive(Debug, Clone, Default)]
+pub struct PackOptions {
+    /// File system of the partition.
+    pub fs: PackFs,
+    /// Virtual disk size in bytes (a multiple of 512); `None` sizes the disk
+    /// from the tree.
+    pub disk_size: Option<u64>,
+    /// VHDX block size; `None` picks one from the disk size.
+    pub block_size: Option<u32>,
+    /// Volume label.
+    pub label: Option<String>,
+    /// Timestamp of every entry (Unix seconds); `None` uses the current
+    /// time.
+    pub timestamp: Option<u64>,
+}
+
+/// What was packed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackReport {
+    /// Files written.
+    pub files: u64,
+    /// Directories written (the root included).
+    pub dirs: u64,
+    /// Bytes of file data.
+    pub file_bytes: u64,
+    /// Virtual disk size.
+    pub disk_size: u64,
+    /// First sector of the partition.
+    pub partition_first_lba: u64,
+    /// Sectors in the partition (and the volume).
+    pub partition_sectors: u64,
+    /// FAT cluster size.
+    pub cluster_bytes: u64,
+    /// VHDX block size used.
+    pub block_size: u32,
+}
+
+/// An error packing a tree.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The source directory could not be opened.
+    #[error("{path}: {source}")]
+    OpenSource {
+        /// Source directory.
+        path: PathBuf,
+        /// Why.
+        source: TreeError,
+    },
+    /// The tree cannot be laid out as FAT32.
+    #[error(transparent)]
+    Fat(#[from] FatWriteError),
+    /// The partition table cannot be built.
+    #[error(transparent)]
+    Gpt(#[from] GptWriteError),
+    /// The disk size cannot hold a FAT32 partition.
+    #[error(
+        "a disk of {disk_size} bytes is too small: a FAT32 partition needs a disk of at least {min_disk} bytes"
+    )]
+    DiskTooSmall {
+        /// Disk size asked for.
+        disk_size: u64,
+        /// Smallest disk that works.
+        min_disk: u64,
+    },
+    /// The disk size is not a whole number of sectors.
+    #[error("disk size {0} is not a multiple of {SECTOR_SIZE}")]
+    UnalignedDiskSize(u64),
+    /// The scratch disk could not be made.
+    #[error("{path}: scratch disk: {source}")]
+    Scratch {
+        /// Directory or file concerned.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The scratch disk could not be read back.
+    #[error("scratch disk: {0}")]
+    ScratchRead(#[from] BlockError),
+    /// Writing the VHDX failed.
+    #[error(transparent)]
+    Vhdx(#[from] WriteError),
+}
+
+/// A packed disk in a sparse temporary file, deleted when dropped.
+#[derive(Debug)]
+pub struct PackedDisk {
+    _file: tempfile::NamedTempFile,
+    device: RawFile,
+    report: PackReport,
+}
+
+impl PackedDisk {
+    /// The disk as a block device.
+    pub fn device(&self) -> &RawFile {
+        &self.device
+    }
+
+    /// What was packed.
+    pub fn report(&self) -> &PackReport {
+        &self.report
+    }
+}
+
+/// Packs the host directory `src` into the dynamic VHDX `out`.
+pub fn pack_directory(
+    src: &Path,
+    out: &Path,
+    options: &PackOptions,
+) -> Result<PackReport, PackError> {
+    let tree = HostDirTree::open(src).map_err(|source| PackError::OpenSource {
+        path: src.to_owned(),
+        source,
+    })?;
+    let scratch_dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let disk = build_disk(&tree, scratch_dir, options)?;
+    let mut report = disk.report().clone();
+    let block_size = options
+        .block_size
+        .unwrap_or_else(|| default_block_size(report.disk_size));
+    report.block_size = block_size;
+    let opts = WriteOptions {
+        block_size,
+        logical_sector_size: SECTOR_SIZE,
+        ..WriteOptions::default()
+    };
+    write_vhdx(disk.device(), out, &opts)?;
+    tracing::info!(?report, "packed");
+    Ok(report)
+}
+
+/// A VHDX block size for a disk of `disk_size` bytes: about 1/32 of the
+/// disk, a power of two between 1 and 32 MiB, so small images do not
+/// allocate whole 32 MiB blocks for a few files.
+pub fn default_block_size(disk_size: u64) -> u32 {
+    let target = (disk_size / 32).clamp(MIN_BLOCK, MAX_DEFAULT_BLOCK);
+    // Largest power of two not above the target.
+    (1u64 << (63 - target.leading_zeros())) as u32
+}
+
+/// The disk size that holds `volume_sectors` in a 1 MiB aligned partition
+/// with room for the backup table, rounded up to 1 MiB.
+fn disk_bytes_for_volume(volume_sectors: u64) -> u64 {
+    let ss = u64::from(SECTOR_SIZE);
+    let first = ALIGN / ss;
+    let backup = 1 + (128 * 128) / ss;
+    ((first + volume_sectors + backup) * ss).div_ceil(ALIGN) * ALIGN
+}
+
+/// Lays out `tree` as a GPT disk with a FAT32 partition in a sparse
+/// temporary file created in `scratch_dir`.
+pub fn build_disk(
+    tree: &dyn FileTree,
+    scratch_dir: &Path,
+    options: &PackOptions,
+) -> Result<PackedDisk, PackError> {
+    let PackFs::Fat32 = options.fs;
+    let ss = u64::from(SECTOR_SIZE);
+    let source = FatSource::scan(tree)?;
+    let disk_size = match options.disk_size {
+        Some(size) if size % ss != 0 => return Err(PackError::UnalignedDiskSize(size)),
+        Some(size) => size,
+        None => disk_bytes_for_volume(source.default_volume_sectors(SECTOR_SIZE)),
+    };
+    let sector_count = disk_size / ss;
+    let first_lba = ALIGN / ss;
+    let too_small = || PackError::DiskTooSmall {
+        disk_size,
+        min_disk: disk_bytes_for_volume(min_fat32_sectors(SECTOR_SIZE)),
+    };
+    let (_, last_usable) = gpt_usable_range(sector_count, SECTOR_SIZE).ok_or_else(too_small)?;
+    if last_usable < first_lba {
+        return Err(too_small());
+    }
+    let volume_sectors = last_usable - first_lba + 1;
+    if volume_sectors < min_fat32_sectors(SECTOR_SIZE) {
+        return Err(too_small());
+    }
+    let timestamp = options.timestamp.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let fat_options = FatOptions {
+        label: options.label.clone(),
+        serial: rand::random(),
+        hidden_sectors: first_lba as u32,
+        timestamp,
+    };
+    let layout = FatLayout::new(source, volume_sectors, SECTOR_SIZE, fat_options)?;
+    let tables = build_gpt(
+        sector_count,
+        SECTOR_SIZE,
+        random_guid(),
+        &[GptPartition {
+            type_guid: BASIC_DATA_PARTITION,
+            unique_guid: random_guid(),
+            first_lba,
+            last_lba: last_usable,
+            attributes: 0,
+            name: "Basic data partition".into(),
+        }],
+    )?;
+
+    let scratch_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PackError::Scratch { path, source }
+    };
+    let file = tempfile::Builder::new()
+        .prefix(".vmbdev-pack-")
+        .tempfile_in(scratch_dir)
+        .map_err(scratch_err(scratch_dir))?;
+    let path = file.path().to_owned();
+    file.as_file()
+        .set_len(disk_size)
+        .map_err(scratch_err(&path))?;
+    let disk = file.as_file();
+    disk.write_all_at(0, &tables.primary)
+        .map_err(scratch_err(&path))?;
+    disk.write_all_at(tables.backup_lba * ss, &tables.backup)
+        .map_err(scratch_err(&path))?;
+    layout.write(
+        tree,
+        &OffsetWriter {
+            inner: disk,
+            base: first_lba * ss,
+        },
+    )?;
+    let device = RawFile::open(&path)?;
+    let report = PackReport {
+        files: layout.source().file_count(),
+        dirs: layout.source().dir_count(),
+        file_bytes: layout.source().file_bytes(),
+        disk_size,
+        partition_first_lba: first_lba,
+        partition_sectors: volume_sectors,
+        cluster_bytes: layout.geometry().cluster_bytes(),
+        block_size: 0,
+    };
+    Ok(PackedDisk {
+        _file: file,
+        device,
+        report,
+    })
+}
+
+fn random_guid() -> [u8; 16] {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[7] = (bytes[7] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_block_sizes() {
+        assert_eq!(default_block_size(36 << 20), 1 << 20);
+        assert_eq!(default_block_size(100 << 20), 2 << 20);
+        assert_eq!(default_block_size(1 << 30), 32 << 20);
+        assert_eq!(default_block_size(1 << 40), 32 << 20);
+    }
+}
