@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod dump;
+mod ls;
+mod pack;
 
 use std::process::ExitCode;
 
@@ -14,12 +16,18 @@ use clap::Parser;
 enum Cli {
     /// Write the whole virtual disk of an image to a file.
     Dump(dump::DumpArgs),
+    /// Pack a host directory into a dynamic VHDX (GPT, one FAT32 partition).
+    Pack(pack::PackArgs),
+    /// List a directory of a host directory or of a disk image's file system.
+    Ls(ls::LsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli {
-        Cli::Dump(args) => dump::run(&args),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli {
+        Cli::Dump(args) => dump::run(&args).map_err(Into::into),
+        Cli::Pack(args) => pack::run(&args).map_err(Into::into),
+        Cli::Ls(args) => ls::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
