@@ -12,9 +12,10 @@ use vmbdev_backing::{
 
 /// Deepest directory a recursive listing descends into; a directory loop
 /// in a damaged image stops here.
-const MAX_DEPTH: usize = 256;
-/// Most entries a recursive listing prints.
-const MAX_ENTRIES: usize = 10_000_000;
+const MAX_DEPTH: usize = 128;
+/// Most entries a recursive listing collects (a looping image with several
+/// subdirectories per level would otherwise grow without bound).
+const MAX_ENTRIES: usize = 2_000_000;
 
 /// Arguments of `vmbdev ls`.
 #[derive(Debug, clap::Args)]

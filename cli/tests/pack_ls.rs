@@ -208,6 +208,35 @@ fn mkfs_vfat_image_converted_by_qemu_lists_the_source_tree() {
     assert_eq!(ls_json(&raw, &[]), walk(&src));
 }
 
+/// Position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{:?} not in the image", String::from_utf8_lossy(needle)))
+}
+
+#[test]
+fn a_directory_loop_in_an_image_ends_the_listing_with_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("loop.img");
+    fs::File::create(&raw).unwrap().set_len(16 * MIB).unwrap();
+    tool("mkfs.vfat", &["-F", "16", s(&raw)]);
+    tool("mmd", &["-i", s(&raw), "::/LOOP", "::/LOOP/SUB"]);
+    let mut bytes = fs::read(&raw).unwrap();
+    // LOOP/SUB points back at LOOP's own cluster.
+    let lp = find(&bytes, b"LOOP       \x10");
+    let cluster = [bytes[lp + 26], bytes[lp + 27]];
+    let sub = find(&bytes, b"SUB        \x10");
+    bytes[sub + 26..sub + 28].copy_from_slice(&cluster);
+    fs::write(&raw, &bytes).unwrap();
+    let out = vmbdev(&["ls", s(&raw), "/", "-r"]);
+    assert_fails_with_one_line(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/LOOP/SUB/SUB"));
+    // Without -r the listing is fine.
+    assert!(vmbdev(&["ls", s(&raw), "/LOOP/SUB/SUB"]).status.success());
+}
+
 #[test]
 fn bad_sources_and_paths_exit_1_and_usage_errors_exit_2() {
     let tmp = tempfile::tempdir().unwrap();

@@ -163,6 +163,9 @@ pub enum FatWriteError {
     BadSectorSize(u32),
 }
 
+/// Writes bytes at a volume offset, mapping I/O errors to [`FatWriteError`].
+type Put<'a> = dyn Fn(u64, &[u8]) -> Result<(), FatWriteError> + 'a;
+
 /// One entry of a directory to write.
 #[derive(Debug, Clone)]
 struct Child {
@@ -689,10 +692,7 @@ impl FatLayout {
 
     /// Writes both FATs chunk by chunk: entries 0 and 1, then one chain per
     /// allocated run; the free tail stays unwritten (zero).
-    fn write_fats(
-        &self,
-        put: &dyn Fn(u64, &[u8]) -> Result<(), FatWriteError>,
-    ) -> Result<(), FatWriteError> {
+    fn write_fats(&self, put: &Put<'_>) -> Result<(), FatWriteError> {
         let mut run_ends: Vec<u32> = self.dir_runs.iter().map(|(f, n)| f + n - 1).collect();
         let cluster_bytes = self.geometry.cluster_bytes();
         for dir in &self.source.dirs {
@@ -870,7 +870,7 @@ fn copy_file(
     size: u64,
     at: u64,
     buf: &mut [u8],
-    put: &dyn Fn(u64, &[u8]) -> Result<(), FatWriteError>,
+    put: &Put<'_>,
 ) -> Result<(), FatWriteError> {
     let mut done = 0u64;
     while done < size {
