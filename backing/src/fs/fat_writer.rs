@@ -538,7 +538,15 @@ impl FatLayout {
     ) -> Result<Self, FatWriteError> {
         let geometry = FatGeometry::new(total_sectors, sector_size)?;
         let cluster_bytes = geometry.cluster_bytes();
-        let needed = source.clusters_needed(cluster_bytes);
+        // A label takes one more entry in the root, maybe one more cluster.
+        let root_entries = source.dirs.first().map_or(0, |d| d.entry_count);
+        let label_cluster = if options.label.is_some() {
+            dir_clusters(root_entries + 1, cluster_bytes)
+                - dir_clusters(root_entries, cluster_bytes)
+        } else {
+            0
+        };
+        let needed = source.clusters_needed(cluster_bytes) + label_cluster;
         let available = u64::from(geometry.cluster_count);
         if needed > available {
             return Err(FatWriteError::DoesNotFit {
