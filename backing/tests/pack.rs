@@ -254,9 +254,18 @@ fn an_empty_tree_packs_to_a_valid_minimum_volume() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
+    // Only things that are not packed: a link and a non-UTF-8 name.
+    std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(b"bad\xff name");
+        fs::write(src.join(name), b"x").unwrap();
+    }
     let vhdx = tmp.path().join("empty.vhdx");
     let report = pack(&src, &vhdx, &PackOptions::default());
     assert_eq!(report.files, 0);
+    assert_eq!(report.skipped_count, 2);
+    assert_eq!(report.skipped.len(), 2);
     // mkfs.vfat refuses FAT32 below about 32 MiB too.
     assert!(report.disk_size >= 33 * MIB && report.disk_size <= 40 * MIB);
     let raw = qemu_raw(&vhdx, tmp.path());

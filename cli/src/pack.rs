@@ -89,6 +89,23 @@ pub fn run(args: &PackArgs) -> Result<(), PackError> {
         report.cluster_bytes,
         report.block_size >> 20,
     );
+    if report.skipped_count > 0 {
+        let named: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "vmbdev: warning: left out {} symbolic links, special files or non-UTF-8 names: {}{}",
+            report.skipped_count,
+            named.join(", "),
+            if report.skipped_count > named.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
 }
 

@@ -274,6 +274,22 @@ fn bad_sources_and_paths_exit_1_and_usage_errors_exit_2() {
     assert_fails_with_one_line(&vmbdev(&["ls", s(&src), "/nope"]), 1);
 
     let out = tmp.path().join("x.vhdx");
+    // A link is left out with a warning; packing still succeeds.
+    let linked = tmp.path().join("linked");
+    fs::create_dir(&linked).unwrap();
+    fs::write(linked.join("kept"), b"k").unwrap();
+    std::os::unix::fs::symlink("kept", linked.join("link")).unwrap();
+    let packed = vmbdev(&["pack", s(&linked), s(&out)]);
+    assert!(packed.status.success());
+    let warning = String::from_utf8_lossy(&packed.stderr);
+    assert!(
+        warning.contains("left out 1") && warning.contains("link"),
+        "{warning}"
+    );
+    assert_eq!(
+        ls_json(&out, &[]),
+        [("/kept".to_owned(), "file".to_owned(), 1)]
+    );
     assert_fails_with_one_line(
         &vmbdev(&["pack", s(&tmp.path().join("missing")), s(&out)]),
         1,

@@ -546,6 +546,12 @@ impl FatLayout {
         } else {
             0
         };
+        if options.label.is_some() && root_entries + 1 > MAX_DIR_ENTRIES {
+            return Err(FatWriteError::DirectoryTooLarge {
+                path: "/".into(),
+                entries: root_entries + 1,
+            });
+        }
         let needed = source.clusters_needed(cluster_bytes) + label_cluster;
         let available = u64::from(geometry.cluster_count);
         if needed > available {

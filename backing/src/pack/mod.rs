@@ -70,7 +70,15 @@ pub struct PackReport {
     pub cluster_bytes: u64,
     /// VHDX block size used.
     pub block_size: u32,
+    /// Host entries left out: symbolic links, special files and names that
+    /// are not UTF-8 (at most [`MAX_SKIPPED_LISTED`] are named).
+    pub skipped: Vec<PathBuf>,
+    /// How many host entries were left out in all.
+    pub skipped_count: u64,
 }
+
+/// Most left-out host entries named in a [`PackReport`].
+pub const MAX_SKIPPED_LISTED: usize = 16;
 
 /// An error packing a tree.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +166,7 @@ pub fn pack_directory(
         .block_size
         .unwrap_or_else(|| default_block_size(report.disk_size));
     report.block_size = block_size;
+    (report.skipped, report.skipped_count) = skipped_host_entries(src);
     let opts = WriteOptions {
         block_size,
         logical_sector_size: SECTOR_SIZE,
@@ -275,12 +284,44 @@ pub fn build_disk(
         partition_sectors: volume_sectors,
         cluster_bytes: layout.geometry().cluster_bytes(),
         block_size: 0,
+        skipped: Vec::new(),
+        skipped_count: 0,
     };
     Ok(PackedDisk {
         _file: file,
         device,
         report,
     })
+}
+
+/// The entries under `root` that [`HostDirTree`] does not serve (so they
+/// are not packed): symbolic links, special files and names that are not
+/// UTF-8. Unreadable directories are not descended into.
+fn skipped_host_entries(root: &Path) -> (Vec<PathBuf>, u64) {
+    let mut named = Vec::new();
+    let mut count = 0u64;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            let served =
+                entry.file_name().to_str().is_some() && (file_type.is_file() || file_type.is_dir());
+            if !served {
+                count += 1;
+                if named.len() < MAX_SKIPPED_LISTED {
+                    named.push(entry.path());
+                }
+            } else if file_type.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    (named, count)
 }
 
 fn random_guid() -> [u8; 16] {
