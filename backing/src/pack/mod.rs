@@ -172,7 +172,22 @@ pub fn pack_directory(
         logical_sector_size: SECTOR_SIZE,
         ..WriteOptions::default()
     };
-    write_vhdx(disk.device(), out, &opts)?;
+    // Written under a temporary name and renamed, so a failed pack leaves
+    // no half-written image at `out`.
+    let staged = tempfile::Builder::new()
+        .prefix(".vmbdev-pack-out-")
+        // What `File::create` asks for; the umask still applies.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(scratch_dir)
+        .map_err(|source| PackError::Scratch {
+            path: scratch_dir.to_owned(),
+            source,
+        })?;
+    write_vhdx(disk.device(), staged.path(), &opts)?;
+    staged.persist(out).map_err(|e| PackError::Scratch {
+        path: out.to_owned(),
+        source: e.error,
+    })?;
     tracing::info!(?report, "packed");
     Ok(report)
 }
