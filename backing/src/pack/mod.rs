@@ -15,7 +15,7 @@ use crate::partition::{
     BASIC_DATA_PARTITION, GptPartition, GptWriteError, build_gpt, gpt_usable_range,
 };
 use crate::vhdx::{WriteError, WriteOptions, write_vhdx};
-use crate::{BlockError, FileTree, HostDirTree, RawFile, TreeError};
+use crate::{BlockDevice, BlockError, FileTree, HostDirTree, RawFile, TreeError, check_request};
 
 /// Sector size of packed disks.
 pub const SECTOR_SIZE: u32 = 512;
@@ -126,23 +126,52 @@ pub enum PackError {
     Vhdx(#[from] WriteError),
 }
 
-/// A packed disk in a sparse temporary file, deleted when dropped.
+/// A packed disk in a sparse temporary file, deleted when dropped. As a
+/// [`BlockDevice`] it reads holes as zeros without touching the file, so
+/// converting a large, mostly empty disk stays quick.
 #[derive(Debug)]
 pub struct PackedDisk {
-    _file: tempfile::NamedTempFile,
+    file: tempfile::NamedTempFile,
     device: RawFile,
     report: PackReport,
 }
 
 impl PackedDisk {
-    /// The disk as a block device.
-    pub fn device(&self) -> &RawFile {
-        &self.device
-    }
-
     /// What was packed.
     pub fn report(&self) -> &PackReport {
         &self.report
+    }
+
+    /// Whether `len` bytes at `offset` lie entirely in a hole of the file.
+    fn is_hole(&self, offset: u64, len: u64) -> bool {
+        match rustix::fs::seek(self.file.as_file(), rustix::fs::SeekFrom::Data(offset)) {
+            Ok(next_data) => next_data >= offset + len,
+            Err(rustix::io::Errno::NXIO) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+impl BlockDevice for PackedDisk {
+    fn logical_sector_size(&self) -> u32 {
+        self.device.logical_sector_size()
+    }
+    fn physical_sector_size(&self) -> u32 {
+        self.device.physical_sector_size()
+    }
+    fn sector_count(&self) -> u64 {
+        self.device.sector_count()
+    }
+    fn disk_id(&self) -> [u8; 16] {
+        self.device.disk_id()
+    }
+    fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let offset = check_request(self, lba, buf.len())?;
+        if self.is_hole(offset, buf.len() as u64) {
+            buf.fill(0);
+            return Ok(());
+        }
+        self.device.read_sectors(lba, buf)
     }
 }
 
@@ -183,7 +212,7 @@ pub fn pack_directory(
             path: scratch_dir.to_owned(),
             source,
         })?;
-    write_vhdx(disk.device(), staged.path(), &opts)?;
+    write_vhdx(&disk, staged.path(), &opts)?;
     staged.persist(out).map_err(|e| PackError::Scratch {
         path: out.to_owned(),
         source: e.error,
@@ -201,13 +230,12 @@ pub fn default_block_size(disk_size: u64) -> u32 {
     (1u64 << (63 - target.leading_zeros())) as u32
 }
 
-/// The disk size that holds `volume_sectors` in a 1 MiB aligned partition
-/// with room for the backup table, rounded up to 1 MiB.
+/// The disk size that holds `volume_sectors` in a partition that starts
+/// and ends on 1 MiB boundaries, with the last MiB left for the backup
+/// table.
 fn disk_bytes_for_volume(volume_sectors: u64) -> u64 {
-    let ss = u64::from(SECTOR_SIZE);
-    let first = ALIGN / ss;
-    let backup = 1 + (128 * 128) / ss;
-    ((first + volume_sectors + backup) * ss).div_ceil(ALIGN) * ALIGN
+    let volume = (volume_sectors * u64::from(SECTOR_SIZE)).div_ceil(ALIGN) * ALIGN;
+    ALIGN + volume + ALIGN
 }
 
 /// Lays out `tree` as a GPT disk with a FAT32 partition in a sparse
@@ -232,10 +260,14 @@ pub fn build_disk(
         min_disk: disk_bytes_for_volume(min_fat32_sectors(SECTOR_SIZE)),
     };
     let (_, last_usable) = gpt_usable_range(sector_count, SECTOR_SIZE).ok_or_else(too_small)?;
-    if last_usable < first_lba {
+    // End on a 1 MiB boundary too, as partitioning tools do.
+    let align_sectors = ALIGN / ss;
+    let end = (last_usable + 1) / align_sectors * align_sectors;
+    if end <= first_lba {
         return Err(too_small());
     }
-    let volume_sectors = last_usable - first_lba + 1;
+    let last_lba = end - 1;
+    let volume_sectors = end - first_lba;
     if volume_sectors < min_fat32_sectors(SECTOR_SIZE) {
         return Err(too_small());
     }
@@ -259,7 +291,7 @@ pub fn build_disk(
             type_guid: BASIC_DATA_PARTITION,
             unique_guid: random_guid(),
             first_lba,
-            last_lba: last_usable,
+            last_lba,
             attributes: 0,
             name: "Basic data partition".into(),
         }],
@@ -303,7 +335,7 @@ pub fn build_disk(
         skipped_count: 0,
     };
     Ok(PackedDisk {
-        _file: file,
+        file,
         device,
         report,
     })
