@@ -392,3 +392,72 @@ fn random_names_survive_the_round_trip() {
     let tree = open_tree(Arc::from(open_image(&vhdx).unwrap()), None).unwrap();
     assert_eq!(assert_tree_matches(&*tree, &src), 160);
 }
+
+/// `build_disk` packs any `FileTree`: here an in-memory tree whose
+/// directories fill their 512-byte cluster exactly (16 entries, no end
+/// marker) or spill one entry into a second cluster, and an ext4 image
+/// read through `open_tree`. The packed disk is itself a block device.
+#[test]
+fn any_file_tree_packs_including_exactly_full_directory_clusters() {
+    use vmbdev_backing::FileTree;
+    use vmbdev_backing::pack::build_disk;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut builder = vmbdev_backing::MemoryTree::builder();
+    // 13 files, EMPTY, "." and "..": 16 entries, one full cluster.
+    for i in 0..13 {
+        builder
+            .add_file(&format!("FULL/F{i:02}"), vec![i as u8; i * 100])
+            .unwrap();
+    }
+    // 15 files, "." and "..": one entry in a second cluster.
+    for i in 0..15 {
+        builder
+            .add_file(&format!("SPILL/F{i:02}"), vec![i as u8; 513])
+            .unwrap();
+    }
+    builder.add_dir("FULL/EMPTY").unwrap();
+    let memory = builder.build();
+    let disk = build_disk(&memory, tmp.path(), &PackOptions::default()).unwrap();
+    assert_eq!(disk.report().files, 28);
+    fs::write(tmp.path().join("mem.raw"), disk_bytes(&disk)).unwrap();
+    let (part, _) = extract_partition(&tmp.path().join("mem.raw"), tmp.path());
+    fsck_clean(&part);
+    let tree = open_tree(Arc::new(disk), None).unwrap();
+    for dir in ["/FULL", "/SPILL"] {
+        let want = memory
+            .read_dir(&vmbdev_backing::TreePath::parse(dir))
+            .unwrap();
+        let mut got = tree
+            .read_dir(&vmbdev_backing::TreePath::parse(dir))
+            .unwrap();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, want, "{dir}");
+    }
+    let mut buf = vec![0u8; 2000];
+    let n = tree
+        .read_at(&vmbdev_backing::TreePath::parse("/full/f12"), 0, &mut buf)
+        .unwrap();
+    assert_eq!(&buf[..n], &vec![12u8; 1200][..]);
+
+    // An ext4 image as the source: the packed FAT32 holds the same tree.
+    let src = tmp.path().join("src");
+    make_source_tree(&src, 24, 10, false);
+    let ext4 = ext4_image(tmp.path(), &src, 8);
+    let ext4_tree = open_tree(
+        Arc::new(vmbdev_backing::RawFile::open(&ext4).unwrap()),
+        None,
+    )
+    .unwrap();
+    let from_ext4 = build_disk(&*ext4_tree, tmp.path(), &PackOptions::default()).unwrap();
+    let tree = open_tree(Arc::new(from_ext4), None).unwrap();
+    assert_tree_matches(&*tree, &src);
+}
+
+/// Every byte of a device.
+fn disk_bytes(device: &dyn BlockDevice) -> Vec<u8> {
+    let mut out = vec![0u8; device.size_bytes() as usize];
+    for (i, chunk) in out.chunks_mut(1 << 20).enumerate() {
+        device.read_sectors(i as u64 * 2048, chunk).unwrap();
+    }
+    out
+}
