@@ -9,7 +9,8 @@
 //! - [`bench`]: VHDX read throughput against `pread` on the same bytes.
 //! - [`partition`]: GPT and MBR tables and bounded partition views;
 //!   [`fs`]: FAT, NTFS and ext4 mounted as file trees; [`open_tree`] picks
-//!   the partition to serve; [`trees`]: host-directory and in-memory trees.
+//!   the partition to serve; [`trees`]: host-directory and in-memory trees;
+//!   [`pack`]: a directory tree packed into a FAT32 partition of a VHDX.
 //!
 //! Image bytes are untrusted: a hostile image yields an error naming what is
 //! wrong and where, never a panic, an abort or an unbounded allocation.
@@ -18,6 +19,7 @@
 pub mod bench;
 mod block;
 pub mod fs;
+pub mod pack;
 pub mod partition;
 mod tree;
 pub mod trees;
@@ -25,6 +27,7 @@ pub mod vhdx;
 
 pub use block::{BlockDevice, BlockError, RawFile, check_request, read_exact_at};
 pub use fs::{OpenTreeError, open_tree};
+pub use pack::{PackError, PackOptions, PackReport, pack_directory};
 pub use partition::{PartitionDevice, PartitionInfo, list_partitions};
 pub use tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 pub use trees::{HostDirTree, MemoryTree};

@@ -8,6 +8,8 @@ mod demo;
 mod dump;
 mod error;
 mod info;
+mod ls;
+mod pack;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,10 @@ enum Cli {
     Cat(cat::CatArgs),
     /// Write the whole virtual disk of an image to a file.
     Dump(dump::DumpArgs),
+    /// Pack a host directory into a dynamic VHDX (GPT, one FAT32 partition).
+    Pack(pack::PackArgs),
+    /// List a directory of a host directory or of a disk image's file system.
+    Ls(ls::LsArgs),
     /// Describe an image: format, geometry, VHDX state, partitions and file
     /// systems.
     Info(info::InfoArgs),
@@ -48,6 +54,8 @@ fn main() -> ExitCode {
         Cli::Demo(args) => demo::run(&args),
         Cli::Cat(args) => cat::run(&args),
         Cli::Dump(args) => Ok(dump::run(&args)?),
+        Cli::Pack(args) => Ok(pack::run(&args)?),
+        Cli::Ls(args) => Ok(ls::run(&args)?),
         Cli::Info(args) => info::run(&args),
         Cli::Bench(args) => bench::run(&args),
     })

@@ -14,6 +14,8 @@ mod detect;
 mod ext4;
 mod fat;
 mod fat_format;
+mod fat_names;
+pub mod fat_writer;
 mod label;
 mod ntfs;
 mod worker;

@@ -10,9 +10,14 @@
 
 mod crc32;
 mod gpt;
+mod gpt_writer;
 mod mbr;
 
 use std::sync::Arc;
+
+pub use gpt_writer::{
+    BASIC_DATA_PARTITION, GptPartition, GptTables, GptWriteError, build_gpt, gpt_usable_range,
+};
 
 use crate::block::{BlockDevice, BlockError, check_request};
 

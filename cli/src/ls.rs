@@ -1,0 +1,205 @@
+//! `vmbdev ls`: lists a directory of a host directory or of the file system
+//! in a disk image (VHDX or raw), read through the same `FileTree` the
+//! vmbfs device serves.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vmbdev_backing::{
+    BlockDevice, EntryKind, FileTree, HostDirTree, OpenTreeError, TreeError, TreePath, VhdxError,
+    open_image, open_tree,
+};
+
+/// Deepest directory a recursive listing descends into; a directory loop
+/// in a damaged image stops here.
+const MAX_DEPTH: usize = 128;
+/// Most entries a recursive listing collects (a looping image with several
+/// subdirectories per level would otherwise grow without bound).
+const MAX_ENTRIES: usize = 2_000_000;
+
+/// Arguments of `vmbdev ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// A host directory, or a disk image (VHDX or raw).
+    source: PathBuf,
+    /// The directory (or file) to list.
+    #[arg(default_value = "/")]
+    path: String,
+    /// List subdirectories too.
+    #[arg(short, long)]
+    recursive: bool,
+    /// Print a JSON array of {"path", "type", "size"}.
+    #[arg(long)]
+    json: bool,
+    /// Partition number to read (as `info` shows it); default: the first
+    /// partition with a recognised file system.
+    #[arg(long)]
+    partition: Option<usize>,
+}
+
+/// Why a listing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LsError {
+    /// The source is neither a directory nor a readable image.
+    #[error("{path}: {source}")]
+    Image {
+        /// Source path.
+        path: PathBuf,
+        /// Why.
+        source: VhdxError,
+    },
+    /// No file system could be mounted from the image.
+    #[error("{path}: {source}")]
+    Mount {
+        /// Source path.
+        path: PathBuf,
+        /// Why.
+        source: OpenTreeError,
+    },
+    /// The host directory could not be opened.
+    #[error("{path}: {source}")]
+    HostDir {
+        /// Source path.
+        path: PathBuf,
+        /// Why.
+        source: TreeError,
+    },
+    /// Listing failed.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// The listing went too deep or too long.
+    #[error("{path}: {what} (a directory loop in the image?)")]
+    Runaway {
+        /// Where it stopped.
+        path: String,
+        /// Which bound was hit.
+        what: String,
+    },
+    /// Writing the listing failed.
+    #[error("writing the listing: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// One listed entry.
+#[derive(Debug, serde::Serialize)]
+struct Listed {
+    path: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    size: u64,
+}
+
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Directory => "dir",
+    }
+}
+
+/// Opens the tree `source` names.
+fn open_source(args: &LsArgs) -> Result<Arc<dyn FileTree>, LsError> {
+    let path = &args.source;
+    if path.is_dir() {
+        if args.partition.is_some() {
+            // A usage error: clap reports it and exits with status 2.
+            clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "{}: --partition only applies to disk images\n",
+                    path.display()
+                ),
+            )
+            .exit();
+        }
+        let tree = HostDirTree::open(path).map_err(|source| LsError::HostDir {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(Arc::new(tree));
+    }
+    let device: Arc<dyn BlockDevice> =
+        Arc::from(open_image(path).map_err(|source| LsError::Image {
+            path: path.clone(),
+            source,
+        })?);
+    open_tree(device, args.partition).map_err(|source| LsError::Mount {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Collects the entries under `start` (or `start` itself when it is a
+/// file), sorted by name within each directory, parents before children.
+fn collect(tree: &dyn FileTree, start: &TreePath, recursive: bool) -> Result<Vec<Listed>, LsError> {
+    let meta = tree.lookup(start)?;
+    if meta.kind == EntryKind::File {
+        return Ok(vec![Listed {
+            path: start.to_string(),
+            kind: kind_name(meta.kind),
+            size: meta.size,
+        }]);
+    }
+    let mut out = Vec::new();
+    // Depth-first with an explicit stack of sorted listings.
+    let mut stack: Vec<(
+        TreePath,
+        std::vec::IntoIter<(String, vmbdev_backing::Metadata)>,
+    )> = vec![(start.clone(), sorted_listing(tree, start)?.into_iter())];
+    while let Some((dir, entries)) = stack.last_mut() {
+        let Some((name, meta)) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        let child = dir.join(&name);
+        out.push(Listed {
+            path: child.to_string(),
+            kind: kind_name(meta.kind),
+            size: meta.size,
+        });
+        if out.len() > MAX_ENTRIES {
+            return Err(LsError::Runaway {
+                path: child.to_string(),
+                what: format!("more than {MAX_ENTRIES} entries"),
+            });
+        }
+        if recursive && meta.kind == EntryKind::Directory {
+            if stack.len() >= MAX_DEPTH {
+                return Err(LsError::Runaway {
+                    path: child.to_string(),
+                    what: format!("directories nested deeper than {MAX_DEPTH}"),
+                });
+            }
+            let listing = sorted_listing(tree, &child)?;
+            stack.push((child, listing.into_iter()));
+        }
+    }
+    Ok(out)
+}
+
+fn sorted_listing(
+    tree: &dyn FileTree,
+    dir: &TreePath,
+) -> Result<Vec<(String, vmbdev_backing::Metadata)>, LsError> {
+    let mut listing = tree.read_dir(dir)?;
+    listing.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(listing)
+}
+
+/// Runs the listing.
+pub fn run(args: &LsArgs) -> Result<(), LsError> {
+    let tree = open_source(args)?;
+    let entries = collect(&*tree, &TreePath::parse(&args.path), args.recursive)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    use std::io::Write;
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &entries).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        for e in &entries {
+            writeln!(out, "{:<4} {:>12} {}", e.kind, e.size, e.path)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

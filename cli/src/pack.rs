@@ -1,0 +1,126 @@
+//! `vmbdev pack`: packs a host directory into a dynamic VHDX holding a GPT
+//! disk with one FAT32 partition.
+
+use std::path::PathBuf;
+
+use vmbdev_backing::pack::PackFs;
+use vmbdev_backing::{PackError, PackOptions, pack_directory};
+
+/// File systems `pack` can write.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FsChoice {
+    /// FAT32 with long file names.
+    Fat32,
+}
+
+/// Arguments of `vmbdev pack`.
+#[derive(Debug, clap::Args)]
+pub struct PackArgs {
+    /// The directory to pack.
+    dir: PathBuf,
+    /// The VHDX to write.
+    out: PathBuf,
+    /// File system of the partition.
+    #[arg(long, value_enum, default_value = "fat32")]
+    fs: FsChoice,
+    /// Virtual disk size (e.g. 64M, 1G; binary units); default: the tree
+    /// plus some slack, at least the FAT32 minimum.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// VHDX block size (power of two, 1M-256M); default: about 1/32 of the
+    /// disk, at most 32M.
+    #[arg(long, value_parser = parse_block_size)]
+    block_size: Option<u32>,
+    /// Volume label (up to 11 letters, digits, spaces, '-' or '_').
+    #[arg(long)]
+    label: Option<String>,
+}
+
+/// Parses a byte count with an optional binary suffix: K, M, G, T (also
+/// KiB, MB...).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512, 64M or 1G"))?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("{text:?}: unknown size suffix {suffix:?}")),
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn parse_block_size(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    if !size.is_power_of_two() || !((1 << 20)..=(256 << 20)).contains(&size) {
+        return Err(format!(
+            "block size {size} is not a power of two from 1M to 256M"
+        ));
+    }
+    Ok(size as u32)
+}
+
+/// Runs the pack and prints a one-line summary.
+pub fn run(args: &PackArgs) -> Result<(), PackError> {
+    let FsChoice::Fat32 = args.fs;
+    let options = PackOptions {
+        fs: PackFs::Fat32,
+        disk_size: args.size,
+        block_size: args.block_size,
+        label: args.label.clone(),
+        timestamp: None,
+    };
+    let report = pack_directory(&args.dir, &args.out, &options)?;
+    println!(
+        "{}: {} files, {} directories, {} bytes; disk {} MiB, FAT32 with {}-byte clusters, {} MiB VHDX blocks",
+        args.out.display(),
+        report.files,
+        report.dirs,
+        report.file_bytes,
+        report.disk_size >> 20,
+        report.cluster_bytes,
+        report.block_size >> 20,
+    );
+    if report.skipped_count > 0 {
+        let named: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "vmbdev: warning: left out {} symbolic links, special files or non-UTF-8 names: {}{}",
+            report.skipped_count,
+            named.join(", "),
+            if report.skipped_count > named.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("2KiB"), Ok(2048));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! `vmbdev pack` and `vmbdev ls`: a packed tree lists exactly the source
+//! tree (compared with a walk of the source directory), also for an image
+//! made by mkfs.vfat + mcopy and converted by qemu-img; hostile images and
+//! missing paths exit 1 with one message line, usage errors exit 2.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MIB: u64 = 1 << 20;
+
+fn vmbdev(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tool(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is required for this test: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A small tree with nested, spaced and Unicode names, an empty file and
+/// an empty directory.
+fn make_tree(root: &Path) {
+    let files: [(&str, usize); 7] = [
+        ("README", 10),
+        ("empty.txt", 0),
+        ("docs/A long name with spaces.txt", 700),
+        ("docs/deeper/deepest/leaf.bin", 5000),
+        ("Ünïcødé ディレクトリ/Grüße – 日本語.txt", 33),
+        ("docs/deeper/x.y.z", 1),
+        ("big.bin", 300_000),
+    ];
+    for (name, size) in files {
+        let path = root.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(
+            &path,
+            (0..size).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>(),
+        )
+        .unwrap();
+    }
+    fs::create_dir_all(root.join("empty dir")).unwrap();
+}
+
+/// (absolute path, type, size) of everything under `root`, by walking it.
+fn walk(root: &Path) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let child = rel.join(e.file_name());
+            let meta = e.metadata().unwrap();
+            let path = format!("/{}", child.to_str().unwrap());
+            if meta.is_dir() {
+                out.push((path, "dir".to_owned(), 0));
+                stack.push(child);
+            } else {
+                out.push((path, "file".to_owned(), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn ls_json(source: &Path, extra: &[&str]) -> Vec<(String, String, u64)> {
+    let mut args = vec!["ls", s(source), "/", "-r", "--json"];
+    args.extend_from_slice(extra);
+    let out = vmbdev(&args);
+    assert!(
+        out.status.success(),
+        "ls {source:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut entries: Vec<(String, String, u64)> = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_owned(),
+                e["type"].as_str().unwrap().to_owned(),
+                e["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+fn assert_fails_with_one_line(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "stderr: {err}");
+    assert!(!err.trim().is_empty());
+}
+
+#[test]
+fn packed_image_lists_the_source_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let vhdx = tmp.path().join("out.vhdx");
+    let out = vmbdev(&["pack", s(&src), s(&vhdx), "--fs", "fat32"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tool("qemu-img", &["check", s(&vhdx)]);
+
+    let expected = walk(&src);
+    assert_eq!(ls_json(&vhdx, &[]), expected);
+    assert_eq!(ls_json(&vhdx, &["--partition", "1"]), expected);
+    assert_eq!(ls_json(&src, &[]), expected);
+
+    // Plain output: one line per entry with type, size and path.
+    let plain = vmbdev(&["ls", s(&vhdx), "/docs"]);
+    assert!(plain.status.success());
+    let text = String::from_utf8(plain.stdout).unwrap();
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.splitn(3, ' ').filter(|f| !f.is_empty()).collect())
+        .collect();
+    let mut want: Vec<(String, String, u64)> = expected
+        .iter()
+        .filter(|(p, _, _)| p.starts_with("/docs/") && p.matches('/').count() == 2)
+        .cloned()
+        .collect();
+    want.sort();
+    assert_eq!(lines.len(), want.len(), "{text}");
+    for (line, (path, kind, size)) in text.lines().zip(&want) {
+        let mut fields = line.split_whitespace();
+        assert_eq!(fields.next(), Some(kind.as_str()), "{line}");
+        assert_eq!(fields.next(), Some(size.to_string().as_str()), "{line}");
+        assert!(line.ends_with(path.as_str()), "{line}");
+    }
+    // A file names itself; a lookup in another case finds it (FAT).
+    let one = vmbdev(&["ls", s(&vhdx), "/DOCS/deeper/DEEPEST/LEAF.BIN", "--json"]);
+    assert!(one.status.success());
+    let value: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(value[0]["size"], 5000);
+    assert_eq!(value[0]["type"], "file");
+
+    // With a size and block size: the disk qemu-img sees.
+    let sized = tmp.path().join("sized.vhdx");
+    let out = vmbdev(&[
+        "pack",
+        s(&src),
+        s(&sized),
+        "--size",
+        "48M",
+        "--block-size",
+        "4M",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", s(&sized)])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["virtual-size"], 48 * MIB);
+    assert_eq!(info["cluster-size"], 4 * MIB);
+    assert_eq!(ls_json(&sized, &[]), expected);
+}
+
+#[test]
+fn mkfs_vfat_image_converted_by_qemu_lists_the_source_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let raw = tmp.path().join("fat16.img");
+    fs::File::create(&raw).unwrap().set_len(16 * MIB).unwrap();
+    tool("mkfs.vfat", &["-F", "16", s(&raw)]);
+    let mut args = vec!["-i", s(&raw), "-s"];
+    let entries: Vec<PathBuf> = fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    args.extend(entries.iter().map(|p| s(p)));
+    args.push("::/");
+    tool("mcopy", &args);
+    let vhdx = tmp.path().join("fat16.vhdx");
+    tool("qemu-img", &["convert", "-O", "vhdx", s(&raw), s(&vhdx)]);
+    assert_eq!(ls_json(&vhdx, &[]), walk(&src));
+    assert_eq!(ls_json(&raw, &[]), walk(&src));
+}
+
+/// Position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{:?} not in the image", String::from_utf8_lossy(needle)))
+}
+
+#[test]
+fn a_directory_loop_in_an_image_ends_the_listing_with_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("loop.img");
+    fs::File::create(&raw).unwrap().set_len(16 * MIB).unwrap();
+    tool("mkfs.vfat", &["-F", "16", s(&raw)]);
+    tool("mmd", &["-i", s(&raw), "::/LOOP", "::/LOOP/SUB"]);
+    let mut bytes = fs::read(&raw).unwrap();
+    // LOOP/SUB points back at LOOP's own cluster.
+    let lp = find(&bytes, b"LOOP       \x10");
+    let cluster = [bytes[lp + 26], bytes[lp + 27]];
+    let sub = find(&bytes, b"SUB        \x10");
+    bytes[sub + 26..sub + 28].copy_from_slice(&cluster);
+    fs::write(&raw, &bytes).unwrap();
+    let out = vmbdev(&["ls", s(&raw), "/", "-r"]);
+    assert_fails_with_one_line(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/LOOP/SUB/SUB"));
+    // Without -r the listing is fine.
+    assert!(vmbdev(&["ls", s(&raw), "/LOOP/SUB/SUB"]).status.success());
+}
+
+#[test]
+fn bad_sources_and_paths_exit_1_and_usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let vhdx = tmp.path().join("ok.vhdx");
+    assert!(vmbdev(&["pack", s(&src), s(&vhdx)]).status.success());
+    let bytes = fs::read(&vhdx).unwrap();
+
+    let truncated = tmp.path().join("truncated.vhdx");
+    fs::write(
+        &truncated,
+        &bytes[..(bytes.len() / 2).min(3 * MIB as usize)],
+    )
+    .unwrap();
+    assert_fails_with_one_line(&vmbdev(&["ls", s(&truncated)]), 1);
+
+    let tiny = tmp.path().join("tiny.vhdx");
+    fs::write(&tiny, b"vhdxfile and nothing else").unwrap();
+    assert_fails_with_one_line(&vmbdev(&["ls", s(&tiny), "-r"]), 1);
+
+    let garbage = tmp.path().join("garbage.vhdx");
+    let mut g = b"vhdxfile".to_vec();
+    g.resize(4 * MIB as usize, 0x5A);
+    fs::write(&garbage, &g).unwrap();
+    assert_fails_with_one_line(&vmbdev(&["ls", s(&garbage), "--json"]), 1);
+
+    let zeros = tmp.path().join("zeros.img");
+    fs::write(&zeros, vec![0u8; MIB as usize]).unwrap();
+    assert_fails_with_one_line(&vmbdev(&["ls", s(&zeros)]), 1);
+
+    assert_fails_with_one_line(&vmbdev(&["ls", s(&vhdx), "/no/such/path"]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", s(&vhdx), "--partition", "2"]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", s(&tmp.path().join("missing"))]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", s(&src), "/nope"]), 1);
+
+    let out = tmp.path().join("x.vhdx");
+    // A link is left out with a warning; packing still succeeds.
+    let linked = tmp.path().join("linked");
+    fs::create_dir(&linked).unwrap();
+    fs::write(linked.join("kept"), b"k").unwrap();
+    std::os::unix::fs::symlink("kept", linked.join("link")).unwrap();
+    let packed = vmbdev(&["pack", s(&linked), s(&out)]);
+    assert!(packed.status.success());
+    let warning = String::from_utf8_lossy(&packed.stderr);
+    assert!(
+        warning.contains("left out 1") && warning.contains("link"),
+        "{warning}"
+    );
+    assert_eq!(
+        ls_json(&out, &[]),
+        [("/kept".to_owned(), "file".to_owned(), 1)]
+    );
+    assert_fails_with_one_line(
+        &vmbdev(&["pack", s(&tmp.path().join("missing")), s(&out)]),
+        1,
+    );
+    assert_fails_with_one_line(&vmbdev(&["pack", s(&src), s(&out), "--size", "8M"]), 1);
+
+    assert_eq!(vmbdev(&["ls"]).status.code(), Some(2));
+    assert_eq!(vmbdev(&["ls", s(&vhdx), "--bogus"]).status.code(), Some(2));
+    assert_eq!(
+        vmbdev(&["ls", s(&src), "--partition", "1"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        vmbdev(&["pack", s(&src), s(&out), "--size", "12Q"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        vmbdev(&["pack", s(&src), s(&out), "--block-size", "3M"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        vmbdev(&["pack", s(&src), s(&out), "--fs", "ntfs"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
