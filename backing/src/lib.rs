@@ -27,7 +27,7 @@ pub mod vhdx;
 
 pub use block::{BlockDevice, BlockError, RawFile, check_request, read_exact_at};
 pub use fs::{OpenTreeError, open_tree};
-pub use pack::{PackError, PackOptions, PackReport, pack_directory};
+pub use pack::{PackError, PackOptions, PackReport, pack_directory, pack_tree};
 pub use partition::{PartitionDevice, PartitionInfo, list_partitions};
 pub use tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 pub use trees::{HostDirTree, MemoryTree};

@@ -1,13 +1,16 @@
 //! `vmbdev demo`: vmbfs end to end over a loopback channel on a built-in
-//! sample boot tree. The guest client behaves like the UEFI firmware: it
-//! opens the volume, looks the files up and reads them, once in-band and
-//! once by RDMA, checking every byte; then the in-band vs RDMA throughput
-//! of a large file is measured.
+//! sample image. A sample boot tree is packed into a dynamic VHDX (GPT, one
+//! FAT32 partition), opened again through the VHDX reader, the partition
+//! table and the FAT reader, and served over vmbfs. The guest client
+//! behaves like the UEFI firmware: it opens the volume, looks the files up
+//! and reads them, once in-band and once by RDMA, checking every byte
+//! against the sample; then the in-band vs RDMA throughput of a large file
+//! is measured.
 
 use clap::Args;
 use std::sync::Arc;
 use std::time::Instant;
-use vmbdev_backing::MemoryTree;
+use vmbdev_backing::{MemoryTree, PackOptions, open_image, open_tree, pack_tree};
 
 use crate::error::CliError;
 use vmbdev_device::bus::VmbusDevice;
@@ -92,8 +95,29 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
             .add_file(path, data.clone())
             .map_err(|e| e.to_string())?;
     }
+    let scratch = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let image_path = scratch.path().join("sample.vhdx");
+    let options = PackOptions {
+        label: Some("VMBDEV".into()),
+        ..PackOptions::default()
+    };
+    let packed = pack_tree(&builder.build(), &image_path, &options).map_err(|e| e.to_string())?;
+    let image_len = std::fs::metadata(&image_path)
+        .map_err(|e| format!("{}: {e}", image_path.display()))?
+        .len();
+    println!(
+        "sample image: dynamic VHDX, {} MiB virtual disk, {} MiB blocks, {:.1} MiB file (GPT, FAT32: {} files, {} directories)",
+        packed.disk_size >> 20,
+        packed.block_size >> 20,
+        image_len as f64 / 1048576.0,
+        packed.files,
+        packed.dirs
+    );
+    let disk: Arc<dyn vmbdev_backing::BlockDevice> =
+        Arc::from(open_image(&image_path).map_err(|e| e.to_string())?);
+    let tree = open_tree(disk, None).map_err(|e| e.to_string())?;
     let vmbfs = VmbfsDevice::new(VmbfsConfig {
-        tree: Arc::new(builder.build()),
+        tree,
         rdma_enabled: true,
     });
     let device: Arc<dyn VmbusDevice> = Arc::new(vmbfs.clone());

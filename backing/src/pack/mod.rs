@@ -185,17 +185,28 @@ pub fn pack_directory(
         path: src.to_owned(),
         source,
     })?;
+    let mut report = pack_tree(&tree, out, options)?;
+    (report.skipped, report.skipped_count) = skipped_host_entries(src);
+    Ok(report)
+}
+
+/// Packs any file tree into the dynamic VHDX `out` (a GPT disk with one
+/// FAT32 partition holding the tree).
+pub fn pack_tree(
+    tree: &dyn FileTree,
+    out: &Path,
+    options: &PackOptions,
+) -> Result<PackReport, PackError> {
     let scratch_dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let disk = build_disk(&tree, scratch_dir, options)?;
+    let disk = build_disk(tree, scratch_dir, options)?;
     let mut report = disk.report().clone();
     let block_size = options
         .block_size
         .unwrap_or_else(|| default_block_size(report.disk_size));
     report.block_size = block_size;
-    (report.skipped, report.skipped_count) = skipped_host_entries(src);
     let opts = WriteOptions {
         block_size,
         logical_sector_size: SECTOR_SIZE,
