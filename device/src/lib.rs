@@ -1,7 +1,70 @@
-//! The device-bus contract and the host devices: vmbfs, storvsp and the
-//! read-only SCSI disk.
+//! VMBus host devices and the contract that plugs them into a VMM.
+//!
+//! # Plugging a device in
+//!
+//! Every device implements [`bus::VmbusDevice`]:
+//!
+//! 1. [`offer()`](bus::VmbusDevice::offer) says what to offer the guest:
+//!    interface and instance GUIDs, pipe mode, ring sizes, sub-channels.
+//! 2. When the guest opens a channel, build a [`bus::OpenRequest`]: the
+//!    host-side ring [`Endpoint`](vmbdev_ring::Endpoint) (from the ring
+//!    GPADL, split at the guest's downstream offset, with the two
+//!    [`Doorbell`](vmbdev_ring::Doorbell)s), guest memory and the GPADL
+//!    registry. [`OpenRequest::from_gpadl`](bus::OpenRequest::from_gpadl)
+//!    does this for any transport: in process the memory is one mapping and
+//!    the doorbells are events; out of process the memory is the guest's
+//!    memfd mapped again and the doorbells wrap eventfds.
+//! 3. [`open()`](bus::VmbusDevice::open) returns a [`bus::ChannelTask`],
+//!    a `Send` future: run it on your executor. It ends `Ok` after
+//!    [`close()`](bus::VmbusDevice::close), or with a
+//!    [`bus::ChannelError`] if the guest broke the protocol (the device has
+//!    already stopped the channel cleanly; reopen it when the guest does).
+//! 4. To save: close the channels, await their tasks, call
+//!    [`save()`](bus::VmbusDevice::save). To resume: call
+//!    [`restore()`](bus::VmbusDevice::restore), then open the channels over
+//!    the same rings.
+//! 5. A device that needs sub-channels asks through
+//!    [`OpenRequest::sub_channels`](bus::OpenRequest::sub_channels); the VMM
+//!    offers them and calls `open` with their indices.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vmbdev_backing::MemoryTree;
+//! use vmbdev_device::bus::{OpenRequest, VmbusDevice};
+//! use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
+//! use vmbdev_ring::{LoopbackConfig, PipeMessage, loopback};
+//!
+//! let mut files = MemoryTree::builder();
+//! files.add_file("EFI/BOOT/BOOTX64.EFI", vec![0x4d; 100]).unwrap();
+//! let device = VmbfsDevice::new(VmbfsConfig { tree: Arc::new(files.build()), rdma_enabled: true });
+//!
+//! // A channel: ring GPADL registered, rings in guest memory, doorbells.
+//! let lb = loopback(&LoopbackConfig::default()).unwrap();
+//! let request = OpenRequest::from_gpadl(
+//!     lb.memory.clone(), lb.registry.clone(), lb.gpadl_handle, lb.downstream_offset,
+//!     lb.host_doorbell.clone(), lb.guest_doorbell.clone(),
+//! ).unwrap();
+//! let task = device.open(0, request).unwrap();
+//! let vmm = std::thread::spawn(move || futures_lite::future::block_on(task));
+//!
+//! // The guest asks for version 0x00010000 and gets status 0.
+//! let mut guest = lb.guest;
+//! futures_lite::future::block_on(async {
+//!     let mut version = 1u32.to_le_bytes().to_vec();
+//!     version.extend([0; 4]);
+//!     version.extend(0x0001_0000u32.to_le_bytes());
+//!     guest.send_data(&version).await.unwrap();
+//!     let reply = guest.recv_pipe(12288).await.unwrap();
+//!     assert_eq!(reply, PipeMessage::Data([2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0].to_vec()));
+//! });
+//!
+//! device.close(0).unwrap();
+//! vmm.join().unwrap().unwrap();
+//! let saved = device.save().unwrap(); // negotiated state, for a restore
+//! # assert!(!saved.is_empty());
+//! ```
 #![forbid(unsafe_code)]
-
+pub mod bus;
 pub mod scsi_disk;
 pub mod storvsp;
 pub mod vmbfs;

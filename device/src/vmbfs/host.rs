@@ -290,6 +290,13 @@ impl VmbfsHost {
         self.gpa_direct.clear();
     }
 
+    /// Serves a new guest memory (a channel reopened by another VM
+    /// instance, e.g. after a restore) and resets like [`Self::reset`].
+    pub fn rebind(&mut self, memory: GuestMemory) {
+        self.memory = memory;
+        self.reset();
+    }
+
     /// The negotiation state.
     pub fn state(&self) -> ProtocolState {
         self.state

@@ -65,12 +65,18 @@
 //! offset < size (a tree that ends early yields ERROR). RDMA reads copy the
 //! file through a reused 64 KiB buffer straight into the registered guest
 //! pages at `token_offset` and reply with the bytes written.
+//!
+//! [`VmbfsDevice`] puts the host on the bus (see [`crate::bus`]): it runs
+//! the state machine over an opened channel with backpressure, a blocking
+//! pool for tree I/O, saved state and live statistics.
 
 mod buffer;
+mod device;
 mod host;
 mod io;
 mod path;
 mod reply;
+mod saved;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -79,7 +85,9 @@ pub use host::{
     MAX_GPA_DIRECT_BUFFERS, ProtocolError, ProtocolState, RestoreError, SavedGpaDirect, Step,
     VmbfsConfig, VmbfsHost, VmbfsInput, VmbfsSavedState,
 };
+pub use device::{RING_PAGES, VmbfsDevice, VmbfsDeviceStats};
 pub use io::{BOUNCE_SIZE, IoDone, IoJob};
 pub use path::{PathError, decode_path};
 pub use reply::Reply;
+pub use saved::{SavedStateError, decode_saved_state, encode_saved_state};
 pub use stats::{BadInput, VmbfsStats};

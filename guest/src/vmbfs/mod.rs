@@ -15,10 +15,13 @@
 //!   the chunk's buffer), READ_FILE_RDMA (handle 1, token_offset 0), wait,
 //!   TEARDOWN_GPA_DIRECT (handle 1) ([`RdmaChunk`]).
 //!
-//! Moving the bytes over a ring is left to the channel layer.
+//! [`client`] moves these messages over a loopback channel.
 
+pub mod client;
 #[cfg(test)]
 mod tests;
+
+pub use client::{ClientStats, UefiFile, VmbfsClient, VmbfsClientError};
 
 use vmbdev_protocol::vmbfs::{
     FileInfoFlags, FileStatus, GetFileInfo, GetFileInfoResponse, MAX_MESSAGE_SIZE,

@@ -1,0 +1,254 @@
+//! The device-bus contract: what a VMM (or the loopback VM) and a VMBus
+//! device say to each other.
+//!
+//! A device describes itself with an [`Offer`]. When the guest opens one of
+//! the device's channels, the VMM builds the channel's [`Endpoint`] (ring
+//! halves over guest memory plus [`Doorbell`]s) and calls
+//! [`VmbusDevice::open`], which returns a [`ChannelTask`]: a `Send` future
+//! that serves the channel until the guest closes it, the VMM calls
+//! [`VmbusDevice::close`], or the guest breaks the protocol (the task then
+//! returns a [`ChannelError`]). The VMM decides where the future runs: any
+//! executor, one thread per channel, or `block_on` on a thread.
+//!
+//! Nothing here knows how guest memory and doorbells are provided: an
+//! in-process loopback uses one shared mapping and `event-listener`
+//! doorbells, an out-of-process backend maps the guest's memfd and wraps
+//! eventfds in [`Doorbell`]. Only the construction of the [`OpenRequest`]
+//! changes ([`OpenRequest::from_gpadl`] does it for either).
+//!
+//! Saved state: the VMM first closes (quiesces) the channels, then calls
+//! [`VmbusDevice::save`]. To resume, it hands the bytes to
+//! [`VmbusDevice::restore`] on a device built the same way and reopens the
+//! channels over the same rings: an open after a restore resumes the saved
+//! protocol state instead of starting clean. The bytes are the device's own
+//! versioned encoding and are checked like guest input on restore.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use vmbdev_ring::{
+    Doorbell, Endpoint, GpaError, GpadlRegistry, GuestMemory, PipeError, RingError, Side,
+};
+
+pub use vmbdev_protocol::vmbfs::Guid;
+
+/// How the channel frames its payloads (the offer's pipe flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeMode {
+    /// Plain VMBus packets (storvsp, netvsp).
+    None,
+    /// Pipe mode, one packet per message (vmbfs).
+    Message,
+    /// Pipe mode, a byte stream split into packets.
+    Byte,
+}
+
+/// What a device asks the bus to offer to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// Interface (class) GUID: which driver binds.
+    pub interface_id: Guid,
+    /// Instance GUID: which device of that class.
+    pub instance_id: Guid,
+    /// Pipe framing of the channel.
+    pub pipe_mode: PipeMode,
+    /// Data pages the device wants in the guest→host ring half (a guest
+    /// may choose otherwise; the device works with any size ≥ 1 page that
+    /// fits its largest message).
+    pub incoming_ring_pages: u32,
+    /// Data pages the device wants in the host→guest ring half.
+    pub outgoing_ring_pages: u32,
+    /// Most sub-channels the device can serve beside channel 0 (0: none).
+    pub max_sub_channels: u16,
+    /// A short human-readable name for logs.
+    pub name: String,
+}
+
+/// How a device asks the bus for sub-channels (storvsp's
+/// CREATE_SUB_CHANNELS). The VMM implements it: it offers the new channels
+/// to the guest and later calls [`VmbusDevice::open`] with their indices
+/// (1..=count) when the guest opens them.
+pub trait SubChannelControl: Send + Sync {
+    /// Offers sub-channels 1..=`count` (at most the offer's
+    /// `max_sub_channels`).
+    fn enable_sub_channels(&self, count: u16) -> Result<(), BusError>;
+}
+
+/// A bus that offers no sub-channels: every request is refused.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSubChannels;
+
+impl SubChannelControl for NoSubChannels {
+    fn enable_sub_channels(&self, count: u16) -> Result<(), BusError> {
+        Err(BusError::SubChannelsUnsupported { requested: count })
+    }
+}
+
+/// Everything a device needs to serve one opened channel.
+pub struct OpenRequest {
+    /// The host side of the channel: reads guest→host, writes host→guest,
+    /// with the doorbells of the transport.
+    pub endpoint: Endpoint,
+    /// All of guest memory, for GPA-direct and GPADL accesses.
+    pub memory: GuestMemory,
+    /// GPADLs the guest registered (data buffers beside the ring).
+    pub gpadls: GpadlRegistry,
+    /// Where to ask for sub-channels.
+    pub sub_channels: Arc<dyn SubChannelControl>,
+}
+
+impl std::fmt::Debug for OpenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRequest")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenRequest {
+    /// Builds the request for a channel whose ring GPADL `ring_gpadl` is
+    /// registered in `gpadls`, split at `downstream_offset`. `local` is the
+    /// doorbell the guest rings for the device, `remote` the one the
+    /// device rings for the guest: in-process events or eventfds.
+    pub fn from_gpadl(
+        memory: GuestMemory,
+        gpadls: GpadlRegistry,
+        ring_gpadl: u32,
+        downstream_offset: u32,
+        local: Arc<dyn Doorbell>,
+        remote: Arc<dyn Doorbell>,
+    ) -> Result<Self, BusError> {
+        let pages = gpadls.get(ring_gpadl)?;
+        let endpoint = Endpoint::open(
+            Side::Host,
+            &memory,
+            &pages,
+            downstream_offset,
+            local,
+            remote,
+        )?;
+        Ok(Self {
+            endpoint,
+            memory,
+            gpadls,
+            sub_channels: Arc::new(NoSubChannels),
+        })
+    }
+}
+
+/// The future serving one channel; the VMM polls it to completion. `Ok`
+/// means the channel was closed by [`VmbusDevice::close`]; an error says
+/// why the device stopped serving it.
+pub type ChannelTask = Pin<Box<dyn Future<Output = Result<(), ChannelError>> + Send + 'static>>;
+
+/// Why a channel task stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The ring itself is broken (bad indices, malformed packet).
+    #[error("channel {channel}: ring failure: {source}")]
+    Ring {
+        /// Channel index.
+        channel: u16,
+        /// What the ring reported.
+        source: RingError,
+    },
+    /// A packet could not be unframed as a pipe message.
+    #[error("channel {channel}: bad pipe message: {source}")]
+    Pipe {
+        /// Channel index.
+        channel: u16,
+        /// What was wrong.
+        source: PipeError,
+    },
+    /// The guest broke the device protocol; the channel was stopped.
+    #[error("channel {channel}: protocol violation: {source}")]
+    Protocol {
+        /// Channel index.
+        channel: u16,
+        /// The device's own error (downcast to inspect it).
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl ChannelError {
+    /// A pipe error, or the ring error underneath it.
+    pub fn from_pipe(channel: u16, error: PipeError) -> Self {
+        match error {
+            PipeError::Ring(source) => Self::Ring { channel, source },
+            source => Self::Pipe { channel, source },
+        }
+    }
+
+    /// The device protocol error, if this is one of type `E`.
+    pub fn protocol_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Protocol { source, .. } => source.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// An error between the bus and a device.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The device has no channel with this index.
+    #[error("no channel {index} (the device serves {count})")]
+    NoSuchChannel {
+        /// Index asked for.
+        index: u16,
+        /// Channels the device serves.
+        count: u16,
+    },
+    /// The channel is already open.
+    #[error("channel {0} is already open")]
+    AlreadyOpen(u16),
+    /// The channel is not open.
+    #[error("channel {0} is not open")]
+    NotOpen(u16),
+    /// Save was asked for while a channel is running.
+    #[error("channel {0} is still running; close it before saving")]
+    ChannelRunning(u16),
+    /// The device cannot serve sub-channels.
+    #[error("{requested} sub-channels requested but the device offers none")]
+    SubChannelsUnsupported {
+        /// Count asked for.
+        requested: u16,
+    },
+    /// The ring could not be opened.
+    #[error("cannot open the ring: {0}")]
+    Ring(#[from] RingError),
+    /// The ring GPADL is unknown or bad.
+    #[error("bad ring GPADL: {0}")]
+    Gpadl(#[from] GpaError),
+    /// Saved state was refused.
+    #[error("saved state refused: {0}")]
+    BadSavedState(String),
+}
+
+/// A VMBus device as the bus sees it. Methods take `&self`: a device is
+/// shared (`Arc`) between the VMM and the tasks of its channels and keeps
+/// its mutable state behind its own locks.
+pub trait VmbusDevice: Send + Sync {
+    /// What to offer to the guest.
+    fn offer(&self) -> Offer;
+
+    /// Starts serving channel `channel_index` (0 is the primary channel).
+    /// The device resets its protocol state for the channel unless
+    /// [`restore`](Self::restore) supplied saved state for it since the
+    /// last open. The returned task must be polled for the channel to make
+    /// progress.
+    fn open(&self, channel_index: u16, request: OpenRequest) -> Result<ChannelTask, BusError>;
+
+    /// Asks the task of `channel_index` to stop at its next quiescent point
+    /// (no request half done); the task then returns `Ok(())`. A request
+    /// already taken from the ring is answered first.
+    fn close(&self, channel_index: u16) -> Result<(), BusError>;
+
+    /// The device's state (every closed channel's protocol state), as
+    /// versioned bytes. Channels must be closed first.
+    fn save(&self) -> Result<Vec<u8>, BusError>;
+
+    /// Loads state produced by [`save`](Self::save); the next open of each
+    /// saved channel resumes from it.
+    fn restore(&self, saved: &[u8]) -> Result<(), BusError>;
+}
