@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use vmbdev_ring::{Endpoint, GuestMemory};
 
@@ -109,8 +109,9 @@ pub struct StorvspDevice {
     config: StorvspConfig,
     controller: Arc<Controller>,
     queue_depth: usize,
+    instance_id: crate::bus::Guid,
     stats: Arc<StorvspStats>,
-    state: Mutex<DeviceState>,
+    state: Arc<Mutex<DeviceState>>,
 }
 
 impl StorvspDevice {
@@ -121,8 +122,9 @@ impl StorvspDevice {
             config,
             controller,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            instance_id: crate::bus::Guid::from_u128(0x6a3f_2b3c_5d1e_4c6f_8e2a_1b7c_9d0e_f123),
             stats: Arc::default(),
-            state: Mutex::default(),
+            state: Arc::default(),
         })
     }
 
@@ -130,6 +132,17 @@ impl StorvspDevice {
     pub fn with_queue_depth(mut self, depth: usize) -> Self {
         self.queue_depth = depth.max(1);
         self
+    }
+
+    /// Sets the instance GUID offered to the guest.
+    pub fn with_instance_id(mut self, id: crate::bus::Guid) -> Self {
+        self.instance_id = id;
+        self
+    }
+
+    /// The instance GUID offered to the guest.
+    pub fn instance_id(&self) -> crate::bus::Guid {
+        self.instance_id
     }
 
     /// The configuration.
@@ -148,17 +161,17 @@ impl StorvspDevice {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, DeviceState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock_state(&self.state)
     }
 
     /// Starts serving channel `index` (0 = primary; sub-channels after the
     /// guest created them) over `endpoint`. Returns the channel task: it
     /// runs until [`close_channel`](Self::close_channel) (then `Ok`) or a
     /// ring failure. Opening the primary resets the protocol state unless
-    /// [`restore`](Self::restore) supplied one; requests pending from a
+    /// [`restore_state`](Self::restore_state) supplied one; requests pending from a
     /// restore are re-issued first.
     pub fn open_channel(
-        self: &Arc<Self>,
+        &self,
         index: u16,
         endpoint: Endpoint,
         memory: GuestMemory,
@@ -211,18 +224,18 @@ impl StorvspDevice {
             stop,
             notifications: notify_rx,
             sub_channels: Arc::new(DeviceSubChannels {
-                device: Arc::downgrade(self),
+                state: Arc::downgrade(&self.state),
                 offer,
             }),
             queue_depth: self.queue_depth,
         };
         drop(device);
         let (reader, writer) = endpoint.split();
-        let device = Arc::downgrade(self);
+        let device = Arc::downgrade(&self.state);
         Ok(async move {
             let result = serve_channel(ctx, reader, writer).await;
             if let Some(device) = device.upgrade() {
-                if let Some(slot) = device.lock().slots.get_mut(&index) {
+                if let Some(slot) = lock_state(&device).slots.get_mut(&index) {
                     slot.running = None;
                 }
             }
@@ -298,7 +311,7 @@ impl StorvspDevice {
     }
 
     /// The saved state. Every channel must be closed (its task finished).
-    pub fn save(&self) -> Result<SavedDevice, DeviceError> {
+    pub fn save_state(&self) -> Result<SavedDevice, DeviceError> {
         let device = self.lock();
         if let Some((&index, _)) = device.slots.iter().find(|(_, s)| s.running.is_some()) {
             return Err(DeviceError::ChannelRunning(index));
@@ -320,7 +333,7 @@ impl StorvspDevice {
 
     /// Loads a saved state: the next open of each channel resumes from it
     /// and re-issues its pending requests. Every channel must be closed.
-    pub fn restore(&self, saved: SavedDevice) -> Result<(), DeviceError> {
+    pub fn restore_state(&self, saved: SavedDevice) -> Result<(), DeviceError> {
         let mut device = self.lock();
         if let Some((&index, _)) = device.slots.iter().find(|(_, s)| s.running.is_some()) {
             return Err(DeviceError::ChannelRunning(index));
@@ -356,17 +369,21 @@ impl StorvspDevice {
 
 /// Creates device state for sub-channels, then has the bus offer them.
 struct DeviceSubChannels {
-    device: Weak<StorvspDevice>,
+    state: std::sync::Weak<Mutex<DeviceState>>,
     offer: Arc<dyn SubChannelOffer>,
+}
+
+fn lock_state(state: &Mutex<DeviceState>) -> std::sync::MutexGuard<'_, DeviceState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SubChannelRequester for DeviceSubChannels {
     fn create_sub_channels(&self, count: u16) -> Result<(), String> {
-        let Some(device) = self.device.upgrade() else {
+        let Some(device) = self.state.upgrade() else {
             return Err("device is gone".into());
         };
         {
-            let mut state = device.lock();
+            let mut state = lock_state(&device);
             for index in 1..=count {
                 state.slots.entry(index).or_default();
             }

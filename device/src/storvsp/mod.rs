@@ -831,6 +831,8 @@ fn deliver(data: &[u8], limit: usize, sink: &mut dyn DataSink) -> Result<TargetR
 
 pub mod device;
 pub mod runner;
+pub mod saved;
+pub mod vmbus;
 
 pub use device::{DeviceError, NoSubChannelOffer, SavedDevice, StorvspDevice, SubChannelOffer};
 pub use runner::{
