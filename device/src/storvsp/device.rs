@@ -79,7 +79,9 @@ pub struct NoSubChannelOffer;
 
 impl SubChannelOffer for NoSubChannelOffer {
     fn offer_sub_channels(&self, count: u16) -> Result<(), String> {
-        Err(format!("{count} sub-channels asked for but the bus offers none"))
+        Err(format!(
+            "{count} sub-channels asked for but the bus offers none"
+        ))
     }
 }
 
@@ -178,7 +180,11 @@ impl StorvspDevice {
         offer: Arc<dyn SubChannelOffer>,
     ) -> Result<impl Future<Output = Result<(), RunError>> + Send + 'static, DeviceError> {
         let mut device = self.lock();
-        if device.slots.get(&index).is_some_and(|s| s.running.is_some()) {
+        if device
+            .slots
+            .get(&index)
+            .is_some_and(|s| s.running.is_some())
+        {
             return Err(DeviceError::AlreadyOpen(index));
         }
         let state = if index == 0 {
@@ -198,7 +204,11 @@ impl StorvspDevice {
             let sub = primary.and_then(|p| {
                 let p = p.lock().unwrap_or_else(|e| e.into_inner());
                 let created = p.save().sub_channels;
-                if index <= created { p.sub_channel() } else { None }
+                if index <= created {
+                    p.sub_channel()
+                } else {
+                    None
+                }
             });
             let Some(sub) = sub else {
                 return Err(DeviceError::NoSuchChannel {
@@ -248,7 +258,12 @@ impl StorvspDevice {
             .slots
             .get(&0)
             .and_then(|s| s.state.as_ref())
-            .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).save().sub_channels)
+            .map(|p| {
+                p.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .save()
+                    .sub_channels
+            })
             .unwrap_or(0)
     }
 

@@ -313,7 +313,9 @@ async fn read_loop_inner(
         }
         match request {
             PendingRequest::Reply(completion) => {
-                let seq = ctx.pending.insert(PendingRequest::Reply(completion.clone()));
+                let seq = ctx
+                    .pending
+                    .insert(PendingRequest::Reply(completion.clone()));
                 let _ = work.send(ToWriter::Ready(seq, completion)).await;
             }
             PendingRequest::Rerun {
@@ -423,7 +425,9 @@ async fn dispatch(
     };
     match outcome {
         Outcome::Complete(completion) => {
-            let seq = ctx.pending.insert(PendingRequest::Reply(completion.clone()));
+            let seq = ctx
+                .pending
+                .insert(PendingRequest::Reply(completion.clone()));
             let _ = work.send(ToWriter::Ready(seq, completion)).await;
             true
         }
@@ -435,7 +439,9 @@ async fn dispatch(
                 tracing::warn!(count, %reason, "sub-channels could not be offered");
                 set_status(&mut completion, NtStatus::INVALID_DEVICE_STATE);
             }
-            let seq = ctx.pending.insert(PendingRequest::Reply(completion.clone()));
+            let seq = ctx
+                .pending
+                .insert(PendingRequest::Reply(completion.clone()));
             let _ = work.send(ToWriter::Ready(seq, completion)).await;
             true
         }
@@ -517,8 +523,8 @@ async fn write_loop(
             // The reader is gone (stopped or failed) and no job runs.
             return Ok(());
         }
-        let want_space = (granted < depth || !ready.is_empty() || !notices.is_empty())
-            && !ctx.stop.is_stopped();
+        let want_space =
+            (granted < depth || !ready.is_empty() || !notices.is_empty()) && !ctx.stop.is_stopped();
         let space_needed = if ready.is_empty() {
             (granted + 1) * WORST_COMPLETION_RING_LEN
         } else {

@@ -10,7 +10,7 @@ use super::device::{DeviceError, StorvspDevice, SubChannelOffer};
 use super::runner::RunError;
 use super::saved;
 use crate::bus::{
-    BusError, ChannelError, ChannelTask, Guid, OpenRequest, Offer, PipeMode, SubChannelControl,
+    BusError, ChannelError, ChannelTask, Guid, Offer, OpenRequest, PipeMode, SubChannelControl,
     VmbusDevice,
 };
 

@@ -26,10 +26,10 @@ use vmbdev_ring::{
 };
 
 use super::{
-    GuestProfile, HostProperties, InitDriver, InquiryInfo, SrbCompletion, SrbParams,
-    StorvscError, cdb, completion_status, create_sub_channels_packet, linux_sub_channel_count,
-    parse_inquiry, parse_mode_sense6_write_protect, parse_read_capacity10,
-    parse_read_capacity16, parse_report_luns, parse_vpd_supported, srb_packet,
+    GuestProfile, HostProperties, InitDriver, InquiryInfo, SrbCompletion, SrbParams, StorvscError,
+    cdb, completion_status, create_sub_channels_packet, linux_sub_channel_count, parse_inquiry,
+    parse_mode_sense6_write_protect, parse_read_capacity10, parse_read_capacity16,
+    parse_report_luns, parse_vpd_supported, srb_packet,
 };
 
 /// Opens the sub-channels a host offered (the guest side of the bus).
@@ -44,7 +44,9 @@ pub struct NoSubChannels;
 
 impl ChannelOpener for NoSubChannels {
     fn open_sub_channel(&self, index: u16) -> Result<Endpoint, String> {
-        Err(format!("sub-channel {index} cannot be opened: the bus has none"))
+        Err(format!(
+            "sub-channel {index} cannot be opened: the bus has none"
+        ))
     }
 }
 
@@ -403,7 +405,13 @@ fn completion_thread(
                     loop {
                         reader
                             .read_batch(64, |view| {
-                                deliver(&waiters, &events, view.kind, view.transaction_id, view.payload)
+                                deliver(
+                                    &waiters,
+                                    &events,
+                                    view.kind,
+                                    view.transaction_id,
+                                    view.payload,
+                                )
                             })
                             .await?;
                     }
@@ -435,7 +443,9 @@ fn deliver(waiters: &Waiters, events: &HostEvents, kind: PacketKind, tid: u64, p
                 }
             }
         }
-        PacketKind::InBand if payload.get(..4) == Some(&Operation::ENUMERATE_BUS.0.to_le_bytes()) => {
+        PacketKind::InBand
+            if payload.get(..4) == Some(&Operation::ENUMERATE_BUS.0.to_le_bytes()) =>
+        {
             events.enumerate_bus.fetch_add(1, Ordering::SeqCst);
             events.event.notify(usize::MAX);
         }
@@ -589,7 +599,11 @@ impl Storvsc {
 
     /// Sends a raw vstor packet on `channel` (in-band) and returns the
     /// completion bytes.
-    pub async fn raw_request(&self, channel: usize, payload: &[u8]) -> Result<Vec<u8>, DriverError> {
+    pub async fn raw_request(
+        &self,
+        channel: usize,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, DriverError> {
         self.inner.request(channel, payload, None).await
     }
 
@@ -736,9 +750,7 @@ impl Scan<'_> {
             }
         }
         self.checked(address, cdb::test_unit_ready(), 0).await?;
-        let data = self
-            .checked(address, cdb::read_capacity16(32), 32)
-            .await?;
+        let data = self.checked(address, cdb::read_capacity16(32), 32).await?;
         let (last16, block16, _) = parse_read_capacity16(&data)?;
         let data = self.checked(address, cdb::read_capacity10(), 8).await?;
         let (last10, block10) = parse_read_capacity10(&data)?;
@@ -812,9 +824,7 @@ impl Scan<'_> {
         let data = self.checked(address, cdb::read_capacity10(), 8).await?;
         let (last10, block10) = parse_read_capacity10(&data)?;
         let (blocks, block_size) = if last10 == u32::MAX {
-            let data = self
-                .checked(address, cdb::read_capacity16(32), 32)
-                .await?;
+            let data = self.checked(address, cdb::read_capacity16(32), 32).await?;
             let (last, block, _) = parse_read_capacity16(&data)?;
             (last.saturating_add(1), block)
         } else {
@@ -880,7 +890,11 @@ impl Disk {
     }
 
     fn check(&self, lba: u64, count: u64) -> Result<(), DriverError> {
-        if count == 0 || lba.checked_add(count).is_none_or(|end| end > self.info.blocks) {
+        if count == 0
+            || lba
+                .checked_add(count)
+                .is_none_or(|end| end > self.info.blocks)
+        {
             return Err(DriverError::OutOfRange {
                 lba,
                 count,
@@ -912,7 +926,9 @@ impl Disk {
         depth: usize,
     ) -> Result<Vec<Vec<u8>>, DriverError> {
         let results: Vec<Result<Vec<u8>, DriverError>> = stream::iter(requests.iter().copied())
-            .map(|(lba, count)| async move { self.read_one(lba, count, true).await.map(|(_, d)| d) })
+            .map(
+                |(lba, count)| async move { self.read_one(lba, count, true).await.map(|(_, d)| d) },
+            )
             .buffered(depth.max(1))
             .collect()
             .await;
@@ -994,7 +1010,12 @@ impl Disk {
             Some(buffer)
         };
         self.inner
-            .srb(self.info.address, &cdb, DataDirection::WRITE, buffer.as_ref())
+            .srb(
+                self.info.address,
+                &cdb,
+                DataDirection::WRITE,
+                buffer.as_ref(),
+            )
             .await
     }
 }

@@ -136,7 +136,10 @@ impl StorvspVm {
             scatter_buffers: config.scatter_buffers,
             gpadl_handle: 1,
         })?;
-        let pages = lb.registry.get(lb.gpadl_handle).map_err(LoopbackError::from)?;
+        let pages = lb
+            .registry
+            .get(lb.gpadl_handle)
+            .map_err(LoopbackError::from)?;
         let ring = ChannelRing {
             pages,
             downstream_offset: lb.downstream_offset,
@@ -178,6 +181,15 @@ impl StorvspVm {
     /// The guest's side of the bus, for [`super::Storvsc::connect`].
     pub fn opener(&self) -> Arc<dyn ChannelOpener> {
         Arc::new(Opener(self.shared.clone()))
+    }
+
+    /// Rings the doorbell of host channel `index` (as the guest does after
+    /// writing into an empty ring), for guests that write rings by hand.
+    pub fn signal_host(&self, index: u16) {
+        let state = self.shared.lock();
+        if let Some(ring) = state.rings.get(usize::from(index)) {
+            ring.host_bell.signal();
+        }
     }
 
     /// Sub-channels the device offered.
@@ -244,7 +256,6 @@ impl StorvspVm {
         }
         Ok(())
     }
-
 }
 
 impl Drop for StorvspVm {
@@ -273,7 +284,6 @@ fn spawn_host(shared: &Arc<Shared>, index: u16, endpoint: Endpoint) -> Result<()
     Ok(())
 }
 
-
 fn host_endpoint(shared: &Shared, ring: &ChannelRing) -> Result<Endpoint, RingError> {
     let local: Arc<dyn Doorbell> = ring.host_bell.clone();
     let remote: Arc<dyn Doorbell> = ring.guest_bell.clone();
@@ -287,7 +297,6 @@ fn host_endpoint(shared: &Shared, ring: &ChannelRing) -> Result<Endpoint, RingEr
     )
 }
 
-
 /// Opens sub-channel `index`: a new ring in guest memory, the host
 /// side served on its own thread; returns the guest endpoint.
 fn open_sub_channel(shared: &Arc<Shared>, index: u16) -> Result<Endpoint, String> {
@@ -296,7 +305,9 @@ fn open_sub_channel(shared: &Arc<Shared>, index: u16) -> Result<Endpoint, String
         (state.offered, state.rings.len() as u16)
     };
     if index == 0 || index > offered {
-        return Err(format!("sub-channel {index} was not offered ({offered} were)"));
+        return Err(format!(
+            "sub-channel {index} was not offered ({offered} were)"
+        ));
     }
     if index != expected {
         return Err(format!("sub-channel {index} opened out of order"));

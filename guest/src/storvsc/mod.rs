@@ -507,7 +507,9 @@ pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u8>, StorvscError> {
 pub mod driver;
 pub mod loopback;
 
-pub use driver::{ChannelOpener, Disk, DiskInfo, DriverConfig, DriverError, HostEvents, ProbeRecord, Storvsc};
+pub use driver::{
+    ChannelOpener, Disk, DiskInfo, DriverConfig, DriverError, HostEvents, ProbeRecord, Storvsc,
+};
 
 #[cfg(test)]
 mod tests;
