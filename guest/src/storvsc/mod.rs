@@ -504,6 +504,7 @@ pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u8>, StorvscError> {
         .collect())
 }
 
+pub mod bench;
 pub mod driver;
 pub mod loopback;
 
