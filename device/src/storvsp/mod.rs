@@ -696,6 +696,11 @@ impl SrbJob {
         self.transaction_id
     }
 
+    /// The data buffer length the guest asked for (0 for none).
+    pub fn data_length(&self) -> u32 {
+        self.srb.data_transfer_length.get()
+    }
+
     /// Runs the SRB (blocking) and builds its completion.
     pub fn run(self) -> Completion {
         let mut srb = self.srb;

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_listener::Event;
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures_lite::future::{or, pending};
 use vmbdev_protocol::vstor::{self, NtStatus};
 use vmbdev_ring::{
@@ -244,8 +243,63 @@ impl std::fmt::Debug for ChannelContext {
 enum ToWriter {
     /// A completion ready to send.
     Ready(u64, Completion),
-    /// A job running on the blocking pool.
-    Job(u64, blocking::Task<Completion>),
+    /// This many jobs were started; their completions arrive on the done
+    /// queue.
+    Started(usize),
+}
+
+/// Largest transfer run together with other jobs on one pool thread;
+/// bigger ones get a thread each.
+const SMALL_JOB_BYTES: u32 = 64 * 1024;
+/// Most small jobs run in sequence on one pool thread.
+const SMALL_JOBS_PER_THREAD: usize = 8;
+
+/// Jobs taken from one ring batch, submitted together.
+struct JobBatch {
+    small: Vec<(u64, SrbJob)>,
+    done: async_channel::Sender<(u64, Completion)>,
+    started: usize,
+}
+
+impl JobBatch {
+    fn push(&mut self, seq: u64, job: SrbJob) {
+        self.started += 1;
+        if job.data_length() > SMALL_JOB_BYTES {
+            spawn_jobs(vec![(seq, job)], self.done.clone());
+        } else {
+            self.small.push((seq, job));
+            if self.small.len() == SMALL_JOBS_PER_THREAD {
+                self.flush_small();
+            }
+        }
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            spawn_jobs(std::mem::take(&mut self.small), self.done.clone());
+        }
+    }
+
+    /// Starts what is left and tells the writer how many were started.
+    async fn finish(&mut self, work: &async_channel::Sender<ToWriter>) {
+        self.flush_small();
+        if self.started > 0 {
+            let _ = work.send(ToWriter::Started(self.started)).await;
+            self.started = 0;
+        }
+    }
+}
+
+/// Runs `jobs` in order on one blocking-pool thread; each completion is
+/// sent as soon as its job ends, so the writer answers while later jobs
+/// still run.
+fn spawn_jobs(jobs: Vec<(u64, SrbJob)>, done: async_channel::Sender<(u64, Completion)>) {
+    blocking::unblock(move || {
+        for (seq, job) in jobs {
+            let _ = done.send_blocking((seq, job.run()));
+        }
+    })
+    .detach();
 }
 
 /// Serves one channel until `ctx.stop` is raised (then `Ok`) or the ring
@@ -260,9 +314,15 @@ pub async fn serve_channel(
     let depth = ctx.queue_depth.max(1);
     let (credit_tx, credit_rx) = async_channel::bounded::<()>(depth);
     let (work_tx, work_rx) = async_channel::unbounded::<ToWriter>();
+    let (done_tx, done_rx) = async_channel::unbounded::<(u64, Completion)>();
     let reissue = ctx.pending.take_all();
-    let read_side = read_loop(&ctx, reader, reissue, credit_rx, credit_tx.clone(), work_tx);
-    let write_side = write_loop(&ctx, writer, credit_tx, work_rx, depth);
+    let jobs = JobBatch {
+        small: Vec::new(),
+        done: done_tx,
+        started: 0,
+    };
+    let read_side = read_loop(&ctx, reader, reissue, credit_rx, credit_tx.clone(), work_tx, jobs);
+    let write_side = write_loop(&ctx, writer, credit_tx, work_rx, done_rx, depth);
     let (read_result, write_result) = futures_lite::future::zip(read_side, write_side).await;
     read_result.and(write_result)
 }
@@ -275,8 +335,19 @@ async fn read_loop(
     credits: async_channel::Receiver<()>,
     credit_return: async_channel::Sender<()>,
     work: async_channel::Sender<ToWriter>,
+    mut jobs: JobBatch,
 ) -> Result<(), RunError> {
-    let result = read_loop_inner(ctx, &mut reader, reissue, &credits, &credit_return, &work).await;
+    let result = read_loop_inner(
+        ctx,
+        &mut reader,
+        reissue,
+        &credits,
+        &credit_return,
+        &work,
+        &mut jobs,
+    )
+    .await;
+    jobs.finish(&work).await;
     if result.is_err() {
         // The writer must not wait for a stop that will never come.
         ctx.stop.stop();
@@ -300,6 +371,7 @@ async fn read_loop_inner(
     credits: &async_channel::Receiver<()>,
     credit_return: &async_channel::Sender<()>,
     work: &async_channel::Sender<ToWriter>,
+    jobs: &mut JobBatch,
 ) -> Result<(), RunError> {
     let mut reissue = VecDeque::from(reissue);
     while let Some(request) = reissue.pop_front() {
@@ -323,7 +395,8 @@ async fn read_loop_inner(
                 ranges,
                 transaction_id,
             } => {
-                let used = dispatch(ctx, &payload, ranges, transaction_id, work).await;
+                let used = dispatch(ctx, &payload, ranges, transaction_id, work, jobs).await;
+                jobs.finish(work).await;
                 if !used {
                     let _ = credit_return.try_send(());
                 }
@@ -359,10 +432,11 @@ async fn read_loop_inner(
         // Packets read before a framing error are still served.
         for packet in batch.drain(..) {
             ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
-            if take_packet(ctx, packet, work).await {
+            if take_packet(ctx, packet, work, jobs).await {
                 held -= 1;
             }
         }
+        jobs.finish(work).await;
         for _ in 0..held {
             let _ = credit_return.try_send(());
         }
@@ -382,6 +456,7 @@ async fn take_packet(
     ctx: &ChannelContext,
     packet: IncomingPacket,
     work: &async_channel::Sender<ToWriter>,
+    jobs: &mut JobBatch,
 ) -> bool {
     let ranges = match packet.kind {
         PacketKind::InBand => Vec::new(),
@@ -402,7 +477,7 @@ async fn take_packet(
             .violation(ctx.index, &"request without completion requested");
         return false;
     }
-    dispatch(ctx, &packet.payload, ranges, packet.transaction_id, work).await
+    dispatch(ctx, &packet.payload, ranges, packet.transaction_id, work, jobs).await
 }
 
 /// Runs one request through the state machine and queues its answer;
@@ -413,6 +488,7 @@ async fn dispatch(
     ranges: Vec<GpaRange>,
     transaction_id: u64,
     work: &async_channel::Sender<ToWriter>,
+    jobs: &mut JobBatch,
 ) -> bool {
     let kept_ranges = ranges.clone();
     let outcome = {
@@ -451,8 +527,7 @@ async fn dispatch(
                 ranges: kept_ranges,
                 transaction_id,
             });
-            let task = run_job(job);
-            let _ = work.send(ToWriter::Job(seq, task)).await;
+            jobs.push(seq, job);
             true
         }
         Outcome::Violation(violation) => {
@@ -460,10 +535,6 @@ async fn dispatch(
             false
         }
     }
-}
-
-fn run_job(job: SrbJob) -> blocking::Task<Completion> {
-    blocking::unblock(move || job.run())
 }
 
 fn set_status(completion: &mut Completion, status: NtStatus) {
@@ -481,8 +552,6 @@ enum WriterEvent {
     Stop,
 }
 
-type JobFuture = std::pin::Pin<Box<dyn Future<Output = (u64, Completion)> + Send>>;
-
 /// Writes completions, grants credits as ring space allows, sends
 /// notifications.
 async fn write_loop(
@@ -490,6 +559,7 @@ async fn write_loop(
     mut writer: RingWriter,
     credits: async_channel::Sender<()>,
     work: async_channel::Receiver<ToWriter>,
+    done: async_channel::Receiver<(u64, Completion)>,
     depth: usize,
 ) -> Result<(), RunError> {
     let ring_error = |source| RunError::Ring {
@@ -501,7 +571,10 @@ async fn write_loop(
     let ring_cap = (ring_size.saturating_sub(9)) / WORST_COMPLETION_RING_LEN;
     let depth = depth.min(ring_cap);
     let mut granted = 0usize;
-    let mut jobs: FuturesUnordered<JobFuture> = FuturesUnordered::new();
+    // Jobs the reader reported started, and job completions received (a
+    // job may finish before its start is reported).
+    let mut started_jobs = 0usize;
+    let mut finished_jobs = 0usize;
     let mut ready: VecDeque<(u64, Completion)> = VecDeque::new();
     let mut notices: VecDeque<Notification> = VecDeque::new();
     let mut work_open = true;
@@ -519,7 +592,7 @@ async fn write_loop(
         while granted < depth.min(by_space) && credits.try_send(()).is_ok() {
             granted += 1;
         }
-        if !work_open && jobs.is_empty() {
+        if !work_open && finished_jobs >= started_jobs {
             // The reader is gone (stopped or failed) and no job runs.
             return Ok(());
         }
@@ -539,13 +612,9 @@ async fn write_loop(
                 }
             };
             let job = async {
-                if jobs.is_empty() {
-                    pending().await
-                } else {
-                    match jobs.next().await {
-                        Some((seq, completion)) => WriterEvent::JobDone(seq, completion),
-                        None => pending().await,
-                    }
+                match done.recv().await {
+                    Ok((seq, completion)) => WriterEvent::JobDone(seq, completion),
+                    Err(_) => pending().await,
                 }
             };
             let space = async {
@@ -579,21 +648,17 @@ async fn write_loop(
                 }
                 ready.push_back((seq, completion));
             }
-            WriterEvent::Work(Some(ToWriter::Job(seq, task))) => {
-                jobs.push(Box::pin(async move { (seq, task.await) }));
-            }
+            WriterEvent::Work(Some(ToWriter::Started(count))) => started_jobs += count,
             WriterEvent::Work(None) => work_open = false,
             WriterEvent::JobDone(seq, completion) => {
-                if !ctx.stop.is_stopped() {
-                    ready.push_back((seq, completion));
-                }
+                let mut finished = vec![(seq, completion)];
                 // Collect whatever else finished meanwhile.
-                while let Some(Some((seq, completion))) =
-                    futures::FutureExt::now_or_never(jobs.next())
-                {
-                    if !ctx.stop.is_stopped() {
-                        ready.push_back((seq, completion));
-                    }
+                while let Ok(more) = done.try_recv() {
+                    finished.push(more);
+                }
+                finished_jobs += finished.len();
+                if !ctx.stop.is_stopped() {
+                    ready.extend(finished);
                 }
             }
             WriterEvent::Space(result) => result.map_err(ring_error)?,
