@@ -57,6 +57,12 @@ pub enum RunError {
         /// What the ring reported.
         source: RingError,
     },
+    /// The thread serving the channel panicked (a bug, never guest input).
+    #[error("storvsp channel {channel}: the serving thread panicked")]
+    Panicked {
+        /// Channel index.
+        channel: u16,
+    },
 }
 
 /// A request taken from the ring and not yet answered.
@@ -321,7 +327,15 @@ pub async fn serve_channel(
         done: done_tx,
         started: 0,
     };
-    let read_side = read_loop(&ctx, reader, reissue, credit_rx, credit_tx.clone(), work_tx, jobs);
+    let read_side = read_loop(
+        &ctx,
+        reader,
+        reissue,
+        credit_rx,
+        credit_tx.clone(),
+        work_tx,
+        jobs,
+    );
     let write_side = write_loop(&ctx, writer, credit_tx, work_rx, done_rx, depth);
     let (read_result, write_result) = futures_lite::future::zip(read_side, write_side).await;
     read_result.and(write_result)
@@ -477,7 +491,15 @@ async fn take_packet(
             .violation(ctx.index, &"request without completion requested");
         return false;
     }
-    dispatch(ctx, &packet.payload, ranges, packet.transaction_id, work, jobs).await
+    dispatch(
+        ctx,
+        &packet.payload,
+        ranges,
+        packet.transaction_id,
+        work,
+        jobs,
+    )
+    .await
 }
 
 /// Runs one request through the state machine and queues its answer;

@@ -68,6 +68,10 @@ impl VmbusDevice for StorvspDevice {
         Ok(Box::pin(async move {
             task.await.map_err(|error| match error {
                 RunError::Ring { channel, source } => ChannelError::Ring { channel, source },
+                RunError::Panicked { channel } => ChannelError::Protocol {
+                    channel,
+                    source: Box::new(RunError::Panicked { channel }),
+                },
             })
         }))
     }

@@ -210,15 +210,9 @@ impl StorvspVm {
         threads
             .into_iter()
             .map(|(index, thread)| {
-                let result = thread.join().unwrap_or_else(|_| {
-                    Err(RunError::Ring {
-                        channel: index,
-                        source: RingError::AvailableTooSmall {
-                            available: 0,
-                            offset: 0,
-                        },
-                    })
-                });
+                let result = thread
+                    .join()
+                    .unwrap_or(Err(RunError::Panicked { channel: index }));
                 (index, result)
             })
             .collect()
@@ -274,7 +268,7 @@ impl ChannelOpener for Opener {
 
 fn spawn_host(shared: &Arc<Shared>, index: u16, endpoint: Endpoint) -> Result<(), VmError> {
     let device = shared.lock().device.clone();
-    let offer: Arc<dyn SubChannelOffer> = Arc::new(Offer(Arc::downgrade(&shared)));
+    let offer: Arc<dyn SubChannelOffer> = Arc::new(Offer(Arc::downgrade(shared)));
     let task = device.open_channel(index, endpoint, shared.memory.clone(), offer)?;
     let thread = std::thread::Builder::new()
         .name(format!("storvsp-{index}"))
