@@ -752,8 +752,10 @@ fn a_guest_that_never_reads_completions_stops_the_device_until_it_does() {
     let requests = device.stats().requests();
     assert!(requests <= 4 + fits + 1, "host took {requests} requests");
     assert!(sent < total, "the guest->host ring should have filled");
-    // Now read: everything gets answered, in order for this one channel.
+    // Now read: everything gets answered exactly once (jobs may finish
+    // out of order).
     let mut answered = 0u64;
+    let mut seen = Vec::new();
     while answered < total {
         while sent < total {
             let tid = raw.tid();
@@ -770,9 +772,12 @@ fn a_guest_that_never_reads_completions_stops_the_device_until_it_does() {
         }
         let packet = block_on(raw.guest.read()).unwrap();
         assert_eq!(packet.kind, PacketKind::Completion);
-        assert_eq!(packet.transaction_id, tids[answered as usize]);
+        seen.push(packet.transaction_id);
         assert_eq!(packet.payload[14], 1);
         answered += 1;
     }
+    seen.sort_unstable();
+    tids.sort_unstable();
+    assert_eq!(seen, tids);
     assert_eq!(device.stats().violations(), 0);
 }
