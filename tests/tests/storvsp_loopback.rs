@@ -137,6 +137,18 @@ fn linux_reads_equal_the_image_512_and_4096_over_sub_channels() {
         assert_eq!(driver.channel_count(), usize::from(cpus));
         assert_eq!(setup.vm.offered_sub_channels(), cpus - 1);
         check_reads(driver, &bytes, sector);
+        // 64 reads in flight at once, spread over the channels.
+        let disk = driver.disk(0).unwrap();
+        let blocks = bytes.len() as u64 / u64::from(sector);
+        let requests: Vec<(u64, u32)> = (0..64u64)
+            .map(|i| ((i * 7919) % (blocks - 4), 1 + (i % 4) as u32))
+            .collect();
+        let results = block_on(disk.read_many(&requests, 64)).unwrap();
+        let s = sector as usize;
+        for ((lba, count), data) in requests.iter().zip(&results) {
+            let at = *lba as usize * s;
+            assert!(data[..] == bytes[at..at + *count as usize * s]);
+        }
         assert_eq!(setup.vm.device().stats().violations(), 0);
     }
 }
@@ -780,4 +792,108 @@ fn a_guest_that_never_reads_completions_stops_the_device_until_it_does() {
     tids.sort_unstable();
     assert_eq!(seen, tids);
     assert_eq!(device.stats().violations(), 0);
+}
+
+/// Serves the host end of `endpoint` with the storvsp state machine,
+/// refusing the versions in `refuse`; records the size of every SRB packet.
+fn fallback_host(
+    mut endpoint: Endpoint,
+    mut channel: vmbdev_device::storvsp::StorvspChannel,
+    refuse: Vec<u16>,
+    sizes: Arc<Mutex<Vec<usize>>>,
+    stop: Arc<vmbdev_device::storvsp::StopSignal>,
+) {
+    use vmbdev_device::storvsp::{Outcome, Request};
+    block_on(futures_lite::future::or(
+        async {
+            loop {
+                let Ok(packet) = endpoint.read().await else {
+                    return;
+                };
+                let payload = &packet.payload;
+                let op = u32::from_le_bytes(payload[..4].try_into().unwrap());
+                let asked = u16::from_le_bytes(payload[12..14].try_into().unwrap());
+                let reply = if op == 9 && refuse.contains(&asked) {
+                    let mut r = payload.clone();
+                    r[..4].copy_from_slice(&1u32.to_le_bytes());
+                    r[8..12].copy_from_slice(&0xC000_0059u32.to_le_bytes());
+                    r
+                } else {
+                    if op == 3 {
+                        sizes.lock().unwrap().push(payload.len());
+                    }
+                    let ranges = match &packet.kind {
+                        PacketKind::GpaDirect(r) => r.clone(),
+                        _ => Vec::new(),
+                    };
+                    match channel.handle(Request {
+                        payload,
+                        ranges,
+                        transaction_id: packet.transaction_id,
+                    }) {
+                        Outcome::Complete(c) => c.bytes,
+                        Outcome::Execute(job) => job.run().bytes,
+                        other => panic!("unexpected outcome {other:?}"),
+                    }
+                };
+                let out = OutgoingPacket::completion(packet.transaction_id, &reply);
+                endpoint.write(&out).await.unwrap();
+            }
+        },
+        stop.wait(),
+    ));
+}
+
+#[test]
+fn linux_falls_back_through_refused_versions_over_the_ring() {
+    use vmbdev_guest::storvsc::driver::NoSubChannels;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes) = random_image(dir.path(), "disk.raw", 1 << 20, 31);
+    for (refuse, version, srb_size) in [
+        (vec![0x0602, 0x0600], 0x0501, 0x40),
+        (vec![0x0602, 0x0600, 0x0501], 0x0402, 0x30),
+        (vec![0x0602, 0x0600, 0x0501, 0x0402], 0x0200, 0x30),
+    ] {
+        let controller = Arc::new(Controller::new());
+        controller.insert(LUN0, disk(&path, 512));
+        let lb = vmbdev_ring::loopback(&vmbdev_ring::LoopbackConfig {
+            buffer_pages: 1024,
+            scatter_buffers: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let channel = vmbdev_device::storvsp::StorvspChannel::new(
+            multi_channel(2),
+            controller,
+            lb.memory.clone(),
+        )
+        .unwrap();
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(vmbdev_device::storvsp::StopSignal::new());
+        let host = {
+            let (sizes, stop, refuse) = (sizes.clone(), stop.clone(), refuse.clone());
+            let endpoint = lb.host;
+            std::thread::spawn(move || fallback_host(endpoint, channel, refuse, sizes, stop))
+        };
+        let driver = block_on(Storvsc::connect(
+            lb.guest,
+            lb.memory.clone(),
+            lb.pages.clone(),
+            &NoSubChannels,
+            &linux(1),
+        ))
+        .unwrap();
+        assert_eq!(driver.version(), version);
+        let disk = driver.disk(0).unwrap();
+        assert!(block_on(disk.read(5, 40)).unwrap() == bytes[5 * 512..45 * 512]);
+        let sizes = sizes.lock().unwrap().clone();
+        assert!(!sizes.is_empty());
+        assert!(
+            sizes.iter().all(|&s| s == srb_size),
+            "{version:#x}: {sizes:?}"
+        );
+        drop(driver);
+        stop.stop();
+        host.join().unwrap();
+    }
 }
