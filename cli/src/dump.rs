@@ -1,10 +1,15 @@
-//! `vmbdev dump`: reads a whole virtual disk and writes its bytes to a file.
+//! `vmbdev dump`: reads a whole virtual disk and writes its bytes to a file,
+//! through the storvsc guest driver (default) or straight from the block
+//! device (`--direct`).
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use vmbdev_backing::{BlockError, VhdxError, open_image};
+use vmbdev_backing::{BlockDevice, BlockError, VhdxError, open_image};
+
+use crate::dump_storvsp::{StorvscDumpError, dump_through_storvsc};
 
 /// Arguments of `vmbdev dump`.
 #[derive(Debug, clap::Args)]
@@ -22,9 +27,6 @@ pub struct DumpArgs {
 /// Why a dump failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
-    /// Only direct reads exist so far.
-    #[error("dump without --direct is not supported; pass --direct")]
-    NotDirect,
     /// The image could not be opened.
     #[error("{path}: {source}")]
     Open {
@@ -43,6 +45,14 @@ pub enum DumpError {
         /// Why.
         source: BlockError,
     },
+    /// Reading through the storvsc guest driver failed.
+    #[error("{path}: {source}")]
+    Storvsc {
+        /// Image path.
+        path: PathBuf,
+        /// Why.
+        source: StorvscDumpError,
+    },
     /// Writing the output failed.
     #[error("{path}: {source}")]
     Write {
@@ -53,23 +63,35 @@ pub enum DumpError {
     },
 }
 
-/// Bytes read per request.
+/// Bytes read per request with `--direct`.
 const CHUNK: u64 = 4 << 20;
 
 /// Runs the dump.
 pub fn run(args: &DumpArgs) -> Result<(), DumpError> {
-    if !args.direct {
-        return Err(DumpError::NotDirect);
-    }
-    let device = open_image(&args.image).map_err(|source| DumpError::Open {
-        path: args.image.clone(),
-        source,
-    })?;
+    let device: Arc<dyn BlockDevice> =
+        Arc::from(open_image(&args.image).map_err(|source| DumpError::Open {
+            path: args.image.clone(),
+            source,
+        })?);
     let write_err = |source| DumpError::Write {
         path: args.output.clone(),
         source,
     };
-    let mut out = File::create(&args.output).map_err(write_err)?;
+    let file = File::create(&args.output).map_err(write_err)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    if args.direct {
+        direct(device.as_ref(), args, &mut out)?;
+    } else {
+        dump_through_storvsc(device, &mut out).map_err(|source| DumpError::Storvsc {
+            path: args.image.clone(),
+            source,
+        })?;
+    }
+    let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+    file.sync_all().map_err(write_err)
+}
+
+fn direct(device: &dyn BlockDevice, args: &DumpArgs, out: &mut dyn Write) -> Result<(), DumpError> {
     let sector = u64::from(device.logical_sector_size());
     let size = device.size_bytes();
     let mut buf = vec![0u8; CHUNK as usize];
@@ -84,8 +106,12 @@ pub fn run(args: &DumpArgs) -> Result<(), DumpError> {
                 lba,
                 source,
             })?;
-        out.write_all(&buf[..len]).map_err(write_err)?;
+        out.write_all(&buf[..len])
+            .map_err(|source| DumpError::Write {
+                path: args.output.clone(),
+                source,
+            })?;
         at += len as u64;
     }
-    out.sync_all().map_err(write_err)
+    Ok(())
 }

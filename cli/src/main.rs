@@ -6,6 +6,7 @@ mod bench;
 mod cat;
 mod demo;
 mod dump;
+mod dump_storvsp;
 mod error;
 mod info;
 mod ls;
@@ -35,7 +36,8 @@ enum Cli {
     Demo(demo::DemoArgs),
     /// Read one file through the vmbfs guest client over loopback.
     Cat(cat::CatArgs),
-    /// Write the whole virtual disk of an image to a file.
+    /// Write the whole virtual disk of an image to a file, read through the
+    /// storvsc guest driver over loopback (or `--direct` from the image).
     Dump(dump::DumpArgs),
     /// Pack a host directory into a dynamic VHDX (GPT, one FAT32 partition).
     Pack(pack::PackArgs),

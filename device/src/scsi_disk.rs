@@ -491,21 +491,46 @@ impl ScsiDisk {
         // `needed` fits the buffer length, so it fits usize.
         let total = needed as usize;
         let chunk_sectors = (BOUNCE_BUFFER_SIZE as u64 / sector).max(1);
-        let mut bounce = vec![0u8; total.min((chunk_sectors * sector) as usize)];
-        let mut done = 0usize;
-        let mut next = lba;
-        while done < total {
-            let len = bounce.len().min(total - done);
-            let buf = &mut bounce[..len];
-            if let Err(error) = self.device.read_sectors(next, buf) {
-                return Ok(read_failure(&error, done));
+        let bounce_len = total.min((chunk_sectors * sector) as usize);
+        with_bounce(bounce_len, |bounce| {
+            let mut done = 0usize;
+            let mut next = lba;
+            while done < total {
+                let len = bounce.len().min(total - done);
+                let buf = &mut bounce[..len];
+                if let Err(error) = self.device.read_sectors(next, buf) {
+                    return Ok(read_failure(&error, done));
+                }
+                out.sink.write_at(done as u64, buf)?;
+                done += len;
+                next += len as u64 / sector;
             }
-            out.sink.write_at(done as u64, buf)?;
-            done += len;
-            next += len as u64 / sector;
-        }
-        Ok(CommandResult::good(done))
+            Ok(CommandResult::good(done))
+        })
     }
+}
+
+thread_local! {
+    /// Each I/O thread's bounce buffer, kept between reads: allocating
+    /// (and faulting in) up to 256 KiB per command costs about as much as
+    /// the copy itself.
+    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a bounce buffer of `len` (at most [`BOUNCE_BUFFER_SIZE`]
+/// rounded to a sector) bytes. Stale bytes from an earlier read may be in
+/// it; `f` overwrites what it uses before reading it.
+fn with_bounce<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    BOUNCE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < len {
+                buffer.resize(len, 0);
+            }
+            f(&mut buffer[..len])
+        }
+        // Not expected (reads do not nest), but never panic over it.
+        Err(_) => f(&mut vec![0u8; len]),
+    })
 }
 
 fn read_failure(error: &BlockError, transferred: usize) -> CommandResult {

@@ -147,6 +147,28 @@ pub struct SavedState {
     pub primary: bool,
 }
 
+impl SavedState {
+    /// Checks that a channel with `config` can resume from this state.
+    pub fn validate(&self, config: &StorvspConfig) -> Result<(), RestoreError> {
+        if let Some(v) = self.version {
+            if !ProtocolVersion(v).is_known() {
+                return Err(RestoreError::Version(v));
+            }
+        }
+        let needs_version = !matches!(self.state, InitState::AwaitBegin | InitState::AwaitVersion);
+        if needs_version && self.version.is_none() {
+            return Err(RestoreError::MissingVersion(self.state));
+        }
+        if self.sub_channels > config.max_sub_channels {
+            return Err(RestoreError::SubChannels {
+                count: self.sub_channels,
+                max: config.max_sub_channels,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A saved state that cannot be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
@@ -319,23 +341,9 @@ impl StorvspChannel {
 
     /// Restores a saved state.
     pub fn restore(&mut self, saved: SavedState) -> Result<(), RestoreError> {
-        let version = match saved.version {
-            Some(v) if !ProtocolVersion(v).is_known() => return Err(RestoreError::Version(v)),
-            Some(v) => Some(ProtocolVersion(v)),
-            None => None,
-        };
-        let needs_version = !matches!(saved.state, InitState::AwaitBegin | InitState::AwaitVersion);
-        if needs_version && version.is_none() {
-            return Err(RestoreError::MissingVersion(saved.state));
-        }
-        if saved.sub_channels > self.config.max_sub_channels {
-            return Err(RestoreError::SubChannels {
-                count: saved.sub_channels,
-                max: self.config.max_sub_channels,
-            });
-        }
+        saved.validate(&self.config)?;
         self.state = saved.state;
-        self.version = version;
+        self.version = saved.version.map(ProtocolVersion);
         self.sub_channels = saved.sub_channels;
         self.primary = saved.primary;
         Ok(())
@@ -351,6 +359,12 @@ impl StorvspChannel {
     /// Detaches a disk and returns the ENUMERATE_BUS notification to send.
     pub fn hot_remove(&self, address: LunAddress) -> Option<Notification> {
         self.controller.remove(address);
+        self.enumerate_bus()
+    }
+
+    /// The ENUMERATE_BUS notification telling the guest to rescan after
+    /// the LUN map changed, if this primary channel finished init.
+    pub fn bus_changed(&self) -> Option<Notification> {
         self.enumerate_bus()
     }
 
@@ -682,6 +696,11 @@ impl SrbJob {
         self.transaction_id
     }
 
+    /// The data buffer length the guest asked for (0 for none).
+    pub fn data_length(&self) -> u32 {
+        self.srb.data_transfer_length.get()
+    }
+
     /// Runs the SRB (blocking) and builds its completion.
     pub fn run(self) -> Completion {
         let mut srb = self.srb;
@@ -814,6 +833,17 @@ fn deliver(data: &[u8], limit: usize, sink: &mut dyn DataSink) -> Result<TargetR
         transferred: len,
     }))
 }
+
+pub mod device;
+pub mod runner;
+pub mod saved;
+pub mod vmbus;
+
+pub use device::{DeviceError, NoSubChannelOffer, SavedDevice, StorvspDevice, SubChannelOffer};
+pub use runner::{
+    DEFAULT_QUEUE_DEPTH, PendingRequest, RunError, StopSignal, StorvspStats,
+    WORST_COMPLETION_RING_LEN,
+};
 
 #[cfg(test)]
 mod tests;

@@ -504,5 +504,13 @@ pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u8>, StorvscError> {
         .collect())
 }
 
+pub mod bench;
+pub mod driver;
+pub mod loopback;
+
+pub use driver::{
+    ChannelOpener, Disk, DiskInfo, DriverConfig, DriverError, HostEvents, ProbeRecord, Storvsc,
+};
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,136 @@
+//! `vmbdev dump` without `--direct`: reads the whole virtual disk the way a
+//! guest does, through the storvsc driver over a loopback ring to the
+//! storvsp device serving the image, and writes the bytes to a file.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+
+use futures_lite::future::block_on;
+use indicatif::{ProgressBar, ProgressStyle};
+use vmbdev_backing::BlockDevice;
+use vmbdev_device::scsi_disk::ScsiDisk;
+use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
+use vmbdev_guest::storvsc::loopback::{StorvspVm, StorvspVmConfig, VmError};
+use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, Storvsc};
+
+/// Why reading through storvsc failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorvscDumpError {
+    /// The image has no whole sector.
+    #[error("the virtual disk is empty (no whole sector)")]
+    Empty,
+    /// The loopback VM could not be built.
+    #[error("loopback VM: {0}")]
+    Vm(#[from] VmError),
+    /// The device configuration was refused.
+    #[error("storvsp: {0}")]
+    Config(#[from] vmbdev_device::storvsp::ConfigError),
+    /// The guest driver failed.
+    #[error("storvsc: {0}")]
+    Driver(#[from] DriverError),
+    /// The scan did not find the disk.
+    #[error("the storvsc scan found no disk")]
+    NoDisk,
+    /// The guest saw a different size than the image has.
+    #[error("storvsc sees {blocks} blocks of {block_size} bytes, the image has {bytes} bytes")]
+    Capacity {
+        /// Blocks seen.
+        blocks: u64,
+        /// Block size seen.
+        block_size: u32,
+        /// Image size.
+        bytes: u64,
+    },
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Write(std::io::Error),
+}
+
+/// Bytes read per batch of concurrent requests.
+const BATCH_BYTES: u64 = 16 << 20;
+/// Requests in flight.
+const DEPTH: usize = 16;
+
+/// Reads all of `device` through storvsc → ring → storvsp and writes it to
+/// `out`; returns the bytes written. Shows a progress bar when stderr is a
+/// terminal.
+pub fn dump_through_storvsc(
+    device: Arc<dyn BlockDevice>,
+    out: &mut dyn Write,
+) -> Result<u64, StorvscDumpError> {
+    let size = device.size_bytes();
+    if size == 0 {
+        return Err(StorvscDumpError::Empty);
+    }
+    let controller = Arc::new(Controller::new());
+    let lun = LunAddress {
+        path: 0,
+        target: 0,
+        lun: 0,
+    };
+    controller.insert(lun, Arc::new(ScsiDisk::new(device)));
+    let config = StorvspConfig {
+        max_sub_channels: 1,
+        multi_channel: true,
+        ..StorvspConfig::default()
+    };
+    let storvsp = Arc::new(StorvspDevice::new(config, controller)?);
+    let (vm, primary) = StorvspVm::start(storvsp, StorvspVmConfig::default())?;
+    let opener = vm.opener();
+    let driver = block_on(Storvsc::connect(
+        primary,
+        vm.memory(),
+        vm.pages(),
+        opener.as_ref(),
+        &DriverConfig {
+            profile: GuestProfile::Linux,
+            cpus: 2,
+            buffer_offset: 0,
+        },
+    ))?;
+    let disk = driver.disk(0).ok_or(StorvscDumpError::NoDisk)?;
+    let (blocks, block_size) = disk.capacity();
+    if blocks.saturating_mul(u64::from(block_size)) != size {
+        return Err(StorvscDumpError::Capacity {
+            blocks,
+            block_size,
+            bytes: size,
+        });
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(size);
+        if let Ok(style) =
+            ProgressStyle::with_template("{bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec} {eta}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let per = u64::from(disk.max_blocks_per_request());
+    let batch_blocks = (BATCH_BYTES / u64::from(block_size)).max(per);
+    let mut lba = 0u64;
+    while lba < blocks {
+        let end = (lba + batch_blocks).min(blocks);
+        let mut requests = Vec::new();
+        let mut at = lba;
+        while at < end {
+            let count = (end - at).min(per);
+            requests.push((at, count as u32));
+            at += count;
+        }
+        let chunks = block_on(disk.read_many(&requests, DEPTH))?;
+        for chunk in &chunks {
+            out.write_all(chunk).map_err(StorvscDumpError::Write)?;
+            if let Some(bar) = &bar {
+                bar.inc(chunk.len() as u64);
+            }
+        }
+        lba = end;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    drop(driver);
+    drop(vm);
+    Ok(size)
+}

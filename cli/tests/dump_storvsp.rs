@@ -1,0 +1,97 @@
+//! `vmbdev dump` (through storvsc over loopback) compared byte for byte
+//! with `qemu-img convert -O raw`, and its one-line failures.
+
+use std::path::Path;
+use std::process::Command;
+
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+fn vmbdev() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("qemu-img is required for this test but could not run: {e}"));
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn random_file(path: &Path, len: usize, seed: u64) {
+    let mut bytes = vec![0u8; len];
+    SmallRng::seed_from_u64(seed).fill(&mut bytes[..]);
+    // A run of zeros, as a sparse region of a real image.
+    let hole = len / 3;
+    bytes[hole..hole + len / 8].fill(0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn dump_through_storvsc_equals_qemu_img_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a multiple of the 2 MiB transfer or of the batch size.
+    let image = dir.path().join("disk.img");
+    random_file(&image, (9 << 20) + 7 * 512, 3);
+    let reference = dir.path().join("reference.raw");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        image.to_str().unwrap(),
+        reference.to_str().unwrap(),
+    ]);
+    let output = dir.path().join("out.raw");
+    let run = vmbdev()
+        .args([
+            "dump",
+            image.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        run.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal"
+    );
+    let got = std::fs::read(&output).unwrap();
+    let want = std::fs::read(&reference).unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "dump differs from qemu-img convert");
+}
+
+#[test]
+fn bad_images_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.img");
+    std::fs::write(&empty, [0u8; 100]).unwrap();
+    let missing = dir.path().join("missing.img");
+    for image in [&empty, &missing] {
+        let output = dir.path().join("out.raw");
+        let run = vmbdev()
+            .args([
+                "dump",
+                image.to_str().unwrap(),
+                "-o",
+                output.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("vmbdev: "), "{stderr}");
+    }
+}

@@ -1,0 +1,347 @@
+//! An in-process storvsp "VM": one guest memory holding the primary ring,
+//! the sub-channel rings and the guest's data pages; each host channel
+//! task on its own thread; event doorbells. It is the bus for both sides:
+//! the device offers sub-channels through it and the guest driver opens
+//! them through it. Channels can be closed, the device saved, and a
+//! restored device reattached to the same rings.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use vmbdev_device::storvsp::{RunError, StorvspDevice, SubChannelOffer};
+use vmbdev_ring::{
+    Doorbell, Endpoint, EventDoorbell, GpadlRegistry, GuestMemory, LoopbackConfig, LoopbackError,
+    PageAllocator, RingError, Side, loopback,
+};
+
+use super::driver::ChannelOpener;
+
+/// Shape of the loopback VM.
+#[derive(Debug, Clone)]
+pub struct StorvspVmConfig {
+    /// Data pages of each ring half (guest→host and host→guest).
+    pub ring_pages: u32,
+    /// Guest pages for data buffers.
+    pub buffer_pages: u64,
+    /// Hand out data buffers as non-contiguous pages.
+    pub scatter_buffers: bool,
+    /// Most sub-channels the VM can host.
+    pub max_sub_channels: u16,
+}
+
+impl Default for StorvspVmConfig {
+    fn default() -> Self {
+        Self {
+            ring_pages: 16,
+            buffer_pages: 4096,
+            scatter_buffers: true,
+            max_sub_channels: 4,
+        }
+    }
+}
+
+/// An error of the loopback VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Memory or ring setup failed.
+    #[error(transparent)]
+    Loopback(#[from] LoopbackError),
+    /// A ring could not be opened.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// The device refused to open a channel.
+    #[error(transparent)]
+    Device(#[from] vmbdev_device::storvsp::DeviceError),
+    /// A thread could not be started.
+    #[error("cannot start a channel thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One channel's ring and doorbells, kept to reopen the host side.
+struct ChannelRing {
+    pages: Arc<[u64]>,
+    downstream_offset: u32,
+    /// Rung by the guest for the host.
+    host_bell: Arc<EventDoorbell>,
+    /// Rung by the host for the guest.
+    guest_bell: Arc<EventDoorbell>,
+}
+
+struct VmState {
+    device: Arc<StorvspDevice>,
+    rings: Vec<ChannelRing>,
+    offered: u16,
+    threads: Vec<(u16, JoinHandle<Result<(), RunError>>)>,
+    next_gpadl: u32,
+}
+
+struct Shared {
+    memory: GuestMemory,
+    registry: GpadlRegistry,
+    pages: PageAllocator,
+    config: StorvspVmConfig,
+    state: Mutex<VmState>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VmState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The loopback VM.
+pub struct StorvspVm {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StorvspVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorvspVm")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the host side offers through the VM.
+struct Offer(std::sync::Weak<Shared>);
+
+impl SubChannelOffer for Offer {
+    fn offer_sub_channels(&self, count: u16) -> Result<(), String> {
+        let shared = self.0.upgrade().ok_or("the VM is gone")?;
+        if count > shared.config.max_sub_channels {
+            return Err(format!(
+                "{count} sub-channels asked for, the VM hosts {}",
+                shared.config.max_sub_channels
+            ));
+        }
+        shared.lock().offered = count;
+        Ok(())
+    }
+}
+
+impl StorvspVm {
+    /// Builds the memory and the primary ring, opens the primary channel
+    /// on `device`, and returns the VM and the guest's primary endpoint.
+    pub fn start(
+        device: Arc<StorvspDevice>,
+        config: StorvspVmConfig,
+    ) -> Result<(Self, Endpoint), VmError> {
+        let ring_pages_each = 2 + 2 * u64::from(config.ring_pages);
+        let lb = loopback(&LoopbackConfig {
+            incoming_pages: config.ring_pages,
+            outgoing_pages: config.ring_pages,
+            buffer_pages: config.buffer_pages
+                + ring_pages_each * u64::from(config.max_sub_channels),
+            scatter_ring: false,
+            scatter_buffers: config.scatter_buffers,
+            gpadl_handle: 1,
+        })?;
+        let pages = lb
+            .registry
+            .get(lb.gpadl_handle)
+            .map_err(LoopbackError::from)?;
+        let ring = ChannelRing {
+            pages,
+            downstream_offset: lb.downstream_offset,
+            host_bell: lb.host_doorbell.clone(),
+            guest_bell: lb.guest_doorbell.clone(),
+        };
+        let shared = Arc::new(Shared {
+            memory: lb.memory.clone(),
+            registry: lb.registry.clone(),
+            pages: lb.pages.clone(),
+            config,
+            state: Mutex::new(VmState {
+                device,
+                rings: vec![ring],
+                offered: 0,
+                threads: Vec::new(),
+                next_gpadl: 2,
+            }),
+        });
+        spawn_host(&shared, 0, lb.host)?;
+        Ok((Self { shared }, lb.guest))
+    }
+
+    /// The guest memory.
+    pub fn memory(&self) -> GuestMemory {
+        self.shared.memory.clone()
+    }
+
+    /// The allocator of guest data pages.
+    pub fn pages(&self) -> PageAllocator {
+        self.shared.pages.clone()
+    }
+
+    /// The device currently attached.
+    pub fn device(&self) -> Arc<StorvspDevice> {
+        self.shared.lock().device.clone()
+    }
+
+    /// The guest's side of the bus, for [`super::Storvsc::connect`].
+    pub fn opener(&self) -> Arc<dyn ChannelOpener> {
+        Arc::new(Opener(self.shared.clone()))
+    }
+
+    /// Rings the doorbell of host channel `index` (as the guest does after
+    /// writing into an empty ring), for guests that write rings by hand.
+    pub fn signal_host(&self, index: u16) {
+        let state = self.shared.lock();
+        if let Some(ring) = state.rings.get(usize::from(index)) {
+            ring.host_bell.signal();
+        }
+    }
+
+    /// Sub-channels the device offered.
+    pub fn offered_sub_channels(&self) -> u16 {
+        self.shared.lock().offered
+    }
+
+    /// Closes every host channel and waits for their tasks; returns each
+    /// channel's result.
+    pub fn close_all(&self) -> Vec<(u16, Result<(), RunError>)> {
+        let (device, threads) = {
+            let mut state = self.shared.lock();
+            (state.device.clone(), std::mem::take(&mut state.threads))
+        };
+        for (index, _) in &threads {
+            let _ = device.close_channel(*index);
+        }
+        threads
+            .into_iter()
+            .map(|(index, thread)| {
+                let result = thread
+                    .join()
+                    .unwrap_or(Err(RunError::Panicked { channel: index }));
+                (index, result)
+            })
+            .collect()
+    }
+
+    /// Waits for host channel tasks that ended on their own (for example
+    /// after a ring failure) and returns their results.
+    pub fn finished_channels(&self) -> Vec<(u16, Result<(), RunError>)> {
+        let mut state = self.shared.lock();
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut state.threads)
+            .into_iter()
+            .partition(|(_, t)| t.is_finished());
+        state.threads = running;
+        drop(state);
+        done.into_iter()
+            .filter_map(|(index, thread)| thread.join().ok().map(|r| (index, r)))
+            .collect()
+    }
+
+    /// Attaches `device` (for example one restored from the old device's
+    /// saved state) to every existing ring and starts serving them. Call
+    /// [`close_all`](Self::close_all) first.
+    pub fn reattach(&self, device: Arc<StorvspDevice>) -> Result<(), VmError> {
+        let endpoints = {
+            let mut state = self.shared.lock();
+            state.device = device;
+            state
+                .rings
+                .iter()
+                .map(|ring| host_endpoint(&self.shared, ring))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        for (index, endpoint) in endpoints.into_iter().enumerate() {
+            spawn_host(&self.shared, index as u16, endpoint)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StorvspVm {
+    fn drop(&mut self) {
+        let _ = self.close_all();
+    }
+}
+
+struct Opener(Arc<Shared>);
+
+impl ChannelOpener for Opener {
+    fn open_sub_channel(&self, index: u16) -> Result<Endpoint, String> {
+        open_sub_channel(&self.0, index)
+    }
+}
+
+fn spawn_host(shared: &Arc<Shared>, index: u16, endpoint: Endpoint) -> Result<(), VmError> {
+    let device = shared.lock().device.clone();
+    let offer: Arc<dyn SubChannelOffer> = Arc::new(Offer(Arc::downgrade(shared)));
+    let task = device.open_channel(index, endpoint, shared.memory.clone(), offer)?;
+    let thread = std::thread::Builder::new()
+        .name(format!("storvsp-{index}"))
+        .spawn(move || futures_lite::future::block_on(task))
+        .map_err(VmError::Thread)?;
+    shared.lock().threads.push((index, thread));
+    Ok(())
+}
+
+fn host_endpoint(shared: &Shared, ring: &ChannelRing) -> Result<Endpoint, RingError> {
+    let local: Arc<dyn Doorbell> = ring.host_bell.clone();
+    let remote: Arc<dyn Doorbell> = ring.guest_bell.clone();
+    Endpoint::open(
+        Side::Host,
+        &shared.memory,
+        &ring.pages,
+        ring.downstream_offset,
+        local,
+        remote,
+    )
+}
+
+/// Opens sub-channel `index`: a new ring in guest memory, the host
+/// side served on its own thread; returns the guest endpoint.
+fn open_sub_channel(shared: &Arc<Shared>, index: u16) -> Result<Endpoint, String> {
+    let (offered, expected) = {
+        let state = shared.lock();
+        (state.offered, state.rings.len() as u16)
+    };
+    if index == 0 || index > offered {
+        return Err(format!(
+            "sub-channel {index} was not offered ({offered} were)"
+        ));
+    }
+    if index != expected {
+        return Err(format!("sub-channel {index} opened out of order"));
+    }
+    let data = u64::from(shared.config.ring_pages);
+    let pages = shared
+        .pages
+        .alloc(2 + 2 * data)
+        .map_err(|e| e.to_string())?;
+    // Ring pages start zeroed: the allocator never handed them out.
+    let handle = {
+        let mut state = shared.lock();
+        let handle = state.next_gpadl;
+        state.next_gpadl += 1;
+        handle
+    };
+    shared
+        .registry
+        .register(&shared.memory, handle, pages)
+        .map_err(|e| e.to_string())?;
+    let pages = shared.registry.get(handle).map_err(|e| e.to_string())?;
+    let ring = ChannelRing {
+        pages,
+        downstream_offset: (1 + data) as u32,
+        host_bell: Arc::new(EventDoorbell::new()),
+        guest_bell: Arc::new(EventDoorbell::new()),
+    };
+    let host = host_endpoint(shared, &ring).map_err(|e| e.to_string())?;
+    let guest_local: Arc<dyn Doorbell> = ring.guest_bell.clone();
+    let guest_remote: Arc<dyn Doorbell> = ring.host_bell.clone();
+    let guest = Endpoint::open(
+        Side::Guest,
+        &shared.memory,
+        &ring.pages,
+        ring.downstream_offset,
+        guest_local,
+        guest_remote,
+    )
+    .map_err(|e| e.to_string())?;
+    shared.lock().rings.push(ring);
+    spawn_host(shared, index, host).map_err(|e| e.to_string())?;
+    Ok(guest)
+}

@@ -1,0 +1,22 @@
+//! storvsc → ring → storvsp → disk read benchmark against `pread` in the
+//! same run. `VMBDEV_BENCH_MB` sets the image size (default 1024).
+
+use vmbdev_guest::storvsc::bench::{BenchConfig, make_image, run, table};
+
+fn main() {
+    let mb: u64 = std::env::var("VMBDEV_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let image = dir.path().join("bench.raw");
+    make_image(&image, mb << 20).expect("bench image");
+    let mut config = BenchConfig::standard(image);
+    if let Ok(bytes) = std::env::var("VMBDEV_BENCH_RUN_MB") {
+        if let Ok(v) = bytes.parse::<u64>() {
+            config.bytes_per_run = v << 20;
+        }
+    }
+    let rows = run(&config).expect("benchmark");
+    print!("{}", table(&rows));
+}
