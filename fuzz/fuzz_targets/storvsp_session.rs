@@ -39,6 +39,19 @@ fn disk_bytes(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|b| (b / 512 + b * 13 + i) as u8).collect()
 }
 
+/// The disks' bytes, built once (per-byte loops are slow under coverage
+/// instrumentation).
+fn disk_images() -> &'static [Arc<MemDevice>] {
+    static DISK_IMAGES: std::sync::OnceLock<Vec<Arc<MemDevice>>> = std::sync::OnceLock::new();
+    DISK_IMAGES.get_or_init(|| {
+        DISKS
+            .iter()
+            .enumerate()
+            .map(|(i, (_, sector, len))| Arc::new(MemDevice::new(disk_bytes(i, *len), *sector)))
+            .collect()
+    })
+}
+
 /// Opcodes worth picking often.
 const OPCODES: [u8; 28] = [
     0x00, 0x03, 0x08, 0x0A, 0x12, 0x15, 0x1A, 0x1B, 0x1E, 0x25, 0x28, 0x2A, 0x2F, 0x35, 0x41,
@@ -108,7 +121,6 @@ struct Input {
 /// what the data checks need.
 #[derive(Debug, Clone)]
 struct Pending {
-    payload_len: usize,
     /// Buffer ranges the guest allocated (all from its allocator).
     buffer: Option<GpaRange>,
 }
@@ -129,7 +141,7 @@ struct Session {
     primary_rig: Channel,
     lanes: Vec<Lane>,
     memory: GuestMemory,
-    disks: Vec<Vec<u8>>,
+    disks: &'static [Arc<MemDevice>],
 }
 
 /// A marker the guest fills its data buffers with.
@@ -334,7 +346,7 @@ impl Session {
             return;
         }
         if data_in != 1 {
-            assert!(now.iter().all(|&b| b == MARKER), "non-read SRB wrote guest memory");
+            assert!(now == vec![MARKER; now.len()], "non-read SRB wrote guest memory");
             return;
         }
         let cdb = &request[16..32];
@@ -361,7 +373,7 @@ impl Session {
         let want_len = blocks * sector;
         assert_eq!(u64::from(got_len), want_len, "READ moved bytes");
         let start = (lba * sector) as usize;
-        let expected = &self.disks[disk][start..start + want_len as usize];
+        let expected = &self.disks[disk].bytes[start..start + want_len as usize];
         assert_eq!(&now[..want_len as usize], expected, "READ data in guest memory");
     }
 
@@ -393,7 +405,7 @@ impl Session {
         full.resize(0x40, 0);
         let n = payload.len().min(full.len());
         payload[..n].copy_from_slice(&full[..n]);
-        self.send(0, &payload, &[], tid, Pending { payload_len: payload.len(), buffer: None });
+        self.send(0, &payload, &[], tid, Pending { buffer: None });
     }
 
     fn srb(&mut self, channel: u8, srb: &Srb, size: &Size, tid: u64) {
@@ -438,7 +450,7 @@ impl Session {
         payload.extend_from_slice(&0u32.to_le_bytes());
         payload.extend_from_slice(&body);
         payload.truncate(size.len().max(12).min(0x40));
-        let pending = Pending { payload_len: payload.len(), buffer };
+        let pending = Pending { buffer };
         self.send(lane, &payload, &wire, tid, pending);
     }
 }
@@ -447,12 +459,10 @@ fuzz_target!(|input: Input| {
     let rig = Channel::new(input.scatter, 160);
     let memory = rig.lb.memory.clone();
     let controller = Arc::new(Controller::new());
-    let mut disks = Vec::new();
-    for (i, ((path, target, lun), sector, len)) in DISKS.iter().enumerate() {
-        let bytes = disk_bytes(i, *len);
-        let device = Arc::new(MemDevice::new(bytes.clone(), *sector));
+    let disks = disk_images();
+    for (((path, target, lun), _, _), device) in DISKS.iter().zip(disks) {
+        let device: Arc<dyn vmbdev_backing::BlockDevice> = device.clone();
         controller.insert(LunAddress { path: *path, target: *target, lun: *lun }, Arc::new(ScsiDisk::new(device)));
-        disks.push(bytes);
     }
     let config = StorvspConfig {
         max_transfer_bytes: input.max_transfer % (8 << 20) + 1,
@@ -502,7 +512,7 @@ fuzz_target!(|input: Input| {
                 s.primary_rig.tampered = true;
                 let payload: Vec<u8> = payload.iter().take(200).copied().collect();
                 let _ = completion;
-                s.send(lane, &payload, &wire, *transaction_id, Pending { payload_len: payload.len(), buffer: None });
+                s.send(lane, &payload, &wire, *transaction_id, Pending { buffer: None });
             }
             Action::RawPacket(channel, bytes, advance8) => {
                 let lane = s.lane_index(*channel);

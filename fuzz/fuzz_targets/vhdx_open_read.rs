@@ -44,6 +44,8 @@ const PARENT_LOCATOR_GUID: [u8; 16] = [
 struct Base {
     /// File bytes.
     bytes: Vec<u8>,
+    /// Indices of the 64 KiB chunks holding a non-zero byte.
+    nonzero: Vec<usize>,
     /// Disk bytes the image holds.
     disk: Vec<u8>,
 }
@@ -91,6 +93,15 @@ fn log_entry(seq: u64, target: u64, page: &[u8], last_file_offset: u64) -> Vec<u
     e
 }
 
+fn nonzero_chunks(bytes: &[u8]) -> Vec<usize> {
+    bytes
+        .chunks(CHUNK)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|&b| b != 0))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 fn bases() -> &'static Bases {
     static BASES: OnceLock<Bases> = OnceLock::new();
     BASES.get_or_init(|| {
@@ -119,7 +130,7 @@ fn bases() -> &'static Bases {
         };
         write_vhdx(&source, &path, &opts).expect("write base VHDX");
         let bytes = std::fs::read(&path).expect("read base VHDX");
-        let clean = Base { bytes, disk };
+        let clean = Base { nonzero: nonzero_chunks(&bytes), bytes, disk };
         // The dirty variant: a log entry replacing the page at disk offset
         // 4096 of block 0 (whose file offset the BAT gives).
         let mut bytes = clean.bytes.clone();
@@ -134,7 +145,7 @@ fn bases() -> &'static Bases {
         }
         let mut disk = clean.disk.clone();
         disk[4096..8192].copy_from_slice(&page);
-        let dirty = Base { bytes, disk };
+        let dirty = Base { nonzero: nonzero_chunks(&bytes), bytes, disk };
         Bases { clean, dirty, path }
     })
 }
@@ -234,6 +245,7 @@ struct Input {
 /// The patched file: base chunks overlaid with modified copies.
 struct Image<'a> {
     base: &'a [u8],
+    nonzero: &'a [usize],
     chunks: BTreeMap<usize, Vec<u8>>,
     len: usize,
 }
@@ -277,16 +289,16 @@ impl Image<'_> {
     fn write(&self, file: &File) {
         file.set_len(0).expect("truncate");
         file.set_len(self.len as u64).expect("set length");
-        let nonzero = |c: &[u8]| c.iter().any(|&b| b != 0);
-        for (start, c) in self.base.chunks(CHUNK).enumerate() {
-            if !self.chunks.contains_key(&start) && nonzero(c) && start * CHUNK < self.len {
-                let n = c.len().min(self.len - start * CHUNK);
-                file.write_all_at(&c[..n], (start * CHUNK) as u64).expect("write");
+        for &index in self.nonzero {
+            let start = index * CHUNK;
+            if !self.chunks.contains_key(&index) && start < self.len {
+                let end = (start + CHUNK).min(self.base.len()).min(self.len);
+                file.write_all_at(&self.base[start..end], start as u64).expect("write");
             }
         }
         for (&index, c) in &self.chunks {
             let start = index * CHUNK;
-            if start < self.len && nonzero(c) {
+            if start < self.len {
                 let n = CHUNK.min(self.len - start);
                 file.write_all_at(&c[..n], start as u64).expect("write");
             }
@@ -391,6 +403,7 @@ fuzz_target!(|input: Input| {
     let base = if input.dirty { &bases.dirty } else { &bases.clean };
     let mut img = Image {
         base: &base.bytes,
+        nonzero: &base.nonzero,
         chunks: BTreeMap::new(),
         len: base.bytes.len(),
     };

@@ -40,10 +40,17 @@ const FILES: [(&str, usize); 4] = [
 const DIRS: [&str; 5] = ["EFI", "EFI/BOOT", "a", "a/b", "emptydir"];
 const MISSING: [&str; 3] = ["missing", "EFI/nothing.efi", "imc.hiv/x"];
 
-fn content(file: usize, len: usize) -> Vec<u8> {
+fn make_content(file: usize, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i.wrapping_mul(31) + file * 7 + i / 251) as u8)
         .collect()
+}
+
+/// File contents, built once (per-byte loops are slow under coverage
+/// instrumentation).
+fn content(file: usize) -> &'static [u8] {
+    static CONTENT: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    &CONTENT.get_or_init(|| FILES.iter().enumerate().map(|(i, (_, len))| make_content(i, *len)).collect())[file]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,18 +453,22 @@ fn model_read(entry: Entry, offset: u64, count: u32) -> (u32, Vec<u8>) {
         return (2, Vec::new());
     }
     let end = (offset + u64::from(count)).min(size);
-    (0, content(file, FILES[file].1)[offset as usize..end as usize].to_vec())
+    (0, content(file)[offset as usize..end as usize].to_vec())
 }
 
 fn tree() -> Arc<MemoryTree> {
-    let mut builder = MemoryTree::builder();
-    for (i, (path, len)) in FILES.iter().enumerate() {
-        builder.add_file(path, content(i, *len)).expect("file");
-    }
-    for dir in DIRS {
-        builder.add_dir(dir).expect("dir");
-    }
-    Arc::new(builder.build())
+    static TREE: std::sync::OnceLock<Arc<MemoryTree>> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| {
+        let mut builder = MemoryTree::builder();
+        for (i, (path, _)) in FILES.iter().enumerate() {
+            builder.add_file(path, content(i)).expect("file");
+        }
+        for dir in DIRS {
+            builder.add_dir(dir).expect("dir");
+        }
+        Arc::new(builder.build())
+    })
+    .clone()
 }
 
 fn pick_offset(offset: u64, small: Option<u16>) -> u64 {
