@@ -109,10 +109,10 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             };
             let view: Arc<dyn BlockDevice> = Arc::new(view);
-            if let Ok(Some(kind)) = detect(&*view) {
-                if let Ok(tree) = mount(view, kind) {
-                    walk(&*tree);
-                }
+            if let Ok(Some(kind)) = detect(&*view)
+                && let Ok(tree) = mount(view, kind)
+            {
+                walk(&*tree);
             }
         }
     }

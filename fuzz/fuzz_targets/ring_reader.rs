@@ -61,7 +61,10 @@ enum Op {
     SetPending(u32),
     SetMask(u32),
     /// Raw bytes at a data offset.
-    Poke { at: u16, bytes: Vec<u8> },
+    Poke {
+        at: u16,
+        bytes: Vec<u8>,
+    },
     /// A mostly well-formed packet at the reader's position.
     Packet(PacketSpec),
 }
@@ -89,7 +92,10 @@ impl Rig {
         let mut out = vec![0u8; self.size as usize];
         for (i, gpn) in self.data_pages.iter().enumerate() {
             self.memory
-                .read(gpn * PAGE_SIZE as u64, &mut out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])
+                .read(
+                    gpn * PAGE_SIZE as u64,
+                    &mut out[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+                )
                 .expect("ring page inside memory");
         }
         out
@@ -100,7 +106,9 @@ impl Rig {
             let offset = (at as usize + i) % self.size as usize;
             let gpn = self.data_pages[offset / PAGE_SIZE];
             let gpa = gpn * PAGE_SIZE as u64 + (offset % PAGE_SIZE) as u64;
-            self.memory.write(gpa, &[*b]).expect("ring page inside memory");
+            self.memory
+                .write(gpa, &[*b])
+                .expect("ring page inside memory");
         }
     }
 }
@@ -143,7 +151,7 @@ fn assert_same(view: &PacketView<'_>, model: &ModelPacket) {
 fn read_and_compare(rig: &Rig, reader: &mut RingReader, position: u32, max: usize) -> u32 {
     let data = rig.ring_bytes();
     let raw_write = rig.half.control().write_index(Ordering::Relaxed);
-    let write_valid = raw_write < rig.size && raw_write % 8 == 0;
+    let write_valid = raw_write < rig.size && raw_write.is_multiple_of(8);
     // The model's sequence of packets (stopping at the first refusal).
     let mut expected = Vec::new();
     let mut model_error = false;
@@ -188,7 +196,7 @@ fn read_and_compare(rig: &Rig, reader: &mut RingReader, position: u32, max: usiz
     if seen > 0 {
         let published = rig.half.control().read_index(Ordering::Relaxed);
         assert_eq!(published, at, "published read index");
-        assert!(published < rig.size && published % 8 == 0);
+        assert!(published < rig.size && published.is_multiple_of(8));
     }
     if seen > 0 { at } else { position }
 }
@@ -206,7 +214,11 @@ fn packet_bytes(spec: &PacketSpec) -> Vec<u8> {
     out.extend_from_slice(&packet_type.to_le_bytes());
     out.extend_from_slice(&data_offset8.to_le_bytes());
     out.extend_from_slice(&length8.to_le_bytes());
-    let flags = if spec.flags < 0xF000 { spec.flags & 1 } else { spec.flags };
+    let flags = if spec.flags < 0xF000 {
+        spec.flags & 1
+    } else {
+        spec.flags
+    };
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&spec.transaction_id.to_le_bytes());
     out.extend_from_slice(&spec.body);
@@ -224,7 +236,9 @@ fuzz_target!(|input: Input| {
     memory
         .fill(0, total_pages * PAGE_SIZE as u64, OUTSIDE)
         .expect("fill");
-    memory.fill(PAGE_SIZE as u64, PAGE_SIZE as u64, 0).expect("fill");
+    memory
+        .fill(PAGE_SIZE as u64, PAGE_SIZE as u64, 0)
+        .expect("fill");
     let mut data: Vec<u64> = (2..2 + data_pages).collect();
     if input.scatter {
         data.reverse();
@@ -247,11 +261,17 @@ fuzz_target!(|input: Input| {
     let start = input.read.value(size);
     let mut reader = match RingReader::new(half.clone(), bell.clone(), bell) {
         Ok(r) => {
-            assert!(start < size && start % 8 == 0, "reader accepted read index {start}");
+            assert!(
+                start < size && start.is_multiple_of(8),
+                "reader accepted read index {start}"
+            );
             r
         }
         Err(_) => {
-            assert!(start >= size || start % 8 != 0, "reader refused read index {start}");
+            assert!(
+                start >= size || !start.is_multiple_of(8),
+                "reader refused read index {start}"
+            );
             return;
         }
     };
@@ -266,9 +286,10 @@ fuzz_target!(|input: Input| {
             Op::SetRead(i) => control.set_read_index(i.value(size), Ordering::Relaxed),
             Op::SetPending(v) => control.set_pending_send_size(*v, Ordering::Relaxed),
             Op::SetMask(v) => control.set_interrupt_mask(*v, Ordering::Relaxed),
-            Op::Poke { at, bytes } => {
-                rig.poke(u32::from(*at) % size, &bytes[..bytes.len().min(size as usize)])
-            }
+            Op::Poke { at, bytes } => rig.poke(
+                u32::from(*at) % size,
+                &bytes[..bytes.len().min(size as usize)],
+            ),
             Op::Packet(spec) => {
                 let bytes = packet_bytes(spec);
                 if bytes.len() < size as usize {
@@ -284,5 +305,8 @@ fuzz_target!(|input: Input| {
     // The memory outside the ring is never written by a reader.
     let mut marker = vec![0u8; PAGE_SIZE];
     memory.read(0, &mut marker).expect("read");
-    assert!(marker.iter().all(|&b| b == OUTSIDE), "page before the ring written");
+    assert!(
+        marker.iter().all(|&b| b == OUTSIDE),
+        "page before the ring written"
+    );
 });

@@ -33,7 +33,8 @@ use vmbdev_ring::{
 };
 
 /// Disks: (address, sector size, bytes).
-const DISKS: [((u8, u8, u8), u32, usize); 2] = [((0, 0, 0), 512, 64 * 1024), ((0, 1, 0), 4096, 128 * 1024)];
+const DISKS: [((u8, u8, u8), u32, usize); 2] =
+    [((0, 0, 0), 512, 64 * 1024), ((0, 1, 0), 4096, 128 * 1024)];
 
 fn disk_bytes(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|b| (b / 512 + b * 13 + i) as u8).collect()
@@ -54,8 +55,8 @@ fn disk_images() -> &'static [Arc<MemDevice>] {
 
 /// Opcodes worth picking often.
 const OPCODES: [u8; 28] = [
-    0x00, 0x03, 0x08, 0x0A, 0x12, 0x15, 0x1A, 0x1B, 0x1E, 0x25, 0x28, 0x2A, 0x2F, 0x35, 0x41,
-    0x42, 0x55, 0x5A, 0x88, 0x8A, 0x8F, 0x91, 0x93, 0x9E, 0xA0, 0xA8, 0xAA, 0x4D,
+    0x00, 0x03, 0x08, 0x0A, 0x12, 0x15, 0x1A, 0x1B, 0x1E, 0x25, 0x28, 0x2A, 0x2F, 0x35, 0x41, 0x42,
+    0x55, 0x5A, 0x88, 0x8A, 0x8F, 0x91, 0x93, 0x9E, 0xA0, 0xA8, 0xAA, 0x4D,
 ];
 
 #[derive(Debug, Arbitrary)]
@@ -99,8 +100,19 @@ enum Action {
     End(Size),
     CreateSubChannels(u16, Size),
     Reset(u8, Size),
-    Srb { channel: u8, srb: Srb, size: Size, transaction_id: u64 },
-    Raw { channel: u8, payload: Vec<u8>, ranges: Vec<RangeSpec>, completion: bool, transaction_id: u64 },
+    Srb {
+        channel: u8,
+        srb: Srb,
+        size: Size,
+        transaction_id: u64,
+    },
+    Raw {
+        channel: u8,
+        payload: Vec<u8>,
+        ranges: Vec<RangeSpec>,
+        completion: bool,
+        transaction_id: u64,
+    },
     RawPacket(u8, Vec<u8>, u16),
     Tamper(Field, u32),
     Reopen,
@@ -162,7 +174,14 @@ impl Session {
         usize::from(channel) % self.lanes.len()
     }
 
-    fn send(&mut self, lane: usize, payload: &[u8], ranges: &[WireRange], tid: u64, pending: Pending) {
+    fn send(
+        &mut self,
+        lane: usize,
+        payload: &[u8],
+        ranges: &[WireRange],
+        tid: u64,
+        pending: Pending,
+    ) {
         let all_valid: Option<Vec<GpaRange>> = ranges.iter().map(|w| w.range.clone()).collect();
         let sent = match (ranges.is_empty(), all_valid) {
             (true, _) => {
@@ -225,8 +244,15 @@ impl Session {
         }
         let host_bell: Arc<dyn Doorbell> = Arc::new(EventDoorbell::new());
         let guest_bell: Arc<dyn Doorbell> = Arc::new(EventDoorbell::new());
-        let host = Endpoint::open(Side::Host, &self.memory, &pages, 5, host_bell.clone(), guest_bell.clone())
-            .expect("sub-channel host endpoint");
+        let host = Endpoint::open(
+            Side::Host,
+            &self.memory,
+            &pages,
+            5,
+            host_bell.clone(),
+            guest_bell.clone(),
+        )
+        .expect("sub-channel host endpoint");
         let guest = Endpoint::open(Side::Guest, &self.memory, &pages, 5, guest_bell, host_bell)
             .expect("sub-channel guest endpoint");
         self.lanes.push(Lane {
@@ -276,7 +302,8 @@ impl Session {
             let pending = if lane.tampered {
                 None
             } else {
-                let (sent_tid, pending) = lane.pending.pop_front().expect("a packet the guest sent");
+                let (sent_tid, pending) =
+                    lane.pending.pop_front().expect("a packet the guest sent");
                 assert_eq!(sent_tid, tid, "packet order");
                 Some(pending)
             };
@@ -313,7 +340,10 @@ impl Session {
             };
             check_completion(&completion, tid, packet.payload.len());
             let lane = &mut self.lanes[index];
-            match lane.host.try_write(&OutgoingPacket::completion(tid, &completion.bytes)) {
+            match lane
+                .host
+                .try_write(&OutgoingPacket::completion(tid, &completion.bytes))
+            {
                 Ok(true) => lane.sent.push_back(completion),
                 Ok(false) | Err(_) => {
                     assert!(lane.tampered, "reserved completion space vanished");
@@ -333,7 +363,7 @@ impl Session {
         }
         let got_len = le32(srb, 12);
         assert!(got_len <= asked_len, "moved {got_len} bytes of {asked_len}");
-        assert!(srb[9] <= asked_sense.max(0), "sense {} of {asked_sense}", srb[9]);
+        assert!(srb[9] <= asked_sense, "sense {} of {asked_sense}", srb[9]);
         let Some(buffer) = &pending.buffer else {
             return;
         };
@@ -346,7 +376,10 @@ impl Session {
             return;
         }
         if data_in != 1 {
-            assert!(now == vec![MARKER; now.len()], "non-read SRB wrote guest memory");
+            assert!(
+                now == vec![MARKER; now.len()],
+                "non-read SRB wrote guest memory"
+            );
             return;
         }
         let cdb = &request[16..32];
@@ -374,7 +407,11 @@ impl Session {
         assert_eq!(u64::from(got_len), want_len, "READ moved bytes");
         let start = (lba * sector) as usize;
         let expected = &self.disks[disk].bytes[start..start + want_len as usize];
-        assert_eq!(&now[..want_len as usize], expected, "READ data in guest memory");
+        assert_eq!(
+            &now[..want_len as usize],
+            expected,
+            "READ data in guest memory"
+        );
     }
 
     fn drain(&mut self) {
@@ -387,17 +424,24 @@ impl Session {
                 if lane.tampered {
                     continue;
                 }
-                let expected = lane.sent.pop_front().expect("guest received an unsent completion");
+                let expected = lane
+                    .sent
+                    .pop_front()
+                    .expect("guest received an unsent completion");
                 assert_eq!(packet.kind, PacketKind::Completion);
                 assert_eq!(packet.transaction_id, expected.transaction_id);
                 let n = expected.bytes.len();
-                assert_eq!(&packet.payload[..n], &expected.bytes[..], "completion changed in transit");
+                assert_eq!(
+                    &packet.payload[..n],
+                    &expected.bytes[..],
+                    "completion changed in transit"
+                );
             }
         }
     }
 
     fn control(&mut self, operation: u32, body: &[u8], size: &Size, tid: u64) {
-        let mut payload = vec![0u8; size.len().max(0)];
+        let mut payload = vec![0u8; size.len()];
         let mut full = operation.to_le_bytes().to_vec();
         full.extend_from_slice(&1u32.to_le_bytes());
         full.extend_from_slice(&0u32.to_le_bytes());
@@ -412,13 +456,21 @@ impl Session {
         let lane = self.lane_index(channel);
         let raw_before = self.primary_rig.tampered;
         self.primary_rig.tampered = false;
-        let wire: Vec<WireRange> =
-            srb.buffer.iter().take(3).map(|r| self.primary_rig.wire_range(r)).collect();
+        let wire: Vec<WireRange> = srb
+            .buffer
+            .iter()
+            .take(3)
+            .map(|r| self.primary_rig.wire_range(r))
+            .collect();
         let raw_used = self.primary_rig.tampered;
         // Once raw ranges were used, any guest page may have been written
         // by a command: the data checks are off for the rest of the run.
         self.primary_rig.tampered = raw_before || raw_used;
-        let buffer = if wire.len() == 1 && !raw_used { wire[0].range.clone() } else { None };
+        let buffer = if wire.len() == 1 && !raw_used {
+            wire[0].range.clone()
+        } else {
+            None
+        };
         if let Some(b) = &buffer {
             let _ = b.write_at(&self.memory, 0, &vec![MARKER; b.byte_count() as usize]);
         }
@@ -434,22 +486,34 @@ impl Session {
             srb.transfer_length
         };
         let mut cdb = srb.cdb;
-        cdb[0] = if srb.pick_opcode { OPCODES[usize::from(srb.opcode) % OPCODES.len()] } else { srb.opcode };
+        cdb[0] = if srb.pick_opcode {
+            OPCODES[usize::from(srb.opcode) % OPCODES.len()]
+        } else {
+            srb.opcode
+        };
         let mut body = [0u8; 0x34];
         body[0..2].copy_from_slice(&0x34u16.to_le_bytes());
         body[5] = srb.target.0 % 2;
         body[6] = srb.target.1 % 3;
         body[7] = srb.target.2 % 2;
-        body[8] = if srb.cdb_length < 0xF0 { [6, 10, 12, 16][usize::from(srb.cdb_length) % 4] } else { srb.cdb_length };
+        body[8] = if srb.cdb_length < 0xF0 {
+            [6, 10, 12, 16][usize::from(srb.cdb_length) % 4]
+        } else {
+            srb.cdb_length
+        };
         body[9] = srb.sense_info_length;
-        body[10] = if srb.data_in < 0xF0 { srb.data_in % 3 } else { srb.data_in };
+        body[10] = if srb.data_in < 0xF0 {
+            srb.data_in % 3
+        } else {
+            srb.data_in
+        };
         body[12..16].copy_from_slice(&transfer.to_le_bytes());
         body[16..32].copy_from_slice(&cdb);
         let mut payload = 3u32.to_le_bytes().to_vec();
         payload.extend_from_slice(&1u32.to_le_bytes());
         payload.extend_from_slice(&0u32.to_le_bytes());
         payload.extend_from_slice(&body);
-        payload.truncate(size.len().max(12).min(0x40));
+        payload.truncate(size.len().clamp(12, 0x40));
         let pending = Pending { buffer };
         self.send(lane, &payload, &wire, tid, pending);
     }
@@ -462,7 +526,14 @@ fuzz_target!(|input: Input| {
     let disks = disk_images();
     for (((path, target, lun), _, _), device) in DISKS.iter().zip(disks) {
         let device: Arc<dyn vmbdev_backing::BlockDevice> = device.clone();
-        controller.insert(LunAddress { path: *path, target: *target, lun: *lun }, Arc::new(ScsiDisk::new(device)));
+        controller.insert(
+            LunAddress {
+                path: *path,
+                target: *target,
+                lun: *lun,
+            },
+            Arc::new(ScsiDisk::new(device)),
+        );
     }
     let config = StorvspConfig {
         max_transfer_bytes: input.max_transfer % (8 << 20) + 1,
@@ -476,14 +547,33 @@ fuzz_target!(|input: Input| {
         let bell_h: Arc<dyn Doorbell> = rig.lb.host_doorbell.clone();
         let bell_g: Arc<dyn Doorbell> = rig.lb.guest_doorbell.clone();
         let open = |side, a: &Arc<dyn Doorbell>, b: &Arc<dyn Doorbell>| {
-            Endpoint::open_gpadl(side, &memory, &rig.lb.registry, rig.lb.gpadl_handle, rig.lb.downstream_offset, a.clone(), b.clone())
-                .expect("endpoint")
+            Endpoint::open_gpadl(
+                side,
+                &memory,
+                &rig.lb.registry,
+                rig.lb.gpadl_handle,
+                rig.lb.downstream_offset,
+                a.clone(),
+                b.clone(),
+            )
+            .expect("endpoint")
         };
-        (open(Side::Host, &bell_h, &bell_g), open(Side::Guest, &bell_g, &bell_h))
+        (
+            open(Side::Host, &bell_h, &bell_g),
+            open(Side::Guest, &bell_g, &bell_h),
+        )
     };
     let mut s = Session {
         primary_rig: rig,
-        lanes: vec![Lane { host, guest, state, dead: false, tampered: false, sent: VecDeque::new(), pending: VecDeque::new() }],
+        lanes: vec![Lane {
+            host,
+            guest,
+            state,
+            dead: false,
+            tampered: false,
+            sent: VecDeque::new(),
+            pending: VecDeque::new(),
+        }],
         memory,
         disks,
     };
@@ -500,19 +590,40 @@ fuzz_target!(|input: Input| {
             Action::End(size) => s.control(8, &[], size, tid),
             Action::CreateSubChannels(n, size) => s.control(13, &n.to_le_bytes(), size, tid),
             Action::Reset(op, size) => s.control(u32::from(*op % 16), &[], size, tid),
-            Action::Srb { channel, srb, size, transaction_id } => {
+            Action::Srb {
+                channel,
+                srb,
+                size,
+                transaction_id,
+            } => {
                 let _ = transaction_id;
                 s.srb(*channel, srb, size, tid)
             }
-            Action::Raw { channel, payload, ranges, completion, transaction_id } => {
+            Action::Raw {
+                channel,
+                payload,
+                ranges,
+                completion,
+                transaction_id,
+            } => {
                 let lane = s.lane_index(*channel);
-                let wire: Vec<WireRange> = ranges.iter().take(3).map(|r| s.primary_rig.wire_range(r)).collect();
+                let wire: Vec<WireRange> = ranges
+                    .iter()
+                    .take(3)
+                    .map(|r| s.primary_rig.wire_range(r))
+                    .collect();
                 s.lanes[lane].tampered = true;
                 // Raw payloads may be data-in SRBs on guest pages.
                 s.primary_rig.tampered = true;
                 let payload: Vec<u8> = payload.iter().take(200).copied().collect();
                 let _ = completion;
-                s.send(lane, &payload, &wire, *transaction_id, Pending { buffer: None });
+                s.send(
+                    lane,
+                    &payload,
+                    &wire,
+                    *transaction_id,
+                    Pending { buffer: None },
+                );
             }
             Action::RawPacket(channel, bytes, advance8) => {
                 let lane = s.lane_index(*channel);
@@ -536,13 +647,30 @@ fuzz_target!(|input: Input| {
                 let bell_g: Arc<dyn Doorbell> = s.primary_rig.lb.guest_doorbell.clone();
                 let rig = &s.primary_rig;
                 let open = |side, a: &Arc<dyn Doorbell>, b: &Arc<dyn Doorbell>| {
-                    Endpoint::open_gpadl(side, &s.memory, &rig.lb.registry, rig.lb.gpadl_handle, rig.lb.downstream_offset, a.clone(), b.clone())
-                        .expect("endpoint")
+                    Endpoint::open_gpadl(
+                        side,
+                        &s.memory,
+                        &rig.lb.registry,
+                        rig.lb.gpadl_handle,
+                        rig.lb.downstream_offset,
+                        a.clone(),
+                        b.clone(),
+                    )
+                    .expect("endpoint")
                 };
                 let host = open(Side::Host, &bell_h, &bell_g);
                 let guest = open(Side::Guest, &bell_g, &bell_h);
-                let state = StorvspChannel::new(config, controller.clone(), s.memory.clone()).expect("config");
-                s.lanes = vec![Lane { host, guest, state, dead: false, tampered: false, sent: VecDeque::new(), pending: VecDeque::new() }];
+                let state = StorvspChannel::new(config, controller.clone(), s.memory.clone())
+                    .expect("config");
+                s.lanes = vec![Lane {
+                    host,
+                    guest,
+                    state,
+                    dead: false,
+                    tampered: false,
+                    sent: VecDeque::new(),
+                    pending: VecDeque::new(),
+                }];
             }
             Action::Drain => s.drain(),
             Action::Pump => s.pump(),

@@ -18,8 +18,8 @@ use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use vmbdev_backing::vhdx::{Vhdx, WriteOptions, write_vhdx};
 use vmbdev_backing::BlockDevice;
+use vmbdev_backing::vhdx::{Vhdx, WriteOptions, write_vhdx};
 use vmbdev_fuzz::{MemDevice, le32, le64, put16, put32, put64};
 
 const MIB: usize = 1 << 20;
@@ -109,7 +109,10 @@ fn bases() -> &'static Bases {
         // A few non-zero sectors in blocks 0 and 2; block 1 stays zero
         // (unallocated), and most of each block is zero so the file is
         // mostly holes.
-        for (i, at) in [0usize, 4096, 700 * 512, 2 * MIB + 512, DISK_SIZE - 512].iter().enumerate() {
+        for (i, at) in [0usize, 4096, 700 * 512, 2 * MIB + 512, DISK_SIZE - 512]
+            .iter()
+            .enumerate()
+        {
             for (j, b) in disk[*at..*at + 512].iter_mut().enumerate() {
                 *b = (i * 37 + j) as u8 | 1;
             }
@@ -130,7 +133,11 @@ fn bases() -> &'static Bases {
         };
         write_vhdx(&source, &path, &opts).expect("write base VHDX");
         let bytes = std::fs::read(&path).expect("read base VHDX");
-        let clean = Base { nonzero: nonzero_chunks(&bytes), bytes, disk };
+        let clean = Base {
+            nonzero: nonzero_chunks(&bytes),
+            bytes,
+            disk,
+        };
         // The dirty variant: a log entry replacing the page at disk offset
         // 4096 of block 0 (whose file offset the BAT gives).
         let mut bytes = clean.bytes.clone();
@@ -145,7 +152,11 @@ fn bases() -> &'static Bases {
         }
         let mut disk = clean.disk.clone();
         disk[4096..8192].copy_from_slice(&page);
-        let dirty = Base { nonzero: nonzero_chunks(&bytes), bytes, disk };
+        let dirty = Base {
+            nonzero: nonzero_chunks(&bytes),
+            bytes,
+            disk,
+        };
         Bases { clean, dirty, path }
     })
 }
@@ -224,14 +235,47 @@ enum MetaField {
 
 #[derive(Debug, Arbitrary)]
 enum Patch {
-    Header { second: bool, field: HeaderField, value: Value, fix: bool },
-    RegionCount { second: bool, value: Value, fix: bool },
-    Region { second: bool, both: bool, entry: u8, field: RegionField, value: Value, fix: bool },
+    Header {
+        second: bool,
+        field: HeaderField,
+        value: Value,
+        fix: bool,
+    },
+    RegionCount {
+        second: bool,
+        value: Value,
+        fix: bool,
+    },
+    Region {
+        second: bool,
+        both: bool,
+        entry: u8,
+        field: RegionField,
+        value: Value,
+        fix: bool,
+    },
     MetadataCount(Value),
-    Metadata { entry: u8, field: MetaField, value: Value },
-    Bat { index: u8, state: u8, offset_mb: u16, reserved: u32, raw: Option<u64> },
-    Log { offset: u16, value: u32, fix: bool },
-    Raw { offset: u32, bytes: Vec<u8> },
+    Metadata {
+        entry: u8,
+        field: MetaField,
+        value: Value,
+    },
+    Bat {
+        index: u8,
+        state: u8,
+        offset_mb: u16,
+        reserved: u32,
+        raw: Option<u64>,
+    },
+    Log {
+        offset: u16,
+        value: u32,
+        fix: bool,
+    },
+    Raw {
+        offset: u32,
+        bytes: Vec<u8>,
+    },
     Length(u32),
 }
 
@@ -293,7 +337,8 @@ impl Image<'_> {
             let start = index * CHUNK;
             if !self.chunks.contains_key(&index) && start < self.len {
                 let end = (start + CHUNK).min(self.base.len()).min(self.len);
-                file.write_all_at(&self.base[start..end], start as u64).expect("write");
+                file.write_all_at(&self.base[start..end], start as u64)
+                    .expect("write");
             }
         }
         for (&index, c) in &self.chunks {
@@ -308,7 +353,12 @@ impl Image<'_> {
 
 fn apply(img: &mut Image<'_>, patch: &Patch) {
     match patch {
-        Patch::Header { second, field, value, fix } => {
+        Patch::Header {
+            second,
+            field,
+            value,
+            fix,
+        } => {
             let h = if *second { H2 } else { H1 };
             let v = value.get();
             match field {
@@ -334,7 +384,14 @@ fn apply(img: &mut Image<'_>, patch: &Patch) {
                 img.edit(t, CHUNK, |b| fix_crc(b, 0, CHUNK));
             }
         }
-        Patch::Region { second, both, entry, field, value, fix } => {
+        Patch::Region {
+            second,
+            both,
+            entry,
+            field,
+            value,
+            fix,
+        } => {
             let tables: &[usize] = match (*both, *second) {
                 (true, _) => &[RT1, RT2],
                 (false, false) => &[RT1],
@@ -355,7 +412,11 @@ fn apply(img: &mut Image<'_>, patch: &Patch) {
             }
         }
         Patch::MetadataCount(v) => img.edit(2 * MIB + 10, 2, |b| put16(b, 0, v.get() as u16)),
-        Patch::Metadata { entry, field, value } => {
+        Patch::Metadata {
+            entry,
+            field,
+            value,
+        } => {
             let e = 2 * MIB + 32 + 32 * usize::from(entry % 8);
             let v = value.get();
             match field {
@@ -371,10 +432,16 @@ fn apply(img: &mut Image<'_>, patch: &Patch) {
                 }
             }
         }
-        Patch::Bat { index, state, offset_mb, reserved, raw } => {
+        Patch::Bat {
+            index,
+            state,
+            offset_mb,
+            reserved,
+            raw,
+        } => {
             let entry = raw.unwrap_or(
                 u64::from(state % 8)
-                    | (u64::from(*reserved & 0x1FFFF) << 3) * u64::from(*reserved >= 0xF000_0000)
+                    | ((u64::from(*reserved & 0x1FFFF) << 3) * u64::from(*reserved >= 0xF000_0000))
                     | (u64::from(*offset_mb % 64) << 20),
             );
             let at = 3 * MIB + 8 * usize::from(index % 64);
@@ -400,7 +467,11 @@ fn apply(img: &mut Image<'_>, patch: &Patch) {
 
 fuzz_target!(|input: Input| {
     let bases = bases();
-    let base = if input.dirty { &bases.dirty } else { &bases.clean };
+    let base = if input.dirty {
+        &bases.dirty
+    } else {
+        &bases.clean
+    };
     let mut img = Image {
         base: &base.bytes,
         nonzero: &base.nonzero,
@@ -445,7 +516,11 @@ fuzz_target!(|input: Input| {
         assert_eq!(whole, base.disk, "unpatched image reads back its disk");
     }
     for (start, len) in input.reads.iter().take(64) {
-        let lba = if count == 0 { *start } else { start % (count + 8) };
+        let lba = if count == 0 {
+            *start
+        } else {
+            start % (count + 8)
+        };
         let n = u64::from(*len % 128).min(per);
         let _ = vhdx.read_sectors(lba, &mut buf[..(n * sector) as usize]);
     }

@@ -27,7 +27,9 @@ use vmbdev_device::vmbfs::{ProtocolError, VmbfsConfig, VmbfsHost, VmbfsInput};
 use vmbdev_fuzz::channel::{Channel, Field, RangeSpec, WireRange};
 use vmbdev_fuzz::{le32, le64};
 use vmbdev_protocol::vmbfs::{MAX_MESSAGE_SIZE, MAX_READ_SIZE, VERSION_WIN10};
-use vmbdev_ring::pipe::{MAX_MESSAGE_LEN, PIPE_DATA, PIPE_SETUP_GPA_DIRECT, PIPE_TEARDOWN_GPA_DIRECT};
+use vmbdev_ring::pipe::{
+    MAX_MESSAGE_LEN, PIPE_DATA, PIPE_SETUP_GPA_DIRECT, PIPE_TEARDOWN_GPA_DIRECT,
+};
 use vmbdev_ring::{GpaRange, OutgoingPacket, PipeMessage, pipe_data_ring_len};
 
 /// Files of the served tree: path and length (content from `content`).
@@ -50,7 +52,13 @@ fn make_content(file: usize, len: usize) -> Vec<u8> {
 /// instrumentation).
 fn content(file: usize) -> &'static [u8] {
     static CONTENT: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
-    &CONTENT.get_or_init(|| FILES.iter().enumerate().map(|(i, (_, len))| make_content(i, *len)).collect())[file]
+    &CONTENT.get_or_init(|| {
+        FILES
+            .iter()
+            .enumerate()
+            .map(|(i, (_, len))| make_content(i, *len))
+            .collect()
+    })[file]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +111,11 @@ impl PathSpec {
                 (utf16(&text), Some(entry))
             }
             PathSpec::Utf16(units) => (
-                units.iter().take(6200).flat_map(|u| u.to_le_bytes()).collect(),
+                units
+                    .iter()
+                    .take(6200)
+                    .flat_map(|u| u.to_le_bytes())
+                    .collect(),
                 None,
             ),
             PathSpec::Bytes(b) => (b.iter().take(12400).copied().collect(), None),
@@ -136,10 +148,23 @@ enum Action {
         token_offset: u64,
         small_token: Option<u16>,
     },
-    RawMessage { message_type: u32, small_type: bool, reserved: u32, body: Vec<u8> },
+    RawMessage {
+        message_type: u32,
+        small_type: bool,
+        reserved: u32,
+        body: Vec<u8>,
+    },
     RawPipe(Vec<u8>),
-    RawPacket { bytes: Vec<u8>, advance8: u16 },
-    Setup { handle: u8, writable: bool, ranges: Vec<RangeSpec>, trailing: Vec<u8> },
+    RawPacket {
+        bytes: Vec<u8>,
+        advance8: u16,
+    },
+    Setup {
+        handle: u8,
+        writable: bool,
+        ranges: Vec<RangeSpec>,
+        trailing: Vec<u8>,
+    },
     Teardown(u8),
     Tamper(Field, u32),
     Reopen,
@@ -158,8 +183,18 @@ struct Input {
 #[derive(Debug, Clone, Copy)]
 enum Expect {
     Info(Entry),
-    Read { entry: Entry, offset: u64, count: u32 },
-    Rdma { entry: Entry, handle: u32, offset: u64, count: u32, token: u64 },
+    Read {
+        entry: Entry,
+        offset: u64,
+        count: u32,
+    },
+    Rdma {
+        entry: Entry,
+        handle: u32,
+        offset: u64,
+        count: u32,
+        token: u64,
+    },
 }
 
 struct Session {
@@ -278,8 +313,14 @@ impl Session {
                 }
                 Err(e) => {
                     assert_ne!(e, ProtocolError::Stopped, "input after a stop was taken");
-                    let again = self.host.handle(VmbfsInput::TeardownGpaDirect { handle: 0 });
-                    assert_eq!(again, Err(ProtocolError::Stopped), "stopped host took input");
+                    let again = self
+                        .host
+                        .handle(VmbfsInput::TeardownGpaDirect { handle: 0 });
+                    assert_eq!(
+                        again,
+                        Err(ProtocolError::Stopped),
+                        "stopped host took input"
+                    );
                     self.channel.dead = true;
                     return;
                 }
@@ -300,13 +341,24 @@ impl Session {
             }
             let message = PipeMessage::from_packet(&packet, MAX_MESSAGE_LEN)
                 .expect("host sent a well-framed pipe message");
-            let expected = self.sent.pop_front().expect("guest received an unsent reply");
-            assert_eq!(message, PipeMessage::Data(expected), "reply changed in transit");
+            let expected = self
+                .sent
+                .pop_front()
+                .expect("guest received an unsent reply");
+            assert_eq!(
+                message,
+                PipeMessage::Data(expected),
+                "reply changed in transit"
+            );
         }
     }
 
     fn check_reply(&self, request: &[u8], reply: &[u8]) {
-        assert!(reply.len() <= MAX_MESSAGE_SIZE, "reply of {} bytes", reply.len());
+        assert!(
+            reply.len() <= MAX_MESSAGE_SIZE,
+            "reply of {} bytes",
+            reply.len()
+        );
         let request_type = le32(request, 0);
         let reply_type = le32(reply, 0);
         let status = le32(reply, 8);
@@ -318,7 +370,11 @@ impl Session {
                 assert_eq!(status, u32::from(!supported), "version status");
             }
             3 => {
-                assert_eq!((reply_type, reply.len()), (4, 24), "GET_FILE_INFO_RESPONSE shape");
+                assert_eq!(
+                    (reply_type, reply.len()),
+                    (4, 24),
+                    "GET_FILE_INFO_RESPONSE shape"
+                );
                 assert!(status <= 3);
                 let flags = le32(reply, 12);
                 assert_eq!(flags & !3, 0, "undefined info flags");
@@ -349,7 +405,11 @@ impl Session {
                 }
             }
             7 => {
-                assert_eq!((reply_type, reply.len()), (8, 16), "READ_FILE_RDMA_RESPONSE shape");
+                assert_eq!(
+                    (reply_type, reply.len()),
+                    (8, 16),
+                    "READ_FILE_RDMA_RESPONSE shape"
+                );
                 assert!(status <= 3);
                 let written = le32(reply, 12);
                 if status != 0 {
@@ -379,14 +439,31 @@ impl Session {
                     Entry::Dir => (0, 1, 0),
                     Entry::File(i) => (0, if self.rdma_enabled { 2 } else { 0 }, FILES[i].1 as u64),
                 };
-                assert_eq!((status, le32(reply, 12), le64(reply, 16)), want, "{entry:?}");
+                assert_eq!(
+                    (status, le32(reply, 12), le64(reply, 16)),
+                    want,
+                    "{entry:?}"
+                );
             }
-            Expect::Read { entry, offset, count } => {
+            Expect::Read {
+                entry,
+                offset,
+                count,
+            } => {
                 let (want_status, want_data) = model_read(entry, offset, count);
-                assert_eq!(status, want_status, "READ status for {entry:?} @{offset} x{count}");
+                assert_eq!(
+                    status, want_status,
+                    "READ status for {entry:?} @{offset} x{count}"
+                );
                 assert_eq!(&reply[12..], &want_data[..], "READ data");
             }
-            Expect::Rdma { entry, handle, offset, count, token } => {
+            Expect::Rdma {
+                entry,
+                handle,
+                offset,
+                count,
+                token,
+            } => {
                 if status != 0 {
                     return;
                 }
@@ -509,15 +586,30 @@ fuzz_target!(|input: Input| {
                 msg.extend_from_slice(&path);
                 s.send_message(msg, entry.map(Expect::Info));
             }
-            Action::Read { path, offset, small_offset, byte_count, small_count } => {
+            Action::Read {
+                path,
+                offset,
+                small_offset,
+                byte_count,
+                small_count,
+            } => {
                 let (path, entry) = path.encode();
-                let (offset, count) =
-                    (pick_offset(*offset, *small_offset), pick_count(*byte_count, *small_count));
+                let (offset, count) = (
+                    pick_offset(*offset, *small_offset),
+                    pick_count(*byte_count, *small_count),
+                );
                 let mut msg = vec![5, 0, 0, 0, 0, 0, 0, 0];
                 msg.extend_from_slice(&count.to_le_bytes());
                 msg.extend_from_slice(&offset.to_le_bytes());
                 msg.extend_from_slice(&path);
-                s.send_message(msg, entry.map(|entry| Expect::Read { entry, offset, count }));
+                s.send_message(
+                    msg,
+                    entry.map(|entry| Expect::Read {
+                        entry,
+                        offset,
+                        count,
+                    }),
+                );
             }
             Action::ReadRdma {
                 handle,
@@ -540,11 +632,26 @@ fuzz_target!(|input: Input| {
                 msg.extend_from_slice(&offset.to_le_bytes());
                 msg.extend_from_slice(&token.to_le_bytes());
                 msg.extend_from_slice(&path);
-                let expect = entry.map(|entry| Expect::Rdma { entry, handle, offset, count, token });
+                let expect = entry.map(|entry| Expect::Rdma {
+                    entry,
+                    handle,
+                    offset,
+                    count,
+                    token,
+                });
                 s.send_message(msg, expect);
             }
-            Action::RawMessage { message_type, small_type, reserved, body } => {
-                let ty = if *small_type { message_type % 10 } else { *message_type };
+            Action::RawMessage {
+                message_type,
+                small_type,
+                reserved,
+                body,
+            } => {
+                let ty = if *small_type {
+                    message_type % 10
+                } else {
+                    *message_type
+                };
                 let mut msg = ty.to_le_bytes().to_vec();
                 msg.extend_from_slice(&reserved.to_le_bytes());
                 msg.extend(body.iter().take(12400));
@@ -556,10 +663,18 @@ fuzz_target!(|input: Input| {
                 s.send_pipe(&payload);
             }
             Action::RawPacket { bytes, advance8 } => s.channel.raw_ring_bytes(bytes, *advance8),
-            Action::Setup { handle, writable, ranges, trailing } => {
+            Action::Setup {
+                handle,
+                writable,
+                ranges,
+                trailing,
+            } => {
                 let handle = u32::from(*handle % 4);
-                let wire: Vec<WireRange> =
-                    ranges.iter().take(4).map(|r| s.channel.wire_range(r)).collect();
+                let wire: Vec<WireRange> = ranges
+                    .iter()
+                    .take(4)
+                    .map(|r| s.channel.wire_range(r))
+                    .collect();
                 let mut body = handle.to_le_bytes().to_vec();
                 body.push(u8::from(*writable));
                 body.extend_from_slice(&(wire.len() as u32).to_le_bytes());
@@ -568,10 +683,11 @@ fuzz_target!(|input: Input| {
                 }
                 body.extend(trailing.iter().take(8));
                 let valid: Option<Vec<GpaRange>> = wire.iter().map(|w| w.range.clone()).collect();
-                if trailing.is_empty() && !wire.is_empty() {
-                    if let Some(valid) = valid {
-                        s.buffers.entry(handle).or_insert(valid);
-                    }
+                if trailing.is_empty()
+                    && !wire.is_empty()
+                    && let Some(valid) = valid
+                {
+                    s.buffers.entry(handle).or_insert(valid);
                 }
                 let mut payload = PIPE_SETUP_GPA_DIRECT.to_le_bytes().to_vec();
                 payload.extend_from_slice(&(body.len() as u32).to_le_bytes());

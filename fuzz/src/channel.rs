@@ -196,7 +196,11 @@ impl Channel {
                 // Raw pages may alias the rings or each other: replies can
                 // no longer be followed end to end.
                 self.tampered = true;
-                (*byte_count, *byte_offset, gpns.iter().take(64).copied().collect())
+                (
+                    *byte_count,
+                    *byte_offset,
+                    gpns.iter().take(64).copied().collect(),
+                )
             }
         };
         let mut bytes = Vec::with_capacity(8 + 8 * gpns.len());
