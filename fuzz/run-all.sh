@@ -30,7 +30,8 @@ for target in $(cargo fuzz list); do
       -rss_limit_mb=2048 -timeout=10 -max_len="$max_len" \
       -max_total_time="$seconds" -print_final_stats=1 \
       >"logs/$target.log" 2>&1; then
-    grep -E '^#[0-9]+ +(DONE|pulse|NEW|REDUCE)' "logs/$target.log" | tail -1 || true
+    grep -E '^#[0-9]+[[:space:]]+DONE' "logs/$target.log" | tail -1 || true
+    grep -E '^stat::number_of_executed_units' "logs/$target.log" || true
   else
     echo "!! $target failed; see fuzz/logs/$target.log and fuzz/artifacts/$target/"
     tail -30 "logs/$target.log"
