@@ -6,7 +6,7 @@
 //!   file ([`RawFile`]) and a VHDX image.
 //! - [`FileTree`]: the read-only file tree that vmbfs serves, addressed by a
 //!   normalized [`TreePath`].
-//! - [`bench`]: VHDX read throughput against `pread` on the same bytes.
+//! - [`bench`](mod@bench): VHDX read throughput against `pread` on the same bytes.
 //! - [`partition`]: GPT and MBR tables and bounded partition views;
 //!   [`fs`]: FAT, NTFS and ext4 mounted as file trees; [`open_tree`] picks
 //!   the partition to serve; [`trees`]: host-directory and in-memory trees;

@@ -1,4 +1,4 @@
-//! The async task serving one storvsp channel over a ring [`Endpoint`].
+//! The async task serving one storvsp channel over a ring [`Endpoint`](vmbdev_ring::Endpoint).
 //!
 //! The endpoint is split: a reader half takes requests from the guest, a
 //! writer half sends completions back on the same channel. The two halves
