@@ -20,7 +20,9 @@ use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
 use vmbdev_guest::vm::{LoopbackVm, VmConfig};
 use vmbdev_guest::vmbfs::VmbfsClient;
-use vmbdev_guest::vmbfs::bench::{BENCH_FILE_SIZE, measure_throughput, measure_throughput_with};
+use vmbdev_guest::vmbfs::bench::{
+    BENCH_FILE_SIZE, measure_throughput, measure_throughput_with, sample_bytes,
+};
 
 /// Arguments of `vmbdev demo`.
 #[derive(Debug, Args)]
@@ -28,20 +30,6 @@ pub struct DemoArgs {
     /// Size in MiB of the file used for the throughput measurement.
     #[arg(long, default_value_t = (BENCH_FILE_SIZE >> 20) as u64)]
     bench_mib: u64,
-}
-
-/// Pseudo-random bytes (xorshift), so every file differs everywhere.
-fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// The built-in sample tree: a few boot-like files.

@@ -71,9 +71,10 @@ pub enum BenchError {
     },
 }
 
-/// Deterministic file contents that differ at every 8-byte word.
-fn contents(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+/// Deterministic pseudo-random bytes (xorshift64 from `seed`) that differ
+/// at every 8-byte word, for sample files and benchmarks.
+pub fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         state ^= state << 13;
@@ -83,6 +84,11 @@ fn contents(len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// The benchmark file's contents.
+fn contents(len: usize) -> Vec<u8> {
+    sample_bytes(len, 0x9e37_79b9_7f4a_7c15)
 }
 
 fn timed_read(
