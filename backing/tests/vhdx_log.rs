@@ -83,6 +83,9 @@ fn replayed_view_equals_qemu_replay() {
     let qemu_path = dir.path().join("qemu.vhdx");
     std::fs::write(&ours_path, &b).unwrap();
     std::fs::write(&qemu_path, &b).unwrap();
+    let mtime = std::fs::metadata(&ours_path).unwrap().modified().unwrap();
+    // A write after this would move the mtime visibly.
+    std::thread::sleep(std::time::Duration::from_millis(20));
     let vhdx = Vhdx::open(&ours_path).unwrap();
     assert_eq!(
         vhdx.info().log,
@@ -96,6 +99,11 @@ fn replayed_view_equals_qemu_replay() {
     assert!(
         std::fs::read(&ours_path).unwrap() == b,
         "the image was modified"
+    );
+    assert_eq!(
+        std::fs::metadata(&ours_path).unwrap().modified().unwrap(),
+        mtime,
+        "replaying the dirty log touched the image"
     );
 
     run("qemu-img", &["check", "-r", "all", p(&qemu_path)]);
