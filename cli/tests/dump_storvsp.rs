@@ -72,13 +72,62 @@ fn dump_through_storvsc_equals_qemu_img_convert() {
     assert!(got == want, "dump differs from qemu-img convert");
 }
 
+/// Runs `vmbdev dump IMAGE -o OUT` (through storvsc) and returns OUT.
+fn dump(image: &Path, output: &Path) -> Vec<u8> {
+    let run = vmbdev()
+        .args([
+            "dump",
+            image.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    std::fs::read(output).unwrap()
+}
+
+#[test]
+fn dump_of_qemu_img_vhdx_images_equals_qemu_img_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("source.raw");
+    // Not a multiple of any block size below; a zero hole spans blocks.
+    random_file(&raw, (13 << 20) + 512, 11);
+    for (name, options) in [
+        ("dynamic-1m.vhdx", "block_size=1M"),
+        ("dynamic-32m.vhdx", "block_size=32M"),
+        ("fixed.vhdx", "subformat=fixed,block_state_zero=off"),
+    ] {
+        let image = dir.path().join(name);
+        let (image_s, raw_s) = (image.to_str().unwrap(), raw.to_str().unwrap());
+        qemu_img(&[
+            "convert", "-f", "raw", "-O", "vhdx", "-o", options, raw_s, image_s,
+        ]);
+        let reference = dir.path().join(format!("{name}.qemu.raw"));
+        qemu_img(&["convert", "-O", "raw", image_s, reference.to_str().unwrap()]);
+        let got = dump(&image, &dir.path().join(format!("{name}.dump")));
+        let want = std::fs::read(&reference).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        assert!(got == want, "{name}: dump differs from qemu-img convert");
+    }
+}
+
 #[test]
 fn bad_images_fail_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.img");
     std::fs::write(&empty, [0u8; 100]).unwrap();
     let missing = dir.path().join("missing.img");
-    for image in [&empty, &missing] {
+    // Only the VHDX signature, then zeros: no valid header.
+    let signature_only = dir.path().join("signature.vhdx");
+    let mut bytes = vec![0u8; 2 << 20];
+    bytes[..8].copy_from_slice(b"vhdxfile");
+    std::fs::write(&signature_only, bytes).unwrap();
+    for image in [&empty, &missing, &signature_only] {
         let output = dir.path().join("out.raw");
         let run = vmbdev()
             .args([
