@@ -103,6 +103,7 @@ fn make_inputs(dir: &Path) -> Inputs {
 
     let bad_header_crcs = dir.join("bad-header-crcs.vhdx");
     qemu_vhdx(&bad_header_crcs);
+    std::fs::copy(&bad_header_crcs, dir.join("pristine.vhdx")).unwrap();
     flip(&bad_header_crcs, (64 << 10) + 100);
     flip(&bad_header_crcs, (128 << 10) + 100);
 
@@ -122,6 +123,7 @@ fn make_inputs(dir: &Path) -> Inputs {
     let bat = bat_offset(&image);
     let entry = u64::from_le_bytes(image[bat..bat + 8].try_into().unwrap());
     assert_eq!(entry & 7, 6, "block 0 is fully present after the write");
+    std::fs::copy(&bat_reserved_bits, dir.join("pristine-written.vhdx")).unwrap();
     patch(&bat_reserved_bits, bat, &(entry | 1 << 3).to_le_bytes());
 
     let corrupt_gpt = dir.join("corrupt-gpt.img");
@@ -134,6 +136,7 @@ fn make_inputs(dir: &Path) -> Inputs {
         &["-n", "1:2048:+12M", "-t", "1:0700", s(&corrupt_gpt)],
     );
     tool("mkfs.vfat", &["--offset", "2048", s(&corrupt_gpt), "12288"]);
+    std::fs::copy(&corrupt_gpt, dir.join("pristine-gpt.img")).unwrap();
     flip(&corrupt_gpt, 512 + 20);
     flip(&corrupt_gpt, (16 << 20) - 512 + 20);
 
@@ -155,6 +158,7 @@ fn make_inputs(dir: &Path) -> Inputs {
         .set_len(40 << 20)
         .unwrap();
     tool("mkfs.vfat", &["-F", "32", s(&bad_fat32)]);
+    std::fs::copy(&bad_fat32, dir.join("pristine-fat32.img")).unwrap();
     patch(&bad_fat32, 11, &3u16.to_le_bytes());
 
     let missing = dir.join("does-not-exist.vhdx");
@@ -294,6 +298,50 @@ fn hostile_images_are_refused_in_one_line_by_every_reader() {
             problems.push(format!("{reader:?} {}: {p}", image.display()));
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The images before they were damaged are accepted, so each refusal in
+/// the sweep is down to the damage, not to a kind of image never read.
+#[test]
+fn undamaged_originals_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    make_inputs(dir.path());
+    let out = dir.path().join("out.bin");
+    let mut problems = Vec::new();
+    for (name, readers) in [
+        (
+            "pristine.vhdx",
+            &[Reader::Info, Reader::Dump, Reader::DumpDirect][..],
+        ),
+        (
+            "pristine-written.vhdx",
+            &[Reader::Info, Reader::Dump, Reader::DumpDirect][..],
+        ),
+        ("pristine-gpt.img", &READERS[..2]),
+        ("pristine-fat32.img", &READERS[..2]),
+    ] {
+        for &reader in readers {
+            let image = dir.path().join(name);
+            if let Some(p) = success_problem(&run_reader(reader, &image, &out)) {
+                problems.push(format!("{reader:?} {name}: {p}"));
+            }
+        }
+    }
+    // The damaged FAT32 image is described as a raw disk without a
+    // recognised file system, never as FAT.
+    let info = vmbdev(&["info", s(&dir.path().join("bad-fat32.img"))]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("none recognised") && !text.contains("FAT"),
+        "{text}"
+    );
+    let info = vmbdev(&["info", s(&dir.path().join("pristine-fat32.img"))]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("file system") && text.contains("FAT"),
+        "{text}"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
