@@ -2,8 +2,8 @@
 //! its baseline measured in the same run, with the ratio, as a table or as
 //! JSON (`{"results": [{"name", "value", "unit", "baseline", "ratio"}]}`).
 //!
-//! Each suite is one entry in [`suites`]; a new one (vmbfs in-band and RDMA
-//! reads, storvsp QD1/QD32/sequential) is added there with one line.
+//! Each suite is one entry in [`suites`]: ring, vhdx, vmbfs (in-band and
+//! RDMA reads) and storvsp (QD1/QD32 random, sequential).
 
 use std::path::Path;
 
@@ -68,9 +68,16 @@ pub fn suites() -> Vec<Suite> {
             baseline: "pread on a raw file of the same bytes",
             run: vhdx_suite,
         },
-        // Further suites go here, one line each, e.g.:
-        // Suite { name: "vmbfs", baseline: "...", run: vmbfs_suite }, // in-band and RDMA reads
-        // Suite { name: "storvsp", baseline: "...", run: storvsp_suite }, // QD1, QD32, sequential
+        Suite {
+            name: "vmbfs",
+            baseline: "pread of the same bytes from a file",
+            run: vmbfs_suite,
+        },
+        Suite {
+            name: "storvsp",
+            baseline: "pread of the same offsets from the image",
+            run: storvsp_suite,
+        },
     ]
 }
 
@@ -101,6 +108,104 @@ fn vhdx_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
             unit: r.unit,
             baseline: r.baseline,
             ratio: r.ratio,
+        })
+        .collect())
+}
+
+/// A row whose ratio is computed from its two figures.
+fn row(name: String, value: f64, unit: &'static str, baseline: f64) -> Row {
+    Row {
+        name,
+        value,
+        unit,
+        baseline,
+        ratio: value / baseline.max(f64::MIN_POSITIVE),
+    }
+}
+
+/// Best-of-three `pread` throughput (MB/s) of a `size`-byte file written
+/// to `scratch`, read whole in 1 MiB chunks.
+fn pread_mb_per_s(scratch: &Path, size: usize) -> Result<f64, CliError> {
+    use std::os::unix::fs::FileExt;
+    let path = scratch.join("pread-baseline.bin");
+    let fail = |e: std::io::Error| CliError::new(format!("{}: {e}", path.display()));
+    let data: Vec<u8> = (0..size).map(|i| (i as u8) ^ (i >> 12) as u8).collect();
+    std::fs::write(&path, &data).map_err(fail)?;
+    let file = std::fs::File::open(&path).map_err(fail)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let mut at = 0;
+        while at < size {
+            let len = (size - at).min(buf.len());
+            file.read_exact_at(&mut buf[..len], at as u64)
+                .map_err(fail)?;
+            at += len;
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(size as f64 / best.max(1e-9) / 1e6)
+}
+
+fn vmbfs_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
+    let size = if ctx.quick { 8 << 20 } else { 64 << 20 };
+    let report = vmbdev_guest::vmbfs::bench::measure_throughput(size)
+        .map_err(|e| CliError::new(format!("vmbfs benchmark: {e}")))?;
+    let baseline = pread_mb_per_s(ctx.scratch, size)?;
+    let mib = size >> 20;
+    Ok(vec![
+        row(
+            format!("vmbfs in-band read {mib} MiB"),
+            report.in_band.mb_per_s(),
+            "MB/s",
+            baseline,
+        ),
+        row(
+            format!("vmbfs RDMA read {mib} MiB"),
+            report.rdma.mb_per_s(),
+            "MB/s",
+            baseline,
+        ),
+    ])
+}
+
+fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
+    use vmbdev_guest::storvsc::bench::{BenchConfig, make_image, run};
+    let image = ctx.scratch.join("storvsp-bench.raw");
+    let (image_size, bytes_per_run) = if ctx.quick {
+        (32 << 20, 8 << 20)
+    } else {
+        (256 << 20, 512 << 20)
+    };
+    let fail = |e: vmbdev_guest::storvsc::bench::BenchError| {
+        CliError::new(format!("storvsp benchmark on {}: {e}", image.display()))
+    };
+    make_image(&image, image_size).map_err(fail)?;
+    let mut config = BenchConfig::standard(image.clone());
+    config.channels = vec![1];
+    config.bytes_per_run = bytes_per_run;
+    let rows = run(&config).map_err(fail)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let w = r.workload;
+            if w.random {
+                row(
+                    format!("storvsp {} KiB random QD{}", w.block >> 10, w.depth),
+                    r.iops,
+                    "IOPS",
+                    r.pread_iops,
+                )
+            } else {
+                let bytes = f64::from(w.block) / 1e6;
+                row(
+                    format!("storvsp {} MiB sequential QD{}", w.block >> 20, w.depth),
+                    r.mb_per_s,
+                    "MB/s",
+                    r.pread_iops * bytes,
+                )
+            }
         })
         .collect())
 }
@@ -222,6 +327,8 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(names.len(), unique.len());
-        assert!(names.contains(&"ring") && names.contains(&"vhdx"));
+        for suite in ["ring", "vhdx", "vmbfs", "storvsp"] {
+            assert!(names.contains(&suite), "{suite}");
+        }
     }
 }

@@ -53,6 +53,12 @@ pub enum DumpError {
         /// Why.
         source: StorvscDumpError,
     },
+    /// The virtual disk holds no whole sector: nothing a disk could serve.
+    #[error("{path}: the virtual disk is empty (no whole sector)")]
+    Empty {
+        /// Image path.
+        path: PathBuf,
+    },
     /// Writing the output failed.
     #[error("{path}: {source}")]
     Write {
@@ -73,6 +79,13 @@ pub fn run(args: &DumpArgs) -> Result<(), DumpError> {
             path: args.image.clone(),
             source,
         })?);
+    // Both paths refuse what the storvsc path cannot serve, before the
+    // output is created.
+    if device.size_bytes() < u64::from(device.logical_sector_size()) {
+        return Err(DumpError::Empty {
+            path: args.image.clone(),
+        });
+    }
     let write_err = |source| DumpError::Write {
         path: args.output.clone(),
         source,

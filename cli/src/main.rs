@@ -46,7 +46,7 @@ enum Cli {
     /// Describe an image: format, geometry, VHDX state, partitions and file
     /// systems.
     Info(info::InfoArgs),
-    /// Measure ring and VHDX throughput against baselines from the same run.
+    /// Measure ring, VHDX, vmbfs and storvsp throughput against baselines from the same run.
     Bench(bench::BenchArgs),
 }
 

@@ -516,12 +516,26 @@ fn quick_bench_json_has_positive_figures() {
     );
     let doc: Value = serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
     let results = doc["results"].as_array().expect("results array");
-    for suite in ["ring", "vhdx"] {
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    let expected: [&[&str]; 7] = [
+        &["ring"],
+        &["vhdx"],
+        &["vmbfs", "in-band"],
+        &["vmbfs", "RDMA"],
+        &["storvsp", "QD1"],
+        &["storvsp", "QD32"],
+        &["storvsp", "sequential"],
+    ];
+    for words in expected {
         assert!(
-            results
-                .iter()
-                .any(|r| r["name"].as_str().unwrap().starts_with(suite)),
-            "no {suite} results"
+            names.iter().any(|n| n.starts_with(words[0])
+                && words[1..]
+                    .iter()
+                    .all(|w| n.split(' ').any(|part| part == *w))),
+            "no result named with {words:?} in {names:?}"
         );
     }
     for r in results {
