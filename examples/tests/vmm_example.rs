@@ -8,7 +8,10 @@ mod vmm;
 fn the_vmm_example_runs_both_devices_and_survives_save_restore() {
     let report = vmm::run().expect("the example runs");
     assert_eq!(report.file_bytes, vmm::HELLO.as_bytes());
-    assert!(report.sectors_match, "sectors over storvsp differ from the image");
+    assert!(
+        report.sectors_match,
+        "sectors over storvsp differ from the image"
+    );
     assert!(
         report.sub_channels >= 1,
         "storvsp sub-channel opened: {report:?}"
