@@ -77,11 +77,14 @@ pub fn open_source(
 /// Runs `vmbdev cat`.
 pub fn run(args: &CatArgs) -> Result<(), CliError> {
     let source = open_source(&args.source, args.partition, args.format)?;
-    let inputs = source
-        .guard
-        .as_ref()
-        .map(|g| g.files.clone())
-        .unwrap_or_default();
+    let inputs = match &source.guard {
+        Some(guard) => guard.files.clone(),
+        // The host file being read.
+        None => vec![
+            args.source
+                .join(args.path.replace('\\', "/").trim_start_matches('/')),
+        ],
+    };
     let stdout = PathBuf::from("-");
     let mut out = Output::create(args.output.as_ref().unwrap_or(&stdout), &inputs)?;
     let device: Arc<dyn VmbusDevice> = Arc::new(VmbfsDevice::new(VmbfsConfig {
