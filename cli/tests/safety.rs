@@ -365,3 +365,51 @@ fn qemu_cannot_write_an_image_vmbdev_reads() {
         String::from_utf8_lossy(&qemu.stderr)
     );
 }
+
+#[test]
+fn cat_from_a_directory_onto_the_file_it_reads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a.txt"), A_TXT).unwrap();
+    let before = snapshot(&tree.join("a.txt"));
+    for path in ["/a.txt", "\\a.txt"] {
+        let out = vmbdev_in(dir.path(), &["cat", "tree", path, "-o", "tree/a.txt"]);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        assert_eq!(
+            stderr(&out),
+            "vmbdev: tree/a.txt: is the same file as the input tree/a.txt; refusing to overwrite it\n",
+            "{path}"
+        );
+    }
+    assert_eq!(snapshot(&tree.join("a.txt")), before);
+    assert_eq!(names(&tree), ["a.txt"]);
+}
+
+#[test]
+fn an_interrupted_pack_leaves_no_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // Big enough that packing is still under way when the signal comes.
+    let data: Vec<u8> = (0..256u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(src.join("big.bin"), data).unwrap();
+    let mut child = vmbdev()
+        .current_dir(dir.path())
+        .args(["pack", "src", "out.vhdx"])
+        .spawn()
+        .unwrap();
+    while !names(dir.path())
+        .iter()
+        .any(|n| n.starts_with(".vmbdev-pack-"))
+    {
+        std::thread::yield_now();
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(child.wait().unwrap().signal(), Some(15));
+    assert_eq!(names(dir.path()), ["src"]);
+}
