@@ -5,11 +5,12 @@
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmbdev_backing::{FileTree, HostDirTree, open_tree};
+use vmbdev_backing::fs::FsKind;
+use vmbdev_backing::{FileTree, HostDirTree, OpenTreeError, open_tree};
 
 use crate::error::CliError;
 use crate::image::{self, FormatChoice, Guard, about};
-use crate::messages::escape_name;
+use crate::messages::{count, escape_name};
 use crate::output::Output;
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
@@ -67,7 +68,8 @@ pub fn open_source(
         });
     }
     let opened = image::open(source, format)?;
-    let tree = open_tree(opened.disk.into_device(), partition).map_err(|e| about(source, e))?;
+    let tree = open_tree(opened.disk.into_device(), partition)
+        .map_err(|e| about(source, tree_error_text(&e)))?;
     Ok(Source {
         tree,
         guard: Some(opened.guard),
@@ -109,6 +111,29 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
     out.write_all(&data)?;
     out.finish()?;
     Ok(())
+}
+
+/// Why no file system could be served, in words and with the right plural.
+fn tree_error_text(e: &OpenTreeError) -> String {
+    match e {
+        OpenTreeError::NothingMountable(n) => format!(
+            "no partition holds a FAT, NTFS or ext4 file system ({} examined)",
+            count(*n as u64, "partition", "partitions")
+        ),
+        OpenTreeError::Mount {
+            number,
+            kind,
+            source,
+        } => {
+            let kind = match kind {
+                FsKind::Fat => "FAT",
+                FsKind::Ntfs => "NTFS",
+                FsKind::Ext4 => "ext4",
+            };
+            format!("partition {number}: mounting {kind}: {source}")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The one message `cat` and `ls` give for a path the tree does not hold.
