@@ -162,3 +162,18 @@ fn pack_counts_with_the_right_plural() {
         "vmbdev: warning: left out 1 entry (symbolic links, special files or non-UTF-8 names): two/link\n"
     );
 }
+
+#[test]
+fn an_image_without_a_file_system_counts_one_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("zeros.img"), vec![0u8; 1 << 20]).unwrap();
+    for args in [&["ls", "zeros.img"][..], &["cat", "zeros.img", "/a.txt"]] {
+        let out = vmbdev_in(dir.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&out),
+            "vmbdev: zeros.img: no partition holds a FAT, NTFS or ext4 file system (1 partition examined)\n",
+            "{args:?}"
+        );
+    }
+}
