@@ -4,7 +4,7 @@
 //! never one of the images read, and appears only when the dump is
 //! complete.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
 use vmbdev_backing::BlockDevice;
@@ -55,6 +55,11 @@ pub fn run(args: &DumpArgs) -> Result<(), CliError> {
         return Err(about(
             &args.image,
             "the virtual disk is empty (no whole sector)",
+        ));
+    }
+    if crate::output::is_stdout(&args.output) && std::io::stdout().is_terminal() {
+        return Err(CliError::new(
+            "standard output: is a terminal; refusing to write the disk's bytes to it (redirect it or give -o FILE)",
         ));
     }
     let output = Output::create(&args.output, &opened.guard.files)?;

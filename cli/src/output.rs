@@ -8,6 +8,7 @@
 //!   directory (`.NAME.vmbdev-tmp-XXXXXXXX`) and renamed into place only
 //!   when complete; on an error the temporary is removed, and on SIGINT,
 //!   SIGTERM or SIGHUP the signal thread removes it (see `signals`).
+//! - A file replaced this way keeps its permission bits.
 //! - An existing output that is not a regular file (`/dev/null`, a FIFO) is
 //!   written in place: it cannot be renamed over.
 
@@ -167,6 +168,10 @@ impl Output {
             });
             match made {
                 Ok(file) => {
+                    // A replaced file keeps its permissions.
+                    if let Ok(old) = std::fs::metadata(&target) {
+                        file.set_permissions(old.permissions()).map_err(io)?;
+                    }
                     return Ok(Output::Staged {
                         path: target,
                         temp,
