@@ -77,6 +77,20 @@ fn tracing_is_not_coloured_when_stderr_is_not_a_terminal() {
     let err = stderr(&out);
     assert!(err.contains("opened image"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err:?}");
+    // On a terminal (`script` gives it one) tracing is coloured.
+    let out = Command::new("script")
+        .current_dir(dir.path())
+        .env("VMBDEV", env!("CARGO_BIN_EXE_vmbdev"))
+        .args(["-qec", "\"$VMBDEV\" -v info IMG.vhdx", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("opened image") && text.contains("\u{1b}["),
+        "{text:?}"
+    );
 }
 
 /// Runs `script` in bash with pipefail and returns (stdout, stderr).
@@ -172,4 +186,38 @@ fn dash_means_standard_output() {
         assert!(out.stdout == file, "{args:?}: stdout differs from the file");
     }
     assert_eq!(names(dir.path()), ["IMG.vhdx", "disk.raw"]);
+}
+
+#[test]
+fn dump_refuses_to_write_a_disk_to_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    ext4_vhdx(dir.path(), &[("a.txt", b"a")]);
+    // `script` runs the command with a pseudo-terminal as its stdout.
+    let out = Command::new("script")
+        .current_dir(dir.path())
+        .env("VMBDEV", env!("CARGO_BIN_EXE_vmbdev"))
+        .args(["-qec", "\"$VMBDEV\" dump IMG.vhdx -o -", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "vmbdev: standard output: is a terminal; refusing to write the disk's bytes to it (redirect it or give -o FILE)\r\n"
+    );
+}
+
+#[test]
+fn a_replaced_output_keeps_its_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    ext4_vhdx(dir.path(), &[("a.txt", b"new")]);
+    let old = dir.path().join("old.txt");
+    std::fs::write(&old, b"old").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = vmbdev_in(dir.path(), &["cat", "IMG.vhdx", "/a.txt", "-o", "old.txt"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&old).unwrap(), b"new");
+    let mode = std::fs::metadata(&old).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
 }
