@@ -170,14 +170,15 @@ fn big_raw(dir: &Path) -> std::path::PathBuf {
     raw
 }
 
-/// Waits until a temporary output shows up in `dir`; returns its name.
-fn wait_for_temporary(dir: &Path) -> String {
+/// Waits until a file whose name starts with `prefix` shows up in `dir`
+/// while `child` runs; returns its name.
+fn wait_for_temporary(dir: &Path, prefix: &str, child: &mut std::process::Child) -> String {
     loop {
-        if let Some(name) = names(dir)
-            .into_iter()
-            .find(|n| n.starts_with(".out.raw.vmbdev-tmp-"))
-        {
+        if let Some(name) = names(dir).into_iter().find(|n| n.starts_with(prefix)) {
             return name;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("vmbdev ended ({status}) before its temporary appeared");
         }
         std::thread::yield_now();
     }
@@ -193,7 +194,7 @@ fn a_failed_dump_leaves_no_output() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_temporary(dir.path());
+    wait_for_temporary(dir.path(), ".out.raw.vmbdev-tmp-", &mut child);
     // The image shrinks under the dump: the next read fails.
     std::fs::OpenOptions::new()
         .write(true)
@@ -225,7 +226,7 @@ fn an_interrupted_dump_leaves_no_output() {
             .args(["dump", "big.raw", "-o", "out.raw"])
             .spawn()
             .unwrap();
-        wait_for_temporary(dir.path());
+        wait_for_temporary(dir.path(), ".out.raw.vmbdev-tmp-", &mut child);
         let killed = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
             .status()
