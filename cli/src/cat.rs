@@ -6,7 +6,8 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use vmbdev_backing::{FileTree, HostDirTree, open_image, open_tree};
+use vmbdev_fs::{FileTree, HostDirTree, open_tree};
+use vmbdev_vhdx::open_image;
 
 use crate::error::CliError;
 use vmbdev_device::bus::VmbusDevice;

@@ -7,7 +7,9 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vmbdev_backing::{BlockDevice, BlockError, VhdxError, open_image};
+use vmbdev_block::{BlockDevice, BlockError};
+
+use vmbdev_vhdx::{VhdxError, open_image};
 
 use crate::dump_storvsp::{StorvscDumpError, dump_through_storvsc};
 

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use vmbdev_backing::fs::{FsKind, PartitionSummary, details, survey};
-use vmbdev_backing::partition::{PartitionScheme, PartitionType};
-use vmbdev_backing::vhdx::{BatCounts, Guid, LogState, Vhdx};
-use vmbdev_backing::{BlockDevice, PartitionDevice, RawFile};
+use vmbdev_block::{BlockDevice, RawFile};
+use vmbdev_fs::{FsKind, PartitionSummary, details, survey};
+use vmbdev_partition::PartitionDevice;
+use vmbdev_partition::{PartitionScheme, PartitionType};
+use vmbdev_vhdx::{BatCounts, Guid, LogState, Vhdx};
 
 use crate::error::{CliError, print_stdout};
 

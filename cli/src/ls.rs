@@ -5,10 +5,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vmbdev_backing::{
-    BlockDevice, EntryKind, FileTree, HostDirTree, OpenTreeError, TreeError, TreePath, VhdxError,
-    open_image, open_tree,
-};
+use vmbdev_block::BlockDevice;
+
+use vmbdev_fs::{EntryKind, FileTree, HostDirTree, OpenTreeError, TreeError, TreePath, open_tree};
+
+use vmbdev_vhdx::{VhdxError, open_image};
 
 /// Deepest directory a recursive listing descends into; a directory loop
 /// in a damaged image stops here.
@@ -141,10 +142,8 @@ fn collect(tree: &dyn FileTree, start: &TreePath, recursive: bool) -> Result<Vec
     }
     let mut out = Vec::new();
     // Depth-first with an explicit stack of sorted listings.
-    let mut stack: Vec<(
-        TreePath,
-        std::vec::IntoIter<(String, vmbdev_backing::Metadata)>,
-    )> = vec![(start.clone(), sorted_listing(tree, start)?.into_iter())];
+    let mut stack: Vec<(TreePath, std::vec::IntoIter<(String, vmbdev_fs::Metadata)>)> =
+        vec![(start.clone(), sorted_listing(tree, start)?.into_iter())];
     while let Some((dir, entries)) = stack.last_mut() {
         let Some((name, meta)) = entries.next() else {
             stack.pop();
@@ -179,7 +178,7 @@ fn collect(tree: &dyn FileTree, start: &TreePath, recursive: bool) -> Result<Vec
 fn sorted_listing(
     tree: &dyn FileTree,
     dir: &TreePath,
-) -> Result<Vec<(String, vmbdev_backing::Metadata)>, LsError> {
+) -> Result<Vec<(String, vmbdev_fs::Metadata)>, LsError> {
     let mut listing = tree.read_dir(dir)?;
     listing.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(listing)

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use vmbdev_backing::pack::PackFs;
-use vmbdev_backing::{PackError, PackOptions, pack_directory};
+use vmbdev_pack::PackFs;
+use vmbdev_pack::{PackError, PackOptions, pack_directory};
 
 /// File systems `pack` can write.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
