@@ -5,8 +5,8 @@
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmbdev_backing::fs::FsKind;
-use vmbdev_backing::{FileTree, HostDirTree, OpenTreeError, open_tree};
+use vmbdev_fs::FsKind;
+use vmbdev_fs::{FileTree, HostDirTree, OpenTreeError, open_tree};
 
 use crate::error::CliError;
 use crate::image::{self, FormatChoice, Guard, about};

@@ -7,7 +7,7 @@
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
-use vmbdev_backing::BlockDevice;
+use vmbdev_block::BlockDevice;
 
 use crate::dump_storvsp::{StorvscDumpError, dump_through_storvsc};
 use crate::error::CliError;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures_lite::future::block_on;
 use indicatif::{ProgressBar, ProgressStyle};
-use vmbdev_backing::BlockDevice;
+use vmbdev_block::BlockDevice;
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
 use vmbdev_guest::storvsc::loopback::{StorvspVm, StorvspVmConfig, VmError};

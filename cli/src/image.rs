@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vmbdev_backing::VhdxError;
-use vmbdev_backing::vhdx::Vhdx;
-use vmbdev_backing::{BlockDevice, RawFile};
+use vmbdev_block::{BlockDevice, RawFile};
+use vmbdev_vhdx::Vhdx;
+use vmbdev_vhdx::VhdxError;
 
 use crate::detect::{Format, detect, refusal};
 use crate::error::CliError;

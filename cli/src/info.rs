@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use vmbdev_backing::fs::{FsKind, PartitionSummary, details, survey};
-use vmbdev_backing::partition::{PartitionScheme, PartitionType};
-use vmbdev_backing::vhdx::{BatCounts, Guid, LogState, Vhdx};
-use vmbdev_backing::{BlockDevice, PartitionDevice};
+use vmbdev_block::BlockDevice;
+use vmbdev_fs::{FsKind, PartitionSummary, details, survey};
+use vmbdev_partition::PartitionDevice;
+use vmbdev_partition::{PartitionScheme, PartitionType};
+use vmbdev_vhdx::{BatCounts, Guid, LogState, Vhdx};
 
 use crate::error::{CliError, print_stdout};
 use crate::image::{self, Disk, FormatChoice, about};

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use vmbdev_backing::{EntryKind, FileTree, TreeError, TreePath};
+use vmbdev_fs::{EntryKind, FileTree, TreeError, TreePath};
 
 use crate::cat::{Source, not_found};
 use crate::error::CliError;
@@ -105,10 +105,8 @@ fn collect(tree: &dyn FileTree, start: &TreePath, recursive: bool) -> Result<Vec
     }
     let mut out = Vec::new();
     // Depth-first with an explicit stack of sorted listings.
-    let mut stack: Vec<(
-        TreePath,
-        std::vec::IntoIter<(String, vmbdev_backing::Metadata)>,
-    )> = vec![(start.clone(), sorted_listing(tree, start)?.into_iter())];
+    let mut stack: Vec<(TreePath, std::vec::IntoIter<(String, vmbdev_fs::Metadata)>)> =
+        vec![(start.clone(), sorted_listing(tree, start)?.into_iter())];
     while let Some((dir, entries)) = stack.last_mut() {
         let Some((name, meta)) = entries.next() else {
             stack.pop();
@@ -143,7 +141,7 @@ fn collect(tree: &dyn FileTree, start: &TreePath, recursive: bool) -> Result<Vec
 fn sorted_listing(
     tree: &dyn FileTree,
     dir: &TreePath,
-) -> Result<Vec<(String, vmbdev_backing::Metadata)>, LsError> {
+) -> Result<Vec<(String, vmbdev_fs::Metadata)>, LsError> {
     let mut listing = tree.read_dir(dir)?;
     listing.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(listing)

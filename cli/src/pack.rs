@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use vmbdev_backing::pack::PackFs;
-use vmbdev_backing::{PackOptions, pack_directory};
+use vmbdev_pack::PackFs;
+use vmbdev_pack::{PackOptions, pack_directory};
 
 use crate::error::{CliError, print_stdout};
 use crate::image::about;

@@ -46,8 +46,8 @@ fn ls_and_cat_say_the_same_when_a_path_is_missing() {
 
 #[test]
 fn a_missing_parent_is_listed_plainly() {
-    use vmbdev_backing::RawFile;
-    use vmbdev_backing::vhdx::{WriteOptions, write_differencing, write_vhdx};
+    use vmbdev_block::RawFile;
+    use vmbdev_vhdx::{WriteOptions, write_differencing, write_vhdx};
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("base.raw");
     std::fs::write(&raw, vec![0u8; 2 << 20]).unwrap();

@@ -77,8 +77,8 @@ fn dump_onto_its_own_image_is_refused_through_links() {
 
 #[test]
 fn dump_onto_a_differencing_parent_is_refused() {
-    use vmbdev_backing::RawFile;
-    use vmbdev_backing::vhdx::{WriteOptions, write_differencing, write_vhdx};
+    use vmbdev_block::RawFile;
+    use vmbdev_vhdx::{WriteOptions, write_differencing, write_vhdx};
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("base.raw");
     std::fs::write(&raw, vec![0x5a_u8; 4 << 20]).unwrap();
