@@ -68,8 +68,11 @@ pub fn open_source(
         });
     }
     let opened = image::open(source, format)?;
-    let tree = open_tree(opened.disk.into_device(), partition)
-        .map_err(|e| about(source, tree_error_text(&e)))?;
+    let device = opened.disk.into_device();
+    if let Some(n) = partition {
+        image::find_partition(source, &*device, n)?;
+    }
+    let tree = open_tree(device, partition).map_err(|e| about(source, tree_error_text(&e)))?;
     Ok(Source {
         tree,
         guard: Some(opened.guard),

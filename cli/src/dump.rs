@@ -25,6 +25,9 @@ pub struct DumpArgs {
     /// Where to write the disk bytes (`-`: standard output).
     #[arg(short, long)]
     output: PathBuf,
+    /// Write only this partition's bytes (numbered as `info` shows them).
+    #[arg(long)]
+    partition: Option<usize>,
     /// How to read the image (default: by its signatures).
     #[arg(long, value_enum, default_value = "auto")]
     format: FormatChoice,
@@ -48,7 +51,10 @@ fn write_error(args: &DumpArgs, e: std::io::Error) -> CliError {
 /// Runs the dump.
 pub fn run(args: &DumpArgs) -> Result<(), CliError> {
     let opened = image::open(&args.image, args.format)?;
-    let device = opened.disk.into_device();
+    let mut device = opened.disk.into_device();
+    if let Some(n) = args.partition {
+        device = image::partition_device(&args.image, device, n)?;
+    }
     // Both paths refuse what the storvsc path cannot serve, before the
     // output is created.
     if device.size_bytes() < u64::from(device.logical_sector_size()) {

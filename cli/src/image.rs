@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vmbdev_block::{BlockDevice, RawFile};
+use vmbdev_partition::{PartitionDevice, PartitionInfo, PartitionScheme, list_partitions};
 use vmbdev_vhdx::Vhdx;
 use vmbdev_vhdx::VhdxError;
 
@@ -145,4 +146,51 @@ pub fn open(path: &Path, choice: FormatChoice) -> Result<Opened, CliError> {
             _locks: locks,
         },
     })
+}
+
+/// Why `--partition number` names nothing on `device`, in words: `no
+/// partition 3 (the disk has 1 partition)`.
+fn no_such_partition(number: usize, parts: &[PartitionInfo]) -> String {
+    if parts.iter().all(|p| p.scheme == PartitionScheme::WholeDisk) {
+        return format!("no partition {number} (the disk has no partition table)");
+    }
+    let numbers: Vec<usize> = parts.iter().map(|p| p.number).collect();
+    let listed = if numbers.iter().copied().eq(1..=numbers.len()) {
+        String::new()
+    } else {
+        let shown: Vec<String> = numbers.iter().map(usize::to_string).collect();
+        format!(", numbered {}", shown.join(", "))
+    };
+    format!(
+        "no partition {number} (the disk has {}{listed})",
+        crate::messages::count(numbers.len() as u64, "partition", "partitions")
+    )
+}
+
+/// The partition `number` of the image at `path` (as `info` numbers
+/// them), refused with a message naming it when the disk has no such
+/// partition.
+pub fn find_partition(
+    path: &Path,
+    device: &dyn BlockDevice,
+    number: usize,
+) -> Result<PartitionInfo, CliError> {
+    let parts = list_partitions(device).map_err(|e| about(path, e))?;
+    parts
+        .iter()
+        .find(|p| p.number == number)
+        .cloned()
+        .ok_or_else(|| about(path, no_such_partition(number, &parts)))
+}
+
+/// The bytes of partition `number` of the image at `path`, as a device.
+pub fn partition_device(
+    path: &Path,
+    device: Arc<dyn BlockDevice>,
+    number: usize,
+) -> Result<Arc<dyn BlockDevice>, CliError> {
+    let info = find_partition(path, &*device, number)?;
+    let view = PartitionDevice::for_partition(device, &info)
+        .map_err(|e| about(path, format!("partition {number}: {e}")))?;
+    Ok(Arc::new(view))
 }
