@@ -55,6 +55,16 @@ impl CliError {
         }
     }
 
+    /// A failure already reported on stderr: exit with code 1 and print
+    /// nothing more.
+    pub fn reported() -> Self {
+        Self {
+            message: String::new(),
+            code: EXIT_FAILURE,
+            broken_pipe: false,
+        }
+    }
+
     /// The process exit code.
     pub fn code(&self) -> u8 {
         self.code
@@ -122,6 +132,7 @@ pub fn run(verbosity: u8, command: impl FnOnce() -> Result<(), CliError>) -> Exi
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) if e.broken_pipe => crate::signals::die_of_broken_pipe(),
+        Ok(Err(e)) if e.message.is_empty() => ExitCode::from(e.code()),
         Ok(Err(e)) => {
             eprint_line(&format!(
                 "vmbdev: {}",

@@ -9,6 +9,7 @@ mod detect;
 mod dump;
 mod dump_storvsp;
 mod error;
+mod extract;
 mod image;
 mod info;
 mod lock;
@@ -45,6 +46,9 @@ enum Cli {
     /// Write the whole virtual disk of an image to a file, read through the
     /// storvsc guest driver over loopback (or `--direct` from the image).
     Dump(dump::DumpArgs),
+    /// Copy files and whole trees out of an image (or a host directory)
+    /// into a directory, never writing outside it.
+    Extract(extract::ExtractArgs),
     /// Pack a host directory into a dynamic VHDX (GPT, one FAT32 partition).
     Pack(pack::PackArgs),
     /// List a directory of a host directory or of a disk image's file system.
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Cli::Demo(args) => demo::run(&args),
         Cli::Cat(args) => cat::run(&args),
         Cli::Dump(args) => dump::run(&args),
+        Cli::Extract(args) => extract::run(&args),
         Cli::Pack(args) => pack::run(&args),
         Cli::Ls(args) => ls::run(&args),
         Cli::Info(args) => info::run(&args),

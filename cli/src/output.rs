@@ -184,6 +184,90 @@ impl Output {
         }
     }
 
+    /// Stages a new file to become `dir/name`, for extracting into a
+    /// directory: the temporary is created with `O_EXCL | O_NOFOLLOW`
+    /// (never through a link that is already there) and nothing at
+    /// `dir/name` is looked at or followed. Put it in place with
+    /// [`Output::finish_in_dir`].
+    pub fn stage_in(dir: &Path, name: &std::ffi::OsStr) -> Result<Self, OutputError> {
+        let path = dir.join(name);
+        loop {
+            let suffix = format!(".vmbdev-tmp-{:08x}", rand::random::<u32>());
+            // `.NAME.vmbdev-tmp-X`, shortened when that would be longer than
+            // a name may be.
+            let mut temp_name = std::ffi::OsString::from(".");
+            if name.len() + suffix.len() < 255 {
+                temp_name.push(name);
+            }
+            temp_name.push(&suffix);
+            let temp = dir.join(temp_name);
+            let made = signals::create_registered(&temp, || {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o666)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&temp)
+            });
+            match made {
+                Ok(file) => {
+                    return Ok(Output::Staged {
+                        path,
+                        temp,
+                        file: Some(file),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(OutputError::Io { path, source }),
+            }
+        }
+    }
+
+    /// Puts a file staged by [`Output::stage_in`] in place. Without
+    /// `replace` it appears only if nothing is at its name (a hard link,
+    /// which fails rather than replace or follow anything, then the
+    /// temporary's removal); with `replace` it is renamed over whatever is
+    /// there (a symbolic link is replaced, not followed). Returns the
+    /// open file, for setting its times.
+    pub fn finish_in_dir(mut self, replace: bool) -> Result<File, OutputError> {
+        let Output::Staged { path, temp, file } = &mut self else {
+            unreachable!("finish_in_dir is only called on staged outputs");
+        };
+        let io = |source| OutputError::Io {
+            path: path.clone(),
+            source,
+        };
+        let Some(f) = file.as_ref() else {
+            return Err(io(std::io::Error::other("already finished")));
+        };
+        // On an error here the temporary is still registered, and `Drop`
+        // removes it.
+        f.sync_all().map_err(io)?;
+        let f = file.take().expect("checked above");
+        let placed = signals::unregister_after(temp, || {
+            let placed = if replace {
+                std::fs::rename(&*temp, &*path)
+            } else {
+                match std::fs::hard_link(&*temp, &*path) {
+                    // A file system without hard links (FAT, some network
+                    // ones): rename, having looked that nothing is there.
+                    Err(e)
+                        if e.kind() != std::io::ErrorKind::AlreadyExists
+                            && std::fs::symlink_metadata(&*path)
+                                .is_err_and(|m| m.kind() == std::io::ErrorKind::NotFound) =>
+                    {
+                        std::fs::rename(&*temp, &*path)
+                    }
+                    other => other,
+                }
+            };
+            let _ = std::fs::remove_file(&*temp);
+            placed
+        });
+        placed.map_err(io)?;
+        Ok(f)
+    }
+
     /// Flushes the data and puts the output in place.
     pub fn finish(mut self) -> Result<(), OutputError> {
         match &mut self {
