@@ -1,8 +1,8 @@
-//! `vmbdev dump`: reads a whole virtual disk and writes its bytes to a file
-//! (or standard output with `-o -`), through the storvsc guest driver
-//! (default) or straight from the block device (`--direct`). The output is
-//! never one of the images read, and appears only when the dump is
-//! complete.
+//! `vmbdev dump`: reads a whole virtual disk (or, with `--partition N`,
+//! one partition) and writes its bytes to a file (or standard output with
+//! `-o -`), through the storvsc guest driver (default) or straight from the
+//! block device (`--direct`). The output is never one of the images read,
+//! and appears only when the dump is complete.
 
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
