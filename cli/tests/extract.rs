@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use vmbdev_tests::images::{
-    PART_START, ext4_image, fat_image, gpt_disk, make_source_tree, ntfs_image, run,
+    PART_START, ext4_image, fat_image, gpt_disk, make_source_tree, ntfs_image, run, run_output,
 };
 
 fn vmbdev(args: &[&str]) -> Output {
@@ -349,6 +349,31 @@ fn existing_files_are_kept_unless_overwrite() {
 }
 
 #[test]
+fn the_image_read_is_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // The tree holds a file named like the image, which sits in DIR.
+    std::fs::write(src.join("disk.vhdx"), b"not the image").unwrap();
+    std::fs::write(src.join("other"), b"other").unwrap();
+    let fs = ext4_image(dir.path(), &src, 8);
+    let image = gpt_vhdx(dir.path(), &fs, "8300", "disk");
+    let before = std::fs::read(&image).unwrap();
+    let out = vmbdev(&["extract", s(&image), "--overwrite", "-C", s(dir.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/disk.vhdx: skipped: ") && err.contains("is the image being read"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "the image changed"
+    );
+    assert_eq!(std::fs::read(dir.path().join("other")).unwrap(), b"other");
+}
+
+#[test]
 fn symbolic_links_in_dir_are_not_followed() {
     let (dir, src, image) = ext4_fixture(42);
     let outside = dir.path().join("outside");
@@ -400,9 +425,24 @@ fn dump_partition_writes_that_partitions_bytes() {
     let fs = ext4_image(dir.path(), &src, 8);
     let raw = dir.path().join("disk.raw");
     let sectors = gpt_disk(&fs, &raw, "8300");
+    // Where sgdisk says partition 1 lies.
+    let info = run_output(Command::new("sgdisk").arg("-i").arg("1").arg(&raw));
+    let sector_of = |label: &str| -> u64 {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} in {info}"));
+        line[label.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (first, last) = (sector_of("First sector:"), sector_of("Last sector:"));
+    assert_eq!((first, last), (PART_START, PART_START + sectors - 1));
     let disk = std::fs::read(&raw).unwrap();
-    let start = (PART_START * 512) as usize;
-    let want = &disk[start..start + (sectors * 512) as usize];
+    let want = &disk[(first * 512) as usize..((last + 1) * 512) as usize];
     let vhdx = dir.path().join("disk.vhdx");
     run(Command::new("qemu-img")
         .args(["convert", "-O", "vhdx"])
