@@ -56,10 +56,16 @@ pub fn open_source(
 ) -> Result<Source, CliError> {
     if source.is_dir() {
         if partition.is_some() {
-            return Err(about(
-                source,
-                "--partition applies to disk images, not directories",
-            ));
+            // A usage error, the same for every command: clap reports it
+            // and exits with status 2.
+            clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "{}: --partition only applies to disk images\n",
+                    source.display()
+                ),
+            )
+            .exit();
         }
         let tree = HostDirTree::open(source).map_err(|e| about(source, e))?;
         return Ok(Source {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use vmbdev_fs::{EntryKind, FileTree, TreeError, TreePath};
 
-use crate::cat::{Source, not_found};
+use crate::cat::not_found;
 use crate::error::CliError;
 use crate::image::{FormatChoice, about};
 use crate::messages::escape_name;
@@ -75,23 +75,6 @@ fn kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// Opens the tree `source` names.
-fn open_source(args: &LsArgs) -> Result<Source, CliError> {
-    let path = &args.source;
-    if path.is_dir() && args.partition.is_some() {
-        // A usage error: clap reports it and exits with status 2.
-        clap::Error::raw(
-            clap::error::ErrorKind::ArgumentConflict,
-            format!(
-                "{}: --partition only applies to disk images\n",
-                path.display()
-            ),
-        )
-        .exit();
-    }
-    crate::cat::open_source(path, args.partition, args.format)
-}
-
 /// Collects the entries under `start` (or `start` itself when it is a
 /// file), sorted by name within each directory, parents before children.
 fn collect(tree: &dyn FileTree, start: &TreePath, recursive: bool) -> Result<Vec<Listed>, LsError> {
@@ -149,7 +132,7 @@ fn sorted_listing(
 
 /// Runs the listing.
 pub fn run(args: &LsArgs) -> Result<(), CliError> {
-    let source = open_source(args)?;
+    let source = crate::cat::open_source(&args.source, args.partition, args.format)?;
     let start = TreePath::parse(&args.path);
     let entries = collect(&*source.tree, &start, args.recursive).map_err(|e| match e {
         LsError::Tree(TreeError::NotFound(p)) if p == start.to_string() => {

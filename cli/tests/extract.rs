@@ -502,3 +502,27 @@ fn a_missing_partition_is_named() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"x");
 }
+
+#[test]
+fn partition_on_a_host_directory_is_a_usage_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let out_dir = dir.path().join("out");
+    let want = format!(
+        "error: {}: --partition only applies to disk images\n",
+        src.display()
+    );
+    let commands: [Vec<&str>; 3] = [
+        vec!["ls", s(&src), "--partition", "1"],
+        vec!["cat", s(&src), "/f", "--partition", "1"],
+        vec!["extract", s(&src), "--partition", "1", "-C", s(&out_dir)],
+    ];
+    for args in commands {
+        let out = vmbdev(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr(&out), want, "{args:?}");
+    }
+    assert!(!out_dir.exists());
+}
