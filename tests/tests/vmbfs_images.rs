@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use vmbdev_backing::{RawFile, open_tree};
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
-use vmbdev_guest::vm::{LoopbackVm, VmConfig};
-use vmbdev_guest::vmbfs::VmbfsClient;
+use vmbdev_loopback::vm::{LoopbackVm, VmConfig};
+use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
 
 fn run(cmd: &mut Command) {
     let out = cmd
@@ -86,7 +86,7 @@ fn serve_and_compare(disk: &PathBuf, files: &[(String, Vec<u8>)]) {
     }));
     for use_rdma in [false, true] {
         let vm = LoopbackVm::new(&VmConfig::default()).unwrap();
-        let mut client = VmbfsClient::new(vm, dev.clone(), use_rdma);
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(vm, dev.clone()), use_rdma);
         block_on(async {
             for (path, data) in files {
                 let got = client.read_all(path).await.unwrap();

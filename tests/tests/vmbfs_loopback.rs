@@ -13,8 +13,9 @@ use vmbdev_device::vmbfs::{
     BadInput, ProtocolError, ProtocolState, VmbfsConfig, VmbfsDevice, VmbfsSavedState,
     encode_saved_state,
 };
-use vmbdev_guest::vm::{GuestChannel, LoopbackVm, RingShape, VmConfig};
-use vmbdev_guest::vmbfs::{ClientError, VmbfsClient, VmbfsClientError};
+use vmbdev_guest::vmbfs::{ClientError, VmbfsClientError};
+use vmbdev_loopback::vm::{GuestChannel, LoopbackVm, RingShape, VmConfig};
+use vmbdev_loopback::vmbfs::{ResumeDevice, VmbfsClient, VmbfsLoopback};
 use vmbdev_protocol::vmbfs::MAX_READ_SIZE;
 use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
 use vmbdev_ring::{GpaRange, OutgoingPacket, PipeMessage};
@@ -63,7 +64,7 @@ fn every_file_reads_back_in_band_and_by_rdma() {
     let (tree, files) = random_tree(1);
     let dev = device(tree, true);
     for use_rdma in [false, true] {
-        let mut client = VmbfsClient::new(vm(), dev.clone(), use_rdma);
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev.clone()), use_rdma);
         block_on(async {
             client.open_volume().await.unwrap();
             for (path, data) in &files {
@@ -93,7 +94,7 @@ fn every_file_reads_back_in_band_and_by_rdma() {
 fn rdma_disabled_device_is_read_in_band_by_an_rdma_client() {
     let (tree, files) = random_tree(2);
     let dev = device(tree, false);
-    let mut client = VmbfsClient::new(vm(), dev.clone(), true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev.clone()), true);
     block_on(async {
         for (path, data) in &files {
             assert!(client.read_all(path).await.unwrap() == *data, "{path}");
@@ -116,7 +117,7 @@ fn uefi_sequence_with_its_quirks() {
         .unwrap();
     builder.add_file("hive", vec![7u8; 100]).unwrap();
     let dev = device(Arc::new(builder.build()), true);
-    let mut client = VmbfsClient::new(vm(), dev.clone(), false);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev.clone()), false);
     block_on(async {
         // Empty path = root, a directory of size 0.
         let root = client.open_volume().await.unwrap();
@@ -295,7 +296,7 @@ fn expect_stop(outcome: Outcome, check: impl Fn(&ProtocolError) -> bool) {
 
 /// After bad input, a fresh open of the channel serves a file again.
 fn fresh_open_works(vm: &LoopbackVm, dev: &Arc<VmbfsDevice>) {
-    let mut client = VmbfsClient::new(vm.clone(), dev.clone(), true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm.clone(), dev.clone()), true);
     let data = block_on(client.read_all("dir/file")).unwrap();
     assert_eq!(data, b"0123456789".repeat(3000));
     block_on(client.close()).unwrap();
@@ -597,7 +598,7 @@ fn save_and_restore_in_the_middle_of_a_session() {
         rdma_enabled: true,
     });
     let first: Arc<VmbfsDevice> = Arc::new(first);
-    let mut client = VmbfsClient::new(vm(), first.clone(), true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), first.clone()), true);
     let half = data.len() / 2;
     let mut got = block_on(client.read(path, 0, half)).unwrap();
     // The client's last RDMA buffer is still registered (its teardown is
@@ -639,7 +640,7 @@ fn restore_without_the_rdma_handle_makes_the_deferred_teardown_a_violation() {
         tree: tree.clone(),
         rdma_enabled: true,
     }));
-    let mut client = VmbfsClient::new(vm(), first.clone(), true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), first.clone()), true);
     let half = files[path].len() / 2;
     block_on(client.read(path, 0, half)).unwrap();
     block_on(client.suspend_device()).unwrap();
@@ -665,7 +666,7 @@ fn restore_without_the_rdma_handle_makes_the_deferred_teardown_a_violation() {
 #[test]
 fn not_found_and_directory_errors_through_the_client() {
     let dev = device(sample_tree(), true);
-    let mut client = VmbfsClient::new(vm(), dev, true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev), true);
     block_on(async {
         let err = client.read_all("missing").await.unwrap_err();
         assert!(matches!(
@@ -694,7 +695,7 @@ fn bus_contract_rules() {
     assert_eq!(offer.max_sub_channels, 0);
     assert!(matches!(
         vm.open_channel(dyn_dev.clone(), 1, RingShape::from_offer(&*dyn_dev)),
-        Err(vmbdev_guest::vm::VmError::Bus(
+        Err(vmbdev_loopback::vm::VmError::Bus(
             vmbdev_device::bus::BusError::NoSuchChannel { index: 1, .. }
         ))
     ));
@@ -706,7 +707,7 @@ fn bus_contract_rules() {
     assert!(dev.is_running());
     assert!(matches!(
         vm.open_channel(dyn_dev.clone(), 0, RingShape::from_offer(&*dyn_dev)),
-        Err(vmbdev_guest::vm::VmError::Bus(
+        Err(vmbdev_loopback::vm::VmError::Bus(
             vmbdev_device::bus::BusError::AlreadyOpen(0)
         ))
     ));
@@ -783,7 +784,7 @@ fn a_blocked_read_does_not_stall_another_channel() {
     let slow_vm = vm.clone();
     let slow_stats = slow.clone();
     let slow_reader = std::thread::spawn(move || {
-        let mut client = VmbfsClient::new(slow_vm, slow, false);
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(slow_vm, slow), false);
         block_on(client.read("dir/file", 0, 10)).unwrap()
     });
     // Wait until the slow device has taken the READ_FILE (version, root
@@ -791,7 +792,7 @@ fn a_blocked_read_does_not_stall_another_channel() {
     while slow_stats.stats().messages < 4 {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut client = VmbfsClient::new(vm.clone(), fast, false);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm.clone(), fast), false);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let fast_reader = std::thread::spawn(move || {
         let data = block_on(client.read_all("dir/file")).unwrap();
@@ -858,7 +859,7 @@ fn inline_io_policy_serves_the_same_bytes() {
         .with_io_policy(vmbdev_device::vmbfs::IoPolicy::Inline),
     );
     for use_rdma in [false, true] {
-        let mut client = VmbfsClient::new(vm(), dev.clone(), use_rdma);
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev.clone()), use_rdma);
         for (path, data) in files.iter().filter(|(_, d)| d.len() < 4 * MIB) {
             assert!(block_on(client.read_all(path)).unwrap() == *data, "{path}");
         }

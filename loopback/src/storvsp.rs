@@ -14,7 +14,7 @@ use vmbdev_ring::{
     PageAllocator, RingError, Side, loopback,
 };
 
-use super::driver::ChannelOpener;
+use vmbdev_guest::storvsc::ChannelOpener;
 
 /// Shape of the loopback VM.
 #[derive(Debug, Clone)]
