@@ -6,7 +6,6 @@
 //!   file ([`RawFile`]) and a VHDX image.
 //! - [`FileTree`]: the read-only file tree that vmbfs serves, addressed by a
 //!   normalized [`TreePath`].
-//! - [`bench`](mod@bench): VHDX read throughput against `pread` on the same bytes.
 //! - [`partition`]: GPT and MBR tables and bounded partition views;
 //!   [`fs`]: FAT, NTFS and ext4 mounted as file trees; [`open_tree`] picks
 //!   the partition to serve; [`trees`]: host-directory and in-memory trees;
@@ -16,7 +15,6 @@
 //! wrong and where, never a panic, an abort or an unbounded allocation.
 #![forbid(unsafe_code)]
 
-pub mod bench;
 mod block;
 pub mod fs;
 pub mod pack;

@@ -33,7 +33,6 @@
 //! ```
 #![deny(unsafe_code)]
 
-pub mod bench;
 pub mod control;
 pub mod doorbell;
 pub mod endpoint;

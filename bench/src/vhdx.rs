@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
-use crate::vhdx::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
-use crate::{BlockDevice, BlockError, RawFile};
+use vmbdev_backing::vhdx::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
+use vmbdev_backing::{BlockDevice, BlockError, RawFile};
 
 const MIB: u64 = 1 << 20;
 /// Size of one sequential read.

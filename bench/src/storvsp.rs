@@ -1,0 +1,285 @@
+//! Read benchmarks through the whole stack — storvsc → ring → storvsp →
+//! SCSI disk → image file — against `pread` of the same file in the same
+//! run: 4 KiB random reads at queue depth 1 and 32, and 1 MiB sequential
+//! reads, with one and two channels. Results are ratios to the baseline,
+//! so they mean the same on any machine.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::block_on;
+use vmbdev_backing::{BlockDevice, BlockError, RawFile};
+use vmbdev_device::scsi_disk::ScsiDisk;
+use vmbdev_device::storvsp::{ConfigError, Controller, LunAddress, StorvspConfig, StorvspDevice};
+
+use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, Storvsc};
+use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig, VmError};
+
+/// One workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workload {
+    /// Bytes per read.
+    pub block: u32,
+    /// Requests in flight through storvsc.
+    pub depth: usize,
+    /// Random offsets (else sequential).
+    pub random: bool,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The image (raw, should be in the page cache).
+    pub image: PathBuf,
+    /// Channel counts to try (1 = primary only).
+    pub channels: Vec<u16>,
+    /// Workloads to run.
+    pub workloads: Vec<Workload>,
+    /// Minimum bytes each measurement reads (more for small blocks).
+    pub bytes_per_run: u64,
+}
+
+impl BenchConfig {
+    /// The standard set: 4 KiB random at QD1 and QD32, 1 MiB sequential
+    /// at QD8, with 1 and 2 channels.
+    pub fn standard(image: PathBuf) -> Self {
+        Self {
+            image,
+            channels: vec![1, 2],
+            workloads: vec![
+                Workload {
+                    block: 4096,
+                    depth: 1,
+                    random: true,
+                },
+                Workload {
+                    block: 4096,
+                    depth: 32,
+                    random: true,
+                },
+                Workload {
+                    block: 1 << 20,
+                    depth: 8,
+                    random: false,
+                },
+            ],
+            bytes_per_run: 512 << 20,
+        }
+    }
+}
+
+/// One measured row.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// The workload.
+    pub workload: Workload,
+    /// Channels used.
+    pub channels: u16,
+    /// Reads per second through storvsc.
+    pub iops: f64,
+    /// MB/s (10^6) through storvsc.
+    pub mb_per_s: f64,
+    /// Reads per second of `pread` (one thread) on the same offsets.
+    pub pread_iops: f64,
+    /// Through-stack rate divided by the `pread` rate.
+    pub ratio: f64,
+}
+
+/// A benchmark failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The image could not be opened or read.
+    #[error("image: {0}")]
+    Image(#[from] BlockError),
+    /// pread failed.
+    #[error("pread: {0}")]
+    Io(#[from] std::io::Error),
+    /// The device configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The loopback VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The driver failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The image is too small for the workload.
+    #[error("image of {0} bytes is too small")]
+    TooSmall(u64),
+}
+
+/// Offsets (in bytes) of `count` reads of `block` bytes in `size`.
+fn offsets(workload: Workload, size: u64, count: u64) -> Vec<u64> {
+    let slots = size / u64::from(workload.block);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..count)
+        .map(|i| {
+            let slot = if workload.random {
+                // xorshift64*: cheap and reproducible.
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                state.wrapping_mul(0x2545_F491_4F6C_DD1D) % slots
+            } else {
+                i % slots
+            };
+            slot * u64::from(workload.block)
+        })
+        .collect()
+}
+
+fn pread_rate(file: &File, block: u32, offsets: &[u64]) -> Result<f64, BenchError> {
+    let mut buf = vec![0u8; block as usize];
+    let start = Instant::now();
+    for &at in offsets {
+        file.read_exact_at(&mut buf, at)?;
+    }
+    Ok(offsets.len() as f64 / secs(start.elapsed()))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64().max(1e-9)
+}
+
+/// Runs every workload with every channel count.
+pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
+    let file = File::open(&config.image)?;
+    let raw: Arc<dyn BlockDevice> = Arc::new(RawFile::open(&config.image)?);
+    let size = raw.size_bytes();
+    let mut rows = Vec::new();
+    for &channels in &config.channels {
+        let controller = Arc::new(Controller::new());
+        let lun = LunAddress {
+            path: 0,
+            target: 0,
+            lun: 0,
+        };
+        controller.insert(lun, Arc::new(ScsiDisk::new(raw.clone())));
+        let device = Arc::new(StorvspDevice::new(
+            StorvspConfig {
+                max_sub_channels: channels.saturating_sub(1),
+                multi_channel: channels > 1,
+                ..StorvspConfig::default()
+            },
+            controller,
+        )?);
+        let (vm, primary) = StorvspVm::start(
+            device,
+            StorvspVmConfig {
+                ring_pages: 32,
+                buffer_pages: 16384,
+                ..StorvspVmConfig::default()
+            },
+        )?;
+        let opener = vm.opener();
+        let driver = block_on(Storvsc::connect(
+            primary,
+            vm.memory(),
+            vm.pages(),
+            opener.as_ref(),
+            &DriverConfig {
+                profile: GuestProfile::Linux,
+                cpus: channels,
+                buffer_offset: 0,
+            },
+        ))?;
+        let disk = driver.disk(0).ok_or(BenchError::TooSmall(size))?;
+        let block_size = u64::from(disk.capacity().1);
+        for &workload in &config.workloads {
+            if size < u64::from(workload.block) {
+                return Err(BenchError::TooSmall(size));
+            }
+            let count = (config.bytes_per_run / u64::from(workload.block)).clamp(2000, 200_000);
+            let count = if workload.block <= 4096 {
+                count.min(50_000)
+            } else {
+                count
+            };
+            let offsets = offsets(workload, size, count);
+            let pread_iops = pread_rate(&file, workload.block, &offsets)?;
+            let blocks = (u64::from(workload.block) / block_size) as u32;
+            let start = Instant::now();
+            block_on(disk.read_discard(
+                offsets.iter().map(|&at| (at / block_size, blocks)),
+                workload.depth,
+            ))?;
+            let elapsed = secs(start.elapsed());
+            let iops = offsets.len() as f64 / elapsed;
+            rows.push(BenchRow {
+                workload,
+                channels,
+                iops,
+                mb_per_s: iops * f64::from(workload.block) / 1e6,
+                pread_iops,
+                ratio: iops / pread_iops,
+            });
+        }
+        drop(driver);
+        drop(vm);
+    }
+    Ok(rows)
+}
+
+/// Formats rows as a table.
+pub fn table(rows: &[BenchRow]) -> String {
+    let mut out = String::from(
+        "workload                 ch  storvsc IOPS   storvsc MB/s    pread IOPS     pread MB/s  ratio\n",
+    );
+    for r in rows {
+        let w = r.workload;
+        let name = format!(
+            "{} {} QD{}",
+            if w.block >= 1 << 20 {
+                format!("{} MiB", w.block >> 20)
+            } else {
+                format!("{} KiB", w.block >> 10)
+            },
+            if w.random { "random" } else { "seq" },
+            w.depth
+        );
+        out.push_str(&format!(
+            "{name:<24} {:>3} {:>13.0} {:>14.1} {:>13.0} {:>14.1} {:>6.2}\n",
+            r.channels,
+            r.iops,
+            r.mb_per_s,
+            r.pread_iops,
+            r.pread_iops * f64::from(w.block) / 1e6,
+            r.ratio
+        ));
+    }
+    out
+}
+
+/// Makes a page-cached image of `size` bytes of pseudo-random data at
+/// `path` (written, then read once).
+pub fn make_image(path: &Path, size: u64) -> Result<(), BenchError> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(File::create(path)?);
+    let mut state = 0x1234_5678_9ABC_DEF1u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < size {
+        for word in chunk.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let len = (size - written).min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..len])?;
+        written += len as u64;
+    }
+    file.flush()?;
+    drop(file);
+    let file = File::open(path)?;
+    let mut at = 0;
+    while at < size {
+        let len = (size - at).min(chunk.len() as u64) as usize;
+        file.read_exact_at(&mut chunk[..len], at)?;
+        at += len as u64;
+    }
+    Ok(())
+}
