@@ -5,6 +5,9 @@
 //! and writer, GPA ranges, pipe framing, doorbells, and the loopback channel
 //! pair used by tests, the demo and benchmarks.
 //!
+//! It knows no device protocol and must not depend on the other workspace
+//! crates; benchmarks of it live in `vmbdev-bench`.
+//!
 //! Layering: [`control`] (control page fields) → [`ring`] (one half: index
 //! validation, free/available math, wrapped copies) → [`packet`] (wire
 //! format) → [`reader`]/[`writer`] (packet I/O, signalling rules, async
