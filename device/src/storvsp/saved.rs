@@ -8,7 +8,6 @@
 use vmbdev_protocol::vstor::ProtocolVersion;
 use vmbdev_ring::GpaRange;
 
-use super::device::SavedDevice;
 use super::runner::PendingRequest;
 use super::{Completion, InitState, StorvspConfig};
 
@@ -64,6 +63,15 @@ pub enum RestoreError {
         /// Configured maximum.
         max: u16,
     },
+}
+
+/// The device's saved state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SavedDevice {
+    /// Protocol state of the primary channel (`None`: never opened).
+    pub primary: Option<SavedState>,
+    /// Requests taken and not answered, per channel index, oldest first.
+    pub pending: Vec<(u16, Vec<PendingRequest>)>,
 }
 
 /// Leading magic of the encoding.
