@@ -1,9 +1,8 @@
 //! Running the built `vmbdev` binary and the external tools its tests
-//! compare against. The binary's path is only known inside the cli crate's
+//! compare against (the tool runners are in [`images`]). The binary's path is only known inside the cli crate's
 //! own tests (`env!("CARGO_BIN_EXE_vmbdev")`), so it is passed in.
 
 use std::ffi::OsStr;
-use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::images;
@@ -26,24 +25,9 @@ pub fn run_vmbdev<S: AsRef<OsStr>>(binary: &str, args: &[S]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"))
 }
 
-/// Runs an external tool with `args`, failing the test with its output
-/// when it is missing or fails; returns its stdout. mtools are told not
-/// to refuse images made with unusual geometry.
-pub fn tool(program: &str, args: &[&str]) -> String {
-    images::run_output(
-        Command::new(program)
-            .args(args)
-            .env("MTOOLS_SKIP_CHECK", "1"),
-    )
-}
-
 /// Runs `qemu-img` with `args`, like [`tool`].
 pub fn qemu_img(args: &[&str]) -> String {
     tool("qemu-img", args)
 }
 
-/// A path as the `&str` argument tools take; test paths are UTF-8.
-pub fn path_str(path: &Path) -> &str {
-    path.to_str()
-        .unwrap_or_else(|| panic!("test path {path:?} is not UTF-8"))
-}
+pub use images::{path_str, tool};

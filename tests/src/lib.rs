@@ -1,7 +1,10 @@
-//! Shared helpers for the cross-crate integration suites and the CLI tests:
-//! generating images with the real tools, comparing their contents, and
-//! running the `vmbdev` binary.
+//! Shared helpers for the integration suites of every crate and the CLI
+//! tests: generating images with the real tools ([`images`]), whole-disk
+//! reads and qemu-img comparisons ([`disks`]), checking file trees against
+//! their sources ([`trees`]), and running the `vmbdev` binary ([`cli`]).
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod disks;
 pub mod images;
+pub mod trees;
