@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
-use vmbdev_backing::vhdx::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
-use vmbdev_backing::{BlockDevice, BlockError, RawFile};
+use vmbdev_block::{BlockDevice, BlockError, RawFile};
+use vmbdev_vhdx::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
 
 const MIB: u64 = 1 << 20;
 /// Size of one sequential read.

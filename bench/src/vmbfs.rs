@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmbdev_backing::MemoryTree;
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
+use vmbdev_fs::MemoryTree;
 use vmbdev_guest::vmbfs::VmbfsClientError;
 use vmbdev_loopback::vm::{LoopbackVm, VmConfig, VmError};
 use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
@@ -60,7 +60,7 @@ pub enum BenchError {
     Vm(#[from] VmError),
     /// The in-memory tree could not be built.
     #[error("cannot build the bench tree: {0}")]
-    Tree(vmbdev_backing::TreeError),
+    Tree(vmbdev_fs::TreeError),
     /// A read failed.
     #[error(transparent)]
     Client(#[from] VmbfsClientError),

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use vmbdev_backing::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsHost, VmbfsInput};
+use vmbdev_fs::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 use vmbdev_guest::vmbfs::*;
 use vmbdev_ring::{GpaRange, GuestMemory};
 
