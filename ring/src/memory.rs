@@ -940,7 +940,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            check_layout(&[r(u64::MAX & !0xfff, 4096, 0)]),
+            check_layout(&[r(!0xfff, 4096, 0)]),
             Err(MemoryError::BadRegion { .. })
         ));
         assert_eq!(
