@@ -24,8 +24,10 @@
 //!
 //! The guest may write any byte of its memory at any time, concurrently
 //! with the host. Guest memory is therefore treated as shared *atomic*
-//! memory: no Rust reference (`&[u8]`, `&mut [u8]`, `&T`) into it is ever
-//! formed, and every host access is an atomic access — `AtomicU64` relaxed
+//! memory: no Rust reference to non-atomic data (`&[u8]`, `&mut [u8]`,
+//! `&T`) into it is ever formed (only short-lived `&AtomicU8`/`&AtomicU64`
+//! handles, which permit concurrent mutation), and every host access is an
+//! atomic access — `AtomicU64` relaxed
 //! loads and stores for the 8-aligned words of a copy, `AtomicU8` for its
 //! unaligned head and tail, and `AtomicU32`/`AtomicU64` for control fields.
 //! Atomic accesses racing with each other (or with a guest outside the
