@@ -685,6 +685,78 @@ fn head_len(ptr: *const u8, len: usize) -> usize {
     ((ptr as usize).wrapping_neg() & 7).min(len)
 }
 
+/// Copies `out.len() / 8` words from guest memory at `src` into `out` with
+/// `load`, four at a time.
+///
+/// # Safety
+///
+/// `src` is 8-aligned and the words lie in a live guest-memory mapping;
+/// `load` is sound for each of them.
+#[inline(always)]
+unsafe fn words_out(src: *const u64, out: &mut [u8], load: impl Fn(*const u64) -> u64) {
+    let words = out.len() / 8;
+    let dst = out.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i + 4 <= words {
+        // SAFETY: words `i..i + 4` are below `words`: in the mapping
+        // (caller) and inside `out`, written unaligned.
+        unsafe {
+            let (a, b, c, d) = (
+                load(src.add(i)),
+                load(src.add(i + 1)),
+                load(src.add(i + 2)),
+                load(src.add(i + 3)),
+            );
+            dst.add(i).write_unaligned(a);
+            dst.add(i + 1).write_unaligned(b);
+            dst.add(i + 2).write_unaligned(c);
+            dst.add(i + 3).write_unaligned(d);
+        }
+        i += 4;
+    }
+    while i < words {
+        // SAFETY: as above, for word `i < words`.
+        unsafe { dst.add(i).write_unaligned(load(src.add(i))) };
+        i += 1;
+    }
+}
+
+/// Copies the `data.len() / 8` words of `data` into guest memory at `dst`
+/// with `store`, four at a time.
+///
+/// # Safety
+///
+/// `dst` is 8-aligned and the words lie in a live, writable guest-memory
+/// mapping; `store` is sound for each of them.
+#[inline(always)]
+unsafe fn words_in(dst: *mut u64, data: &[u8], store: impl Fn(*mut u64, u64)) {
+    let words = data.len() / 8;
+    let src = data.as_ptr().cast::<u64>();
+    let mut i = 0;
+    while i + 4 <= words {
+        // SAFETY: words `i..i + 4` are below `words`: inside `data` (read
+        // unaligned) and in the mapping (caller).
+        unsafe {
+            let (a, b, c, d) = (
+                src.add(i).read_unaligned(),
+                src.add(i + 1).read_unaligned(),
+                src.add(i + 2).read_unaligned(),
+                src.add(i + 3).read_unaligned(),
+            );
+            store(dst.add(i), a);
+            store(dst.add(i + 1), b);
+            store(dst.add(i + 2), c);
+            store(dst.add(i + 3), d);
+        }
+        i += 4;
+    }
+    while i < words {
+        // SAFETY: as above, for word `i < words`.
+        unsafe { store(dst.add(i), src.add(i).read_unaligned()) };
+        i += 1;
+    }
+}
+
 /// Copies `dst.len()` bytes of guest memory at `src` into `dst`: relaxed
 /// `AtomicU8` loads up to 8-alignment, `AtomicU64` loads of whole words,
 /// `AtomicU8` loads of the tail.
@@ -704,12 +776,14 @@ unsafe fn copy_from_guest(src: *const u8, dst: &mut [u8]) {
         *b = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
     }
     let word = src.wrapping_add(head).cast::<u64>();
-    for (i, c) in w.chunks_exact_mut(8).enumerate() {
-        // SAFETY: 8-aligned (past the head) and in the mapping (caller);
-        // atomic, so concurrent guest writes are no data race.
-        let v = unsafe { AtomicU64::from_ptr(word.add(i).cast_mut()) }.load(Ordering::Relaxed);
-        c.copy_from_slice(&v.to_ne_bytes());
-    }
+    // SAFETY: `words` 8-aligned words (past the head) in the mapping
+    // (caller), each loaded atomically, so concurrent guest writes are no
+    // data race; `w` holds `words * 8` bytes.
+    unsafe {
+        words_out(word, w, |p| {
+            AtomicU64::from_ptr(p.cast_mut()).load(Ordering::Relaxed)
+        })
+    };
     let tail = src.wrapping_add(head + words * 8);
     for (i, b) in t.iter_mut().enumerate() {
         // SAFETY: as for the head.
@@ -735,12 +809,14 @@ unsafe fn copy_to_guest(dst: *mut u8, src: &[u8]) {
         unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(b, Ordering::Relaxed);
     }
     let word = dst.wrapping_add(head).cast::<u64>();
-    for (i, c) in w.chunks_exact(8).enumerate() {
-        let v = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        // SAFETY: 8-aligned (past the head) and in the mapping (caller);
-        // atomic, so concurrent guest accesses are no data race.
-        unsafe { AtomicU64::from_ptr(word.add(i)) }.store(v, Ordering::Relaxed);
-    }
+    // SAFETY: `w.len() / 8` 8-aligned words (past the head) in the mapping
+    // (caller), each stored atomically, so concurrent guest accesses are no
+    // data race.
+    unsafe {
+        words_in(word, w, |p, v| {
+            AtomicU64::from_ptr(p).store(v, Ordering::Relaxed)
+        })
+    };
     let tail = dst.wrapping_add(head + words * 8);
     for (i, &b) in t.iter().enumerate() {
         // SAFETY: as for the head.
@@ -785,11 +861,8 @@ unsafe fn volatile_from_guest(src: *const u8, dst: &mut [u8]) {
         *b = unsafe { src.add(i).read_volatile() };
     }
     let word = src.wrapping_add(head).cast::<u64>();
-    for (i, c) in w.chunks_exact_mut(8).enumerate() {
-        // SAFETY: 8-aligned and in the mapping (caller).
-        let v = unsafe { word.add(i).read_volatile() };
-        c.copy_from_slice(&v.to_ne_bytes());
-    }
+    // SAFETY: 8-aligned words in the mapping (caller).
+    unsafe { words_out(word, w, |p| p.read_volatile()) };
     let tail = src.wrapping_add(head + words * 8);
     for (i, b) in t.iter_mut().enumerate() {
         // SAFETY: in the mapping (caller).
@@ -813,11 +886,8 @@ unsafe fn volatile_to_guest(dst: *mut u8, src: &[u8]) {
         unsafe { dst.add(i).write_volatile(b) };
     }
     let word = dst.wrapping_add(head).cast::<u64>();
-    for (i, c) in w.chunks_exact(8).enumerate() {
-        let v = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        // SAFETY: 8-aligned and in the mapping (caller).
-        unsafe { word.add(i).write_volatile(v) };
-    }
+    // SAFETY: 8-aligned words in the mapping (caller).
+    unsafe { words_in(word, w, |p, v| p.write_volatile(v)) };
     let tail = dst.wrapping_add(head + words * 8);
     for (i, &b) in t.iter().enumerate() {
         // SAFETY: in the mapping (caller).
