@@ -63,6 +63,21 @@ fn two_threads(method: CopyMethod, payload: usize, count: u64) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// Seconds for one thread to copy `payload` bytes `count` times out of and
+/// back into guest memory (no ring, no other thread): the copy alone.
+fn copy_only(method: CopyMethod, payload: usize, count: u64) -> f64 {
+    let memory = vmbdev_ring::GuestMemory::new(2 * 16 * 4096).expect("memory");
+    memory.set_copy_method(method);
+    let mut buf = vec![0x5Au8; payload];
+    let start = Instant::now();
+    for i in 0..count {
+        let gpa = (i % 16) * 8;
+        memory.read(gpa, black_box(&mut buf)).expect("read");
+        memory.write(gpa + 65536, black_box(&buf)).expect("write");
+    }
+    start.elapsed().as_secs_f64()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -91,7 +106,24 @@ fn main() {
             let s = median(secs[i].clone());
             let pps = count as f64 / s;
             println!(
-                "| {payload} B | {name} | {pps:.0} | {:.2} |",
+                "| {payload} B, ring, 2 threads | {name} | {pps:.0} | {:.2} |",
+                pps * payload as f64 / 1e9
+            );
+        }
+    }
+    // The copy alone: one read and one write of each payload per packet.
+    for (payload, count) in [(12288usize, 200_000u64), (64, 5_000_000)] {
+        let mut secs = vec![Vec::new(); methods.len()];
+        for _ in 0..rounds {
+            for (i, (_, method)) in methods.iter().enumerate() {
+                secs[i].push(copy_only(*method, payload, count));
+            }
+        }
+        for (i, (name, _)) in methods.iter().enumerate() {
+            let s = median(secs[i].clone());
+            let pps = count as f64 / s;
+            println!(
+                "| {payload} B, copy in + out, 1 thread | {name} | {pps:.0} | {:.2} |",
                 pps * payload as f64 / 1e9
             );
         }
