@@ -22,11 +22,12 @@
 use std::sync::{Arc, Mutex};
 
 use async_executor::{Executor, Task};
-use vmbdev_backing::{BlockDevice, MemoryTree, RawFile};
+use vmbdev_block::{BlockDevice, RawFile};
 use vmbdev_device::bus::{BusError, ChannelError, OpenRequest, SubChannelControl, VmbusDevice};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
+use vmbdev_fs::MemoryTree;
 use vmbdev_guest::storvsc::{ChannelOpener, DriverConfig, Storvsc};
 use vmbdev_guest::vmbfs as uefi;
 use vmbdev_ring::{

@@ -97,7 +97,7 @@ fn ring_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
 }
 
 fn vhdx_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
-    use vmbdev_backing::bench::{BenchConfig, run};
+    use vmbdev_vhdx::bench::{BenchConfig, run};
     let results = run(ctx.scratch, &BenchConfig::new(ctx.quick))
         .map_err(|e| CliError::new(format!("VHDX benchmark: {e}")))?;
     Ok(results

@@ -3,12 +3,15 @@
 //! SOURCE (a host directory, or a raw disk image's file system).
 
 use clap::Args;
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vmbdev_backing::{FileTree, HostDirTree, open_image, open_tree};
+use vmbdev_fs::FsKind;
+use vmbdev_fs::{FileTree, HostDirTree, OpenTreeError, open_tree};
 
 use crate::error::CliError;
+use crate::image::{self, FormatChoice, Guard, about};
+use crate::messages::{count, escape_name};
+use crate::output::Output;
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
 use vmbdev_guest::vm::{LoopbackVm, VmConfig};
@@ -28,32 +31,66 @@ pub struct CatArgs {
     /// recognised file system).
     #[arg(long)]
     partition: Option<usize>,
-    /// Write the file here instead of standard output.
+    /// How to read the image (default: by its signatures).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatChoice,
+    /// Write the file here (`-`: standard output, the default) instead of
+    /// standard output; never over an input.
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
 
+/// A tree to serve and what must stay locked while it is read.
+pub struct Source {
+    /// The tree.
+    pub tree: Arc<dyn FileTree>,
+    /// The image's locks (None for a host directory).
+    pub guard: Option<Guard>,
+}
+
 /// Opens SOURCE as the tree to serve.
 pub fn open_source(
-    source: &PathBuf,
+    source: &Path,
     partition: Option<usize>,
-) -> Result<Arc<dyn FileTree>, String> {
+    format: FormatChoice,
+) -> Result<Source, CliError> {
     if source.is_dir() {
         if partition.is_some() {
-            return Err("--partition applies to disk images, not directories".into());
+            return Err(about(
+                source,
+                "--partition applies to disk images, not directories",
+            ));
         }
-        let tree = HostDirTree::open(source).map_err(|e| e.to_string())?;
-        return Ok(Arc::new(tree));
+        let tree = HostDirTree::open(source).map_err(|e| about(source, e))?;
+        return Ok(Source {
+            tree: Arc::new(tree),
+            guard: None,
+        });
     }
-    let image = open_image(source).map_err(|e| format!("{}: {e}", source.display()))?;
-    open_tree(Arc::from(image), partition).map_err(|e| format!("{}: {e}", source.display()))
+    let opened = image::open(source, format)?;
+    let tree = open_tree(opened.disk.into_device(), partition)
+        .map_err(|e| about(source, tree_error_text(&e)))?;
+    Ok(Source {
+        tree,
+        guard: Some(opened.guard),
+    })
 }
 
 /// Runs `vmbdev cat`.
 pub fn run(args: &CatArgs) -> Result<(), CliError> {
-    let tree = open_source(&args.source, args.partition).map_err(CliError::new)?;
+    let source = open_source(&args.source, args.partition, args.format)?;
+    let inputs = match &source.guard {
+        Some(guard) => guard.files.clone(),
+        // The host file being read.
+        None => vec![
+            args.source
+                .join(args.path.replace('\\', "/").trim_start_matches('/')),
+        ],
+    };
+    let stdout = PathBuf::from("-");
+    let mut out = Output::create(args.output.as_ref().unwrap_or(&stdout), &inputs)?;
     let device: Arc<dyn VmbusDevice> = Arc::new(VmbfsDevice::new(VmbfsConfig {
-        tree,
+        tree: source.tree,
         rdma_enabled: args.rdma,
     }));
     let vm = LoopbackVm::new(&VmConfig::default())?;
@@ -61,23 +98,49 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
     let data = match futures_lite::future::block_on(client.read_all(&args.path)) {
         Ok(data) => data,
         Err(e) if e.is_not_found() => {
-            return Err(CliError::new(format!(
-                "{}: no such file in {}",
-                args.path,
-                args.source.display()
-            )));
+            return Err(CliError::new(not_found(&args.source, &args.path)));
         }
-        Err(e) => return Err(CliError::new(format!("{}: {e}", args.path))),
+        Err(e) => {
+            return Err(about(
+                &args.source,
+                format!("{}: {e}", escape_name(&args.path)),
+            ));
+        }
     };
     let _ = futures_lite::future::block_on(client.close());
-    match &args.output {
-        Some(path) => std::fs::write(path, &data)
-            .map_err(|e| CliError::new(format!("{}: {e}", path.display()))),
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&data)
-                .and_then(|()| out.flush())
-                .map_err(|e| CliError::new(format!("standard output: {e}")))
+    out.write_all(&data)?;
+    out.finish()?;
+    Ok(())
+}
+
+/// Why no file system could be served, in words and with the right plural.
+fn tree_error_text(e: &OpenTreeError) -> String {
+    match e {
+        OpenTreeError::NothingMountable(n) => format!(
+            "no partition holds a FAT, NTFS or ext4 file system ({} examined)",
+            count(*n as u64, "partition", "partitions")
+        ),
+        OpenTreeError::Mount {
+            number,
+            kind,
+            source,
+        } => {
+            let kind = match kind {
+                FsKind::Fat => "FAT",
+                FsKind::Ntfs => "NTFS",
+                FsKind::Ext4 => "ext4",
+            };
+            format!("partition {number}: mounting {kind}: {source}")
         }
+        other => other.to_string(),
     }
+}
+
+/// The one message `cat` and `ls` give for a path the tree does not hold.
+pub fn not_found(source: &Path, path: &str) -> String {
+    format!(
+        "{}: {}: no such file or directory",
+        source.display(),
+        escape_name(path)
+    )
 }

@@ -12,7 +12,10 @@
 use clap::Args;
 use std::sync::Arc;
 use std::time::Instant;
-use vmbdev_backing::{BlockDevice, MemoryTree, PackOptions, open_image, open_tree, pack_tree};
+use vmbdev_block::BlockDevice;
+use vmbdev_fs::{MemoryTree, open_tree};
+use vmbdev_pack::{PackOptions, pack_tree};
+use vmbdev_vhdx::open_image;
 
 use crate::dump_storvsp::dump_through_storvsc;
 use crate::error::CliError;

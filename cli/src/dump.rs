@@ -1,15 +1,18 @@
-//! `vmbdev dump`: reads a whole virtual disk and writes its bytes to a file,
-//! through the storvsc guest driver (default) or straight from the block
-//! device (`--direct`).
+//! `vmbdev dump`: reads a whole virtual disk and writes its bytes to a file
+//! (or standard output with `-o -`), through the storvsc guest driver
+//! (default) or straight from the block device (`--direct`). The output is
+//! never one of the images read, and appears only when the dump is
+//! complete.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use vmbdev_backing::{BlockDevice, BlockError, VhdxError, open_image};
+use vmbdev_block::BlockDevice;
 
 use crate::dump_storvsp::{StorvscDumpError, dump_through_storvsc};
+use crate::error::CliError;
+use crate::image::{self, FormatChoice, about};
+use crate::output::{Output, OutputError, stdout_error};
 
 /// Arguments of `vmbdev dump`.
 #[derive(Debug, clap::Args)]
@@ -19,92 +22,65 @@ pub struct DumpArgs {
     direct: bool,
     /// The disk image (VHDX or raw).
     image: PathBuf,
-    /// Where to write the disk bytes.
+    /// Where to write the disk bytes (`-`: standard output).
     #[arg(short, long)]
     output: PathBuf,
-}
-
-/// Why a dump failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DumpError {
-    /// The image could not be opened.
-    #[error("{path}: {source}")]
-    Open {
-        /// Image path.
-        path: PathBuf,
-        /// Why.
-        source: VhdxError,
-    },
-    /// Reading the image failed.
-    #[error("{path}: reading sector {lba}: {source}")]
-    Read {
-        /// Image path.
-        path: PathBuf,
-        /// First sector of the failed read.
-        lba: u64,
-        /// Why.
-        source: BlockError,
-    },
-    /// Reading through the storvsc guest driver failed.
-    #[error("{path}: {source}")]
-    Storvsc {
-        /// Image path.
-        path: PathBuf,
-        /// Why.
-        source: StorvscDumpError,
-    },
-    /// The virtual disk holds no whole sector: nothing a disk could serve.
-    #[error("{path}: the virtual disk is empty (no whole sector)")]
-    Empty {
-        /// Image path.
-        path: PathBuf,
-    },
-    /// Writing the output failed.
-    #[error("{path}: {source}")]
-    Write {
-        /// Output path.
-        path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
-    },
+    /// How to read the image (default: by its signatures).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatChoice,
 }
 
 /// Bytes read per request with `--direct`.
 const CHUNK: u64 = 4 << 20;
 
+/// A write error on the output, as the command reports it.
+fn write_error(args: &DumpArgs, e: std::io::Error) -> CliError {
+    if crate::output::is_stdout(&args.output) {
+        CliError::from(stdout_error(e))
+    } else {
+        CliError::from(OutputError::Io {
+            path: args.output.clone(),
+            source: e,
+        })
+    }
+}
+
 /// Runs the dump.
-pub fn run(args: &DumpArgs) -> Result<(), DumpError> {
-    let device: Arc<dyn BlockDevice> =
-        Arc::from(open_image(&args.image).map_err(|source| DumpError::Open {
-            path: args.image.clone(),
-            source,
-        })?);
+pub fn run(args: &DumpArgs) -> Result<(), CliError> {
+    let opened = image::open(&args.image, args.format)?;
+    let device = opened.disk.into_device();
     // Both paths refuse what the storvsc path cannot serve, before the
     // output is created.
     if device.size_bytes() < u64::from(device.logical_sector_size()) {
-        return Err(DumpError::Empty {
-            path: args.image.clone(),
-        });
+        return Err(about(
+            &args.image,
+            "the virtual disk is empty (no whole sector)",
+        ));
     }
-    let write_err = |source| DumpError::Write {
-        path: args.output.clone(),
-        source,
-    };
-    let file = File::create(&args.output).map_err(write_err)?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    if crate::output::is_stdout(&args.output) && std::io::stdout().is_terminal() {
+        return Err(CliError::new(
+            "standard output: is a terminal; refusing to write the disk's bytes to it (redirect it or give -o FILE)",
+        ));
+    }
+    let output = Output::create(&args.output, &opened.guard.files)?;
+    let mut out = BufWriter::with_capacity(1 << 20, output);
     if args.direct {
         direct(device.as_ref(), args, &mut out)?;
     } else {
-        dump_through_storvsc(device, &mut out).map_err(|source| DumpError::Storvsc {
-            path: args.image.clone(),
-            source,
+        dump_through_storvsc(device, &mut out).map_err(|e| match e {
+            StorvscDumpError::Write(e) => write_error(args, e),
+            other => about(&args.image, other),
         })?;
     }
-    let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
-    file.sync_all().map_err(write_err)
+    let output = out
+        .into_inner()
+        .map_err(|e| write_error(args, e.into_error()))?;
+    output.finish()?;
+    drop(opened.guard);
+    Ok(())
 }
 
-fn direct(device: &dyn BlockDevice, args: &DumpArgs, out: &mut dyn Write) -> Result<(), DumpError> {
+fn direct(device: &dyn BlockDevice, args: &DumpArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let sector = u64::from(device.logical_sector_size());
     let size = device.size_bytes();
     let mut buf = vec![0u8; CHUNK as usize];
@@ -114,16 +90,9 @@ fn direct(device: &dyn BlockDevice, args: &DumpArgs, out: &mut dyn Write) -> Res
         let lba = at / sector;
         device
             .read_sectors(lba, &mut buf[..len])
-            .map_err(|source| DumpError::Read {
-                path: args.image.clone(),
-                lba,
-                source,
-            })?;
+            .map_err(|e| about(&args.image, format!("{e} at sector {lba}")))?;
         out.write_all(&buf[..len])
-            .map_err(|source| DumpError::Write {
-                path: args.output.clone(),
-                source,
-            })?;
+            .map_err(|e| write_error(args, e))?;
         at += len as u64;
     }
     Ok(())

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use futures_lite::future::block_on;
 use indicatif::{ProgressBar, ProgressStyle};
-use vmbdev_backing::BlockDevice;
+use vmbdev_block::BlockDevice;
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
 use vmbdev_guest::storvsc::loopback::{StorvspVm, StorvspVmConfig, VmError};
 use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, Storvsc};
+
+use crate::messages::sense_text;
 
 /// Why reading through storvsc failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +28,18 @@ pub enum StorvscDumpError {
     #[error("storvsp: {0}")]
     Config(#[from] vmbdev_device::storvsp::ConfigError),
     /// The guest driver failed.
-    #[error("storvsc: {0}")]
+    #[error("storvsc: {}", driver_text(.0))]
     Driver(#[from] DriverError),
+    /// A read through the guest driver failed.
+    #[error("{} at sectors {first}-{last}", driver_text(.source))]
+    Read {
+        /// First sector of the failed batch.
+        first: u64,
+        /// Last sector of the failed batch.
+        last: u64,
+        /// Why.
+        source: DriverError,
+    },
     /// The scan did not find the disk.
     #[error("the storvsc scan found no disk")]
     NoDisk,
@@ -44,6 +56,47 @@ pub enum StorvscDumpError {
     /// Writing the output failed.
     #[error("writing the output: {0}")]
     Write(std::io::Error),
+}
+
+/// A driver error in words: a failed SCSI command by its name and sense
+/// data, never the driver's raw fields.
+fn driver_text(e: &DriverError) -> String {
+    match e {
+        DriverError::Srb {
+            opcode,
+            srb_status,
+            scsi_status,
+            sense,
+            ..
+        } => {
+            let command = scsi_command_name(*opcode);
+            match sense {
+                Some((key, asc)) => format!("{} (SCSI {command})", sense_text(*key, *asc)),
+                None => format!(
+                    "SCSI {command} failed (SRB status {srb_status:#04x}, SCSI status {scsi_status:#04x})"
+                ),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The name of a SCSI command by its opcode.
+fn scsi_command_name(opcode: u8) -> String {
+    match opcode {
+        0x00 => "TEST UNIT READY".into(),
+        0x03 => "REQUEST SENSE".into(),
+        0x12 => "INQUIRY".into(),
+        0x25 => "READ CAPACITY(10)".into(),
+        0x28 => "READ(10)".into(),
+        0x2a => "WRITE(10)".into(),
+        0x35 => "SYNCHRONIZE CACHE(10)".into(),
+        0x88 => "READ(16)".into(),
+        0x8a => "WRITE(16)".into(),
+        0x9e => "READ CAPACITY(16)".into(),
+        0xa0 => "REPORT LUNS".into(),
+        other => format!("command {other:#04x}"),
+    }
 }
 
 /// Bytes read per batch of concurrent requests.
@@ -118,7 +171,13 @@ pub fn dump_through_storvsc(
             requests.push((at, count as u32));
             at += count;
         }
-        let chunks = block_on(disk.read_many(&requests, DEPTH))?;
+        let chunks = block_on(disk.read_many(&requests, DEPTH)).map_err(|source| {
+            StorvscDumpError::Read {
+                first: lba,
+                last: end - 1,
+                source,
+            }
+        })?;
         for chunk in &chunks {
             out.write_all(chunk).map_err(StorvscDumpError::Write)?;
             if let Some(bar) = &bar {

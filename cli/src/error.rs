@@ -8,8 +8,14 @@
 //! - A panic is a bug, never the answer to bad input: without `-v` it is
 //!   reported as one `vmbdev: internal error` line (no backtrace) and exits
 //!   101, so it cannot be mistaken for a clean refusal.
+//! - A closed standard output (`vmbdev ls -r x | head -1`) ends the command
+//!   silently by SIGPIPE, after removing its temporaries: the shell reports
+//!   status 141, as for any tool killed by a closed pipe.
+//! - Messages have control characters escaped, so names read from an image
+//!   cannot drive the terminal.
 //! - Tracing output goes to stderr when `-v` is given (debug; `-vv` trace)
-//!   or `RUST_LOG` is set, which then picks the filter.
+//!   or `RUST_LOG` is set, which then picks the filter; it is coloured only
+//!   when stderr is a terminal.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -26,6 +32,7 @@ pub const EXIT_INTERNAL: u8 = 101;
 pub struct CliError {
     message: String,
     code: u8,
+    broken_pipe: bool,
 }
 
 impl CliError {
@@ -34,6 +41,17 @@ impl CliError {
         Self {
             message: message.into(),
             code: EXIT_FAILURE,
+            broken_pipe: false,
+        }
+    }
+
+    /// Standard output's reader went away: the command ends quietly, as a
+    /// write to a closed pipe would have ended it.
+    pub fn broken_pipe() -> Self {
+        Self {
+            message: String::new(),
+            code: EXIT_FAILURE,
+            broken_pipe: true,
         }
     }
 
@@ -53,54 +71,75 @@ impl fmt::Display for CliError {
 /// says what was wrong and where. (`CliError` is deliberately not an
 /// `Error` itself, so this blanket conversion does not overlap `From<T> for
 /// T`.)
-impl<E: std::error::Error> From<E> for CliError {
+impl<E: std::error::Error + 'static> From<E> for CliError {
     fn from(e: E) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if let Some(crate::output::OutputError::BrokenPipe) = c.downcast_ref() {
+                return Self::broken_pipe();
+            }
+            cause = c.source();
+        }
         Self::new(e.to_string())
     }
 }
 
 /// Writes a command's output to stdout. A reader that went away (`vmbdev
-/// info x | head`) is not an error; any other write failure is.
+/// info x | head`) ends the command as SIGPIPE would; any other write
+/// failure is an error.
 pub fn print_stdout(text: &str) -> Result<(), CliError> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CliError::new(format!("writing to stdout: {e}")))
-        }
-        _ => Ok(()),
-    }
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::from(crate::output::stdout_error(e)))
 }
 
 /// Runs `command`, printing its error (if any) as one line on stderr; the
 /// returned code is what the process exits with.
 pub fn run(verbosity: u8, command: impl FnOnce() -> Result<(), CliError>) -> ExitCode {
     init_tracing(verbosity);
-    if verbosity == 0 {
-        std::panic::set_hook(Box::new(|info| {
-            let message = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let location = info
-                .location()
-                .map(|l| format!(" at {}:{}", l.file(), l.line()))
-                .unwrap_or_default();
-            eprint_line(&format!(
-                "vmbdev: internal error: {message}{location} (run with -v for details)"
-            ));
-        }));
-    }
+    // `println!` panics when stdout's reader has gone (demo, bench): that is
+    // a closed pipe, not a bug.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = panic_text(info);
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            crate::signals::die_of_broken_pipe();
+        }
+        if verbosity > 0 {
+            return default_hook(info);
+        }
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprint_line(&format!(
+            "vmbdev: internal error: {}{location} (run with -v for details)",
+            crate::messages::escape_message(&message)
+        ));
+    }));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) if e.broken_pipe => crate::signals::die_of_broken_pipe(),
         Ok(Err(e)) => {
-            eprint_line(&format!("vmbdev: {e}"));
+            eprint_line(&format!(
+                "vmbdev: {}",
+                crate::messages::escape_message(&e.message)
+            ));
             ExitCode::from(e.code())
         }
         Err(_) => ExitCode::from(EXIT_INTERNAL),
     }
+}
+
+/// The message a panic was raised with.
+fn panic_text(info: &std::panic::PanicHookInfo<'_>) -> String {
+    info.payload()
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// Writes one line to stderr; a closed stderr is ignored (there is nowhere
@@ -123,6 +162,7 @@ fn init_tracing(verbosity: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -2,20 +2,19 @@
 //! (BAT, log, parent chain), partitions and the file system on each — as
 //! aligned key/value lines or, with `--json`, one JSON object.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use vmbdev_backing::fs::{FsKind, PartitionSummary, details, survey};
-use vmbdev_backing::partition::{PartitionScheme, PartitionType};
-use vmbdev_backing::vhdx::{BatCounts, Guid, LogState, Vhdx};
-use vmbdev_backing::{BlockDevice, PartitionDevice, RawFile};
+use vmbdev_block::BlockDevice;
+use vmbdev_fs::{FsKind, PartitionSummary, details, survey};
+use vmbdev_partition::PartitionDevice;
+use vmbdev_partition::{PartitionScheme, PartitionType};
+use vmbdev_vhdx::{BatCounts, Guid, LogState, Vhdx};
 
 use crate::error::{CliError, print_stdout};
-
-/// The identifier a VHDX file starts with.
-const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
+use crate::image::{self, Disk, FormatChoice, about};
+use crate::messages::escape_name;
 
 /// Arguments of `vmbdev info`.
 #[derive(Debug, clap::Args)]
@@ -25,6 +24,9 @@ pub struct InfoArgs {
     /// Print one JSON object instead of key/value lines.
     #[arg(long)]
     json: bool,
+    /// How to read the image (default: by its signatures).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatChoice,
 }
 
 /// Everything `info` reports about an image.
@@ -123,7 +125,7 @@ pub struct FsReport {
 
 /// Runs `info`.
 pub fn run(args: &InfoArgs) -> Result<(), CliError> {
-    let report = inspect(&args.image)?;
+    let report = inspect(&args.image, args.format)?;
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -132,49 +134,25 @@ pub fn run(args: &InfoArgs) -> Result<(), CliError> {
     print_stdout(&text)
 }
 
-/// Prefixes `message` with the image path unless it already names it.
-fn about(path: &Path, message: impl std::fmt::Display) -> CliError {
-    let shown = path.display().to_string();
-    let message = message.to_string();
-    if message.starts_with(&shown) {
-        CliError::new(message)
-    } else {
-        CliError::new(format!("{shown}: {message}"))
-    }
-}
-
-/// Whether the file starts with the VHDX identifier (as `open_image`
-/// decides: a malformed VHDX is an error, never shown as raw).
-fn is_vhdx(path: &Path) -> Result<bool, CliError> {
-    let file = std::fs::File::open(path).map_err(|e| about(path, e))?;
-    let meta = file.metadata().map_err(|e| about(path, e))?;
-    if meta.is_dir() {
-        return Err(about(path, "is a directory, not a disk image"));
-    }
-    let mut ident = Vec::with_capacity(VHDX_SIGNATURE.len());
-    file.take(VHDX_SIGNATURE.len() as u64)
-        .read_to_end(&mut ident)
-        .map_err(|e| about(path, format!("reading offset 0: {e}")))?;
-    Ok(ident == VHDX_SIGNATURE)
-}
-
 /// Opens the image and gathers the report.
-pub fn inspect(path: &Path) -> Result<ImageReport, CliError> {
+pub fn inspect(path: &Path, format: FormatChoice) -> Result<ImageReport, CliError> {
+    let opened = image::open(path, format)?;
     let mut report;
-    let device: Arc<dyn BlockDevice> = if is_vhdx(path)? {
-        let vhdx = Vhdx::open(path).map_err(|e| about(path, e))?;
-        report = vhdx_report(path, &vhdx);
-        Arc::new(vhdx)
-    } else {
-        let raw = RawFile::open(path).map_err(|e| about(path, e))?;
-        if raw.sector_count() == 0 {
-            return Err(about(
-                path,
-                "file is smaller than one 512-byte sector: not a disk image",
-            ));
+    let device: Arc<dyn BlockDevice> = match opened.disk {
+        Disk::Vhdx(vhdx) => {
+            report = vhdx_report(path, &vhdx);
+            Arc::<Vhdx>::from(vhdx)
         }
-        report = device_report(path, "raw", &raw);
-        Arc::new(raw)
+        Disk::Raw(raw) => {
+            if raw.sector_count() == 0 {
+                return Err(about(
+                    path,
+                    "file is smaller than one 512-byte sector: not a disk image",
+                ));
+            }
+            report = device_report(path, "raw", &raw);
+            Arc::new(raw)
+        }
     };
     tracing::debug!(path = %path.display(), format = report.format, size = report.virtual_size, "opened image");
     let parts = survey(device.clone()).map_err(|e| about(path, e))?;
@@ -182,6 +160,7 @@ pub fn inspect(path: &Path) -> Result<ImageReport, CliError> {
         .into_iter()
         .map(|p| partition_report(&device, p))
         .collect();
+    drop(opened.guard);
     Ok(report)
 }
 
@@ -320,7 +299,7 @@ fn size_text(bytes: u64) -> String {
 /// The human form: aligned key/value lines.
 fn render(r: &ImageReport) -> String {
     let mut lines: Vec<(String, String)> = vec![
-        ("image".into(), r.path.clone()),
+        ("image".into(), escape_name(&r.path)),
         ("format".into(), r.format.to_uppercase()),
         ("virtual size".into(), size_text(r.virtual_size)),
         (
@@ -375,7 +354,7 @@ fn render(r: &ImageReport) -> String {
             lines.push(("parent chain".into(), "none".into()));
         }
         for (depth, parent) in r.parent_chain.iter().enumerate() {
-            lines.push((format!("parent {}", depth + 1), parent.clone()));
+            lines.push((format!("parent {}", depth + 1), escape_name(parent)));
         }
     }
     lines.push(("partitions".into(), r.partitions.len().to_string()));
@@ -410,14 +389,14 @@ fn partition_lines(p: &PartitionReport, lines: &mut Vec<(String, String)>) {
         format!("{}-{}, {}", p.first_lba, p.last_lba, size_text(p.size)),
     ));
     if p.scheme == "gpt" {
-        lines.push(("  name".into(), format!("{:?}", p.name)));
+        lines.push(("  name".into(), format!("\"{}\"", escape_name(&p.name))));
     }
     let fs = match &p.file_system {
         None => "none recognised".to_owned(),
         Some(fs) => {
             let mut text = fs.kind.to_uppercase();
             match &fs.label {
-                Some(label) => text.push_str(&format!(", label {label:?}")),
+                Some(label) => text.push_str(&format!(", label \"{}\"", escape_name(label))),
                 None => text.push_str(", no label"),
             }
             if let Some(size) = fs.size {

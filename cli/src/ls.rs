@@ -2,13 +2,16 @@
 //! in a disk image (VHDX or raw), read through the same `FileTree` the
 //! vmbfs device serves.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use vmbdev_backing::{
-    BlockDevice, EntryKind, FileTree, HostDirTree, OpenTreeError, TreeError, TreePath, VhdxError,
-    open_image, open_tree,
-};
+use vmbdev_fs::{EntryKind, FileTree, TreeError, TreePath};
+
+use crate::cat::{Source, not_found};
+use crate::error::CliError;
+use crate::image::{FormatChoice, about};
+use crate::messages::escape_name;
+use crate::output::{Output, stdout_error};
 
 /// Deepest directory a recursive listing descends into; a directory loop
 /// in a damaged image stops here.
@@ -35,35 +38,14 @@ pub struct LsArgs {
     /// partition with a recognised file system.
     #[arg(long)]
     partition: Option<usize>,
+    /// How to read the image (default: by its signatures).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatChoice,
 }
 
 /// Why a listing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LsError {
-    /// The source is neither a directory nor a readable image.
-    #[error("{path}: {source}")]
-    Image {
-        /// Source path.
-        path: PathBuf,
-        /// Why.
-        source: VhdxError,
-    },
-    /// No file system could be mounted from the image.
-    #[error("{path}: {source}")]
-    Mount {
-        /// Source path.
-        path: PathBuf,
-        /// Why.
-        source: OpenTreeError,
-    },
-    /// The host directory could not be opened.
-    #[error("{path}: {source}")]
-    HostDir {
-        /// Source path.
-        path: PathBuf,
-        /// Why.
-        source: TreeError,
-    },
     /// Listing failed.
     #[error(transparent)]
     Tree(#[from] TreeError),
@@ -75,9 +57,6 @@ pub enum LsError {
         /// Which bound was hit.
         what: String,
     },
-    /// Writing the listing failed.
-    #[error("writing the listing: {0}")]
-    Output(#[from] std::io::Error),
 }
 
 /// One listed entry.
@@ -97,35 +76,20 @@ fn kind_name(kind: EntryKind) -> &'static str {
 }
 
 /// Opens the tree `source` names.
-fn open_source(args: &LsArgs) -> Result<Arc<dyn FileTree>, LsError> {
+fn open_source(args: &LsArgs) -> Result<Source, CliError> {
     let path = &args.source;
-    if path.is_dir() {
-        if args.partition.is_some() {
-            // A usage error: clap reports it and exits with status 2.
-            clap::Error::raw(
-                clap::error::ErrorKind::ArgumentConflict,
-                format!(
-                    "{}: --partition only applies to disk images\n",
-                    path.display()
-                ),
-            )
-            .exit();
-        }
-        let tree = HostDirTree::open(path).map_err(|source| LsError::HostDir {
-            path: path.clone(),
-            source,
-        })?;
-        return Ok(Arc::new(tree));
+    if path.is_dir() && args.partition.is_some() {
+        // A usage error: clap reports it and exits with status 2.
+        clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "{}: --partition only applies to disk images\n",
+                path.display()
+            ),
+        )
+        .exit();
     }
-    let device: Arc<dyn BlockDevice> =
-        Arc::from(open_image(path).map_err(|source| LsError::Image {
-            path: path.clone(),
-            source,
-        })?);
-    open_tree(device, args.partition).map_err(|source| LsError::Mount {
-        path: path.clone(),
-        source,
-    })
+    crate::cat::open_source(path, args.partition, args.format)
 }
 
 /// Collects the entries under `start` (or `start` itself when it is a
@@ -141,10 +105,8 @@ fn collect(tree: &dyn FileTree, start: &TreePath, recursive: bool) -> Result<Vec
     }
     let mut out = Vec::new();
     // Depth-first with an explicit stack of sorted listings.
-    let mut stack: Vec<(
-        TreePath,
-        std::vec::IntoIter<(String, vmbdev_backing::Metadata)>,
-    )> = vec![(start.clone(), sorted_listing(tree, start)?.into_iter())];
+    let mut stack: Vec<(TreePath, std::vec::IntoIter<(String, vmbdev_fs::Metadata)>)> =
+        vec![(start.clone(), sorted_listing(tree, start)?.into_iter())];
     while let Some((dir, entries)) = stack.last_mut() {
         let Some((name, meta)) = entries.next() else {
             stack.pop();
@@ -179,27 +141,35 @@ fn collect(tree: &dyn FileTree, start: &TreePath, recursive: bool) -> Result<Vec
 fn sorted_listing(
     tree: &dyn FileTree,
     dir: &TreePath,
-) -> Result<Vec<(String, vmbdev_backing::Metadata)>, LsError> {
+) -> Result<Vec<(String, vmbdev_fs::Metadata)>, LsError> {
     let mut listing = tree.read_dir(dir)?;
     listing.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(listing)
 }
 
 /// Runs the listing.
-pub fn run(args: &LsArgs) -> Result<(), LsError> {
-    let tree = open_source(args)?;
-    let entries = collect(&*tree, &TreePath::parse(&args.path), args.recursive)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    use std::io::Write;
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &entries).map_err(std::io::Error::from)?;
-        writeln!(out)?;
-    } else {
-        for e in &entries {
-            writeln!(out, "{:<4} {:>12} {}", e.kind, e.size, e.path)?;
+pub fn run(args: &LsArgs) -> Result<(), CliError> {
+    let source = open_source(args)?;
+    let start = TreePath::parse(&args.path);
+    let entries = collect(&*source.tree, &start, args.recursive).map_err(|e| match e {
+        LsError::Tree(TreeError::NotFound(p)) if p == start.to_string() => {
+            CliError::new(not_found(&args.source, &args.path))
         }
-    }
-    out.flush()?;
+        LsError::Tree(TreeError::NotFound(p)) => CliError::new(not_found(&args.source, &p)),
+        other => about(&args.source, other),
+    })?;
+    let mut out = std::io::BufWriter::new(Output::create(Path::new("-"), &[])?);
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &entries)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        entries.iter().try_for_each(|e| {
+            writeln!(out, "{:<4} {:>12} {}", e.kind, e.size, escape_name(&e.path))
+        })
+    };
+    written
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::from(stdout_error(e)))?;
     Ok(())
 }

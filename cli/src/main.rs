@@ -5,12 +5,18 @@
 mod bench;
 mod cat;
 mod demo;
+mod detect;
 mod dump;
 mod dump_storvsp;
 mod error;
+mod image;
 mod info;
+mod lock;
 mod ls;
+mod messages;
+mod output;
 mod pack;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -52,12 +58,13 @@ enum Cli {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    signals::install();
     error::run(args.verbose, || match args.command {
         Cli::Demo(args) => demo::run(&args),
         Cli::Cat(args) => cat::run(&args),
-        Cli::Dump(args) => Ok(dump::run(&args)?),
-        Cli::Pack(args) => Ok(pack::run(&args)?),
-        Cli::Ls(args) => Ok(ls::run(&args)?),
+        Cli::Dump(args) => dump::run(&args),
+        Cli::Pack(args) => pack::run(&args),
+        Cli::Ls(args) => ls::run(&args),
         Cli::Info(args) => info::run(&args),
         Cli::Bench(args) => bench::run(&args),
     })

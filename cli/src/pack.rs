@@ -3,8 +3,12 @@
 
 use std::path::PathBuf;
 
-use vmbdev_backing::pack::PackFs;
-use vmbdev_backing::{PackError, PackOptions, pack_directory};
+use vmbdev_pack::PackFs;
+use vmbdev_pack::{PackOptions, pack_directory};
+
+use crate::error::{CliError, print_stdout};
+use crate::image::about;
+use crate::messages::{count, escape_name};
 
 /// File systems `pack` can write.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -68,9 +72,43 @@ fn parse_block_size(text: &str) -> Result<u32, String> {
     Ok(size as u32)
 }
 
+/// Refuses an output that would overwrite an input: the directory being
+/// packed, or a file that already exists inside it. (A new image inside the
+/// directory is fine: the tree is read before the image appears.)
+fn check_output(args: &PackArgs) -> Result<(), CliError> {
+    let Ok(meta) = std::fs::metadata(&args.out) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        return Err(about(&args.out, "is a directory"));
+    }
+    let (Ok(out), Ok(dir)) = (
+        std::fs::canonicalize(&args.out),
+        std::fs::canonicalize(&args.dir),
+    ) else {
+        return Ok(());
+    };
+    if out.starts_with(&dir) {
+        return Err(about(
+            &args.out,
+            format!(
+                "is a file inside {}, the directory being packed; refusing to overwrite it",
+                args.dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the pack and prints a one-line summary.
-pub fn run(args: &PackArgs) -> Result<(), PackError> {
+pub fn run(args: &PackArgs) -> Result<(), CliError> {
     let FsChoice::Fat32 = args.fs;
+    check_output(args)?;
+    let out_dir = match args.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    crate::signals::sweep_on_signal(out_dir, ".vmbdev-pack-");
     let options = PackOptions {
         fs: PackFs::Fat32,
         disk_size: args.size,
@@ -79,25 +117,25 @@ pub fn run(args: &PackArgs) -> Result<(), PackError> {
         timestamp: None,
     };
     let report = pack_directory(&args.dir, &args.out, &options)?;
-    println!(
-        "{}: {} files, {} directories, {} bytes; disk {} MiB, FAT32 with {}-byte clusters, {} MiB VHDX blocks",
-        args.out.display(),
-        report.files,
-        report.dirs,
-        report.file_bytes,
+    print_stdout(&format!(
+        "{}: {}, {}, {}; disk {} MiB, FAT32 with {}-byte clusters, {} MiB VHDX blocks\n",
+        escape_name(&args.out.display().to_string()),
+        count(report.files, "file", "files"),
+        count(report.dirs, "directory", "directories"),
+        count(report.file_bytes, "byte", "bytes"),
         report.disk_size >> 20,
         report.cluster_bytes,
         report.block_size >> 20,
-    );
+    ))?;
     if report.skipped_count > 0 {
         let named: Vec<String> = report
             .skipped
             .iter()
-            .map(|p| p.display().to_string())
+            .map(|p| escape_name(&p.display().to_string()))
             .collect();
         eprintln!(
-            "vmbdev: warning: left out {} symbolic links, special files or non-UTF-8 names: {}{}",
-            report.skipped_count,
+            "vmbdev: warning: left out {} (symbolic links, special files or non-UTF-8 names): {}{}",
+            count(report.skipped_count, "entry", "entries"),
             named.join(", "),
             if report.skipped_count > named.len() as u64 {
                 ", ..."

@@ -152,8 +152,8 @@ fn fixed_vhdx_has_every_block_present() {
 
 #[test]
 fn differencing_vhdx_shows_its_parent_chain() {
-    use vmbdev_backing::RawFile;
-    use vmbdev_backing::vhdx::{WriteOptions, write_differencing, write_vhdx};
+    use vmbdev_block::RawFile;
+    use vmbdev_vhdx::{WriteOptions, write_differencing, write_vhdx};
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("base.raw");
     std::fs::write(&raw, vec![0x5Au8; 4 * MIB as usize]).unwrap();

@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use vmbdev_backing::MemoryTree;
+//! use vmbdev_fs::MemoryTree;
 //! use vmbdev_device::bus::{OpenRequest, VmbusDevice};
 //! use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
 //! use vmbdev_ring::{LoopbackConfig, PipeMessage, loopback};

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use vmbdev_backing::{BlockDevice, BlockError};
+use vmbdev_block::{BlockDevice, BlockError};
 use vmbdev_protocol::scsi::{
     self, BlockDeviceCharacteristicsPage, BlockLimitsPage, CachingModePage, Cdb6, Cdb10, Cdb12,
     Cdb16, DesignatorHeader, FixedSense, InquiryCdb, LogicalBlockProvisioningPage,

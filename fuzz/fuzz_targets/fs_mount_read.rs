@@ -14,11 +14,11 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Once};
 
 use libfuzzer_sys::fuzz_target;
-use vmbdev_backing::fs::{detect, mount};
-use vmbdev_backing::{
-    BlockDevice, EntryKind, FileTree, PartitionDevice, TreePath, list_partitions, open_tree,
-};
-use vmbdev_fuzz::MemDevice;
+use vmbdev_block::BlockDevice;
+use vmbdev_fs::{EntryKind, FileTree, TreePath, open_tree};
+use vmbdev_fs::{detect, mount};
+use vmbdev_fuzz::mem_device;
+use vmbdev_partition::{PartitionDevice, list_partitions};
 
 /// Whether a panic at `file` is inside a third-party crate (a contained,
 /// known class of defect) rather than in this workspace or std.
@@ -102,7 +102,7 @@ fn walk(tree: &dyn FileTree) {
 
 fuzz_target!(|data: &[u8]| {
     install_panic_hook();
-    let device: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(data.to_vec(), 512));
+    let device: Arc<dyn BlockDevice> = Arc::new(mem_device(data.to_vec(), 512));
     if let Ok(parts) = list_partitions(&*device) {
         for info in parts.iter().take(4) {
             let Ok(view) = PartitionDevice::for_partition(device.clone(), info) else {

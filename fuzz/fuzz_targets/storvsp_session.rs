@@ -21,12 +21,13 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use vmbdev_block::MemoryDisk;
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{
     Completion, Controller, LunAddress, Outcome, Request, StorvspChannel, StorvspConfig,
 };
 use vmbdev_fuzz::channel::{Channel, Field, RangeSpec, WireRange};
-use vmbdev_fuzz::{MemDevice, le32};
+use vmbdev_fuzz::{le32, mem_device};
 use vmbdev_ring::{
     Doorbell, Endpoint, EventDoorbell, GpaRange, GuestMemory, OutgoingPacket, PAGE_SIZE,
     PacketKind, Side, in_band_ring_len,
@@ -42,13 +43,13 @@ fn disk_bytes(i: usize, len: usize) -> Vec<u8> {
 
 /// The disks' bytes, built once (per-byte loops are slow under coverage
 /// instrumentation).
-fn disk_images() -> &'static [Arc<MemDevice>] {
-    static DISK_IMAGES: std::sync::OnceLock<Vec<Arc<MemDevice>>> = std::sync::OnceLock::new();
+fn disk_images() -> &'static [Arc<MemoryDisk>] {
+    static DISK_IMAGES: std::sync::OnceLock<Vec<Arc<MemoryDisk>>> = std::sync::OnceLock::new();
     DISK_IMAGES.get_or_init(|| {
         DISKS
             .iter()
             .enumerate()
-            .map(|(i, (_, sector, len))| Arc::new(MemDevice::new(disk_bytes(i, *len), *sector)))
+            .map(|(i, (_, sector, len))| Arc::new(mem_device(disk_bytes(i, *len), *sector)))
             .collect()
     })
 }
@@ -153,7 +154,7 @@ struct Session {
     primary_rig: Channel,
     lanes: Vec<Lane>,
     memory: GuestMemory,
-    disks: &'static [Arc<MemDevice>],
+    disks: &'static [Arc<MemoryDisk>],
 }
 
 /// A marker the guest fills its data buffers with.
@@ -406,7 +407,7 @@ impl Session {
         let want_len = blocks * sector;
         assert_eq!(u64::from(got_len), want_len, "READ moved bytes");
         let start = (lba * sector) as usize;
-        let expected = &self.disks[disk].bytes[start..start + want_len as usize];
+        let expected = &self.disks[disk].bytes()[start..start + want_len as usize];
         assert_eq!(
             &now[..want_len as usize],
             expected,
@@ -525,7 +526,7 @@ fuzz_target!(|input: Input| {
     let controller = Arc::new(Controller::new());
     let disks = disk_images();
     for (((path, target, lun), _, _), device) in DISKS.iter().zip(disks) {
-        let device: Arc<dyn vmbdev_backing::BlockDevice> = device.clone();
+        let device: Arc<dyn vmbdev_block::BlockDevice> = device.clone();
         controller.insert(
             LunAddress {
                 path: *path,

@@ -4,23 +4,22 @@
 //! metadata, BAT and log fields (recomputing CRCs when the input says so),
 //! raw bytes and the file length, and the result is opened and read.
 //!
-//! The image lives in a tmpfs file (the reader opens paths); only the
-//! non-zero 64 KiB chunks are written per run. Invariants: no panic, hang
+//! The patched image stays in memory (the reader parses through
+//! `ReadAt`): unpatched 64 KiB chunks are read from the shared base, so a
+//! run copies only what it patches. Invariants: no panic, hang
 //! or runaway allocation; an unpatched image reads back exactly the bytes
 //! it was written from (the dirty variant with its logged page applied).
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use vmbdev_backing::BlockDevice;
-use vmbdev_backing::vhdx::{Vhdx, WriteOptions, write_vhdx};
-use vmbdev_fuzz::{MemDevice, le32, le64, put16, put32, put64};
+use vmbdev_block::{BlockDevice, ReadAt};
+use vmbdev_fuzz::{le32, le64, mem_device, put16, put32, put64};
+use vmbdev_vhdx::{Vhdx, WriteOptions, write_vhdx};
 
 const MIB: usize = 1 << 20;
 const CHUNK: usize = 64 * 1024;
@@ -44,8 +43,6 @@ const PARENT_LOCATOR_GUID: [u8; 16] = [
 struct Base {
     /// File bytes.
     bytes: Vec<u8>,
-    /// Indices of the 64 KiB chunks holding a non-zero byte.
-    nonzero: Vec<usize>,
     /// Disk bytes the image holds.
     disk: Vec<u8>,
 }
@@ -53,7 +50,6 @@ struct Base {
 struct Bases {
     clean: Base,
     dirty: Base,
-    path: PathBuf,
 }
 
 fn fix_crc(b: &mut [u8], start: usize, len: usize) {
@@ -93,15 +89,6 @@ fn log_entry(seq: u64, target: u64, page: &[u8], last_file_offset: u64) -> Vec<u
     e
 }
 
-fn nonzero_chunks(bytes: &[u8]) -> Vec<usize> {
-    bytes
-        .chunks(CHUNK)
-        .enumerate()
-        .filter(|(_, c)| c.iter().any(|&b| b != 0))
-        .map(|(i, _)| i)
-        .collect()
-}
-
 fn bases() -> &'static Bases {
     static BASES: OnceLock<Bases> = OnceLock::new();
     BASES.get_or_init(|| {
@@ -124,7 +111,7 @@ fn bases() -> &'static Bases {
         } else {
             path
         };
-        let source = MemDevice::new(disk.clone(), 512);
+        let source = mem_device(disk.clone(), 512);
         let opts = WriteOptions {
             block_size: 1 << 20,
             logical_sector_size: 512,
@@ -133,11 +120,8 @@ fn bases() -> &'static Bases {
         };
         write_vhdx(&source, &path, &opts).expect("write base VHDX");
         let bytes = std::fs::read(&path).expect("read base VHDX");
-        let clean = Base {
-            nonzero: nonzero_chunks(&bytes),
-            bytes,
-            disk,
-        };
+        std::fs::remove_file(&path).expect("remove base VHDX");
+        let clean = Base { bytes, disk };
         // The dirty variant: a log entry replacing the page at disk offset
         // 4096 of block 0 (whose file offset the BAT gives).
         let mut bytes = clean.bytes.clone();
@@ -152,12 +136,8 @@ fn bases() -> &'static Bases {
         }
         let mut disk = clean.disk.clone();
         disk[4096..8192].copy_from_slice(&page);
-        let dirty = Base {
-            nonzero: nonzero_chunks(&bytes),
-            bytes,
-            disk,
-        };
-        Bases { clean, dirty, path }
+        let dirty = Base { bytes, disk };
+        Bases { clean, dirty }
     })
 }
 
@@ -287,9 +267,9 @@ struct Input {
 }
 
 /// The patched file: base chunks overlaid with modified copies.
+#[derive(Debug)]
 struct Image<'a> {
     base: &'a [u8],
-    nonzero: &'a [usize],
     chunks: BTreeMap<usize, Vec<u8>>,
     len: usize,
 }
@@ -329,25 +309,36 @@ impl Image<'_> {
         self.edit(at, 4, |b| v = le32(b, 0));
         v
     }
+}
 
-    fn write(&self, file: &File) {
-        file.set_len(0).expect("truncate");
-        file.set_len(self.len as u64).expect("set length");
-        for &index in self.nonzero {
-            let start = index * CHUNK;
-            if !self.chunks.contains_key(&index) && start < self.len {
-                let end = (start + CHUNK).min(self.base.len()).min(self.len);
-                file.write_all_at(&self.base[start..end], start as u64)
-                    .expect("write");
+impl ReadAt for Image<'static> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
+        let end = start.saturating_add(buf.len()).min(self.len);
+        let mut at = start;
+        while at < end {
+            let index = at / CHUNK;
+            let within = at % CHUNK;
+            let n = (CHUNK - within).min(end - at);
+            let out = &mut buf[at - start..at - start + n];
+            match self.chunks.get(&index) {
+                Some(chunk) => out.copy_from_slice(&chunk[within..within + n]),
+                None => {
+                    let from = self.base.get(at..).unwrap_or_default();
+                    let m = from.len().min(n);
+                    out[..m].copy_from_slice(&from[..m]);
+                    out[m..].fill(0);
+                }
             }
+            at += n;
         }
-        for (&index, c) in &self.chunks {
-            let start = index * CHUNK;
-            if start < self.len {
-                let n = CHUNK.min(self.len - start);
-                file.write_all_at(&c[..n], start as u64).expect("write");
-            }
-        }
+        Ok(end.saturating_sub(start))
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.len as u64)
     }
 }
 
@@ -474,7 +465,6 @@ fuzz_target!(|input: Input| {
     };
     let mut img = Image {
         base: &base.bytes,
-        nonzero: &base.nonzero,
         chunks: BTreeMap::new(),
         len: base.bytes.len(),
     };
@@ -482,16 +472,7 @@ fuzz_target!(|input: Input| {
         apply(&mut img, patch);
     }
     let _ = img.read64(0);
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&bases.path)
-        .expect("image file");
-    img.write(&file);
-    drop(file);
-    let Ok(vhdx) = Vhdx::open(&bases.path) else {
+    let Ok(vhdx) = Vhdx::from_source(Box::new(img), "fuzz.vhdx") else {
         assert!(!input.patches.is_empty(), "the unpatched image must open");
         return;
     };

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use vmbdev_backing::MemoryTree;
 use vmbdev_device::vmbfs::{ProtocolError, VmbfsConfig, VmbfsHost, VmbfsInput};
+use vmbdev_fs::MemoryTree;
 use vmbdev_fuzz::channel::{Channel, Field, RangeSpec, WireRange};
 use vmbdev_fuzz::{le32, le64};
 use vmbdev_protocol::vmbfs::{MAX_MESSAGE_SIZE, MAX_READ_SIZE, VERSION_WIN10};

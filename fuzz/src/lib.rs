@@ -1,4 +1,4 @@
-//! Helpers shared by the fuzz targets: an in-memory block device, a
+//! Helpers shared by the fuzz targets: the in-memory disk every target uses, a
 //! reference model of the ring's packet checks, and little-endian field
 //! access. The targets themselves live in `fuzz_targets/`.
 #![forbid(unsafe_code)]
@@ -6,45 +6,12 @@
 pub mod channel;
 pub mod model;
 
-use vmbdev_backing::{BlockDevice, BlockError, check_request};
+use vmbdev_block::MemoryDisk;
 
-/// A block device over bytes held in memory.
-#[derive(Debug, Clone)]
-pub struct MemDevice {
-    /// The disk bytes (a whole number of sectors).
-    pub bytes: Vec<u8>,
-    /// Logical sector size.
-    pub sector_size: u32,
-}
-
-impl MemDevice {
-    /// A device over `bytes` with `sector_size`-byte sectors; a partial last
-    /// sector is dropped.
-    pub fn new(mut bytes: Vec<u8>, sector_size: u32) -> Self {
-        let whole = bytes.len() / sector_size as usize * sector_size as usize;
-        bytes.truncate(whole);
-        Self { bytes, sector_size }
-    }
-}
-
-impl BlockDevice for MemDevice {
-    fn logical_sector_size(&self) -> u32 {
-        self.sector_size
-    }
-    fn physical_sector_size(&self) -> u32 {
-        self.sector_size
-    }
-    fn sector_count(&self) -> u64 {
-        self.bytes.len() as u64 / u64::from(self.sector_size)
-    }
-    fn disk_id(&self) -> [u8; 16] {
-        [0x5a; 16]
-    }
-    fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        let offset = check_request(self, lba, buf.len())? as usize;
-        buf.copy_from_slice(&self.bytes[offset..offset + buf.len()]);
-        Ok(())
-    }
+/// A disk over `bytes` with `sector_size`-byte sectors (a partial last
+/// sector is dropped), as every target uses it.
+pub fn mem_device(bytes: Vec<u8>, sector_size: u32) -> MemoryDisk {
+    MemoryDisk::with_sector_sizes(bytes, sector_size, sector_size).with_disk_id([0x5a; 16])
 }
 
 /// Little-endian u16 at `at` (0 past the end).

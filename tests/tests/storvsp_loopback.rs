@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_lite::future::block_on;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use vmbdev_backing::{BlockDevice, BlockError, RawFile};
+use vmbdev_block::{BlockDevice, BlockError, RawFile};
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{
@@ -356,7 +356,7 @@ impl BlockDevice for GatedDisk {
                 closed = self.opened.wait(closed).unwrap();
             }
         }
-        let at = vmbdev_backing::check_request(self, lba, buf.len())? as usize;
+        let at = vmbdev_block::check_request(self, lba, buf.len())? as usize;
         buf.copy_from_slice(&self.bytes[at..at + buf.len()]);
         Ok(())
     }

@@ -9,8 +9,9 @@ use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use vmbdev_backing::{RawFile, open_tree};
+use vmbdev_block::RawFile;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
+use vmbdev_fs::open_tree;
 use vmbdev_guest::vm::{LoopbackVm, VmConfig};
 use vmbdev_guest::vmbfs::VmbfsClient;
 

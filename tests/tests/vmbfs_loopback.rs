@@ -7,12 +7,12 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use vmbdev_backing::{FileTree, MemoryTree};
 use vmbdev_device::bus::{ChannelError, VmbusDevice};
 use vmbdev_device::vmbfs::{
     BadInput, ProtocolError, ProtocolState, VmbfsConfig, VmbfsDevice, VmbfsSavedState,
     encode_saved_state,
 };
+use vmbdev_fs::{FileTree, MemoryTree};
 use vmbdev_guest::vm::{GuestChannel, LoopbackVm, RingShape, VmConfig};
 use vmbdev_guest::vmbfs::{ClientError, VmbfsClient, VmbfsClientError};
 use vmbdev_protocol::vmbfs::MAX_READ_SIZE;
@@ -739,25 +739,25 @@ struct GatedTree {
 impl FileTree for GatedTree {
     fn lookup(
         &self,
-        path: &vmbdev_backing::TreePath,
-    ) -> Result<vmbdev_backing::Metadata, vmbdev_backing::TreeError> {
+        path: &vmbdev_fs::TreePath,
+    ) -> Result<vmbdev_fs::Metadata, vmbdev_fs::TreeError> {
         self.inner.lookup(path)
     }
 
     fn read_at(
         &self,
-        path: &vmbdev_backing::TreePath,
+        path: &vmbdev_fs::TreePath,
         offset: u64,
         buf: &mut [u8],
-    ) -> Result<usize, vmbdev_backing::TreeError> {
+    ) -> Result<usize, vmbdev_fs::TreeError> {
         let _ = self.gate.lock().unwrap().recv();
         self.inner.read_at(path, offset, buf)
     }
 
     fn read_dir(
         &self,
-        path: &vmbdev_backing::TreePath,
-    ) -> Result<Vec<(String, vmbdev_backing::Metadata)>, vmbdev_backing::TreeError> {
+        path: &vmbdev_fs::TreePath,
+    ) -> Result<Vec<(String, vmbdev_fs::Metadata)>, vmbdev_fs::TreeError> {
         self.inner.read_dir(path)
     }
 }

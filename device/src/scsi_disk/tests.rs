@@ -2,33 +2,11 @@
 
 use super::*;
 use rand::{Rng, SeedableRng};
-use vmbdev_backing::RawFile;
+use vmbdev_block::{MemoryDisk, RawFile};
 
-/// A disk held in memory; reads are checked like a real device's.
-pub(crate) struct MemDisk {
-    pub bytes: Vec<u8>,
-    pub sector: u32,
-    pub physical: u32,
-}
-
-impl BlockDevice for MemDisk {
-    fn logical_sector_size(&self) -> u32 {
-        self.sector
-    }
-    fn physical_sector_size(&self) -> u32 {
-        self.physical
-    }
-    fn sector_count(&self) -> u64 {
-        self.bytes.len() as u64 / u64::from(self.sector)
-    }
-    fn disk_id(&self) -> [u8; 16] {
-        *b"0123456789abcdef"
-    }
-    fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        let off = vmbdev_backing::check_request(self, lba, buf.len())? as usize;
-        buf.copy_from_slice(&self.bytes[off..off + buf.len()]);
-        Ok(())
-    }
+/// A disk held in memory with the id the page-83 tests expect.
+pub(crate) fn mem_disk(bytes: Vec<u8>, sector: u32, physical: u32) -> MemoryDisk {
+    MemoryDisk::with_sector_sizes(bytes, sector, physical).with_disk_id(*b"0123456789abcdef")
 }
 
 pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -40,11 +18,7 @@ pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 fn disk(sector: u32, sectors: usize) -> (ScsiDisk, Vec<u8>) {
     let bytes = random_bytes(sector as usize * sectors, u64::from(sector));
-    let dev = MemDisk {
-        bytes: bytes.clone(),
-        sector,
-        physical: 4096,
-    };
+    let dev = mem_disk(bytes.clone(), sector, 4096);
     (ScsiDisk::new(Arc::new(dev)), bytes)
 }
 

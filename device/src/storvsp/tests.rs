@@ -2,7 +2,7 @@
 //! the wire table, not from the structs under test).
 
 use super::*;
-use crate::scsi_disk::tests::{MemDisk, random_bytes};
+use crate::scsi_disk::tests::{mem_disk, random_bytes};
 
 const MEMORY_PAGES: u64 = 64;
 const SECTORS: usize = 64;
@@ -16,11 +16,7 @@ struct Host {
 fn host_with(config: StorvspConfig, sector: u32) -> Host {
     let memory = GuestMemory::new(MEMORY_PAGES * 4096).unwrap();
     let disk_bytes = random_bytes(sector as usize * SECTORS, 99);
-    let dev = MemDisk {
-        bytes: disk_bytes.clone(),
-        sector,
-        physical: sector,
-    };
+    let dev = mem_disk(disk_bytes.clone(), sector, sector);
     let controller = Arc::new(Controller::new());
     controller.insert(
         LunAddress {

@@ -9,7 +9,7 @@ use super::reply::Reply;
 use super::stats::{BadInput, VmbfsStats};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use vmbdev_backing::{FileTree, TreePath};
+use vmbdev_fs::{FileTree, TreePath};
 use vmbdev_protocol::vmbfs::{
     FileStatus, GetFileInfo, MAX_MESSAGE_SIZE, MAX_RDMA_READ_SIZE, MAX_READ_SIZE, MessageHeader,
     MessageType, ReadFile, ReadFileRdma, VERSION_WIN10, VersionRequest, VersionStatus,

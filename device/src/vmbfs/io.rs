@@ -9,7 +9,7 @@ use super::buffer::GpaDirectBuffer;
 use super::reply::Reply;
 use super::stats::BadInput;
 use std::sync::Arc;
-use vmbdev_backing::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use vmbdev_fs::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 use vmbdev_protocol::vmbfs::{FileInfoFlags, FileStatus};
 use vmbdev_ring::GuestMemory;
 

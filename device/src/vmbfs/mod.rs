@@ -1,4 +1,4 @@
-//! The vmbfs host: serves a read-only [`FileTree`](vmbdev_backing::FileTree)
+//! The vmbfs host: serves a read-only [`FileTree`](vmbdev_fs::FileTree)
 //! to a guest over a pipe-mode, message-mode channel.
 //!
 //! [`VmbfsHost`] is an explicit state machine with no hidden I/O: each

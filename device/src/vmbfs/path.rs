@@ -1,7 +1,7 @@
 //! Decoding of vmbfs paths: UTF-16LE code units filling the rest of a
 //! message, turned into a [`TreePath`] that cannot leave the served tree.
 
-use vmbdev_backing::TreePath;
+use vmbdev_fs::TreePath;
 
 /// Why a path in a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

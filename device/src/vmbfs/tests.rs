@@ -4,7 +4,7 @@
 use super::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-use vmbdev_backing::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use vmbdev_fs::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 use vmbdev_protocol::vmbfs::{FileStatus, MessageType, VERSION_WIN10};
 use vmbdev_ring::{GpaRange, GuestMemory};
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future::block_on;
-use vmbdev_backing::{BlockDevice, BlockError, RawFile};
+use vmbdev_block::{BlockDevice, BlockError, RawFile};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{ConfigError, Controller, LunAddress, StorvspConfig, StorvspDevice};
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use std::sync::Arc;
-use vmbdev_backing::{BlockDevice, BlockError};
+use vmbdev_block::{BlockDevice, BlockError};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{
     Completion, Controller, LunAddress, Outcome, Request, StorvspChannel, StorvspConfig,
@@ -33,7 +33,7 @@ impl BlockDevice for PatternDisk {
         [7; 16]
     }
     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        let start = vmbdev_backing::check_request(self, lba, buf.len())?;
+        let start = vmbdev_block::check_request(self, lba, buf.len())?;
         for (i, b) in buf.iter_mut().enumerate() {
             *b = pattern(start + i as u64);
         }

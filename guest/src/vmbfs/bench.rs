@@ -7,9 +7,9 @@ use super::client::{VmbfsClient, VmbfsClientError};
 use crate::vm::{LoopbackVm, VmConfig, VmError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmbdev_backing::MemoryTree;
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
+use vmbdev_fs::MemoryTree;
 
 /// Size of the file the standard measurement reads.
 pub const BENCH_FILE_SIZE: usize = 64 << 20;
@@ -59,7 +59,7 @@ pub enum BenchError {
     Vm(#[from] VmError),
     /// The in-memory tree could not be built.
     #[error("cannot build the bench tree: {0}")]
-    Tree(vmbdev_backing::TreeError),
+    Tree(vmbdev_fs::TreeError),
     /// A read failed.
     #[error(transparent)]
     Client(#[from] VmbfsClientError),

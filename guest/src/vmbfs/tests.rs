@@ -4,8 +4,8 @@
 use super::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-use vmbdev_backing::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsHost, VmbfsInput};
+use vmbdev_fs::{EntryKind, FileTree, Metadata, TreeError, TreePath};
 use vmbdev_ring::GuestMemory;
 
 /// Files by path; directories are implied by the files under them.

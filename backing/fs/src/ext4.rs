@@ -1,0 +1,262 @@
+//! ext4 through the `ext4-view` crate, made safe for hostile images.
+//!
+//! The superblock is checked against the partition size before the crate
+//! sees it (the crate sizes its block-group table from the superblock and
+//! aborts on a huge one). Files are read through `ext4_view::File` at an
+//! offset, never with `Ext4::read`, which loads a whole file into memory.
+//! `Ext4` is not `Send`, so it lives on its own thread. Names are
+//! case-sensitive.
+
+use std::sync::Arc;
+
+use ext4_view::{Ext4, Ext4Error, Ext4Read};
+
+use crate::tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use crate::worker::Worker;
+use vmbdev_block::BlockDevice;
+use vmbdev_block::read_bytes;
+
+/// Open files kept so sequential reads continue where the last ended.
+const HANDLE_CACHE: usize = 16;
+
+/// Offset of the superblock.
+const SUPERBLOCK: u64 = 1024;
+/// Incompat feature flag: 64-bit block numbers.
+const INCOMPAT_64BIT: u32 = 0x80;
+/// Largest number of entries accepted in one directory.
+const MAX_DIR_ENTRIES: usize = 1 << 20;
+
+/// A mounted ext4 volume.
+pub struct Ext4Tree {
+    worker: Worker<State>,
+}
+
+struct State {
+    fs: Ext4,
+    handles: Vec<(TreePath, ext4_view::File)>,
+}
+
+/// `Ext4Read` over a block device.
+struct DeviceReader(Arc<dyn BlockDevice>);
+
+impl Ext4Read for DeviceReader {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        Ok(read_bytes(&*self.0, start_byte, dst)?)
+    }
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn corrupt(what: String) -> TreeError {
+    TreeError::Corrupt(format!("ext4: {what}"))
+}
+
+/// Checks the superblock fields that size the crate's allocations against
+/// the partition.
+fn check_superblock(device: &dyn BlockDevice) -> Result<(), TreeError> {
+    let mut sb = [0u8; 1024];
+    read_bytes(device, SUPERBLOCK, &mut sb)
+        .map_err(|e| corrupt(format!("reading superblock: {e}")))?;
+    if sb[56..58] != [0x53, 0xEF] {
+        return Err(corrupt("no superblock magic at byte 1080".into()));
+    }
+    let log_block = le_u32(&sb, 24);
+    if log_block > 6 {
+        return Err(corrupt(format!(
+            "s_log_block_size {log_block} at superblock offset 24"
+        )));
+    }
+    let block_size = 1024u64 << log_block;
+    let mut blocks = u64::from(le_u32(&sb, 4));
+    if le_u32(&sb, 96) & INCOMPAT_64BIT != 0 {
+        blocks |= u64::from(le_u32(&sb, 0x150)) << 32;
+    }
+    let size = device.size_bytes();
+    if blocks.checked_mul(block_size).is_none_or(|b| b > size) {
+        return Err(corrupt(format!(
+            "{blocks} blocks of {block_size} bytes exceed the partition of {size} bytes"
+        )));
+    }
+    let blocks_per_group = u64::from(le_u32(&sb, 32));
+    if !(8..=block_size * 8).contains(&blocks_per_group) {
+        return Err(corrupt(format!(
+            "s_blocks_per_group {blocks_per_group} at superblock offset 32"
+        )));
+    }
+    let inodes_per_group = u64::from(le_u32(&sb, 40));
+    if inodes_per_group == 0 || inodes_per_group > block_size * 8 {
+        return Err(corrupt(format!(
+            "s_inodes_per_group {inodes_per_group} at superblock offset 40"
+        )));
+    }
+    let groups = blocks.div_ceil(blocks_per_group);
+    let inodes = u64::from(le_u32(&sb, 0));
+    if inodes > groups.saturating_mul(inodes_per_group) {
+        return Err(corrupt(format!(
+            "s_inodes_count {inodes} exceeds {groups} groups of {inodes_per_group}"
+        )));
+    }
+    Ok(())
+}
+
+fn map_error(path: &TreePath, e: Ext4Error) -> TreeError {
+    match e {
+        // A link loop, like any link that leads nowhere, reads as absent.
+        Ext4Error::NotFound
+        | Ext4Error::MalformedPath
+        | Ext4Error::IsASpecialFile
+        | Ext4Error::TooManySymlinks => TreeError::NotFound(path.to_string()),
+        Ext4Error::NotADirectory => TreeError::NotADirectory(path.to_string()),
+        Ext4Error::IsADirectory => TreeError::IsADirectory(path.to_string()),
+        Ext4Error::Io(e) => TreeError::Io {
+            path: path.to_string(),
+            message: e.to_string(),
+        },
+        other => corrupt(format!("{path}: {other}")),
+    }
+}
+
+fn ext4_path(path: &TreePath) -> String {
+    path.to_string()
+}
+
+fn metadata_of(path: &TreePath, meta: &ext4_view::Metadata) -> Result<Metadata, TreeError> {
+    if meta.is_dir() {
+        Ok(Metadata {
+            kind: EntryKind::Directory,
+            size: 0,
+        })
+    } else if meta.file_type().is_regular_file() {
+        Ok(Metadata {
+            kind: EntryKind::File,
+            size: meta.len(),
+        })
+    } else {
+        Err(TreeError::NotFound(path.to_string()))
+    }
+}
+
+impl Ext4Tree {
+    /// Mounts the ext4 volume on `device` after checking its superblock.
+    pub fn mount(device: Arc<dyn BlockDevice>) -> Result<Self, TreeError> {
+        check_superblock(&*device)?;
+        let worker = Worker::spawn("ext4", move || {
+            let fs = Ext4::load(Box::new(DeviceReader(device)))
+                .map_err(|e| map_error(&TreePath::root(), e))?;
+            Ok(State {
+                fs,
+                handles: Vec::new(),
+            })
+        })?;
+        Ok(Self { worker })
+    }
+}
+
+impl State {
+    fn handle(&mut self, path: &TreePath) -> Result<&mut ext4_view::File, TreeError> {
+        let index = match self.handles.iter().position(|(p, _)| p == path) {
+            Some(i) => i,
+            None => {
+                let file = self
+                    .fs
+                    .open(ext4_path(path).as_str())
+                    .map_err(|e| map_error(path, e))?;
+                if self.handles.len() >= HANDLE_CACHE {
+                    self.handles.remove(0);
+                }
+                self.handles.push((path.clone(), file));
+                self.handles.len() - 1
+            }
+        };
+        Ok(&mut self.handles[index].1)
+    }
+}
+
+impl FileTree for Ext4Tree {
+    fn lookup(&self, path: &TreePath) -> Result<Metadata, TreeError> {
+        let path = path.clone();
+        self.worker.call(move |state| {
+            let meta = state
+                .fs
+                .metadata(ext4_path(&path).as_str())
+                .map_err(|e| map_error(&path, e))?;
+            metadata_of(&path, &meta)
+        })
+    }
+
+    fn read_at(&self, path: &TreePath, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
+        let path = path.clone();
+        let len = buf.len();
+        let bytes = self.worker.call(move |state| {
+            let file = state.handle(&path)?;
+            if file.metadata().is_dir() {
+                return Err(TreeError::IsADirectory(path.to_string()));
+            }
+            let size = file.metadata().len();
+            let want = (len as u64).min(size.saturating_sub(offset)) as usize;
+            let mut out = vec![0u8; want];
+            if want == 0 {
+                return Ok(out);
+            }
+            if file.position() != offset {
+                file.seek_to(offset).map_err(|e| map_error(&path, e))?;
+            }
+            let mut done = 0;
+            while done < want {
+                match file
+                    .read_bytes(&mut out[done..])
+                    .map_err(|e| map_error(&path, e))?
+                {
+                    0 => break,
+                    n => done += n,
+                }
+            }
+            out.truncate(done);
+            Ok(out)
+        })?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Ok(bytes.len())
+    }
+
+    fn read_dir(&self, path: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError> {
+        let path = path.clone();
+        self.worker.call(move |state| {
+            let entries = state
+                .fs
+                .read_dir(ext4_path(&path).as_str())
+                .map_err(|e| map_error(&path, e))?;
+            let mut out = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| map_error(&path, e))?;
+                if out.len() >= MAX_DIR_ENTRIES {
+                    return Err(corrupt(format!(
+                        "{path}: more than {MAX_DIR_ENTRIES} entries"
+                    )));
+                }
+                let Ok(name) = entry.file_name().as_str().map(str::to_owned) else {
+                    continue;
+                };
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let child = path.join(&name);
+                // Follow links (inside this file system) and leave out
+                // anything that is not a regular file or directory.
+                let Ok(meta) = state.fs.metadata(ext4_path(&child).as_str()) else {
+                    continue;
+                };
+                if let Ok(meta) = metadata_of(&child, &meta) {
+                    out.push((name, meta));
+                }
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,46 @@
+//! File systems on a partition, mounted read-only as [`FileTree`]s, and the
+//! trees vmbfs serves.
+//!
+//! This crate owns:
+//!
+//! - [`FileTree`] and [`TreePath`]: the read-only tree contract (lookups by
+//!   normalized path, positional reads);
+//! - the readers: FAT12/16/32 ([`FatTree`], our own), NTFS ([`NtfsTree`],
+//!   the `ntfs` crate) and ext4 ([`Ext4Tree`], the `ext4-view` crate), with
+//!   [`detect`], [`details`] (label, size) and [`open_tree`], which picks the
+//!   partition to serve;
+//! - [`trees`]: a confined host directory and an in-memory tree.
+//!
+//! Image bytes are untrusted. Crate-backed file systems are wrapped so a
+//! hostile image cannot take the host down: boot sectors and superblocks
+//! are validated against the partition size before a crate sees them, crate
+//! calls run under `catch_unwind` (a panic becomes [`TreeError::Corrupt`]),
+//! file data is read at an offset in bounded chunks, and non-`Send` file
+//! systems live on a thread of their own behind a channel.
+//!
+//! This crate must not parse image formats or partition tables itself (it
+//! reads through `vmbdev-block` and `vmbdev-partition`) and never writes.
+#![forbid(unsafe_code)]
+
+mod detect;
+mod ext4;
+mod fat;
+pub mod fat_format;
+mod label;
+mod ntfs;
+mod open;
+mod tree;
+pub mod trees;
+mod worker;
+
+pub use detect::{FsKind, detect};
+pub use ext4::Ext4Tree;
+pub use fat::FatTree;
+pub use fat_format::FatType;
+pub use label::{FsDetails, details};
+pub use ntfs::NtfsTree;
+pub use open::{OpenTreeError, PartitionSummary, mount, open_tree, survey};
+pub use tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+pub use trees::{HostDirTree, MemoryTree, MemoryTreeBuilder};
+
+use open::{contain_panic, names_equal_ignore_case};

@@ -1,0 +1,292 @@
+//! VHDX read throughput against `pread` on a raw file holding the same
+//! bytes, measured in the same run over page-cached files: sequential 1 MiB
+//! reads and random 4 KiB reads. Used by the `cargo bench` target and by the
+//! command-line `bench`.
+//!
+//! The disk is random data (nothing compresses or reads as zero), written
+//! first as a raw file and then converted to a dynamic VHDX by
+//! [`write_vhdx`], so both files hold exactly the same virtual-disk bytes.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+use vmbdev_block::{BlockDevice, BlockError, RawFile};
+
+use crate::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
+
+const MIB: u64 = 1 << 20;
+/// Size of one sequential read.
+const SEQUENTIAL_CHUNK: u64 = MIB;
+/// Size of one random read.
+const RANDOM_CHUNK: u64 = 4096;
+
+/// One measurement beside its baseline (the same shape as the ring
+/// benchmark's result, so front ends can print both in one table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchResult {
+    /// What was measured, e.g. `vhdx sequential 1 MiB reads`.
+    pub name: String,
+    /// The measured value (VHDX).
+    pub value: f64,
+    /// Unit of `value` and `baseline`.
+    pub unit: &'static str,
+    /// The same quantity for `pread` on the raw file.
+    pub baseline: f64,
+    /// `value / baseline`.
+    pub ratio: f64,
+}
+
+/// How much work one benchmark run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchConfig {
+    /// Virtual disk size in bytes (a positive multiple of 1 MiB).
+    pub disk_bytes: u64,
+    /// Random 4 KiB reads per measurement.
+    pub random_reads: u64,
+    /// Times each measurement is repeated; the fastest run counts, which
+    /// filters out scheduling noise on a shared machine.
+    pub repeats: u32,
+}
+
+impl BenchConfig {
+    /// A short run for smoke tests: a 64 MiB disk.
+    pub const QUICK: BenchConfig = BenchConfig {
+        disk_bytes: 64 * MIB,
+        random_reads: 20_000,
+        repeats: 3,
+    };
+    /// The default run: a 1 GiB disk.
+    pub const FULL: BenchConfig = BenchConfig {
+        disk_bytes: 1024 * MIB,
+        random_reads: 200_000,
+        repeats: 5,
+    };
+
+    /// [`Self::QUICK`] or [`Self::FULL`].
+    pub fn new(quick: bool) -> Self {
+        if quick { Self::QUICK } else { Self::FULL }
+    }
+}
+
+/// An error setting up or running the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The disk size is zero or not a multiple of 1 MiB.
+    #[error("benchmark disk size {0} is not a positive multiple of 1 MiB")]
+    BadDiskSize(u64),
+    /// Creating or writing the raw image failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Converting the raw image to VHDX failed.
+    #[error("writing {path}: {source}")]
+    WriteVhdx {
+        /// The VHDX being written.
+        path: PathBuf,
+        /// Why.
+        source: WriteError,
+    },
+    /// Opening an image failed.
+    #[error(transparent)]
+    Open(#[from] VhdxError),
+    /// A read during measurement failed.
+    #[error(transparent)]
+    Read(#[from] BlockError),
+}
+
+/// The two images a run reads: the same bytes as a raw file and a VHDX.
+struct Images {
+    raw: RawFile,
+    vhdx: Vhdx,
+}
+
+/// Writes `disk_bytes` of seeded random data to `dir/disk.raw` and its
+/// dynamic-VHDX conversion to `dir/disk.vhdx`, and opens both.
+fn make_images(dir: &Path, disk_bytes: u64) -> Result<Images, BenchError> {
+    let raw_path = dir.join("disk.raw");
+    let io_err = |source| BenchError::Io {
+        path: raw_path.clone(),
+        source,
+    };
+    let mut file = File::create(&raw_path).map_err(io_err)?;
+    let mut rng = SmallRng::seed_from_u64(0);
+    let mut chunk = vec![0u8; MIB as usize];
+    for _ in 0..disk_bytes / MIB {
+        rng.fill(&mut chunk[..]);
+        file.write_all(&chunk).map_err(io_err)?;
+    }
+    drop(file);
+    let raw = RawFile::open(&raw_path)?;
+    let vhdx_path = dir.join("disk.vhdx");
+    write_vhdx(&raw, &vhdx_path, &WriteOptions::default()).map_err(|source| {
+        BenchError::WriteVhdx {
+            path: vhdx_path.clone(),
+            source,
+        }
+    })?;
+    let vhdx = Vhdx::open(&vhdx_path)?;
+    Ok(Images { raw, vhdx })
+}
+
+/// Seconds to read the whole device once in 1 MiB requests.
+fn sequential_seconds(dev: &dyn BlockDevice) -> Result<f64, BlockError> {
+    let sector = u64::from(dev.logical_sector_size());
+    let mut buf = vec![0u8; SEQUENTIAL_CHUNK as usize];
+    let start = Instant::now();
+    let mut at = 0;
+    while at < dev.size_bytes() {
+        dev.read_sectors(at / sector, &mut buf)?;
+        std::hint::black_box(&buf);
+        at += SEQUENTIAL_CHUNK;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Seconds for `count` 4 KiB reads at seeded random page offsets (the same
+/// offsets for every device).
+fn random_seconds(dev: &dyn BlockDevice, count: u64) -> Result<f64, BlockError> {
+    let sector = u64::from(dev.logical_sector_size());
+    let mut rng = SmallRng::seed_from_u64(1);
+    let pages = dev.size_bytes() / RANDOM_CHUNK;
+    let mut buf = vec![0u8; RANDOM_CHUNK as usize];
+    let start = Instant::now();
+    for _ in 0..count {
+        let page = rng.random_range(0..pages);
+        dev.read_sectors(page * RANDOM_CHUNK / sector, &mut buf)?;
+        std::hint::black_box(&buf);
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// The fastest of `repeats` runs of `measure` on each device, alternating
+/// the devices so both see the same machine conditions.
+fn best_pair(
+    images: &Images,
+    repeats: u32,
+    measure: impl Fn(&dyn BlockDevice) -> Result<f64, BlockError>,
+) -> Result<(f64, f64), BlockError> {
+    let (mut vhdx, mut raw) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..repeats.max(1) {
+        raw = raw.min(measure(&images.raw)?);
+        vhdx = vhdx.min(measure(&images.vhdx)?);
+    }
+    Ok((vhdx, raw))
+}
+
+/// A result where `amount / seconds` is the rate.
+fn rate(
+    name: String,
+    unit: &'static str,
+    amount: f64,
+    vhdx_secs: f64,
+    raw_secs: f64,
+) -> BenchResult {
+    let value = amount / vhdx_secs;
+    let baseline = amount / raw_secs;
+    BenchResult {
+        name,
+        value,
+        unit,
+        baseline,
+        ratio: value / baseline,
+    }
+}
+
+/// Generates the images in `dir` (which the caller owns and removes) and
+/// measures VHDX reads against raw-file reads of the same bytes.
+pub fn run(dir: &Path, config: &BenchConfig) -> Result<Vec<BenchResult>, BenchError> {
+    if config.disk_bytes == 0 || config.disk_bytes % MIB != 0 {
+        return Err(BenchError::BadDiskSize(config.disk_bytes));
+    }
+    let images = make_images(dir, config.disk_bytes)?;
+    // Warm the page cache for both files so the run measures the readers,
+    // not the disk.
+    sequential_seconds(&images.raw)?;
+    sequential_seconds(&images.vhdx)?;
+    let mib = (config.disk_bytes / MIB) as f64;
+    let (vhdx_seq, raw_seq) = best_pair(&images, config.repeats, sequential_seconds)?;
+    let count = config.random_reads.max(1);
+    let (vhdx_rand, raw_rand) =
+        best_pair(&images, config.repeats, |dev| random_seconds(dev, count))?;
+    tracing::debug!(
+        mib,
+        vhdx_seq,
+        raw_seq,
+        vhdx_rand,
+        raw_rand,
+        "vhdx benchmark"
+    );
+    Ok(vec![
+        rate(
+            "vhdx sequential 1 MiB reads".into(),
+            "MiB/s",
+            mib,
+            vhdx_seq,
+            raw_seq,
+        ),
+        rate(
+            "vhdx random 4 KiB reads".into(),
+            "IOPS",
+            count as f64,
+            vhdx_rand,
+            raw_rand,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_hold_the_same_bytes_and_results_are_rates() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BenchConfig {
+            disk_bytes: 2 * MIB,
+            random_reads: 10,
+            repeats: 1,
+        };
+        let images = make_images(dir.path(), config.disk_bytes).unwrap();
+        let (mut a, mut b) = (vec![0u8; 2 * MIB as usize], vec![0u8; 2 * MIB as usize]);
+        images.raw.read_sectors(0, &mut a).unwrap();
+        images.vhdx.read_sectors(0, &mut b).unwrap();
+        assert!(a == b, "VHDX and raw images differ");
+        assert!(a.iter().any(|&x| x != 0));
+        drop(images);
+        let results = run(dir.path(), &config).unwrap();
+        assert_eq!(results.len(), 2);
+        for r in &results {
+            assert!(r.value > 0.0 && r.baseline > 0.0, "{r:?}");
+            assert!((r.ratio - r.value / r.baseline).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn rate_divides_amount_by_time() {
+        let r = rate("x".into(), "u", 100.0, 4.0, 2.0);
+        assert_eq!(r.value, 25.0);
+        assert_eq!(r.baseline, 50.0);
+        assert_eq!(r.ratio, 0.5);
+    }
+
+    #[test]
+    fn bad_disk_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BenchConfig {
+            disk_bytes: MIB + 512,
+            ..BenchConfig::QUICK
+        };
+        assert!(matches!(
+            run(dir.path(), &config),
+            Err(BenchError::BadDiskSize(_))
+        ));
+    }
+}

@@ -1,0 +1,63 @@
+//! VHDX images (MS-VHDX v1.0): a hardened read-only reader with in-memory log
+//! replay and differencing chains, and a writer for fixed, dynamic and
+//! differencing images.
+//!
+//! The reader parses through [`ReadAt`](vmbdev_block::ReadAt), so an image
+//! is read the same from a host file ([`Vhdx::open`]) or from memory
+//! ([`Vhdx::from_source`]); it implements
+//! [`BlockDevice`]. Image bytes are untrusted:
+//! every field is checked before it is used, a bad one is a [`VhdxError`]
+//! naming the field and offset, and the image file is never written (a dirty
+//! log is replayed in memory only).
+//!
+//! This crate must not know partitions or file systems: it only turns an
+//! image file into sectors.
+#![forbid(unsafe_code)]
+
+mod bat;
+mod error;
+mod file;
+mod format;
+mod header;
+mod log;
+mod metadata;
+mod parent;
+mod reader;
+mod writer;
+
+pub mod bench;
+
+use std::path::Path;
+
+pub use bat::BatCounts;
+pub use error::VhdxError;
+pub use format::Guid;
+pub use log::LogState;
+pub use parent::ParentLocator;
+pub use reader::{MAX_CHAIN_DEPTH, Vhdx, VhdxInfo};
+pub use writer::{WriteError, WriteOptions, write_differencing, write_vhdx};
+
+use vmbdev_block::{BlockDevice, RawFile};
+
+/// Opens any disk image read-only: VHDX when the file starts with
+/// `"vhdxfile"` (a malformed VHDX is an error, never treated as raw), else a
+/// raw image with 512-byte sectors.
+pub fn open_image(path: impl AsRef<Path>) -> Result<Box<dyn BlockDevice>, VhdxError> {
+    let path = path.as_ref();
+    let open_err = |source| VhdxError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(open_err)?;
+    let mut ident = [0u8; 8];
+    let is_vhdx = {
+        use std::os::unix::fs::FileExt;
+        matches!(file.read_at(&mut ident, 0), Ok(8)) && &ident == format::FILE_SIGNATURE
+    };
+    drop(file);
+    if is_vhdx {
+        Ok(Box::new(Vhdx::open(path)?))
+    } else {
+        Ok(Box::new(RawFile::open(path)?))
+    }
+}

@@ -1,0 +1,179 @@
+//! One error style everywhere: `vmbdev: <file>: <what> [at <where>]`, the
+//! file named once, no Rust `Debug` forms, SCSI sense data in words, the
+//! same not-found message from `ls` and `cat`, and counts with the right
+//! plural (`pack` counts the root as a directory).
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use common::{ext4_vhdx, names, stderr, vmbdev, vmbdev_in};
+
+#[test]
+fn a_missing_image_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["info", "x.vhdx"][..],
+        &["ls", "x.vhdx"],
+        &["cat", "x.vhdx", "/a.txt"],
+        &["dump", "x.vhdx", "-o", "out.raw"],
+        &["dump", "--direct", "x.vhdx", "-o", "out.raw"],
+    ] {
+        let out = vmbdev_in(dir.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&out),
+            "vmbdev: x.vhdx: No such file or directory\n",
+            "{args:?}"
+        );
+    }
+    assert!(names(dir.path()).is_empty());
+}
+
+#[test]
+fn ls_and_cat_say_the_same_when_a_path_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    ext4_vhdx(dir.path(), &[("docs/a.txt", b"a")]);
+    for path in ["/docs/missing.txt", "/nowhere/a.txt"] {
+        let ls = vmbdev_in(dir.path(), &["ls", "IMG.vhdx", path]);
+        let cat = vmbdev_in(dir.path(), &["cat", "IMG.vhdx", path]);
+        let want = format!("vmbdev: IMG.vhdx: {path}: no such file or directory\n");
+        assert_eq!((ls.status.code(), stderr(&ls)), (Some(1), want.clone()));
+        assert_eq!((cat.status.code(), stderr(&cat)), (Some(1), want));
+    }
+}
+
+#[test]
+fn a_missing_parent_is_listed_plainly() {
+    use vmbdev_block::RawFile;
+    use vmbdev_vhdx::{WriteOptions, write_differencing, write_vhdx};
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("base.raw");
+    std::fs::write(&raw, vec![0u8; 2 << 20]).unwrap();
+    let opts = WriteOptions {
+        block_size: 1 << 20,
+        ..WriteOptions::default()
+    };
+    let base = dir.path().join("base.vhdx");
+    write_vhdx(&RawFile::open(&raw).unwrap(), &base, &opts).unwrap();
+    let top = dir.path().join("top.vhdx");
+    write_differencing(&base, &top, &[(0, vec![1u8; 512])], &opts).unwrap();
+    std::fs::remove_file(&base).unwrap();
+    let out = vmbdev_in(dir.path(), &["info", "top.vhdx"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("vmbdev: top.vhdx: parent image not found at "),
+        "{err}"
+    );
+    assert!(
+        err.contains("base.vhdx") && !err.contains('[') && !err.contains('"'),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn a_file_that_is_not_vhdx_is_described_in_hex() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.raw"), vec![0xab_u8; 2 << 20]).unwrap();
+    let out = vmbdev_in(dir.path(), &["info", "--format", "vhdx", "x.raw"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "vmbdev: x.raw: not a VHDX: the file identifier at offset 0 is ab ab ab ab ab ab ab ab, not \"vhdxfile\"\n"
+    );
+}
+
+#[test]
+fn a_failed_scsi_read_is_told_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("big.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(8 << 30)
+        .unwrap();
+    let mut child = vmbdev()
+        .current_dir(dir.path())
+        .args(["dump", "big.raw", "-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    // The disk shrinks under the guest: the next reads fail on the device.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("vmbdev: big.raw: medium error: unrecovered read error (SCSI READ("),
+        "{err}"
+    );
+    assert!(err.contains(") at sectors "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for debug in ["LunAddress", "Some(", "srb 0x"] {
+        assert!(!err.contains(debug), "{err}");
+    }
+}
+
+#[test]
+fn pack_counts_with_the_right_plural() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::write(one.join("a.txt"), b"x").unwrap();
+    let out = vmbdev_in(dir.path(), &["pack", "one", "one.vhdx"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("one.vhdx: 1 file, 1 directory, 1 byte; disk "),
+        "{text}"
+    );
+    let two = dir.path().join("two");
+    std::fs::create_dir_all(two.join("s1")).unwrap();
+    std::fs::create_dir_all(two.join("s2")).unwrap();
+    std::fs::write(two.join("s1/a"), b"xy").unwrap();
+    std::fs::write(two.join("s2/b"), b"z").unwrap();
+    let out = vmbdev_in(dir.path(), &["pack", "two", "two.vhdx"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("two.vhdx: 2 files, 3 directories, 3 bytes; disk "),
+        "{text}"
+    );
+    std::os::unix::fs::symlink("s1/a", two.join("link")).unwrap();
+    let out = vmbdev_in(dir.path(), &["pack", "two", "three.vhdx"]);
+    assert_eq!(
+        stderr(&out),
+        "vmbdev: warning: left out 1 entry (symbolic links, special files or non-UTF-8 names): two/link\n"
+    );
+}
+
+#[test]
+fn an_image_without_a_file_system_counts_one_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("zeros.img"), vec![0u8; 1 << 20]).unwrap();
+    for args in [&["ls", "zeros.img"][..], &["cat", "zeros.img", "/a.txt"]] {
+        let out = vmbdev_in(dir.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&out),
+            "vmbdev: zeros.img: no partition holds a FAT, NTFS or ext4 file system (1 partition examined)\n",
+            "{args:?}"
+        );
+    }
+}
