@@ -1,7 +1,8 @@
 //! Guest memory a VMM owns: an adopted memfd with a hole (bytes land at
 //! their fd offsets, the hole is refused), the seal and size checks, layout
-//! checks, a VMM-owned mapping with its keep-alive owner, and copies
-//! checked byte for byte against a model.
+//! checks, and copies checked byte for byte against a model. (The
+//! VMM-owned mapping is tested beside its constructor, in
+//! `memory.rs`.)
 
 use proptest::prelude::*;
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -278,143 +279,6 @@ fn overlapping_and_malformed_layouts_are_refused() {
             ..
         })
     ));
-}
-
-/// A VMM's own mapping of a sealed memfd, unmapped when the owner drops.
-#[allow(unsafe_code)]
-mod vmm_owned {
-    use super::*;
-    use std::ptr::NonNull;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    struct Owner {
-        addr: usize,
-        len: usize,
-        _fd: OwnedFd,
-        dropped: Arc<AtomicBool>,
-    }
-
-    impl Drop for Owner {
-        fn drop(&mut self) {
-            // SAFETY: exactly the mapping made in `map`; the guest memory
-            // that used it is gone (it drops its owner last).
-            unsafe { rustix::mm::munmap(self.addr as *mut _, self.len) }.unwrap();
-            self.dropped.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn map(fd: &OwnedFd, len: usize) -> NonNull<u8> {
-        // SAFETY: a fresh shared mapping at a kernel-chosen address.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .unwrap();
-        NonNull::new(ptr.cast()).unwrap()
-    }
-
-    #[test]
-    fn vmm_owned_mapping_works_and_its_owner_drops_with_the_memory() {
-        let fd = memfd(4 * P, SealFlags::SHRINK);
-        let probe = fd.try_clone().unwrap();
-        let base = map(&fd, 4 * P as usize);
-        let dropped = Arc::new(AtomicBool::new(false));
-        let owner = Owner {
-            addr: base.as_ptr() as usize,
-            len: 4 * P as usize,
-            _fd: fd,
-            dropped: dropped.clone(),
-        };
-        let layout = [
-            MemoryRegion::new(0, P, 3 * P),
-            MemoryRegion::new(0x10_0000, 2 * P, 0),
-        ];
-        // SAFETY: the mapping stays until `owner` drops, and this test
-        // touches it only through the guest memory and the fd.
-        let mem = unsafe {
-            GuestMemory::from_raw_mapping(base, 4 * P as usize, &layout, Box::new(owner))
-        }
-        .unwrap();
-        assert!(mem.fd().is_none());
-        assert_eq!(mem.size(), 0x10_0000 + 2 * P);
-        mem.write(0x10, b"vmm").unwrap();
-        assert_eq!(pread(&probe, 3 * P + 0x10, 3), b"vmm");
-        mem.write(0x10_0000 + P + 1, b"high").unwrap();
-        assert_eq!(pread(&probe, P + 1, 4), b"high");
-        assert!(matches!(
-            mem.read(P, &mut [0u8; 1]),
-            Err(MemoryError::Hole { gpa: 0x1000, .. })
-        ));
-        let clone = mem.clone();
-        drop(mem);
-        assert!(!dropped.load(Ordering::SeqCst));
-        let mut buf = [0u8; 3];
-        clone.read(0x10, &mut buf).unwrap();
-        assert_eq!(&buf, b"vmm");
-        drop(clone);
-        assert!(dropped.load(Ordering::SeqCst));
-    }
-
-    #[test]
-    fn a_mapping_too_small_or_unaligned_is_refused_and_its_owner_dropped() {
-        let fd = memfd(2 * P, SealFlags::SHRINK);
-        let base = map(&fd, 2 * P as usize);
-        let dropped = Arc::new(AtomicBool::new(false));
-        let owner = Owner {
-            addr: base.as_ptr() as usize,
-            len: 2 * P as usize,
-            _fd: fd,
-            dropped: dropped.clone(),
-        };
-        // SAFETY: as above; on error the owner is dropped, unmapping.
-        let err = unsafe {
-            GuestMemory::from_raw_mapping(
-                base,
-                2 * P as usize,
-                &[MemoryRegion::new(0, 2 * P, P)],
-                Box::new(owner),
-            )
-        }
-        .unwrap_err();
-        assert_eq!(
-            err,
-            MemoryError::BackingTooSmall {
-                backing: "mapping",
-                size: 2 * P,
-                needed: 3 * P
-            }
-        );
-        assert!(dropped.load(Ordering::SeqCst));
-        let fd = memfd(2 * P, SealFlags::SHRINK);
-        let base = map(&fd, 2 * P as usize);
-        let dropped = Arc::new(AtomicBool::new(false));
-        let owner = Owner {
-            addr: base.as_ptr() as usize,
-            len: 2 * P as usize,
-            _fd: fd,
-            dropped: dropped.clone(),
-        };
-        let odd = NonNull::new(base.as_ptr().wrapping_add(8)).unwrap();
-        // SAFETY: as above; refused before any access.
-        let err = unsafe {
-            GuestMemory::from_raw_mapping(
-                odd,
-                P as usize,
-                &[MemoryRegion::new(0, P, 0)],
-                Box::new(owner),
-            )
-        }
-        .unwrap_err();
-        assert!(matches!(err, MemoryError::UnalignedMapping { .. }));
-        assert!(dropped.load(Ordering::SeqCst));
-    }
 }
 
 #[derive(Debug, Clone)]
