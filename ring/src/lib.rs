@@ -49,12 +49,12 @@ pub mod reader;
 pub mod ring;
 pub mod writer;
 
-pub use doorbell::{Doorbell, EventDoorbell};
+pub use doorbell::{Doorbell, EventDoorbell, EventfdDoorbell};
 pub use endpoint::{Endpoint, Side, split_gpadl};
 pub use error::RingError;
 pub use gpa::{GpaError, GpaRange, GpadlRegistry};
 pub use loopback::{Loopback, LoopbackConfig, LoopbackError, PageAllocator, loopback};
-pub use memory::{GuestMemory, MemoryError, PAGE_SIZE};
+pub use memory::{GuestMemory, MemoryError, MemoryRegion, PAGE_SIZE};
 pub use packet::{
     IncomingPacket, OutgoingKind, OutgoingPacket, PacketKind, PacketView, TransferPageRange,
     gpa_direct_ring_len, in_band_ring_len, pipe_data_ring_len,
