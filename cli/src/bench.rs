@@ -82,7 +82,7 @@ pub fn suites() -> Vec<Suite> {
 }
 
 fn ring_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
-    let results = vmbdev_ring::bench::run(ctx.quick)
+    let results = vmbdev_bench::ring::run(ctx.quick)
         .map_err(|e| CliError::new(format!("ring benchmark: {e}")))?;
     Ok(results
         .into_iter()
@@ -97,7 +97,7 @@ fn ring_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
 }
 
 fn vhdx_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
-    use vmbdev_vhdx::bench::{BenchConfig, run};
+    use vmbdev_bench::vhdx::{BenchConfig, run};
     let results = run(ctx.scratch, &BenchConfig::new(ctx.quick))
         .map_err(|e| CliError::new(format!("VHDX benchmark: {e}")))?;
     Ok(results
@@ -150,7 +150,7 @@ fn pread_mb_per_s(scratch: &Path, size: usize) -> Result<f64, CliError> {
 
 fn vmbfs_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
     let size = if ctx.quick { 8 << 20 } else { 64 << 20 };
-    let report = vmbdev_guest::vmbfs::bench::measure_throughput(size)
+    let report = vmbdev_bench::vmbfs::measure_throughput(size)
         .map_err(|e| CliError::new(format!("vmbfs benchmark: {e}")))?;
     let baseline = pread_mb_per_s(ctx.scratch, size)?;
     let mib = size >> 20;
@@ -171,14 +171,14 @@ fn vmbfs_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
 }
 
 fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
-    use vmbdev_guest::storvsc::bench::{BenchConfig, make_image, run};
+    use vmbdev_bench::storvsp::{BenchConfig, make_image, run};
     let image = ctx.scratch.join("storvsp-bench.raw");
     let (image_size, bytes_per_run) = if ctx.quick {
         (32 << 20, 8 << 20)
     } else {
         (256 << 20, 512 << 20)
     };
-    let fail = |e: vmbdev_guest::storvsc::bench::BenchError| {
+    let fail = |e: vmbdev_bench::storvsp::BenchError| {
         CliError::new(format!("storvsp benchmark on {}: {e}", image.display()))
     };
     make_image(&image, image_size).map_err(fail)?;

@@ -14,8 +14,8 @@ use crate::messages::{count, escape_name};
 use crate::output::Output;
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
-use vmbdev_guest::vm::{LoopbackVm, VmConfig};
-use vmbdev_guest::vmbfs::VmbfsClient;
+use vmbdev_loopback::vm::{LoopbackVm, VmConfig};
+use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
 
 /// Arguments of `vmbdev cat`.
 #[derive(Debug, Args)]
@@ -103,7 +103,7 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
         rdma_enabled: args.rdma,
     }));
     let vm = LoopbackVm::new(&VmConfig::default())?;
-    let mut client = VmbfsClient::new(vm, device, args.rdma);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm, device), args.rdma);
     let data = match futures_lite::future::block_on(client.read_all(&args.path)) {
         Ok(data) => data,
         Err(e) if e.is_not_found() => {

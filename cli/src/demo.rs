@@ -19,13 +19,13 @@ use vmbdev_vhdx::open_image;
 
 use crate::dump_storvsp::dump_through_storvsc;
 use crate::error::CliError;
-use vmbdev_device::bus::VmbusDevice;
-use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
-use vmbdev_guest::vm::{LoopbackVm, VmConfig};
-use vmbdev_guest::vmbfs::VmbfsClient;
-use vmbdev_guest::vmbfs::bench::{
+use vmbdev_bench::vmbfs::{
     BENCH_FILE_SIZE, measure_throughput, measure_throughput_with, sample_bytes,
 };
+use vmbdev_device::bus::VmbusDevice;
+use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
+use vmbdev_loopback::vm::{LoopbackVm, VmConfig};
+use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
 
 /// Arguments of `vmbdev demo`.
 #[derive(Debug, Args)]
@@ -56,7 +56,7 @@ fn read_all_files(
     rdma: bool,
 ) -> Result<(u64, f64, u64), String> {
     let vm = LoopbackVm::new(&VmConfig::default()).map_err(|e| e.to_string())?;
-    let mut client = VmbfsClient::new(vm, device.clone(), rdma);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm, device.clone()), rdma);
     let start = Instant::now();
     futures_lite::future::block_on(async {
         client.open_volume().await.map_err(|e| e.to_string())?;

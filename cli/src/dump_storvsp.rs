@@ -10,8 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vmbdev_block::BlockDevice;
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
-use vmbdev_guest::storvsc::loopback::{StorvspVm, StorvspVmConfig, VmError};
 use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, Storvsc};
+use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig, VmError};
 
 use crate::messages::sense_text;
 

@@ -1,5 +1,10 @@
 //! `vmbdev`: demo, inspect, list, read, dump, pack and bench VMBus devices
 //! and the VHDX images they serve.
+//!
+//! This crate owns argument parsing and output (the one crate that prints);
+//! it must not hold device, driver or benchmark logic: each command calls
+//! the library crates (`vmbdev-bench` for `bench`, `vmbdev-loopback` to run
+//! the drivers against the devices).
 #![forbid(unsafe_code)]
 
 mod bench;

@@ -2,12 +2,11 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use vmbdev_tests::cli::run_vmbdev;
+use vmbdev_tests::images::{mbr_disk, run};
 
 fn vmbdev(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
-        .args(args)
-        .output()
-        .expect("cannot run vmbdev")
+    run_vmbdev(env!("CARGO_BIN_EXE_vmbdev"), args)
 }
 
 fn cat(dir: &Path, path: &str, extra: &[&str]) -> Output {
@@ -128,36 +127,14 @@ fn cat_from_an_ext4_disk_image() {
     let dir = tmp.path().join("tree");
     let files = make_tree(&dir);
     let img = tmp.path().join("fs.img");
-    let status = Command::new("mke2fs")
+    run(Command::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-d"])
         .arg(&dir)
         .arg(&img)
-        .arg("8M")
-        .status()
-        .expect("cannot run mke2fs (is it installed?)");
-    assert!(status.success());
+        .arg("8M"));
     // Partition 1 of an MBR disk starting at sector 2048.
-    let fs = std::fs::read(&img).unwrap();
     let disk = tmp.path().join("disk.raw");
-    let mut bytes = vec![0u8; 2048 * 512];
-    bytes.extend_from_slice(&fs);
-    std::fs::write(&disk, &bytes).unwrap();
-    let mut child = Command::new("sfdisk")
-        .args(["--no-reread", "-q"])
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("cannot run sfdisk (is it installed?)");
-    use std::io::Write;
-    let sectors = fs.len().div_ceil(512);
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("label: dos\n2048,{sectors},83\n").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    mbr_disk(&img, &disk, "83");
     for (path, data) in &files {
         let out = cat(&disk, path, &["--rdma", "--partition", "1"]);
         assert!(

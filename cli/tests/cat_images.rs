@@ -9,19 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use vmbdev_tests::cli::{path_str, run_vmbdev};
 use vmbdev_tests::images::{
     ext4_image, fat_image, gpt_disk, make_source_tree, mbr_disk, ntfs_image, run,
 };
 
 fn vmbdev(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
-        .args(args)
-        .output()
-        .expect("vmbdev runs")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    run_vmbdev(env!("CARGO_BIN_EXE_vmbdev"), args)
 }
 
 /// (absolute path, type, size) of everything under `root`.
@@ -48,7 +42,7 @@ fn walk(root: &Path) -> Vec<(String, String, u64)> {
 
 /// What `vmbdev ls IMAGE / -r --json` lists.
 fn listing(image: &Path) -> Vec<(String, String, u64)> {
-    let out = vmbdev(&["ls", s(image), "/", "-r", "--json"]);
+    let out = vmbdev(&["ls", path_str(image), "/", "-r", "--json"]);
     assert!(
         out.status.success(),
         "ls: {}",
@@ -73,7 +67,7 @@ fn listing(image: &Path) -> Vec<(String, String, u64)> {
 
 /// `vmbdev cat IMAGE PATH [--rdma]`: the bytes, or the failed output.
 fn cat(image: &Path, path: &str, rdma: bool) -> Result<Vec<u8>, Output> {
-    let mut args = vec!["cat", s(image), path];
+    let mut args = vec!["cat", path_str(image), path];
     if rdma {
         args.push("--rdma");
     }

@@ -1,42 +1,27 @@
 //! `vmbdev dump --direct` writes what `qemu-img convert -O raw` writes, and a
 //! malformed image exits 1 with a one-line message.
 
-use std::path::Path;
 use std::process::Command;
+use vmbdev_tests::cli::{path_str, qemu_img, tool, vmbdev_command};
 
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is required for this test: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+fn vmbdev() -> Command {
+    vmbdev_command(env!("CARGO_BIN_EXE_vmbdev"))
 }
 
 #[test]
 fn dump_matches_qemu_convert() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.vhdx");
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "vhdx",
-            "-o",
-            "block_size=1048576",
-            s(&img),
-            "9M",
-        ],
-    );
-    run(
+    qemu_img(&[
+        "create",
+        "-f",
+        "vhdx",
+        "-o",
+        "block_size=1048576",
+        path_str(&img),
+        "9M",
+    ]);
+    tool(
         "qemu-io",
         &[
             "-f",
@@ -45,17 +30,17 @@ fn dump_matches_qemu_convert() {
             "write -P 0x5c 512 3M",
             "-c",
             "write -P 0x17 7M 1536",
-            s(&img),
+            path_str(&img),
         ],
     );
     let ours = dir.path().join("ours.raw");
     let theirs = dir.path().join("theirs.raw");
-    let status = Command::new(env!("CARGO_BIN_EXE_vmbdev"))
-        .args(["dump", "--direct", s(&img), "-o", s(&ours)])
+    let status = vmbdev()
+        .args(["dump", "--direct", path_str(&img), "-o", path_str(&ours)])
         .status()
         .unwrap();
     assert!(status.success());
-    run("qemu-img", &["convert", "-O", "raw", s(&img), s(&theirs)]);
+    qemu_img(&["convert", "-O", "raw", path_str(&img), path_str(&theirs)]);
     let (a, b) = (
         std::fs::read(&ours).unwrap(),
         std::fs::read(&theirs).unwrap(),
@@ -72,13 +57,13 @@ fn malformed_image_exits_1_with_message() {
     let mut bytes = vec![0u8; 2 << 20];
     bytes[..8].copy_from_slice(b"vhdxfile");
     std::fs::write(&img, &bytes).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmbdev"))
+    let out = vmbdev()
         .args([
             "dump",
             "--direct",
-            s(&img),
+            path_str(&img),
             "-o",
-            s(&dir.path().join("o.raw")),
+            path_str(&dir.path().join("o.raw")),
         ])
         .output()
         .unwrap();
@@ -90,9 +75,6 @@ fn malformed_image_exits_1_with_message() {
 
 #[test]
 fn usage_error_exits_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmbdev"))
-        .args(["dump"])
-        .output()
-        .unwrap();
+    let out = vmbdev().args(["dump"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

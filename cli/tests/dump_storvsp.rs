@@ -5,21 +5,10 @@ use std::path::Path;
 use std::process::Command;
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
+use vmbdev_tests::cli::{qemu_img, vmbdev_command};
 
 fn vmbdev() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
-}
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("qemu-img is required for this test but could not run: {e}"));
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    vmbdev_command(env!("CARGO_BIN_EXE_vmbdev"))
 }
 
 fn random_file(path: &Path, len: usize, seed: u64) {

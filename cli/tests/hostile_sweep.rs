@@ -5,33 +5,11 @@
 //! exit 2 for every subcommand.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// Runs an external tool that the images are made with; a missing tool
-/// fails the test with its name.
-fn tool(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is required for this test: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use std::process::Output;
+use vmbdev_tests::cli::{path_str, qemu_img, run_vmbdev, tool};
 
 fn vmbdev(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
+    run_vmbdev(env!("CARGO_BIN_EXE_vmbdev"), args)
 }
 
 /// Flips every bit of the byte at `at`.
@@ -63,7 +41,7 @@ struct Inputs {
 }
 
 fn qemu_vhdx(path: &Path) {
-    tool("qemu-img", &["create", "-q", "-f", "vhdx", s(path), "8M"]);
+    qemu_img(&["create", "-q", "-f", "vhdx", path_str(path), "8M"]);
 }
 
 /// File offset of the BAT, from the region table at 192 KiB.
@@ -116,7 +94,7 @@ fn make_inputs(dir: &Path) -> Inputs {
             "vhdx",
             "-c",
             "write -P 0x5a 0 1M",
-            s(&bat_reserved_bits),
+            path_str(&bat_reserved_bits),
         ],
     );
     let image = std::fs::read(&bat_reserved_bits).unwrap();
@@ -133,9 +111,12 @@ fn make_inputs(dir: &Path) -> Inputs {
         .unwrap();
     tool(
         "sgdisk",
-        &["-n", "1:2048:+12M", "-t", "1:0700", s(&corrupt_gpt)],
+        &["-n", "1:2048:+12M", "-t", "1:0700", path_str(&corrupt_gpt)],
     );
-    tool("mkfs.vfat", &["--offset", "2048", s(&corrupt_gpt), "12288"]);
+    tool(
+        "mkfs.vfat",
+        &["--offset", "2048", path_str(&corrupt_gpt), "12288"],
+    );
     std::fs::copy(&corrupt_gpt, dir.join("pristine-gpt.img")).unwrap();
     flip(&corrupt_gpt, 512 + 20);
     flip(&corrupt_gpt, (16 << 20) - 512 + 20);
@@ -157,7 +138,7 @@ fn make_inputs(dir: &Path) -> Inputs {
         .unwrap()
         .set_len(40 << 20)
         .unwrap();
-    tool("mkfs.vfat", &["-F", "32", s(&bad_fat32)]);
+    tool("mkfs.vfat", &["-F", "32", path_str(&bad_fat32)]);
     std::fs::copy(&bad_fat32, dir.join("pristine-fat32.img")).unwrap();
     patch(&bad_fat32, 11, &3u16.to_le_bytes());
 
@@ -198,11 +179,11 @@ const READERS: [Reader; 5] = [
 
 fn run_reader(reader: Reader, image: &Path, out: &Path) -> Output {
     match reader {
-        Reader::Info => vmbdev(&["info", s(image)]),
-        Reader::Ls => vmbdev(&["ls", s(image)]),
-        Reader::Cat => vmbdev(&["cat", s(image), "/file.txt", "-o", s(out)]),
-        Reader::Dump => vmbdev(&["dump", s(image), "-o", s(out)]),
-        Reader::DumpDirect => vmbdev(&["dump", "--direct", s(image), "-o", s(out)]),
+        Reader::Info => vmbdev(&["info", path_str(image)]),
+        Reader::Ls => vmbdev(&["ls", path_str(image)]),
+        Reader::Cat => vmbdev(&["cat", path_str(image), "/file.txt", "-o", path_str(out)]),
+        Reader::Dump => vmbdev(&["dump", path_str(image), "-o", path_str(out)]),
+        Reader::DumpDirect => vmbdev(&["dump", "--direct", path_str(image), "-o", path_str(out)]),
     }
 }
 
@@ -330,13 +311,13 @@ fn undamaged_originals_are_accepted() {
     }
     // The damaged FAT32 image is described as a raw disk without a
     // recognised file system, never as FAT.
-    let info = vmbdev(&["info", s(&dir.path().join("bad-fat32.img"))]);
+    let info = vmbdev(&["info", path_str(&dir.path().join("bad-fat32.img"))]);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(
         text.contains("none recognised") && !text.contains("FAT"),
         "{text}"
     );
-    let info = vmbdev(&["info", s(&dir.path().join("pristine-fat32.img"))]);
+    let info = vmbdev(&["info", path_str(&dir.path().join("pristine-fat32.img"))]);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(
         text.contains("file system") && text.contains("FAT"),
@@ -362,11 +343,17 @@ fn pack_refuses_bad_sources_and_outputs_in_one_line() {
 
     let mut problems = Vec::new();
     for (args, named) in [
-        (vec!["pack", s(&missing), s(&out)], &missing),
-        (vec!["pack", s(&a_file), s(&out)], &a_file),
+        (vec!["pack", path_str(&missing), path_str(&out)], &missing),
+        (vec!["pack", path_str(&a_file), path_str(&out)], &a_file),
         // The message names the directory that cannot hold the output.
-        (vec!["pack", s(&source), s(&unwritable)], &a_file),
-        (vec!["pack", s(&source), s(&occupied)], &occupied),
+        (
+            vec!["pack", path_str(&source), path_str(&unwritable)],
+            &a_file,
+        ),
+        (
+            vec!["pack", path_str(&source), path_str(&occupied)],
+            &occupied,
+        ),
     ] {
         if let Some(p) = refusal_problem(&vmbdev(&args), named) {
             problems.push(format!("{args:?}: {p}"));

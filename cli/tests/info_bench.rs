@@ -6,40 +6,17 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use vmbdev_tests::cli::{path_str, qemu_img, run_vmbdev, tool};
+
+fn vmbdev(args: &[&str]) -> Output {
+    run_vmbdev(env!("CARGO_BIN_EXE_vmbdev"), args)
+}
 
 const MIB: u64 = 1 << 20;
 
-/// Runs a tool and returns its stdout, failing clearly when it is missing
-/// or fails.
-fn tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .env("LC_ALL", "C.UTF-8")
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is required for this test: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn vmbdev(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `vmbdev info --json`, which must succeed.
 fn info_json(image: &Path) -> Value {
-    let out = vmbdev(&["info", "--json", s(image)]);
+    let out = vmbdev(&["info", "--json", path_str(image)]);
     assert!(
         out.status.success(),
         "info failed: {}",
@@ -49,10 +26,13 @@ fn info_json(image: &Path) -> Value {
 }
 
 fn qemu_json(image: &Path) -> Value {
-    serde_json::from_str(&tool(
-        "qemu-img",
-        &["info", "--output=json", "-f", "vhdx", s(image)],
-    ))
+    serde_json::from_str(&qemu_img(&[
+        "info",
+        "--output=json",
+        "-f",
+        "vhdx",
+        path_str(image),
+    ]))
     .unwrap()
 }
 
@@ -68,19 +48,16 @@ fn sum_bat(bat: &Value) -> u64 {
 fn dynamic_vhdx_matches_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("dyn.vhdx");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vhdx",
-            "-o",
-            "subformat=dynamic,block_size=1M",
-            s(&img),
-            "9M",
-        ],
-    );
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "subformat=dynamic,block_size=1M",
+        path_str(&img),
+        "9M",
+    ]);
     // Writes touching blocks 0, 3 and 7 (block 3 twice).
     tool(
         "qemu-io",
@@ -95,7 +72,7 @@ fn dynamic_vhdx_matches_qemu() {
             "write -P 0x33 3670016 1M",
             "-c",
             "write -P 0x44 7M 8192",
-            s(&img),
+            path_str(&img),
         ],
     );
     let qemu = qemu_json(&img);
@@ -123,19 +100,16 @@ fn dynamic_vhdx_matches_qemu() {
 fn fixed_vhdx_has_every_block_present() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("fixed.vhdx");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vhdx",
-            "-o",
-            "subformat=fixed,block_size=1M,block_state_zero=off",
-            s(&img),
-            "5M",
-        ],
-    );
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "subformat=fixed,block_size=1M,block_state_zero=off",
+        path_str(&img),
+        "5M",
+    ]);
     let qemu = qemu_json(&img);
     let ours = info_json(&img);
     assert_eq!(u(&ours["virtual_size"]), u(&qemu["virtual-size"]));
@@ -143,7 +117,7 @@ fn fixed_vhdx_has_every_block_present() {
     let bat = &ours["bat"];
     assert_eq!(u(&bat["fully_present"]), 5, "{bat}");
     assert_eq!(sum_bat(bat) - u(&bat["sector_bitmaps_present"]), 5);
-    let human = vmbdev(&["info", s(&img)]);
+    let human = vmbdev(&["info", path_str(&img)]);
     assert!(human.status.success());
     let text = String::from_utf8(human.stdout).unwrap();
     assert!(text.contains("VHDX"), "{text}");
@@ -185,7 +159,7 @@ fn differencing_vhdx_shows_its_parent_chain() {
     let expected = [&mid, &base].map(|p| std::fs::canonicalize(p).unwrap());
     assert_eq!(chain, expected);
     assert_eq!(u(&top_info["virtual_size"]), 4 * MIB);
-    let text = String::from_utf8(vmbdev(&["info", s(&top)]).stdout).unwrap();
+    let text = String::from_utf8(vmbdev(&["info", path_str(&top)]).stdout).unwrap();
     assert!(
         text.contains("parent 2") && text.contains("base.vhdx"),
         "{text}"
@@ -234,11 +208,11 @@ fn raw_gpt_disk_matches_sgdisk_and_mkfs() {
             "2:0:+8M",
             "-c",
             "2:root",
-            s(&img),
+            path_str(&img),
         ],
     );
-    let p1 = tool("sgdisk", &["-i", "1", s(&img)]);
-    let p2 = tool("sgdisk", &["-i", "2", s(&img)]);
+    let p1 = tool("sgdisk", &["-i", "1", path_str(&img)]);
+    let p2 = tool("sgdisk", &["-i", "2", path_str(&img)]);
     let first1 = sgdisk_number(&p1, "First sector");
     let first2 = sgdisk_number(&p2, "First sector");
     tool(
@@ -254,7 +228,7 @@ fn raw_gpt_disk_matches_sgdisk_and_mkfs() {
             "VOL LABEL",
             "--offset",
             &first1.to_string(),
-            s(&img),
+            path_str(&img),
             "40960",
         ],
     );
@@ -271,7 +245,7 @@ fn raw_gpt_disk_matches_sgdisk_and_mkfs() {
             "rootfs",
             "-E",
             &format!("offset={}", first2 * 512),
-            s(&img),
+            path_str(&img),
             "6144",
         ],
     );
@@ -326,7 +300,7 @@ fn raw_gpt_disk_matches_sgdisk_and_mkfs() {
     assert_eq!(u(&ext["size"]), 6 * MIB);
 
     // The human form shows the same facts with the values in one column.
-    let out = vmbdev(&["info", s(&img)]);
+    let out = vmbdev(&["info", path_str(&img)]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("\"VOL LABEL\""), "{text}");
@@ -354,7 +328,7 @@ fn raw_mbr_disk_matches_sfdisk() {
         .set_len(24 * MIB)
         .unwrap();
     let mut sfdisk = Command::new("sfdisk")
-        .args(["-q", s(&img)])
+        .args(["-q", path_str(&img)])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("sfdisk is required for this test");
@@ -366,7 +340,7 @@ fn raw_mbr_disk_matches_sfdisk() {
         .write_all(b"start=2048, size=32768, type=e\n")
         .unwrap();
     assert!(sfdisk.wait().unwrap().success());
-    let table: Value = serde_json::from_str(&tool("sfdisk", &["--json", s(&img)])).unwrap();
+    let table: Value = serde_json::from_str(&tool("sfdisk", &["--json", path_str(&img)])).unwrap();
     let theirs = &table["partitiontable"]["partitions"][0];
     let start = u(&theirs["start"]);
     let size = u(&theirs["size"]);
@@ -379,7 +353,7 @@ fn raw_mbr_disk_matches_sfdisk() {
             "MBRVOL",
             "--offset",
             &start.to_string(),
-            s(&img),
+            path_str(&img),
             &(size / 2).to_string(),
         ],
     );
@@ -407,7 +381,7 @@ fn assert_refused(image: &Path, json: bool) {
     if json {
         args.push("--json");
     }
-    args.push(s(image));
+    args.push(path_str(image));
     let out = vmbdev(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{image:?}: {stderr}");
@@ -435,19 +409,16 @@ fn hostile_files_exit_1_with_one_line() {
     std::fs::write(&empty, b"").unwrap();
 
     let good = dir.path().join("good.vhdx");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vhdx",
-            "-o",
-            "subformat=fixed,block_size=1M,block_state_zero=off",
-            s(&good),
-            "4M",
-        ],
-    );
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "subformat=fixed,block_size=1M,block_state_zero=off",
+        path_str(&good),
+        "4M",
+    ]);
     let bytes = std::fs::read(&good).unwrap();
     let mut cases = vec![only_signature, signature_then_zeros, empty];
     // Cut inside the headers, the region tables, the metadata and the
@@ -472,7 +443,7 @@ fn hostile_files_exit_1_with_one_line() {
         .unwrap()
         .set_len(4 * MIB)
         .unwrap();
-    tool("sgdisk", &["-n", "1:2048:+1M", s(&bad_gpt)]);
+    tool("sgdisk", &["-n", "1:2048:+1M", path_str(&bad_gpt)]);
     let mut disk = std::fs::read(&bad_gpt).unwrap();
     let backup = disk.len() - 512;
     for header in [512, backup] {
@@ -496,10 +467,10 @@ fn usage_errors_exit_2_and_verbose_turns_on_tracing() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("plain.raw");
     std::fs::write(&img, vec![0u8; 4096]).unwrap();
-    let quiet = vmbdev(&["info", s(&img)]);
+    let quiet = vmbdev(&["info", path_str(&img)]);
     assert!(quiet.status.success());
     assert!(quiet.stderr.is_empty());
-    let verbose = vmbdev(&["-v", "info", s(&img)]);
+    let verbose = vmbdev(&["-v", "info", path_str(&img)]);
     assert!(verbose.status.success());
     let stderr = String::from_utf8_lossy(&verbose.stderr);
     assert!(stderr.contains("opened image"), "{stderr}");

@@ -5,34 +5,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const MIB: u64 = 1 << 20;
+use std::process::Output;
+use vmbdev_tests::cli::{path_str, qemu_img, run_vmbdev, tool};
 
 fn vmbdev(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
-        .args(args)
-        .output()
-        .unwrap()
+    run_vmbdev(env!("CARGO_BIN_EXE_vmbdev"), args)
 }
 
-fn tool(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .env("LC_ALL", "C.UTF-8")
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is required for this test: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+const MIB: u64 = 1 << 20;
 
 /// A small tree with nested, spaced and Unicode names, an empty file and
 /// an empty directory.
@@ -81,7 +61,7 @@ fn walk(root: &Path) -> Vec<(String, String, u64)> {
 }
 
 fn ls_json(source: &Path, extra: &[&str]) -> Vec<(String, String, u64)> {
-    let mut args = vec!["ls", s(source), "/", "-r", "--json"];
+    let mut args = vec!["ls", path_str(source), "/", "-r", "--json"];
     args.extend_from_slice(extra);
     let out = vmbdev(&args);
     assert!(
@@ -119,13 +99,13 @@ fn packed_image_lists_the_source_tree() {
     let src = tmp.path().join("src");
     make_tree(&src);
     let vhdx = tmp.path().join("out.vhdx");
-    let out = vmbdev(&["pack", s(&src), s(&vhdx), "--fs", "fat32"]);
+    let out = vmbdev(&["pack", path_str(&src), path_str(&vhdx), "--fs", "fat32"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    tool("qemu-img", &["check", s(&vhdx)]);
+    qemu_img(&["check", path_str(&vhdx)]);
 
     let expected = walk(&src);
     assert_eq!(ls_json(&vhdx, &[]), expected);
@@ -133,7 +113,7 @@ fn packed_image_lists_the_source_tree() {
     assert_eq!(ls_json(&src, &[]), expected);
 
     // Plain output: one line per entry with type, size and path.
-    let plain = vmbdev(&["ls", s(&vhdx), "/docs"]);
+    let plain = vmbdev(&["ls", path_str(&vhdx), "/docs"]);
     assert!(plain.status.success());
     let text = String::from_utf8(plain.stdout).unwrap();
     let lines: Vec<Vec<&str>> = text
@@ -154,7 +134,12 @@ fn packed_image_lists_the_source_tree() {
         assert!(line.ends_with(path.as_str()), "{line}");
     }
     // A file names itself; a lookup in another case finds it (FAT).
-    let one = vmbdev(&["ls", s(&vhdx), "/DOCS/deeper/DEEPEST/LEAF.BIN", "--json"]);
+    let one = vmbdev(&[
+        "ls",
+        path_str(&vhdx),
+        "/DOCS/deeper/DEEPEST/LEAF.BIN",
+        "--json",
+    ]);
     assert!(one.status.success());
     let value: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
     assert_eq!(value[0]["size"], 5000);
@@ -164,8 +149,8 @@ fn packed_image_lists_the_source_tree() {
     let sized = tmp.path().join("sized.vhdx");
     let out = vmbdev(&[
         "pack",
-        s(&src),
-        s(&sized),
+        path_str(&src),
+        path_str(&sized),
         "--size",
         "48M",
         "--block-size",
@@ -176,11 +161,8 @@ fn packed_image_lists_the_source_tree() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let info = Command::new("qemu-img")
-        .args(["info", "--output=json", s(&sized)])
-        .output()
-        .unwrap();
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let info = qemu_img(&["info", "--output=json", path_str(&sized)]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["virtual-size"], 48 * MIB);
     assert_eq!(info["cluster-size"], 4 * MIB);
     assert_eq!(ls_json(&sized, &[]), expected);
@@ -193,17 +175,17 @@ fn mkfs_vfat_image_converted_by_qemu_lists_the_source_tree() {
     make_tree(&src);
     let raw = tmp.path().join("fat16.img");
     fs::File::create(&raw).unwrap().set_len(16 * MIB).unwrap();
-    tool("mkfs.vfat", &["-F", "16", s(&raw)]);
-    let mut args = vec!["-i", s(&raw), "-s"];
+    tool("mkfs.vfat", &["-F", "16", path_str(&raw)]);
+    let mut args = vec!["-i", path_str(&raw), "-s"];
     let entries: Vec<PathBuf> = fs::read_dir(&src)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    args.extend(entries.iter().map(|p| s(p)));
+    args.extend(entries.iter().map(|p| path_str(p)));
     args.push("::/");
     tool("mcopy", &args);
     let vhdx = tmp.path().join("fat16.vhdx");
-    tool("qemu-img", &["convert", "-O", "vhdx", s(&raw), s(&vhdx)]);
+    qemu_img(&["convert", "-O", "vhdx", path_str(&raw), path_str(&vhdx)]);
     assert_eq!(ls_json(&vhdx, &[]), walk(&src));
     assert_eq!(ls_json(&raw, &[]), walk(&src));
 }
@@ -221,8 +203,8 @@ fn a_directory_loop_in_an_image_ends_the_listing_with_exit_1() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = tmp.path().join("loop.img");
     fs::File::create(&raw).unwrap().set_len(16 * MIB).unwrap();
-    tool("mkfs.vfat", &["-F", "16", s(&raw)]);
-    tool("mmd", &["-i", s(&raw), "::/LOOP", "::/LOOP/SUB"]);
+    tool("mkfs.vfat", &["-F", "16", path_str(&raw)]);
+    tool("mmd", &["-i", path_str(&raw), "::/LOOP", "::/LOOP/SUB"]);
     let mut bytes = fs::read(&raw).unwrap();
     // LOOP/SUB points back at LOOP's own cluster.
     let lp = find(&bytes, b"LOOP       \x10");
@@ -230,11 +212,15 @@ fn a_directory_loop_in_an_image_ends_the_listing_with_exit_1() {
     let sub = find(&bytes, b"SUB        \x10");
     bytes[sub + 26..sub + 28].copy_from_slice(&cluster);
     fs::write(&raw, &bytes).unwrap();
-    let out = vmbdev(&["ls", s(&raw), "/", "-r"]);
+    let out = vmbdev(&["ls", path_str(&raw), "/", "-r"]);
     assert_fails_with_one_line(&out, 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/LOOP/SUB/SUB"));
     // Without -r the listing is fine.
-    assert!(vmbdev(&["ls", s(&raw), "/LOOP/SUB/SUB"]).status.success());
+    assert!(
+        vmbdev(&["ls", path_str(&raw), "/LOOP/SUB/SUB"])
+            .status
+            .success()
+    );
 }
 
 #[test]
@@ -243,7 +229,11 @@ fn bad_sources_and_paths_exit_1_and_usage_errors_exit_2() {
     let src = tmp.path().join("src");
     make_tree(&src);
     let vhdx = tmp.path().join("ok.vhdx");
-    assert!(vmbdev(&["pack", s(&src), s(&vhdx)]).status.success());
+    assert!(
+        vmbdev(&["pack", path_str(&src), path_str(&vhdx)])
+            .status
+            .success()
+    );
     let bytes = fs::read(&vhdx).unwrap();
 
     let truncated = tmp.path().join("truncated.vhdx");
@@ -252,26 +242,26 @@ fn bad_sources_and_paths_exit_1_and_usage_errors_exit_2() {
         &bytes[..(bytes.len() / 2).min(3 * MIB as usize)],
     )
     .unwrap();
-    assert_fails_with_one_line(&vmbdev(&["ls", s(&truncated)]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", path_str(&truncated)]), 1);
 
     let tiny = tmp.path().join("tiny.vhdx");
     fs::write(&tiny, b"vhdxfile and nothing else").unwrap();
-    assert_fails_with_one_line(&vmbdev(&["ls", s(&tiny), "-r"]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", path_str(&tiny), "-r"]), 1);
 
     let garbage = tmp.path().join("garbage.vhdx");
     let mut g = b"vhdxfile".to_vec();
     g.resize(4 * MIB as usize, 0x5A);
     fs::write(&garbage, &g).unwrap();
-    assert_fails_with_one_line(&vmbdev(&["ls", s(&garbage), "--json"]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", path_str(&garbage), "--json"]), 1);
 
     let zeros = tmp.path().join("zeros.img");
     fs::write(&zeros, vec![0u8; MIB as usize]).unwrap();
-    assert_fails_with_one_line(&vmbdev(&["ls", s(&zeros)]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", path_str(&zeros)]), 1);
 
-    assert_fails_with_one_line(&vmbdev(&["ls", s(&vhdx), "/no/such/path"]), 1);
-    assert_fails_with_one_line(&vmbdev(&["ls", s(&vhdx), "--partition", "2"]), 1);
-    assert_fails_with_one_line(&vmbdev(&["ls", s(&tmp.path().join("missing"))]), 1);
-    assert_fails_with_one_line(&vmbdev(&["ls", s(&src), "/nope"]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", path_str(&vhdx), "/no/such/path"]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", path_str(&vhdx), "--partition", "2"]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", path_str(&tmp.path().join("missing"))]), 1);
+    assert_fails_with_one_line(&vmbdev(&["ls", path_str(&src), "/nope"]), 1);
 
     let out = tmp.path().join("x.vhdx");
     // A link is left out with a warning; packing still succeeds.
@@ -279,7 +269,7 @@ fn bad_sources_and_paths_exit_1_and_usage_errors_exit_2() {
     fs::create_dir(&linked).unwrap();
     fs::write(linked.join("kept"), b"k").unwrap();
     std::os::unix::fs::symlink("kept", linked.join("link")).unwrap();
-    let packed = vmbdev(&["pack", s(&linked), s(&out)]);
+    let packed = vmbdev(&["pack", path_str(&linked), path_str(&out)]);
     assert!(packed.status.success());
     let warning = String::from_utf8_lossy(&packed.stderr);
     assert!(
@@ -291,31 +281,43 @@ fn bad_sources_and_paths_exit_1_and_usage_errors_exit_2() {
         [("/kept".to_owned(), "file".to_owned(), 1)]
     );
     assert_fails_with_one_line(
-        &vmbdev(&["pack", s(&tmp.path().join("missing")), s(&out)]),
+        &vmbdev(&[
+            "pack",
+            path_str(&tmp.path().join("missing")),
+            path_str(&out),
+        ]),
         1,
     );
-    assert_fails_with_one_line(&vmbdev(&["pack", s(&src), s(&out), "--size", "8M"]), 1);
+    assert_fails_with_one_line(
+        &vmbdev(&["pack", path_str(&src), path_str(&out), "--size", "8M"]),
+        1,
+    );
 
     assert_eq!(vmbdev(&["ls"]).status.code(), Some(2));
-    assert_eq!(vmbdev(&["ls", s(&vhdx), "--bogus"]).status.code(), Some(2));
     assert_eq!(
-        vmbdev(&["ls", s(&src), "--partition", "1"]).status.code(),
+        vmbdev(&["ls", path_str(&vhdx), "--bogus"]).status.code(),
         Some(2)
     );
     assert_eq!(
-        vmbdev(&["pack", s(&src), s(&out), "--size", "12Q"])
+        vmbdev(&["ls", path_str(&src), "--partition", "1"])
             .status
             .code(),
         Some(2)
     );
     assert_eq!(
-        vmbdev(&["pack", s(&src), s(&out), "--block-size", "3M"])
+        vmbdev(&["pack", path_str(&src), path_str(&out), "--size", "12Q"])
             .status
             .code(),
         Some(2)
     );
     assert_eq!(
-        vmbdev(&["pack", s(&src), s(&out), "--fs", "ntfs"])
+        vmbdev(&["pack", path_str(&src), path_str(&out), "--block-size", "3M"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        vmbdev(&["pack", path_str(&src), path_str(&out), "--fs", "ntfs"])
             .status
             .code(),
         Some(2)

@@ -1,7 +1,19 @@
 //! Guest-side drivers that behave like real guests: a vmbfs client modelled
-//! on the Hyper-V UEFI firmware and a storvsc modelled on Linux, and the
-//! loopback VM ([`vm`]) that runs them against devices in process.
+//! on the Hyper-V UEFI firmware ([`vmbfs`]) and a storvsc modelled on Linux
+//! and the firmware ([`storvsc`]).
+//!
+//! This crate owns what a guest sends and how it reacts to what it gets
+//! back: request builders, reply parsers, handshakes, scans and the async
+//! drivers over [`vmbdev_ring`] endpoints. It depends on the wire formats
+//! ([`vmbdev_protocol`]) and the ring only, and must not depend on the
+//! device or backing crates: the drivers see a host through a ring and
+//! through small bus traits ([`storvsc::ChannelOpener`],
+//! [`vmbfs::VmbfsBus`]) that whoever runs them implements. The types the
+//! drivers share with a host are the guest's own: a
+//! [`storvsc::LunAddress`] is what an SRB carries, and [`stop::StopSignal`]
+//! is a small flag of this crate. Running drivers against the devices in
+//! process is `vmbdev-loopback`'s job.
 #![forbid(unsafe_code)]
+pub mod stop;
 pub mod storvsc;
-pub mod vm;
 pub mod vmbfs;

@@ -273,7 +273,7 @@ impl GpadlRegistry {
     }
 
     /// Registers `pages` under `handle`, refusing an empty list, a page
-    /// outside `memory` and a handle already in use.
+    /// outside `memory` or in one of its holes, and a handle already in use.
     pub fn register(
         &self,
         memory: &GuestMemory,
@@ -286,6 +286,9 @@ impl GpadlRegistry {
         let limit = memory.page_count();
         if let Some(&gpn) = pages.iter().find(|&&gpn| gpn >= limit) {
             return Err(GpaError::PageOutOfRange { gpn, pages: limit });
+        }
+        for &gpn in &pages {
+            memory.check_range(gpn << PAGE_SHIFT, PAGE_SIZE as u64)?;
         }
         let mut map = self.gpadls.write().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(&handle) {

@@ -5,6 +5,9 @@
 //! and writer, GPA ranges, pipe framing, doorbells, and the loopback channel
 //! pair used by tests, the demo and benchmarks.
 //!
+//! It knows no device protocol and must not depend on the other workspace
+//! crates; benchmarks of it live in `vmbdev-bench`.
+//!
 //! Layering: [`control`] (control page fields) → [`ring`] (one half: index
 //! validation, free/available math, wrapped copies) → [`packet`] (wire
 //! format) → [`reader`]/[`writer`] (packet I/O, signalling rules, async
@@ -33,7 +36,6 @@
 //! ```
 #![deny(unsafe_code)]
 
-pub mod bench;
 pub mod control;
 pub mod doorbell;
 pub mod endpoint;
@@ -47,12 +49,12 @@ pub mod reader;
 pub mod ring;
 pub mod writer;
 
-pub use doorbell::{Doorbell, EventDoorbell};
+pub use doorbell::{Doorbell, EventDoorbell, EventfdDoorbell};
 pub use endpoint::{Endpoint, Side, split_gpadl};
 pub use error::RingError;
 pub use gpa::{GpaError, GpaRange, GpadlRegistry};
 pub use loopback::{Loopback, LoopbackConfig, LoopbackError, PageAllocator, loopback};
-pub use memory::{GuestMemory, MemoryError, PAGE_SIZE};
+pub use memory::{GuestMemory, MemoryError, MemoryRegion, PAGE_SIZE};
 pub use packet::{
     IncomingPacket, OutgoingKind, OutgoingPacket, PacketKind, PacketView, TransferPageRange,
     gpa_direct_ring_len, in_band_ring_len, pipe_data_ring_len,

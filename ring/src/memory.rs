@@ -1,30 +1,65 @@
-//! Guest memory: one shared mapping addressed by guest physical address.
+//! Guest memory: shared mappings addressed by guest physical address.
 //!
-//! This is the only module of the workspace with `unsafe` code. The guest
-//! may write any byte of its memory at any time, concurrently with the host,
-//! so no Rust reference (`&[u8]`, `&mut [u8]`) to guest memory is ever
-//! created: bytes move with raw-pointer copies into and out of host buffers,
-//! and shared control fields are accessed through atomics. A torn or
-//! changing value is just an untrusted value, which every caller validates.
+//! This is the only module of the workspace with `unsafe` code.
 //!
-//! The mapping is a `memfd`, so another process (an out-of-process device)
-//! can map the same memory.
+//! # Layout
+//!
+//! Guest memory is a sorted list of non-overlapping [`MemoryRegion`]s, each
+//! a page-aligned run of guest physical addresses backed by host memory.
+//! Addresses between regions are holes: any access that touches one is
+//! refused with [`MemoryError::Hole`] naming the first unbacked address.
+//! The memory comes from one of three places:
+//!
+//! - [`GuestMemory::new`]: our own sealed memfd, one region at GPA 0 (tests,
+//!   the demo);
+//! - [`GuestMemory::from_memfd`]: a memfd (or any shareable fd carrying
+//!   `F_SEAL_SHRINK`) the VMM created, mapped here region by region;
+//! - [`GuestMemory::from_raw_mapping`]: a mapping the VMM already made,
+//!   kept alive by an owner value dropped with the last clone.
+//!
+//! The fd and the layout ([`GuestMemory::fd`], [`GuestMemory::regions`])
+//! are what another process needs to map the same memory.
+//!
+//! # Why concurrent guest writes are not undefined behaviour
+//!
+//! The guest may write any byte of its memory at any time, concurrently
+//! with the host. Guest memory is therefore treated as shared *atomic*
+//! memory: no Rust reference to non-atomic data (`&[u8]`, `&mut [u8]`,
+//! `&T`) into it is ever formed (only short-lived `&AtomicU8`/`&AtomicU64`
+//! handles, which permit concurrent mutation), and every host access is an
+//! atomic access — `AtomicU64` relaxed
+//! loads and stores for the 8-aligned words of a copy, `AtomicU8` for its
+//! unaligned head and tail, and `AtomicU32`/`AtomicU64` for control fields.
+//! Atomic accesses racing with each other (or with a guest outside the
+//! process) are not data races, so the compiler may neither assume the
+//! bytes are stable nor invent, merge or repeat accesses; each byte copied
+//! is some value the byte held, and a torn or changing multi-byte value is
+//! just an untrusted value, which every caller validates after copying it
+//! into host memory. (Relaxed atomics compile to plain loads and stores on
+//! x86-64 and AArch64.) One caveat remains for a guest simulated by another
+//! thread of this process through this same API: racing atomic accesses of
+//! different sizes to overlapping bytes are outside the C++/Rust memory
+//! model's guarantees, although every supported target gives them the
+//! hardware's plain single-copy atomicity.
 #![allow(unsafe_code)]
 
+use std::any::Any;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// Size of a guest page.
 pub const PAGE_SIZE: usize = 4096;
 /// `log2(PAGE_SIZE)`: a page number is `gpa >> PAGE_SHIFT`.
 pub const PAGE_SHIFT: u32 = 12;
 
-/// An error accessing guest memory.
+const PAGE_MASK: u64 = PAGE_SIZE as u64 - 1;
+
+/// An error accessing or building guest memory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MemoryError {
-    /// The access does not lie inside guest memory.
+    /// The access does not lie below the end of guest memory.
     #[error(
         "guest access of {len} bytes at gpa {gpa:#x} is outside guest memory of {size:#x} bytes"
     )]
@@ -33,8 +68,20 @@ pub enum MemoryError {
         gpa: u64,
         /// Length of the access.
         len: u64,
-        /// Size of guest memory.
+        /// End of guest memory (end of its last region).
         size: u64,
+    },
+    /// The access touches a hole: an address no region backs.
+    #[error(
+        "guest access of {len} bytes at gpa {gpa:#x} touches unbacked gpa {unbacked:#x} (a hole in guest memory)"
+    )]
+    Hole {
+        /// Guest physical address of the access.
+        gpa: u64,
+        /// Length of the access.
+        len: u64,
+        /// The first address of the access that no region backs.
+        unbacked: u64,
     },
     /// An atomic access at an address not aligned to its size.
     #[error("atomic access at gpa {gpa:#x} is not {align}-byte aligned")]
@@ -49,9 +96,156 @@ pub enum MemoryError {
         "guest memory size {0:#x} is not a non-zero multiple of 4096 that fits the address space"
     )]
     BadSize(u64),
+    /// A layout with no regions.
+    #[error("guest memory layout has no regions")]
+    NoRegions,
+    /// A region that is empty, not page-aligned, or overflows.
+    #[error(
+        "guest memory region at gpa {gpa:#x} of {len:#x} bytes at backing offset {offset:#x} is invalid: {reason}"
+    )]
+    BadRegion {
+        /// Guest physical address of the region.
+        gpa: u64,
+        /// Length of the region.
+        len: u64,
+        /// Backing offset of the region.
+        offset: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Two regions share guest physical addresses.
+    #[error(
+        "guest memory region at gpa {gpa:#x} overlaps the region at gpa {other_gpa:#x} ending at {other_end:#x}"
+    )]
+    Overlap {
+        /// Start of the later region.
+        gpa: u64,
+        /// Start of the region it overlaps.
+        other_gpa: u64,
+        /// End of the region it overlaps.
+        other_end: u64,
+    },
+    /// The backing (fd or mapping) is smaller than the layout needs.
+    #[error("guest memory {backing} is {size:#x} bytes but the layout needs {needed:#x}")]
+    BackingTooSmall {
+        /// `"fd"` or `"mapping"`.
+        backing: &'static str,
+        /// Size of the fd (fstat) or of the mapping.
+        size: u64,
+        /// Bytes the layout reaches (largest `offset + len`).
+        needed: u64,
+    },
+    /// An adopted fd without `F_SEAL_SHRINK`: another process could shrink
+    /// it under the mapping and turn a copy into `SIGBUS`.
+    #[error(
+        "guest memory fd lacks F_SEAL_SHRINK (seals {seals:#x}); another holder could shrink it under the mapping"
+    )]
+    NotSealed {
+        /// The seals the fd carries (`F_GET_SEALS`).
+        seals: u32,
+    },
+    /// A mapping base that is not page-aligned.
+    #[error("guest memory mapping at host address {addr:#x} is not page-aligned")]
+    UnalignedMapping {
+        /// The host address.
+        addr: usize,
+    },
+    /// An fd operation failed.
+    #[error("cannot {op} guest memory fd: {error}")]
+    Fd {
+        /// The operation (`fstat`, `F_GET_SEALS`, ...).
+        op: &'static str,
+        /// The operating system's error.
+        error: String,
+    },
     /// The operating system refused to create the mapping.
     #[error("cannot map guest memory: {0}")]
     Map(String),
+}
+
+/// One run of guest physical addresses and where its bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemoryRegion {
+    /// First guest physical address (page-aligned).
+    pub gpa: u64,
+    /// Length in bytes (a non-zero multiple of 4096).
+    pub len: u64,
+    /// Page-aligned offset of the region's first byte in the backing: the
+    /// fd offset for a memfd, the byte offset from the base of a
+    /// VMM-owned mapping.
+    pub offset: u64,
+}
+
+impl MemoryRegion {
+    /// A region of `len` bytes at `gpa`, backed at `offset`.
+    pub const fn new(gpa: u64, len: u64, offset: u64) -> Self {
+        Self { gpa, len, offset }
+    }
+
+    fn bad(&self, reason: &'static str) -> MemoryError {
+        MemoryError::BadRegion {
+            gpa: self.gpa,
+            len: self.len,
+            offset: self.offset,
+            reason,
+        }
+    }
+}
+
+/// Checks a layout (every region non-empty, page-aligned, without overflow,
+/// no two overlapping) and returns it sorted by guest address, with the
+/// number of backing bytes it reaches.
+fn check_layout(regions: &[MemoryRegion]) -> Result<(Vec<MemoryRegion>, u64), MemoryError> {
+    if regions.is_empty() {
+        return Err(MemoryError::NoRegions);
+    }
+    let mut sorted = regions.to_vec();
+    sorted.sort_by_key(|r| r.gpa);
+    let mut needed = 0u64;
+    for r in &sorted {
+        if r.len == 0 {
+            return Err(r.bad("empty"));
+        }
+        if (r.gpa | r.len | r.offset) & PAGE_MASK != 0 {
+            return Err(r.bad("not page-aligned"));
+        }
+        if r.len > isize::MAX as u64 {
+            return Err(r.bad("longer than the address space"));
+        }
+        r.gpa
+            .checked_add(r.len)
+            .ok_or(r.bad("gpa + len overflows"))?;
+        let end = r
+            .offset
+            .checked_add(r.len)
+            .ok_or(r.bad("offset + len overflows"))?;
+        needed = needed.max(end);
+    }
+    for w in sorted.windows(2) {
+        if w[1].gpa < w[0].gpa + w[0].len {
+            return Err(MemoryError::Overlap {
+                gpa: w[1].gpa,
+                other_gpa: w[0].gpa,
+                other_end: w[0].gpa + w[0].len,
+            });
+        }
+    }
+    Ok((sorted, needed))
+}
+
+/// How bytes move between guest and host memory. Selectable only for
+/// measurement (feature `copy-baseline`); the default is the sound
+/// relaxed-atomic copy.
+#[cfg(feature = "copy-baseline")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMethod {
+    /// Relaxed `AtomicU64` words with `AtomicU8` head and tail (default).
+    Atomic,
+    /// `read_volatile`/`write_volatile` of `u64` words, `u8` head and tail.
+    Volatile,
+    /// The former plain `copy_nonoverlapping`, which races with concurrent
+    /// guest writes: for comparison only.
+    Baseline,
 }
 
 /// A guest's physical memory. Cheap to clone; clones share the mapping.
@@ -60,23 +254,44 @@ pub struct GuestMemory {
     inner: Arc<Mapping>,
 }
 
+/// One region as the host sees it: guest range and host address of `gpa`.
+struct Region {
+    gpa: u64,
+    end: u64,
+    host: NonNull<u8>,
+}
+
 struct Mapping {
-    base: NonNull<u8>,
-    size: usize,
-    fd: OwnedFd,
+    /// Sorted, non-overlapping, each host pointer page-aligned and valid
+    /// for `end - gpa` bytes while the mapping lives.
+    regions: Box<[Region]>,
+    layout: Box<[MemoryRegion]>,
+    /// End of the last region.
+    size: u64,
+    /// Mappings made here, unmapped on drop.
+    maps: Vec<(NonNull<u8>, usize)>,
+    fd: Option<OwnedFd>,
+    /// Keeps a VMM-owned mapping alive; dropped after `maps` are unmapped.
+    owner: Option<Box<dyn Any + Send + Sync>>,
+    #[cfg(feature = "copy-baseline")]
+    method: AtomicU8,
 }
 
 // SAFETY: the mapping is plain shared memory with no thread affinity; all
-// access goes through raw-pointer copies and atomics, never references.
+// access goes through atomics on raw pointers, never plain references, and
+// the owner is `Send + Sync` itself.
 unsafe impl Send for Mapping {}
 // SAFETY: as above; concurrent access from several threads is the design.
 unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `base`/`size` are exactly the mapping created in `new`,
-        // and no pointer into it outlives the last `Arc<Mapping>`.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.size) };
+        for &(ptr, len) in &self.maps {
+            // SAFETY: `ptr`/`len` are exactly a mapping made by `mmap` in
+            // `from_memfd`, and no pointer into it outlives the last
+            // `Arc<Mapping>`: every access borrows the `GuestMemory`.
+            let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
+        }
     }
 }
 
@@ -84,130 +299,332 @@ impl std::fmt::Debug for GuestMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestMemory")
             .field("size", &self.inner.size)
+            .field("regions", &self.inner.layout)
+            .field("fd", &self.inner.fd)
+            .field("vmm_owned", &self.inner.owner.is_some())
             .finish()
     }
 }
 
 impl GuestMemory {
     /// Allocates `size` bytes of zeroed guest memory (a whole number of
-    /// pages), starting at guest physical address 0.
+    /// pages), one region at guest physical address 0, in a memfd of our
+    /// own sealed against shrinking and growing.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        let len = usize::try_from(size).map_err(|_| MemoryError::BadSize(size))?;
-        if len == 0 || len % PAGE_SIZE != 0 || len > isize::MAX as usize {
+        if size == 0 || size & PAGE_MASK != 0 || size > isize::MAX as u64 {
             return Err(MemoryError::BadSize(size));
         }
-        let fd = rustix::fs::memfd_create("vmbdev-guest-memory", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| MemoryError::Map(e.to_string()))?;
-        rustix::fs::ftruncate(&fd, size).map_err(|e| MemoryError::Map(e.to_string()))?;
-        // SAFETY: a fresh shared mapping of a memfd we own, at an address the
-        // kernel chooses; nothing else refers to that address range.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        }
+        let fd = rustix::fs::memfd_create(
+            "vmbdev-guest-memory",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
         .map_err(|e| MemoryError::Map(e.to_string()))?;
-        let base = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| MemoryError::Map("null mapping".into()))?;
+        rustix::fs::ftruncate(&fd, size).map_err(|e| MemoryError::Map(e.to_string()))?;
+        rustix::fs::fcntl_add_seals(
+            &fd,
+            rustix::fs::SealFlags::SHRINK
+                | rustix::fs::SealFlags::GROW
+                | rustix::fs::SealFlags::SEAL,
+        )
+        .map_err(|e| MemoryError::Fd {
+            op: "seal (F_ADD_SEALS)",
+            error: e.to_string(),
+        })?;
+        Self::from_memfd(fd, &[MemoryRegion::new(0, size, 0)])
+    }
+
+    /// Adopts `fd`, a memfd (or another shareable fd that supports seals)
+    /// created by the VMM, and maps each region of `regions` from its fd
+    /// offset. Addresses no region covers are holes.
+    ///
+    /// Refuses an invalid layout (empty, unaligned, overflowing or
+    /// overlapping regions), an fd without `F_SEAL_SHRINK` (another holder
+    /// could shrink it under the mapping, turning a copy into `SIGBUS`),
+    /// and an fd smaller than the layout reaches.
+    pub fn from_memfd(fd: OwnedFd, regions: &[MemoryRegion]) -> Result<Self, MemoryError> {
+        let (layout, needed) = check_layout(regions)?;
+        // Seals first: once F_SEAL_SHRINK is on, the size read next stays.
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|e| MemoryError::Fd {
+            op: "read the seals (F_GET_SEALS) of",
+            error: e.to_string(),
+        })?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            return Err(MemoryError::NotSealed {
+                seals: seals.bits(),
+            });
+        }
+        let stat = rustix::fs::fstat(&fd).map_err(|e| MemoryError::Fd {
+            op: "fstat",
+            error: e.to_string(),
+        })?;
+        let size = u64::try_from(stat.st_size).unwrap_or(0);
+        if size < needed {
+            return Err(MemoryError::BackingTooSmall {
+                backing: "fd",
+                size,
+                needed,
+            });
+        }
+        let mut mapping = Mapping::empty(&layout);
+        let mut hosts = Vec::with_capacity(layout.len());
+        for r in &layout {
+            // SAFETY: a fresh shared mapping of `r.len` bytes of the fd at a
+            // kernel-chosen address; nothing else in this process refers to
+            // that range. The fd is sealed against shrinking and at least
+            // `r.offset + r.len` long (checked above), so no access faults.
+            let ptr = unsafe {
+                rustix::mm::mmap(
+                    std::ptr::null_mut(),
+                    r.len as usize,
+                    rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                    rustix::mm::MapFlags::SHARED,
+                    &fd,
+                    r.offset,
+                )
+            }
+            .map_err(|e| MemoryError::Map(format!("region at gpa {:#x}: {e}", r.gpa)))?;
+            let host = NonNull::new(ptr.cast::<u8>())
+                .ok_or_else(|| MemoryError::Map("null mapping".into()))?;
+            // `mapping` unmaps everything pushed so far if a later step fails.
+            mapping.maps.push((host, r.len as usize));
+            hosts.push(host);
+        }
+        mapping.regions = regions_at(&layout, hosts);
+        mapping.fd = Some(fd);
         Ok(Self {
-            inner: Arc::new(Mapping {
-                base,
-                size: len,
-                fd,
-            }),
+            inner: Arc::new(mapping),
         })
     }
 
-    /// Size of guest memory in bytes.
-    pub fn size(&self) -> u64 {
-        self.inner.size as u64
+    /// Uses a mapping the VMM made: `len` bytes at `base`, with each region
+    /// of `regions` at byte `offset` from `base`. `owner` is dropped after
+    /// the last clone of the returned memory (or before this returns an
+    /// error); it is what keeps the mapping alive, and may unmap it.
+    ///
+    /// # Safety
+    ///
+    /// From this call until `owner` is dropped:
+    ///
+    /// - `base..base + len` is mapped readable and writable, and stays so:
+    ///   nothing unmaps, remaps or `mprotect`s it, and nothing shrinks a
+    ///   file behind it (so no access faults);
+    /// - no Rust reference to non-atomic data (`&[u8]`, `&mut [u8]`, ...)
+    ///   into the range exists or is created in this process; other code
+    ///   of this process touches it only through raw-pointer atomic
+    ///   accesses. The guest, a VMM's vCPUs or other processes may write it
+    ///   at any time.
+    pub unsafe fn from_raw_mapping(
+        base: NonNull<u8>,
+        len: usize,
+        regions: &[MemoryRegion],
+        owner: Box<dyn Any + Send + Sync>,
+    ) -> Result<Self, MemoryError> {
+        let (layout, needed) = check_layout(regions)?;
+        let addr = base.as_ptr() as usize;
+        if addr as u64 & PAGE_MASK != 0 {
+            return Err(MemoryError::UnalignedMapping { addr });
+        }
+        if (len as u64) < needed || len > isize::MAX as usize {
+            return Err(MemoryError::BackingTooSmall {
+                backing: "mapping",
+                size: len as u64,
+                needed,
+            });
+        }
+        let mut mapping = Mapping::empty(&layout);
+        let hosts = layout
+            .iter()
+            // `offset + len <= needed <= len` of the mapping: in bounds.
+            .map(|r| NonNull::new(base.as_ptr().wrapping_add(r.offset as usize)).unwrap_or(base))
+            .collect();
+        mapping.regions = regions_at(&layout, hosts);
+        mapping.owner = Some(owner);
+        Ok(Self {
+            inner: Arc::new(mapping),
+        })
     }
 
-    /// Number of guest pages.
+    /// End of guest memory: the guest physical address after the last
+    /// region (equal to the size when there are no holes).
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    /// Number of guest page numbers below [`size`](Self::size), holes
+    /// included.
     pub fn page_count(&self) -> u64 {
         self.size() >> PAGE_SHIFT
     }
 
-    /// The memfd backing this memory, for sharing it with another process.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.fd.as_fd()
+    /// The layout, sorted by guest address. With [`fd`](Self::fd) this is
+    /// what another process needs to map the same memory: each region's
+    /// `offset` is its fd offset (for memory from [`new`](Self::new) or
+    /// [`from_memfd`](Self::from_memfd)).
+    pub fn regions(&self) -> &[MemoryRegion] {
+        &self.inner.layout
     }
 
-    /// Checks that `[gpa, gpa + len)` lies inside guest memory and returns
-    /// the host pointer of `gpa`.
-    fn checked_ptr(&self, gpa: u64, len: u64) -> Result<*mut u8, MemoryError> {
-        let size = self.size();
-        match gpa.checked_add(len) {
-            Some(end) if end <= size => {
-                // SAFETY: `gpa < end <= size`, so the offset stays inside the
-                // mapping (and `size` fits `isize`, checked in `new`).
-                Ok(unsafe { self.inner.base.as_ptr().add(gpa as usize) })
+    /// The memfd backing this memory, for handing to another process
+    /// (e.g. `try_clone_to_owned` and `SCM_RIGHTS`); `None` for a
+    /// VMM-owned mapping.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Checks that an access of `len` bytes at `gpa` lies in guest memory
+    /// and touches no hole.
+    pub fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        self.span(gpa, len).map(|_| ())
+    }
+
+    /// Selects how copies move bytes, for all clones (measurement only).
+    #[cfg(feature = "copy-baseline")]
+    pub fn set_copy_method(&self, method: CopyMethod) {
+        self.inner.method.store(method as u8, Ordering::Relaxed);
+    }
+
+    #[cfg(feature = "copy-baseline")]
+    fn method(&self) -> CopyMethod {
+        match self.inner.method.load(Ordering::Relaxed) {
+            1 => CopyMethod::Volatile,
+            2 => CopyMethod::Baseline,
+            _ => CopyMethod::Atomic,
+        }
+    }
+
+    /// Checks `[gpa, gpa + len)` and returns the index of the region
+    /// holding `gpa`; the following regions cover the rest without a gap.
+    fn span(&self, gpa: u64, len: u64) -> Result<usize, MemoryError> {
+        let size = self.inner.size;
+        let end = match gpa.checked_add(len) {
+            Some(end) if end <= size => end,
+            _ => return Err(MemoryError::OutOfRange { gpa, len, size }),
+        };
+        let regions = &self.inner.regions;
+        let first = if regions.len() == 1 {
+            0
+        } else {
+            regions.partition_point(|r| r.gpa <= gpa).saturating_sub(1)
+        };
+        if len == 0 {
+            return Ok(first);
+        }
+        let hole = |unbacked| MemoryError::Hole { gpa, len, unbacked };
+        let r = &regions[first];
+        if gpa < r.gpa || gpa >= r.end {
+            return Err(hole(gpa));
+        }
+        let (mut i, mut reach) = (first, r.end);
+        while reach < end {
+            i += 1;
+            match regions.get(i) {
+                Some(next) if next.gpa == reach => reach = next.end,
+                _ => return Err(hole(reach)),
             }
-            _ => Err(MemoryError::OutOfRange { gpa, len, size }),
+        }
+        Ok(first)
+    }
+
+    /// Calls `f(host, offset, n)` for each piece of `[gpa, gpa + len)`
+    /// (checked by `span`, which returned `first`): `n` bytes at host
+    /// address `host`, `offset` bytes into the access.
+    fn pieces(&self, first: usize, gpa: u64, len: u64, mut f: impl FnMut(*mut u8, usize, usize)) {
+        let (mut at, mut done) = (gpa, 0u64);
+        for r in &self.inner.regions[first..] {
+            if done == len {
+                break;
+            }
+            let n = (r.end - at).min(len - done);
+            // In bounds of the region's mapping: `r.gpa <= at < r.end`.
+            let host = r.host.as_ptr().wrapping_add((at - r.gpa) as usize);
+            f(host, done as usize, n as usize);
+            at += n;
+            done += n;
         }
     }
 
     /// Copies guest bytes at `gpa` into `buf`.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let src = self.checked_ptr(gpa, buf.len() as u64)?;
-        // SAFETY: `src..src+len` is inside the mapping (checked above) and
-        // cannot overlap `buf`, which is host memory. The guest may change
-        // these bytes concurrently; any value of `u8` is valid, and callers
-        // validate what they read.
-        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        let len = buf.len() as u64;
+        let first = self.span(gpa, len)?;
+        self.pieces(first, gpa, len, |src, at, n| {
+            let dst = &mut buf[at..at + n];
+            #[cfg(feature = "copy-baseline")]
+            match self.method() {
+                CopyMethod::Atomic => {}
+                // SAFETY: as below; `src..src + n` lies in a live region.
+                CopyMethod::Volatile => return unsafe { volatile_from_guest(src, dst) },
+                // SAFETY: the range is mapped; this copy races with
+                // concurrent guest writes and exists only to measure.
+                CopyMethod::Baseline => {
+                    return unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), n) };
+                }
+            }
+            // SAFETY: `span` checked that `src..src + n` lies in a region,
+            // mapped while `self` lives; `dst` is host memory.
+            unsafe { copy_from_guest(src, dst) }
+        });
         Ok(())
     }
 
     /// Copies `data` into guest memory at `gpa`.
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        let dst = self.checked_ptr(gpa, data.len() as u64)?;
-        // SAFETY: `dst..dst+len` is inside the mapping (checked above) and
-        // does not overlap `data`, which is host memory.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        let len = data.len() as u64;
+        let first = self.span(gpa, len)?;
+        self.pieces(first, gpa, len, |dst, at, n| {
+            let src = &data[at..at + n];
+            #[cfg(feature = "copy-baseline")]
+            match self.method() {
+                CopyMethod::Atomic => {}
+                // SAFETY: as below; `dst..dst + n` lies in a live region.
+                CopyMethod::Volatile => return unsafe { volatile_to_guest(dst, src) },
+                // SAFETY: the range is mapped; this copy races with
+                // concurrent guest accesses and exists only to measure.
+                CopyMethod::Baseline => {
+                    return unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n) };
+                }
+            }
+            // SAFETY: `span` checked that `dst..dst + n` lies in a region,
+            // mapped writable while `self` lives; `src` is host memory.
+            unsafe { copy_to_guest(dst, src) }
+        });
         Ok(())
     }
 
     /// Sets `len` guest bytes at `gpa` to `byte`.
     pub fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
-        let dst = self.checked_ptr(gpa, len)?;
-        // SAFETY: `dst..dst+len` is inside the mapping (checked above).
-        unsafe { std::ptr::write_bytes(dst, byte, len as usize) };
+        let first = self.span(gpa, len)?;
+        self.pieces(first, gpa, len, |dst, _, n| {
+            // SAFETY: `span` checked that `dst..dst + n` lies in a region,
+            // mapped writable while `self` lives.
+            unsafe { fill_guest(dst, n, byte) }
+        });
         Ok(())
     }
 
-    /// Copies `len` bytes inside guest memory from `src_gpa` to `dst_gpa`
-    /// (the ranges may overlap).
-    pub fn copy_within(&self, src_gpa: u64, dst_gpa: u64, len: u64) -> Result<(), MemoryError> {
-        let src = self.checked_ptr(src_gpa, len)?;
-        let dst = self.checked_ptr(dst_gpa, len)?;
-        // SAFETY: both ranges are inside the mapping (checked above);
-        // `copy` allows overlap.
-        unsafe { std::ptr::copy(src, dst, len as usize) };
-        Ok(())
+    /// Host address of the `align`-aligned `align`-byte field at `gpa`.
+    fn field(&self, gpa: u64, align: u64) -> Result<*mut u8, MemoryError> {
+        if gpa % align != 0 {
+            return Err(MemoryError::Unaligned { gpa, align });
+        }
+        let first = self.span(gpa, align)?;
+        // An aligned field never crosses a page, so never a region.
+        let r = &self.inner.regions[first];
+        Ok(r.host.as_ptr().wrapping_add((gpa - r.gpa) as usize))
     }
 
     fn atomic_u32(&self, gpa: u64) -> Result<&AtomicU32, MemoryError> {
-        if gpa % 4 != 0 {
-            return Err(MemoryError::Unaligned { gpa, align: 4 });
-        }
-        let ptr = self.checked_ptr(gpa, 4)?;
-        // SAFETY: the pointer is 4-aligned (the mapping is page-aligned and
-        // `gpa` is 4-aligned), inside the mapping for 4 bytes, and valid for
-        // as long as `self`. All shared access to these bytes from this
-        // process is atomic or a raw copy, never a plain reference.
+        let ptr = self.field(gpa, 4)?;
+        // SAFETY: the pointer is 4-aligned (regions are page-aligned in
+        // host and guest space, and `gpa` is 4-aligned), inside a region for
+        // 4 bytes, and valid for as long as `self`. All access to guest
+        // memory from this process is atomic, so the guest writing the
+        // field concurrently is no data race.
         Ok(unsafe { AtomicU32::from_ptr(ptr.cast()) })
     }
 
     fn atomic_u64(&self, gpa: u64) -> Result<&AtomicU64, MemoryError> {
-        if gpa % 8 != 0 {
-            return Err(MemoryError::Unaligned { gpa, align: 8 });
-        }
-        let ptr = self.checked_ptr(gpa, 8)?;
+        let ptr = self.field(gpa, 8)?;
         // SAFETY: as in `atomic_u32`, with 8-byte alignment and size.
         Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
     }
@@ -233,56 +650,249 @@ impl GuestMemory {
         self.atomic_u64(gpa)?.store(value.to_le(), order);
         Ok(())
     }
+}
 
-    /// Reads `len` bytes at `file_offset` of `file` straight into guest
-    /// memory at `gpa` (no intermediate host buffer). Returns the bytes read,
-    /// fewer than `len` only at end of file.
-    pub fn read_from_file(
-        &self,
-        file: &std::fs::File,
-        file_offset: u64,
-        gpa: u64,
-        len: u64,
-    ) -> Result<u64, FileToGuestError> {
-        let dst = self.checked_ptr(gpa, len)?;
-        let mut done: u64 = 0;
-        while done < len {
-            let remaining = (len - done) as usize;
-            // SAFETY: `dst + done .. dst + len` is inside the mapping
-            // (checked above). The slice of `MaybeUninit<u8>` only carries
-            // the range to the syscall; nothing reads through it, and the
-            // kernel writes the bytes. The guest may race on them, which is
-            // harmless for plain bytes that callers treat as untrusted.
-            let target = unsafe {
-                std::slice::from_raw_parts_mut(
-                    dst.add(done as usize).cast::<std::mem::MaybeUninit<u8>>(),
-                    remaining,
-                )
-            };
-            match rustix::io::pread(file, target, file_offset + done) {
-                Ok((written, _)) => {
-                    if written.is_empty() {
-                        break;
-                    }
-                    done += written.len() as u64;
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(FileToGuestError::Io(e.into())),
-            }
+impl Mapping {
+    fn empty(layout: &[MemoryRegion]) -> Self {
+        Self {
+            regions: Box::new([]),
+            layout: layout.into(),
+            size: layout.last().map_or(0, |r| r.gpa + r.len),
+            maps: Vec::new(),
+            fd: None,
+            owner: None,
+            #[cfg(feature = "copy-baseline")]
+            method: AtomicU8::new(CopyMethod::Atomic as u8),
         }
-        Ok(done)
     }
 }
 
-/// An error moving file bytes into guest memory.
-#[derive(Debug, thiserror::Error)]
-pub enum FileToGuestError {
-    /// The guest range is invalid.
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    /// The file read failed.
-    #[error("file read failed: {0}")]
-    Io(std::io::Error),
+fn regions_at(layout: &[MemoryRegion], hosts: Vec<NonNull<u8>>) -> Box<[Region]> {
+    layout
+        .iter()
+        .zip(hosts)
+        .map(|(r, host)| Region {
+            gpa: r.gpa,
+            end: r.gpa + r.len,
+            host,
+        })
+        .collect()
+}
+
+/// Bytes before the first 8-aligned address at or after `ptr`, at most
+/// `len`.
+fn head_len(ptr: *const u8, len: usize) -> usize {
+    ((ptr as usize).wrapping_neg() & 7).min(len)
+}
+
+/// Copies `out.len() / 8` words from guest memory at `src` into `out` with
+/// `load`, four at a time.
+///
+/// # Safety
+///
+/// `src` is 8-aligned and the words lie in a live guest-memory mapping;
+/// `load` is sound for each of them.
+#[inline(always)]
+unsafe fn words_out(src: *const u64, out: &mut [u8], load: impl Fn(*const u64) -> u64) {
+    let words = out.len() / 8;
+    let dst = out.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i + 4 <= words {
+        // SAFETY: words `i..i + 4` are below `words`: in the mapping
+        // (caller) and inside `out`, written unaligned.
+        unsafe {
+            let (a, b, c, d) = (
+                load(src.add(i)),
+                load(src.add(i + 1)),
+                load(src.add(i + 2)),
+                load(src.add(i + 3)),
+            );
+            dst.add(i).write_unaligned(a);
+            dst.add(i + 1).write_unaligned(b);
+            dst.add(i + 2).write_unaligned(c);
+            dst.add(i + 3).write_unaligned(d);
+        }
+        i += 4;
+    }
+    while i < words {
+        // SAFETY: as above, for word `i < words`.
+        unsafe { dst.add(i).write_unaligned(load(src.add(i))) };
+        i += 1;
+    }
+}
+
+/// Copies the `data.len() / 8` words of `data` into guest memory at `dst`
+/// with `store`, four at a time.
+///
+/// # Safety
+///
+/// `dst` is 8-aligned and the words lie in a live, writable guest-memory
+/// mapping; `store` is sound for each of them.
+#[inline(always)]
+unsafe fn words_in(dst: *mut u64, data: &[u8], store: impl Fn(*mut u64, u64)) {
+    let words = data.len() / 8;
+    let src = data.as_ptr().cast::<u64>();
+    let mut i = 0;
+    while i + 4 <= words {
+        // SAFETY: words `i..i + 4` are below `words`: inside `data` (read
+        // unaligned) and in the mapping (caller).
+        unsafe {
+            let (a, b, c, d) = (
+                src.add(i).read_unaligned(),
+                src.add(i + 1).read_unaligned(),
+                src.add(i + 2).read_unaligned(),
+                src.add(i + 3).read_unaligned(),
+            );
+            store(dst.add(i), a);
+            store(dst.add(i + 1), b);
+            store(dst.add(i + 2), c);
+            store(dst.add(i + 3), d);
+        }
+        i += 4;
+    }
+    while i < words {
+        // SAFETY: as above, for word `i < words`.
+        unsafe { store(dst.add(i), src.add(i).read_unaligned()) };
+        i += 1;
+    }
+}
+
+/// Copies `dst.len()` bytes of guest memory at `src` into `dst`: relaxed
+/// `AtomicU8` loads up to 8-alignment, `AtomicU64` loads of whole words,
+/// `AtomicU8` loads of the tail.
+///
+/// # Safety
+///
+/// `src..src + dst.len()` lies in a live guest-memory mapping, which this
+/// process accesses only atomically.
+unsafe fn copy_from_guest(src: *const u8, dst: &mut [u8]) {
+    let head = head_len(src, dst.len());
+    let words = (dst.len() - head) / 8;
+    let (h, rest) = dst.split_at_mut(head);
+    let (w, t) = rest.split_at_mut(words * 8);
+    for (i, b) in h.iter_mut().enumerate() {
+        // SAFETY: in the mapping (caller); an atomic load tolerates the
+        // guest writing the byte concurrently, and any `u8` is valid.
+        *b = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
+    }
+    let word = src.wrapping_add(head).cast::<u64>();
+    // SAFETY: `words` 8-aligned words (past the head) in the mapping
+    // (caller), each loaded atomically, so concurrent guest writes are no
+    // data race; `w` holds `words * 8` bytes.
+    unsafe {
+        words_out(word, w, |p| {
+            AtomicU64::from_ptr(p.cast_mut()).load(Ordering::Relaxed)
+        })
+    };
+    let tail = src.wrapping_add(head + words * 8);
+    for (i, b) in t.iter_mut().enumerate() {
+        // SAFETY: as for the head.
+        *b = unsafe { AtomicU8::from_ptr(tail.add(i).cast_mut()) }.load(Ordering::Relaxed);
+    }
+}
+
+/// Copies `src` into guest memory at `dst`, the mirror of
+/// [`copy_from_guest`] with relaxed atomic stores.
+///
+/// # Safety
+///
+/// `dst..dst + src.len()` lies in a live, writable guest-memory mapping,
+/// which this process accesses only atomically.
+unsafe fn copy_to_guest(dst: *mut u8, src: &[u8]) {
+    let head = head_len(dst, src.len());
+    let words = (src.len() - head) / 8;
+    let (h, rest) = src.split_at(head);
+    let (w, t) = rest.split_at(words * 8);
+    for (i, &b) in h.iter().enumerate() {
+        // SAFETY: in the mapping (caller); an atomic store racing with the
+        // guest's accesses is no data race.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(b, Ordering::Relaxed);
+    }
+    let word = dst.wrapping_add(head).cast::<u64>();
+    // SAFETY: `w.len() / 8` 8-aligned words (past the head) in the mapping
+    // (caller), each stored atomically, so concurrent guest accesses are no
+    // data race.
+    unsafe {
+        words_in(word, w, |p, v| {
+            AtomicU64::from_ptr(p).store(v, Ordering::Relaxed)
+        })
+    };
+    let tail = dst.wrapping_add(head + words * 8);
+    for (i, &b) in t.iter().enumerate() {
+        // SAFETY: as for the head.
+        unsafe { AtomicU8::from_ptr(tail.add(i)) }.store(b, Ordering::Relaxed);
+    }
+}
+
+/// Sets `len` bytes of guest memory at `dst` to `byte` with relaxed atomic
+/// stores.
+///
+/// # Safety
+///
+/// As for [`copy_to_guest`], for `dst..dst + len`.
+unsafe fn fill_guest(dst: *mut u8, len: usize, byte: u8) {
+    let head = head_len(dst, len);
+    let words = (len - head) / 8;
+    for i in (0..head).chain(head + words * 8..len) {
+        // SAFETY: in the mapping (caller); atomic, so no data race.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
+    }
+    let word = dst.wrapping_add(head).cast::<u64>();
+    let v = u64::from_ne_bytes([byte; 8]);
+    for i in 0..words {
+        // SAFETY: 8-aligned and in the mapping (caller); atomic.
+        unsafe { AtomicU64::from_ptr(word.add(i)) }.store(v, Ordering::Relaxed);
+    }
+}
+
+/// [`copy_from_guest`] with volatile `u64`/`u8` loads (measurement only).
+///
+/// # Safety
+///
+/// As for [`copy_from_guest`].
+#[cfg(feature = "copy-baseline")]
+unsafe fn volatile_from_guest(src: *const u8, dst: &mut [u8]) {
+    let head = head_len(src, dst.len());
+    let words = (dst.len() - head) / 8;
+    let (h, rest) = dst.split_at_mut(head);
+    let (w, t) = rest.split_at_mut(words * 8);
+    for (i, b) in h.iter_mut().enumerate() {
+        // SAFETY: in the mapping (caller).
+        *b = unsafe { src.add(i).read_volatile() };
+    }
+    let word = src.wrapping_add(head).cast::<u64>();
+    // SAFETY: 8-aligned words in the mapping (caller).
+    unsafe { words_out(word, w, |p| p.read_volatile()) };
+    let tail = src.wrapping_add(head + words * 8);
+    for (i, b) in t.iter_mut().enumerate() {
+        // SAFETY: in the mapping (caller).
+        *b = unsafe { tail.add(i).read_volatile() };
+    }
+}
+
+/// [`copy_to_guest`] with volatile `u64`/`u8` stores (measurement only).
+///
+/// # Safety
+///
+/// As for [`copy_to_guest`].
+#[cfg(feature = "copy-baseline")]
+unsafe fn volatile_to_guest(dst: *mut u8, src: &[u8]) {
+    let head = head_len(dst, src.len());
+    let words = (src.len() - head) / 8;
+    let (h, rest) = src.split_at(head);
+    let (w, t) = rest.split_at(words * 8);
+    for (i, &b) in h.iter().enumerate() {
+        // SAFETY: in the mapping (caller).
+        unsafe { dst.add(i).write_volatile(b) };
+    }
+    let word = dst.wrapping_add(head).cast::<u64>();
+    // SAFETY: 8-aligned words in the mapping (caller).
+    unsafe { words_in(word, w, |p, v| p.write_volatile(v)) };
+    let tail = dst.wrapping_add(head + words * 8);
+    for (i, &b) in t.iter().enumerate() {
+        // SAFETY: in the mapping (caller).
+        unsafe { tail.add(i).write_volatile(b) };
+    }
 }
 
 #[cfg(test)]
@@ -319,6 +929,7 @@ mod tests {
             mem.fill(1, u64::MAX, 0),
             Err(MemoryError::OutOfRange { .. })
         ));
+        assert!(mem.read(8192, &mut []).is_ok());
     }
 
     #[test]
@@ -342,29 +953,236 @@ mod tests {
     }
 
     #[test]
-    fn clones_share_and_file_reads_land_in_guest() {
+    fn copies_are_exact_at_every_alignment_and_length() {
         let mem = GuestMemory::new(4096).unwrap();
-        let other = mem.clone();
-        let file = tempfile_with(b"0123456789");
-        let n = other.read_from_file(&file, 2, 4000, 96).unwrap();
-        assert_eq!(n, 8);
-        let mut buf = [0u8; 8];
-        mem.read(4000, &mut buf).unwrap();
-        assert_eq!(&buf, b"23456789");
-        assert!(mem.read_from_file(&file, 0, 4090, 7).is_err());
+        let clone = mem.clone();
+        let mut model = vec![0u8; 256];
+        for start in 0..24u64 {
+            for len in 0..40usize {
+                let data: Vec<u8> = (0..len)
+                    .map(|i| (start as usize * 31 + i + 1) as u8)
+                    .collect();
+                clone.write(start, &data).unwrap();
+                model[start as usize..start as usize + len].copy_from_slice(&data);
+                let mut all = vec![0u8; 256];
+                mem.read(0, &mut all).unwrap();
+                assert_eq!(all, model, "write at {start} len {len}");
+                let mut back = vec![0u8; len];
+                mem.read(start, &mut back).unwrap();
+                assert_eq!(back, data);
+                mem.fill(start + 1, len as u64, len as u8).unwrap();
+                model[start as usize + 1..start as usize + 1 + len].fill(len as u8);
+            }
+        }
+        let mut all = vec![0u8; 256];
+        mem.read(0, &mut all).unwrap();
+        assert_eq!(all, model);
     }
 
-    fn tempfile_with(bytes: &[u8]) -> std::fs::File {
-        use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("vmbdev-mem-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("f");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(bytes)
-            .unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        file
+    #[test]
+    fn own_memfd_is_sealed_and_shared() {
+        let mem = GuestMemory::new(4096).unwrap();
+        let fd = mem.fd().unwrap();
+        let seals = rustix::fs::fcntl_get_seals(fd).unwrap();
+        assert!(seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW));
+        assert!(rustix::fs::ftruncate(fd, 0).is_err());
+        assert_eq!(mem.regions(), &[MemoryRegion::new(0, 4096, 0)]);
+        mem.write(10, b"shared").unwrap();
+        let mut buf = [0u8; 6];
+        rustix::io::pread(fd, &mut buf, 10).unwrap();
+        assert_eq!(&buf, b"shared");
+    }
+
+    #[test]
+    fn layouts_are_checked() {
+        let r = MemoryRegion::new;
+        assert_eq!(check_layout(&[]).unwrap_err(), MemoryError::NoRegions);
+        assert!(matches!(
+            check_layout(&[r(0, 0, 0)]),
+            Err(MemoryError::BadRegion {
+                reason: "empty",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_layout(&[r(0, 4096, 512)]),
+            Err(MemoryError::BadRegion {
+                reason: "not page-aligned",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_layout(&[r(!0xfff, 4096, 0)]),
+            Err(MemoryError::BadRegion { .. })
+        ));
+        assert_eq!(
+            check_layout(&[r(0x3000, 0x1000, 0), r(0, 0x4000, 0)]).unwrap_err(),
+            MemoryError::Overlap {
+                gpa: 0x3000,
+                other_gpa: 0,
+                other_end: 0x4000
+            }
+        );
+        let (sorted, needed) = check_layout(&[r(0x8000, 0x1000, 0), r(0, 0x2000, 0x1000)]).unwrap();
+        assert_eq!(sorted, vec![r(0, 0x2000, 0x1000), r(0x8000, 0x1000, 0)]);
+        assert_eq!(needed, 0x3000);
+    }
+}
+
+#[cfg(test)]
+/// A VMM's own mapping of a sealed memfd, unmapped when the owner drops.
+mod vmm_owned {
+    use super::*;
+    use rustix::fs::{MemfdFlags, SealFlags};
+    use std::os::fd::OwnedFd;
+
+    const P: u64 = 4096;
+
+    fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
+        let fd = rustix::fs::memfd_create(
+            "vmbdev-test",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+        fd
+    }
+
+    fn pread(fd: &OwnedFd, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        assert_eq!(rustix::io::pread(fd, &mut buf, offset).unwrap(), len);
+        buf
+    }
+    use std::ptr::NonNull;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Owner {
+        addr: usize,
+        len: usize,
+        _fd: OwnedFd,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            // SAFETY: exactly the mapping made in `map`; the guest memory
+            // that used it is gone (it drops its owner last).
+            unsafe { rustix::mm::munmap(self.addr as *mut _, self.len) }.unwrap();
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn map(fd: &OwnedFd, len: usize) -> NonNull<u8> {
+        // SAFETY: a fresh shared mapping at a kernel-chosen address.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .unwrap();
+        NonNull::new(ptr.cast()).unwrap()
+    }
+
+    #[test]
+    fn vmm_owned_mapping_works_and_its_owner_drops_with_the_memory() {
+        let fd = memfd(4 * P, SealFlags::SHRINK);
+        let probe = fd.try_clone().unwrap();
+        let base = map(&fd, 4 * P as usize);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let owner = Owner {
+            addr: base.as_ptr() as usize,
+            len: 4 * P as usize,
+            _fd: fd,
+            dropped: dropped.clone(),
+        };
+        let layout = [
+            MemoryRegion::new(0, P, 3 * P),
+            MemoryRegion::new(0x10_0000, 2 * P, 0),
+        ];
+        // SAFETY: the mapping stays until `owner` drops, and this test
+        // touches it only through the guest memory and the fd.
+        let mem = unsafe {
+            GuestMemory::from_raw_mapping(base, 4 * P as usize, &layout, Box::new(owner))
+        }
+        .unwrap();
+        assert!(mem.fd().is_none());
+        assert_eq!(mem.size(), 0x10_0000 + 2 * P);
+        mem.write(0x10, b"vmm").unwrap();
+        assert_eq!(pread(&probe, 3 * P + 0x10, 3), b"vmm");
+        mem.write(0x10_0000 + P + 1, b"high").unwrap();
+        assert_eq!(pread(&probe, P + 1, 4), b"high");
+        assert!(matches!(
+            mem.read(P, &mut [0u8; 1]),
+            Err(MemoryError::Hole { gpa: 0x1000, .. })
+        ));
+        let clone = mem.clone();
+        drop(mem);
+        assert!(!dropped.load(Ordering::SeqCst));
+        let mut buf = [0u8; 3];
+        clone.read(0x10, &mut buf).unwrap();
+        assert_eq!(&buf, b"vmm");
+        drop(clone);
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_mapping_too_small_or_unaligned_is_refused_and_its_owner_dropped() {
+        let fd = memfd(2 * P, SealFlags::SHRINK);
+        let base = map(&fd, 2 * P as usize);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let owner = Owner {
+            addr: base.as_ptr() as usize,
+            len: 2 * P as usize,
+            _fd: fd,
+            dropped: dropped.clone(),
+        };
+        // SAFETY: as above; on error the owner is dropped, unmapping.
+        let err = unsafe {
+            GuestMemory::from_raw_mapping(
+                base,
+                2 * P as usize,
+                &[MemoryRegion::new(0, 2 * P, P)],
+                Box::new(owner),
+            )
+        }
+        .unwrap_err();
+        assert_eq!(
+            err,
+            MemoryError::BackingTooSmall {
+                backing: "mapping",
+                size: 2 * P,
+                needed: 3 * P
+            }
+        );
+        assert!(dropped.load(Ordering::SeqCst));
+        let fd = memfd(2 * P, SealFlags::SHRINK);
+        let base = map(&fd, 2 * P as usize);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let owner = Owner {
+            addr: base.as_ptr() as usize,
+            len: 2 * P as usize,
+            _fd: fd,
+            dropped: dropped.clone(),
+        };
+        let odd = NonNull::new(base.as_ptr().wrapping_add(8)).unwrap();
+        // SAFETY: as above; refused before any access.
+        let err = unsafe {
+            GuestMemory::from_raw_mapping(
+                odd,
+                P as usize,
+                &[MemoryRegion::new(0, P, 0)],
+                Box::new(owner),
+            )
+        }
+        .unwrap_err();
+        assert!(matches!(err, MemoryError::UnalignedMapping { .. }));
+        assert!(dropped.load(Ordering::SeqCst));
     }
 }

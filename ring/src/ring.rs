@@ -45,7 +45,7 @@ pub struct RingHalf {
 impl RingHalf {
     /// Builds a half from `pages` (page 0 = control page, the rest = data
     /// pages in ring order), checking N >= 1 data pages, a data size that
-    /// fits u32, and every page inside guest memory.
+    /// fits u32, and every page inside guest memory (not in a hole).
     pub fn new(memory: &GuestMemory, pages: &[u64]) -> Result<Self> {
         let (&control_gpn, data) = pages
             .split_first()
@@ -58,6 +58,11 @@ impl RingHalf {
         let limit = memory.page_count();
         if let Some(&gpn) = pages.iter().find(|&&gpn| gpn >= limit) {
             return Err(crate::gpa::GpaError::PageOutOfRange { gpn, pages: limit }.into());
+        }
+        for &gpn in pages {
+            memory
+                .check_range(gpn << PAGE_SHIFT, PAGE_SIZE as u64)
+                .map_err(crate::gpa::GpaError::from)?;
         }
         let contiguous = data.windows(2).all(|w| w[0].checked_add(1) == Some(w[1]));
         let layout = if contiguous {

@@ -2,33 +2,14 @@
 //! the bytes `qemu-img convert` gives, and comparing them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use vmbdev_block::BlockDevice;
 
+pub use crate::images::{path_str, tool};
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
-
-/// Runs a tool and returns its stdout; fails the test with its stderr if
-/// it fails.
-pub fn run_tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is required for this test but could not run: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A path as UTF-8, for tool arguments.
-pub fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// Writes a raw image of `size` bytes: zeros with random runs of random data
 /// (whole MiB-sized zero holes stay, so dynamic images have unallocated blocks).
@@ -74,7 +55,10 @@ pub fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
         "{}.qemu.raw",
         image.file_name().unwrap().to_str().unwrap()
     ));
-    run_tool("qemu-img", &["convert", "-O", "raw", p(image), p(&out)]);
+    tool(
+        "qemu-img",
+        &["convert", "-O", "raw", path_str(image), path_str(&out)],
+    );
     let bytes = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     bytes

@@ -43,6 +43,23 @@ pub fn run_output(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs an external tool with `args`, failing the test with its output
+/// when it is missing or fails; returns its stdout. mtools are told not
+/// to refuse images made with unusual geometry.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    run_output(
+        Command::new(program)
+            .args(args)
+            .env("MTOOLS_SKIP_CHECK", "1"),
+    )
+}
+
+/// A path as the `&str` argument tools take; test paths are UTF-8.
+pub fn path_str(path: &Path) -> &str {
+    path.to_str()
+        .unwrap_or_else(|| panic!("test path {path:?} is not UTF-8"))
+}
+
 fn bytes(rng: &mut SmallRng, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rng.fill(&mut v[..]);

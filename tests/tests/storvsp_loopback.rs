@@ -13,10 +13,11 @@ use vmbdev_block::{BlockDevice, BlockError, RawFile};
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{
-    Controller, LunAddress, RunError, StorvspConfig, StorvspDevice, WORST_COMPLETION_RING_LEN,
+    Controller, LunAddress as HostLun, RunError, StorvspConfig, StorvspDevice,
+    WORST_COMPLETION_RING_LEN,
 };
-use vmbdev_guest::storvsc::loopback::{StorvspVm, StorvspVmConfig};
-use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, Storvsc};
+use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, LunAddress, Storvsc};
+use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig};
 use vmbdev_ring::{Endpoint, GpaRange, OutgoingPacket, PacketKind};
 
 const LUN0: LunAddress = LunAddress {
@@ -24,6 +25,15 @@ const LUN0: LunAddress = LunAddress {
     target: 0,
     lun: 0,
 };
+
+/// The host's name for the LUN the guest addresses as `address`.
+fn host(address: LunAddress) -> HostLun {
+    HostLun {
+        path: address.path,
+        target: address.target,
+        lun: address.lun,
+    }
+}
 
 /// A raw image of `len` random bytes.
 fn random_image(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
@@ -122,7 +132,7 @@ fn linux_reads_equal_the_image_512_and_4096_over_sub_channels() {
         let dir = tempfile::tempdir().unwrap();
         let (path, bytes) = random_image(dir.path(), "disk.raw", 5 << 20, u64::from(sector));
         let controller = Arc::new(Controller::new());
-        controller.insert(LUN0, disk(&path, sector));
+        controller.insert(host(LUN0), disk(&path, sector));
         let setup = connect(
             controller,
             multi_channel(3),
@@ -163,8 +173,8 @@ fn linux_scan_probes_like_linux() {
         target: 1,
         lun: 0,
     };
-    controller.insert(LUN0, disk(&path, 512));
-    controller.insert(second, disk(&path, 4096));
+    controller.insert(host(LUN0), disk(&path, 512));
+    controller.insert(host(second), disk(&path, 4096));
     let setup = connect(
         controller,
         StorvspConfig::default(),
@@ -232,7 +242,7 @@ fn uefi_profile_finds_disks_with_report_luns_and_reads() {
         target: 2,
         lun: 0,
     };
-    controller.insert(target2, disk(&path, 512));
+    controller.insert(host(target2), disk(&path, 512));
     let setup = connect(
         controller,
         multi_channel(2),
@@ -270,7 +280,7 @@ fn writes_are_refused_and_the_image_is_untouched() {
     let (path, bytes) = random_image(dir.path(), "disk.raw", 1 << 20, 11);
     let before = std::fs::metadata(&path).unwrap().modified().unwrap();
     let controller = Arc::new(Controller::new());
-    controller.insert(LUN0, disk(&path, 512));
+    controller.insert(host(LUN0), disk(&path, 512));
     let setup = connect(
         controller,
         StorvspConfig::default(),
@@ -296,7 +306,7 @@ fn hot_add_and_remove_send_enumerate_bus() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = random_image(dir.path(), "disk.raw", 1 << 20, 12);
     let controller = Arc::new(Controller::new());
-    controller.insert(LUN0, disk(&path, 512));
+    controller.insert(host(LUN0), disk(&path, 512));
     let mut setup = connect(
         controller,
         StorvspConfig::default(),
@@ -309,11 +319,11 @@ fn hot_add_and_remove_send_enumerate_bus() {
         target: 1,
         lun: 0,
     };
-    assert!(setup.vm.device().hot_add(added, disk(&path, 512)));
+    assert!(setup.vm.device().hot_add(host(added), disk(&path, 512)));
     block_on(setup.driver.events().wait_enumerate_bus(1));
     block_on(setup.driver.rescan()).unwrap();
     assert_eq!(setup.driver.disks().len(), 2);
-    assert!(setup.vm.device().hot_remove(added));
+    assert!(setup.vm.device().hot_remove(host(added)));
     block_on(setup.driver.events().wait_enumerate_bus(2));
     block_on(setup.driver.rescan()).unwrap();
     assert_eq!(setup.driver.disks().len(), 1);
@@ -384,7 +394,7 @@ fn save_restore_reissues_requests_in_flight() {
     });
     let controller = Arc::new(Controller::new());
     let device: Arc<dyn BlockDevice> = gated.clone();
-    controller.insert(LUN0, Arc::new(ScsiDisk::new(device)));
+    controller.insert(host(LUN0), Arc::new(ScsiDisk::new(device)));
     let setup = connect(
         controller.clone(),
         multi_channel(2),
@@ -473,7 +483,7 @@ fn raw(config: StorvspConfig, vm_config: StorvspVmConfig) -> (Raw, Vec<u8>) {
     let path = dir.path().join("d.raw");
     std::fs::write(&path, &bytes).unwrap();
     let controller = Arc::new(Controller::new());
-    controller.insert(LUN0, disk(&path, 512));
+    controller.insert(host(LUN0), disk(&path, 512));
     let device = Arc::new(StorvspDevice::new(config, controller).unwrap());
     let (vm, guest) = StorvspVm::start(device, vm_config).unwrap();
     (Raw { vm, guest, next: 1 }, bytes)
@@ -855,7 +865,7 @@ fn linux_falls_back_through_refused_versions_over_the_ring() {
         (vec![0x0602, 0x0600, 0x0501, 0x0402], 0x0200, 0x30),
     ] {
         let controller = Arc::new(Controller::new());
-        controller.insert(LUN0, disk(&path, 512));
+        controller.insert(host(LUN0), disk(&path, 512));
         let lb = vmbdev_ring::loopback(&vmbdev_ring::LoopbackConfig {
             buffer_pages: 1024,
             scatter_buffers: true,

@@ -7,24 +7,14 @@ use futures_lite::future::block_on;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use vmbdev_block::RawFile;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
 use vmbdev_fs::open_tree;
-use vmbdev_guest::vm::{LoopbackVm, VmConfig};
-use vmbdev_guest::vmbfs::VmbfsClient;
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (is it installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use vmbdev_loopback::vm::{LoopbackVm, VmConfig};
+use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
+use vmbdev_tests::images::{mbr_disk, run};
 
 /// Source files: boundary sizes around the 12276-byte chunk, one over a
 /// MiB, nested directories.
@@ -50,35 +40,6 @@ fn make_source(root: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-const PART_START: u64 = 2048;
-
-/// Wraps a file-system image as partition 1 of an MBR disk (sfdisk).
-fn mbr_disk(fs_image: &Path, disk: &Path, type_byte: &str) {
-    let fs_bytes = std::fs::read(fs_image).unwrap();
-    let sectors = (fs_bytes.len() as u64).div_ceil(512);
-    let f = std::fs::File::create(disk).unwrap();
-    f.set_len((PART_START + sectors) * 512).unwrap();
-    drop(f);
-    let mut child = Command::new("sfdisk")
-        .args(["--no-reread", "-q"])
-        .arg(disk)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("cannot run sfdisk (is it installed?)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("label: dos\n{PART_START},{sectors},{type_byte}\n").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk failed");
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
-    f.write_all_at(&fs_bytes, PART_START * 512).unwrap();
-}
-
 fn serve_and_compare(disk: &PathBuf, files: &[(String, Vec<u8>)]) {
     let tree = open_tree(Arc::new(RawFile::open(disk).unwrap()), None).unwrap();
     let dev = Arc::new(VmbfsDevice::new(VmbfsConfig {
@@ -87,7 +48,7 @@ fn serve_and_compare(disk: &PathBuf, files: &[(String, Vec<u8>)]) {
     }));
     for use_rdma in [false, true] {
         let vm = LoopbackVm::new(&VmConfig::default()).unwrap();
-        let mut client = VmbfsClient::new(vm, dev.clone(), use_rdma);
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(vm, dev.clone()), use_rdma);
         block_on(async {
             for (path, data) in files {
                 let got = client.read_all(path).await.unwrap();

@@ -13,8 +13,9 @@ use vmbdev_device::vmbfs::{
     encode_saved_state,
 };
 use vmbdev_fs::{FileTree, MemoryTree};
-use vmbdev_guest::vm::{GuestChannel, LoopbackVm, RingShape, VmConfig};
-use vmbdev_guest::vmbfs::{ClientError, VmbfsClient, VmbfsClientError};
+use vmbdev_guest::vmbfs::{ClientError, VmbfsClientError};
+use vmbdev_loopback::vm::{GuestChannel, LoopbackVm, RingShape, VmConfig};
+use vmbdev_loopback::vmbfs::{ResumeDevice, VmbfsClient, VmbfsLoopback};
 use vmbdev_protocol::vmbfs::MAX_READ_SIZE;
 use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
 use vmbdev_ring::{GpaRange, OutgoingPacket, PipeMessage};
@@ -63,7 +64,7 @@ fn every_file_reads_back_in_band_and_by_rdma() {
     let (tree, files) = random_tree(1);
     let dev = device(tree, true);
     for use_rdma in [false, true] {
-        let mut client = VmbfsClient::new(vm(), dev.clone(), use_rdma);
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev.clone()), use_rdma);
         block_on(async {
             client.open_volume().await.unwrap();
             for (path, data) in &files {
@@ -93,7 +94,7 @@ fn every_file_reads_back_in_band_and_by_rdma() {
 fn rdma_disabled_device_is_read_in_band_by_an_rdma_client() {
     let (tree, files) = random_tree(2);
     let dev = device(tree, false);
-    let mut client = VmbfsClient::new(vm(), dev.clone(), true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev.clone()), true);
     block_on(async {
         for (path, data) in &files {
             assert!(client.read_all(path).await.unwrap() == *data, "{path}");
@@ -116,7 +117,7 @@ fn uefi_sequence_with_its_quirks() {
         .unwrap();
     builder.add_file("hive", vec![7u8; 100]).unwrap();
     let dev = device(Arc::new(builder.build()), true);
-    let mut client = VmbfsClient::new(vm(), dev.clone(), false);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev.clone()), false);
     block_on(async {
         // Empty path = root, a directory of size 0.
         let root = client.open_volume().await.unwrap();
@@ -295,193 +296,260 @@ fn expect_stop(outcome: Outcome, check: impl Fn(&ProtocolError) -> bool) {
 
 /// After bad input, a fresh open of the channel serves a file again.
 fn fresh_open_works(vm: &LoopbackVm, dev: &Arc<VmbfsDevice>) {
-    let mut client = VmbfsClient::new(vm.clone(), dev.clone(), true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm.clone(), dev.clone()), true);
     let data = block_on(client.read_all("dir/file")).unwrap();
     assert_eq!(data, b"0123456789".repeat(3000));
     block_on(client.close()).unwrap();
-}
-
-/// Runs one bad-input case: `before` negotiates or not, `case` sends the
-/// input and checks the outcome; then the counter and a fresh open.
-fn bad_case(negotiated: bool, kind: BadInput, case: impl FnOnce(&mut GuestChannel)) {
-    bad_case_n(negotiated, kind, 1, case);
-}
-
-/// [`bad_case`] for a case that sends `count` bad inputs of one kind.
-fn bad_case_n(negotiated: bool, kind: BadInput, count: u64, case: impl FnOnce(&mut GuestChannel)) {
-    let vm = vm();
-    let dev = device(sample_tree(), true);
-    let mut ch = raw_open(&vm, &dev);
-    if negotiated {
-        negotiate(&mut ch);
-    }
-    case(&mut ch);
-    assert_eq!(dev.stats().protocol.count(kind), count, "{kind:?} counted");
-    let _ = block_on(ch.close());
-    fresh_open_works(&vm, &dev);
-}
-
-#[test]
-fn bad_message_shorter_than_header() {
-    bad_case(true, BadInput::ShortHeader, |ch| {
-        expect_stop(exchange(ch, &[3, 0, 0]), |e| {
-            matches!(e, ProtocolError::ShortHeader { len: 3 })
-        });
-    });
-}
-
-#[test]
-fn bad_message_shorter_than_body() {
-    bad_case(true, BadInput::TruncatedBody, |ch| {
-        expect_status(exchange(ch, &message(5, &[1, 0, 0, 0])), 6, 3);
-    });
-}
-
-#[test]
-fn bad_unknown_type() {
-    bad_case(true, BadInput::UnknownType, |ch| {
-        expect_stop(exchange(ch, &message(99, &[])), |e| {
-            matches!(e, ProtocolError::UnknownType { message_type: 99 })
-        });
-    });
-}
-
-#[test]
-fn bad_response_type_from_guest() {
-    bad_case(true, BadInput::ResponseFromGuest, |ch| {
-        expect_stop(exchange(ch, &message(6, &[0; 4])), |e| {
-            matches!(e, ProtocolError::ResponseFromGuest { message_type: 6 })
-        });
-    });
-}
-
-#[test]
-fn bad_request_before_version() {
-    bad_case(false, BadInput::RequestBeforeVersion, |ch| {
-        expect_stop(exchange(ch, &info(&path_bytes("dir"))), |e| {
-            matches!(e, ProtocolError::RequestBeforeVersion { message_type: 3 })
-        });
-    });
-}
-
-#[test]
-fn bad_second_version_after_ready() {
-    bad_case(true, BadInput::RepeatedVersion, |ch| {
-        expect_stop(exchange(ch, &version(0x0001_0000)), |e| {
-            matches!(e, ProtocolError::RepeatedVersion { .. })
-        });
-    });
-}
-
-#[test]
-fn bad_unsupported_version_then_supported() {
-    bad_case(false, BadInput::UnsupportedVersion, |ch| {
-        expect_status(exchange(ch, &version(0x0002_0000)), 2, 1);
-        negotiate(ch);
-    });
-}
-
-#[test]
-fn bad_odd_length_path() {
-    bad_case(true, BadInput::OddLengthPath, |ch| {
-        let mut p = path_bytes("dir");
-        p.push(b'x');
-        expect_status(exchange(ch, &info(&p)), 4, 3);
-    });
-}
-
-#[test]
-fn bad_embedded_nul() {
-    bad_case(true, BadInput::EmbeddedNul, |ch| {
-        expect_status(exchange(ch, &info(&path_bytes("dir\0file"))), 4, 3);
-    });
-}
-
-#[test]
-fn bad_invalid_utf16_lone_surrogate() {
-    bad_case(true, BadInput::UnpairedSurrogate, |ch| {
-        let mut p = path_bytes("dir\\");
-        p.extend(0xD800u16.to_le_bytes());
-        expect_status(exchange(ch, &read(10, 0, &p)), 6, 3);
-    });
-}
-
-#[test]
-fn bad_path_longer_than_message_allows() {
-    bad_case(true, BadInput::MessageTooLong, |ch| {
-        let long = "a".repeat(6200);
-        expect_stop(exchange(ch, &info(&path_bytes(&long))), |e| {
-            matches!(e, ProtocolError::MessageTooLong { .. })
-        });
-    });
-}
-
-#[test]
-fn bad_byte_count_above_limit() {
-    bad_case(true, BadInput::ByteCountTooLarge, |ch| {
-        let p = path_bytes("dir\\file");
-        expect_status(exchange(ch, &read(MAX_READ_SIZE + 1, 0, &p)), 6, 3);
-    });
-}
-
-#[test]
-fn bad_offset_plus_byte_count_overflow() {
-    bad_case(true, BadInput::OffsetOverflow, |ch| {
-        let p = path_bytes("dir\\file");
-        expect_status(exchange(ch, &read(16, u64::MAX - 3, &p)), 6, 3);
-    });
-}
-
-#[test]
-fn bad_read_of_directory() {
-    bad_case(true, BadInput::ReadOfDirectory, |ch| {
-        expect_status(exchange(ch, &read(16, 0, &path_bytes("dir"))), 6, 3);
-    });
-}
-
-#[test]
-fn bad_rdma_without_registered_handle() {
-    bad_case(true, BadInput::UnknownHandle, |ch| {
-        expect_status(exchange(ch, &rdma(1, 100, 0, 0, "dir\\file")), 8, 3);
-    });
 }
 
 fn setup(ch: &mut GuestChannel, handle: u32, range: GpaRange) {
     block_on(ch.endpoint.send_setup(handle, true, &[range])).unwrap();
 }
 
-#[test]
-fn bad_rdma_range_smaller_than_byte_count() {
-    bad_case_n(true, BadInput::RdmaRangeTooSmall, 2, |ch| {
-        let range = ch.vm().pages().alloc_range(4096).unwrap();
-        setup(ch, 1, range);
-        expect_status(exchange(ch, &rdma(1, 4097, 0, 0, "dir\\file")), 8, 3);
+/// What the device must do with one bad message.
+enum Expect {
+    /// Answer with this reply type and status.
+    Status { reply_type: u32, status: u32 },
+    /// Stop the channel with a protocol error this accepts.
+    Stop(fn(&ProtocolError) -> bool),
+}
+
+/// One bad-input case: a raw guest (negotiated or not) optionally
+/// prepares the channel, sends each message and checks what came back;
+/// then `after` runs, every message must have been counted as `kind`, and
+/// a fresh open must serve a file again.
+struct BadRow {
+    name: &'static str,
+    negotiated: bool,
+    kind: BadInput,
+    prepare: fn(&mut GuestChannel),
+    exchanges: Vec<(Vec<u8>, Expect)>,
+    after: fn(&mut GuestChannel),
+}
+
+impl BadRow {
+    fn new(name: &'static str, negotiated: bool, kind: BadInput) -> Self {
+        Self {
+            name,
+            negotiated,
+            kind,
+            prepare: |_| {},
+            exchanges: Vec::new(),
+            after: |_| {},
+        }
+    }
+
+    fn prepare(mut self, prepare: fn(&mut GuestChannel)) -> Self {
+        self.prepare = prepare;
+        self
+    }
+
+    fn status(mut self, msg: Vec<u8>, reply_type: u32, status: u32) -> Self {
+        let expect = Expect::Status { reply_type, status };
+        self.exchanges.push((msg, expect));
+        self
+    }
+
+    fn stop(mut self, msg: Vec<u8>, check: fn(&ProtocolError) -> bool) -> Self {
+        self.exchanges.push((msg, Expect::Stop(check)));
+        self
+    }
+
+    fn after(mut self, after: fn(&mut GuestChannel)) -> Self {
+        self.after = after;
+        self
+    }
+
+    fn run(self) {
+        let vm = vm();
+        let dev = device(sample_tree(), true);
+        let mut ch = raw_open(&vm, &dev);
+        if self.negotiated {
+            negotiate(&mut ch);
+        }
+        (self.prepare)(&mut ch);
+        let count = self.exchanges.len() as u64;
+        for (msg, expect) in self.exchanges {
+            let outcome = exchange(&mut ch, &msg);
+            match expect {
+                Expect::Status { reply_type, status } => expect_status(outcome, reply_type, status),
+                Expect::Stop(check) => expect_stop(outcome, check),
+            }
+        }
+        (self.after)(&mut ch);
+        let kind = self.kind;
+        assert_eq!(dev.stats().protocol.count(kind), count, "{kind:?} counted");
+        let _ = block_on(ch.close());
+        fresh_open_works(&vm, &dev);
+    }
+}
+
+fn odd_length_path() -> Vec<u8> {
+    let mut p = path_bytes("dir");
+    p.push(b'x');
+    p
+}
+
+fn lone_surrogate_path() -> Vec<u8> {
+    let mut p = path_bytes("dir\\");
+    p.extend(0xD800u16.to_le_bytes());
+    p
+}
+
+fn bad_rows() -> Vec<BadRow> {
+    let file = || path_bytes("dir\\file");
+    vec![
+        BadRow::new("message_shorter_than_header", true, BadInput::ShortHeader)
+            .stop(vec![3, 0, 0], |e| {
+                matches!(e, ProtocolError::ShortHeader { len: 3 })
+            }),
+        BadRow::new("message_shorter_than_body", true, BadInput::TruncatedBody).status(
+            message(5, &[1, 0, 0, 0]),
+            6,
+            3,
+        ),
+        BadRow::new("unknown_type", true, BadInput::UnknownType).stop(message(99, &[]), |e| {
+            matches!(e, ProtocolError::UnknownType { message_type: 99 })
+        }),
+        BadRow::new(
+            "response_type_from_guest",
+            true,
+            BadInput::ResponseFromGuest,
+        )
+        .stop(message(6, &[0; 4]), |e| {
+            matches!(e, ProtocolError::ResponseFromGuest { message_type: 6 })
+        }),
+        BadRow::new(
+            "request_before_version",
+            false,
+            BadInput::RequestBeforeVersion,
+        )
+        .stop(info(&path_bytes("dir")), |e| {
+            matches!(e, ProtocolError::RequestBeforeVersion { message_type: 3 })
+        }),
+        BadRow::new(
+            "second_version_after_ready",
+            true,
+            BadInput::RepeatedVersion,
+        )
+        .stop(version(0x0001_0000), |e| {
+            matches!(e, ProtocolError::RepeatedVersion { .. })
+        }),
+        BadRow::new(
+            "unsupported_version_then_supported",
+            false,
+            BadInput::UnsupportedVersion,
+        )
+        .status(version(0x0002_0000), 2, 1)
+        .after(negotiate),
+        BadRow::new("odd_length_path", true, BadInput::OddLengthPath).status(
+            info(&odd_length_path()),
+            4,
+            3,
+        ),
+        BadRow::new("embedded_nul", true, BadInput::EmbeddedNul).status(
+            info(&path_bytes("dir\0file")),
+            4,
+            3,
+        ),
+        BadRow::new(
+            "invalid_utf16_lone_surrogate",
+            true,
+            BadInput::UnpairedSurrogate,
+        )
+        .status(read(10, 0, &lone_surrogate_path()), 6, 3),
+        BadRow::new(
+            "path_longer_than_message_allows",
+            true,
+            BadInput::MessageTooLong,
+        )
+        .stop(info(&path_bytes(&"a".repeat(6200))), |e| {
+            matches!(e, ProtocolError::MessageTooLong { .. })
+        }),
+        BadRow::new("byte_count_above_limit", true, BadInput::ByteCountTooLarge).status(
+            read(MAX_READ_SIZE + 1, 0, &file()),
+            6,
+            3,
+        ),
+        BadRow::new(
+            "offset_plus_byte_count_overflow",
+            true,
+            BadInput::OffsetOverflow,
+        )
+        .status(read(16, u64::MAX - 3, &file()), 6, 3),
+        BadRow::new("read_of_directory", true, BadInput::ReadOfDirectory).status(
+            read(16, 0, &path_bytes("dir")),
+            6,
+            3,
+        ),
+        BadRow::new(
+            "rdma_without_registered_handle",
+            true,
+            BadInput::UnknownHandle,
+        )
+        .status(rdma(1, 100, 0, 0, "dir\\file"), 8, 3),
+        BadRow::new(
+            "rdma_range_smaller_than_byte_count",
+            true,
+            BadInput::RdmaRangeTooSmall,
+        )
+        .prepare(|ch| {
+            let range = ch.vm().pages().alloc_range(4096).unwrap();
+            setup(ch, 1, range);
+        })
+        .status(rdma(1, 4097, 0, 0, "dir\\file"), 8, 3)
         // token_offset pushes a fitting count past the end too.
-        expect_status(exchange(ch, &rdma(1, 4096, 0, 1, "dir\\file")), 8, 3);
-    });
-}
-
-#[test]
-fn bad_rdma_range_outside_guest_memory() {
-    bad_case(true, BadInput::RdmaOutsideGuestMemory, |ch| {
-        let pages = ch.vm().memory().page_count();
-        setup(
-            ch,
-            1,
-            GpaRange::new(8192, 0, vec![pages - 1, pages]).unwrap(),
-        );
-        expect_status(exchange(ch, &rdma(1, 8192, 0, 0, "dir\\file")), 8, 3);
-    });
-}
-
-#[test]
-fn bad_teardown_of_unknown_handle() {
-    bad_case(true, BadInput::UnknownTeardown, |ch| {
-        block_on(ch.endpoint.send_teardown(42)).unwrap();
-        expect_stop(exchange(ch, &info(&[])), |e| {
+        .status(rdma(1, 4096, 0, 1, "dir\\file"), 8, 3),
+        BadRow::new(
+            "rdma_range_outside_guest_memory",
+            true,
+            BadInput::RdmaOutsideGuestMemory,
+        )
+        .prepare(|ch| {
+            let pages = ch.vm().memory().page_count();
+            let range = GpaRange::new(8192, 0, vec![pages - 1, pages]).unwrap();
+            setup(ch, 1, range);
+        })
+        .status(rdma(1, 8192, 0, 0, "dir\\file"), 8, 3),
+        BadRow::new(
+            "teardown_of_unknown_handle",
+            true,
+            BadInput::UnknownTeardown,
+        )
+        .prepare(|ch| block_on(ch.endpoint.send_teardown(42)).unwrap())
+        .stop(info(&[]), |e| {
             matches!(e, ProtocolError::UnknownTeardown { handle: 42 })
-        });
-    });
+        }),
+    ]
+}
+
+/// Every row runs, even after a failing one; the failure names each
+/// failing row with its panic message.
+#[test]
+fn bad_input_is_answered_or_stops_and_a_fresh_open_works() {
+    let failures: Vec<String> = bad_rows()
+        .into_iter()
+        .filter_map(|row| {
+            let name = row.name;
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row.run()));
+            result
+                .err()
+                .map(|panic| format!("{name}: {}", panic_message(&*panic)))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "bad-input rows failed:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "non-string panic".to_owned())
 }
 
 #[test]
@@ -597,7 +665,7 @@ fn save_and_restore_in_the_middle_of_a_session() {
         rdma_enabled: true,
     });
     let first: Arc<VmbfsDevice> = Arc::new(first);
-    let mut client = VmbfsClient::new(vm(), first.clone(), true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), first.clone()), true);
     let half = data.len() / 2;
     let mut got = block_on(client.read(path, 0, half)).unwrap();
     // The client's last RDMA buffer is still registered (its teardown is
@@ -639,7 +707,7 @@ fn restore_without_the_rdma_handle_makes_the_deferred_teardown_a_violation() {
         tree: tree.clone(),
         rdma_enabled: true,
     }));
-    let mut client = VmbfsClient::new(vm(), first.clone(), true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), first.clone()), true);
     let half = files[path].len() / 2;
     block_on(client.read(path, 0, half)).unwrap();
     block_on(client.suspend_device()).unwrap();
@@ -665,7 +733,7 @@ fn restore_without_the_rdma_handle_makes_the_deferred_teardown_a_violation() {
 #[test]
 fn not_found_and_directory_errors_through_the_client() {
     let dev = device(sample_tree(), true);
-    let mut client = VmbfsClient::new(vm(), dev, true);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev), true);
     block_on(async {
         let err = client.read_all("missing").await.unwrap_err();
         assert!(matches!(
@@ -694,7 +762,7 @@ fn bus_contract_rules() {
     assert_eq!(offer.max_sub_channels, 0);
     assert!(matches!(
         vm.open_channel(dyn_dev.clone(), 1, RingShape::from_offer(&*dyn_dev)),
-        Err(vmbdev_guest::vm::VmError::Bus(
+        Err(vmbdev_loopback::vm::VmError::Bus(
             vmbdev_device::bus::BusError::NoSuchChannel { index: 1, .. }
         ))
     ));
@@ -706,7 +774,7 @@ fn bus_contract_rules() {
     assert!(dev.is_running());
     assert!(matches!(
         vm.open_channel(dyn_dev.clone(), 0, RingShape::from_offer(&*dyn_dev)),
-        Err(vmbdev_guest::vm::VmError::Bus(
+        Err(vmbdev_loopback::vm::VmError::Bus(
             vmbdev_device::bus::BusError::AlreadyOpen(0)
         ))
     ));
@@ -783,7 +851,7 @@ fn a_blocked_read_does_not_stall_another_channel() {
     let slow_vm = vm.clone();
     let slow_stats = slow.clone();
     let slow_reader = std::thread::spawn(move || {
-        let mut client = VmbfsClient::new(slow_vm, slow, false);
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(slow_vm, slow), false);
         block_on(client.read("dir/file", 0, 10)).unwrap()
     });
     // Wait until the slow device has taken the READ_FILE (version, root
@@ -791,7 +859,7 @@ fn a_blocked_read_does_not_stall_another_channel() {
     while slow_stats.stats().messages < 4 {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut client = VmbfsClient::new(vm.clone(), fast, false);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm.clone(), fast), false);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let fast_reader = std::thread::spawn(move || {
         let data = block_on(client.read_all("dir/file")).unwrap();
@@ -858,7 +926,7 @@ fn inline_io_policy_serves_the_same_bytes() {
         .with_io_policy(vmbdev_device::vmbfs::IoPolicy::Inline),
     );
     for use_rdma in [false, true] {
-        let mut client = VmbfsClient::new(vm(), dev.clone(), use_rdma);
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(vm(), dev.clone()), use_rdma);
         for (path, data) in files.iter().filter(|(_, d)| d.len() < 4 * MIB) {
             assert!(block_on(client.read_all(path)).unwrap() == *data, "{path}");
         }

@@ -25,8 +25,6 @@ mod parent;
 mod reader;
 mod writer;
 
-pub mod bench;
-
 use std::path::Path;
 
 pub use bat::BatCounts;

@@ -18,7 +18,7 @@ fn valid() -> Vec<u8> {
             let raw = dir.path().join("src.raw");
             make_raw(&raw, 8 * MIB, 60);
             let img = dir.path().join("v.vhdx");
-            run_tool(
+            tool(
                 "qemu-img",
                 &[
                     "convert",
@@ -26,8 +26,8 @@ fn valid() -> Vec<u8> {
                     "vhdx",
                     "-o",
                     "block_size=1048576",
-                    p(&raw),
-                    p(&img),
+                    path_str(&raw),
+                    path_str(&img),
                 ],
             );
             std::fs::read(&img).unwrap()

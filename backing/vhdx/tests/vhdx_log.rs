@@ -15,7 +15,7 @@ fn base_image(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
     let raw = dir.join("src.raw");
     let data = make_raw(&raw, 16 * MIB, 50);
     let img = dir.join("base.vhdx");
-    run_tool(
+    tool(
         "qemu-img",
         &[
             "convert",
@@ -23,8 +23,8 @@ fn base_image(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
             "vhdx",
             "-o",
             "block_size=1048576",
-            p(&raw),
-            p(&img),
+            path_str(&raw),
+            path_str(&img),
         ],
     );
     let mut b = std::fs::read(&img).unwrap();
@@ -105,7 +105,7 @@ fn replayed_view_equals_qemu_replay() {
         "replaying the dirty log touched the image"
     );
 
-    run_tool("qemu-img", &["check", "-r", "all", p(&qemu_path)]);
+    tool("qemu-img", &["check", "-r", "all", path_str(&qemu_path)]);
     let theirs = qemu_raw(&qemu_path, dir.path());
     assert_same(&ours, &theirs, "replayed view");
     // The replay really changed what is read.
@@ -192,7 +192,7 @@ fn compare_with_qemu(mut b: Vec<u8>, entries: &[(usize, Vec<u8>)], applied: u64)
     let vhdx = Vhdx::open(&ours_path).unwrap();
     assert!(matches!(vhdx.info().log, LogState::Replayed { entries, .. } if entries == applied));
     let ours = read_all(&vhdx);
-    run_tool("qemu-img", &["check", "-r", "all", p(&qemu_path)]);
+    tool("qemu-img", &["check", "-r", "all", path_str(&qemu_path)]);
     assert_same(&ours, &qemu_raw(&qemu_path, dir.path()), "replayed view");
     ours
 }

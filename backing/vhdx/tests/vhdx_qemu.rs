@@ -20,9 +20,17 @@ fn check_matrix(block_mib: u64, fixed: bool, zero_state: bool, size: u64, seed: 
     if fixed {
         opts.push_str(",subformat=fixed");
     }
-    run_tool(
+    tool(
         "qemu-img",
-        &["convert", "-O", "vhdx", "-o", &opts, p(&raw), p(&img)],
+        &[
+            "convert",
+            "-O",
+            "vhdx",
+            "-o",
+            &opts,
+            path_str(&raw),
+            path_str(&img),
+        ],
     );
     let vhdx = Vhdx::open(&img).unwrap();
     assert_eq!(vhdx.info().block_size as u64, block_mib * MIB);
@@ -67,8 +75,8 @@ fn block_256mib() {
 fn clean_log_reports_stale_entries_after_qemu_writes() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.vhdx");
-    run_tool("qemu-img", &["create", "-f", "vhdx", p(&img), "24M"]);
-    run_tool(
+    tool("qemu-img", &["create", "-f", "vhdx", path_str(&img), "24M"]);
+    tool(
         "qemu-io",
         &[
             "-f",
@@ -77,7 +85,7 @@ fn clean_log_reports_stale_entries_after_qemu_writes() {
             "write -P 0xab 1M 3M",
             "-c",
             "write -z 2M 64k",
-            p(&img),
+            path_str(&img),
         ],
     );
     let vhdx = Vhdx::open(&img).unwrap();
@@ -95,7 +103,7 @@ fn unaligned_multi_block_reads_match_model() {
     let raw = dir.path().join("src.raw");
     let data = make_raw(&raw, 12 * MIB, 11);
     let img = dir.path().join("disk.vhdx");
-    run_tool(
+    tool(
         "qemu-img",
         &[
             "convert",
@@ -103,8 +111,8 @@ fn unaligned_multi_block_reads_match_model() {
             "vhdx",
             "-o",
             "block_size=1048576",
-            p(&raw),
-            p(&img),
+            path_str(&raw),
+            path_str(&img),
         ],
     );
     let vhdx = Vhdx::open(&img).unwrap();
@@ -131,7 +139,10 @@ fn open_and_read_leave_file_untouched() {
     let raw = dir.path().join("src.raw");
     make_raw(&raw, 8 * MIB, 12);
     let img = dir.path().join("disk.vhdx");
-    run_tool("qemu-img", &["convert", "-O", "vhdx", p(&raw), p(&img)]);
+    tool(
+        "qemu-img",
+        &["convert", "-O", "vhdx", path_str(&raw), path_str(&img)],
+    );
     let before = std::fs::read(&img).unwrap();
     let mtime = std::fs::metadata(&img).unwrap().modified().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -148,7 +159,7 @@ fn open_and_read_leave_file_untouched() {
 fn reads_across_chunk_boundary_match_written_patterns() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.vhdx");
-    run_tool(
+    tool(
         "qemu-img",
         &[
             "create",
@@ -156,7 +167,7 @@ fn reads_across_chunk_boundary_match_written_patterns() {
             "vhdx",
             "-o",
             "block_size=33554432",
-            p(&img),
+            path_str(&img),
             "9G",
         ],
     );
@@ -170,9 +181,9 @@ fn reads_across_chunk_boundary_match_written_patterns() {
         args.push("-c".into());
         args.push(format!("write -P {pattern} {at} {len}"));
     }
-    args.push(p(&img).into());
+    args.push(path_str(&img).into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_tool("qemu-io", &args);
+    tool("qemu-io", &args);
     let vhdx = Vhdx::open(&img).unwrap();
     assert_eq!(vhdx.info().bat_counts.fully_present, 4);
     for (at, len, pattern) in writes {

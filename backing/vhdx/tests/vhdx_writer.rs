@@ -46,7 +46,7 @@ fn dynamic_and_fixed_pass_qemu_check_and_convert() {
         let size = 21 * MIB + 8 * 512;
         let (data, img) = write_from_raw(dir.path(), &format!("w{i}"), i as u64 + 20, size, opts);
         if sector == 512 {
-            run_tool("qemu-img", &["check", p(&img)]);
+            tool("qemu-img", &["check", path_str(&img)]);
             assert_same(
                 &qemu_raw(&img, dir.path()),
                 &data,
@@ -129,7 +129,7 @@ fn differencing_chain_reads_parent_and_changes() {
 fn qemu_view_of_child(child: &Path, dir: &Path, model: &[u8]) {
     let out = dir.join("child.qemu.raw");
     let result = std::process::Command::new("qemu-img")
-        .args(["convert", "-O", "raw", p(child), p(&out)])
+        .args(["convert", "-O", "raw", path_str(child), path_str(&out)])
         .output()
         .expect("qemu-img is required");
     if result.status.success() {
@@ -257,7 +257,7 @@ fn parent_with_other_sector_size_is_refused() {
 fn differencing_in_second_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.vhdx");
-    run_tool(
+    tool(
         "qemu-img",
         &[
             "create",
@@ -265,19 +265,19 @@ fn differencing_in_second_chunk() {
             "vhdx",
             "-o",
             "block_size=1048576",
-            p(&base),
+            path_str(&base),
             "5G",
         ],
     );
     let at = 4096 * MIB + 3 * MIB;
-    run_tool(
+    tool(
         "qemu-io",
         &[
             "-f",
             "vhdx",
             "-c",
             &format!("write -P 0x66 {at} {}", 2 * MIB),
-            p(&base),
+            path_str(&base),
         ],
     );
     let child = dir.path().join("child.vhdx");

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::SystemTime;
 
+use vmbdev_tests::cli::vmbdev_command;
 use vmbdev_tests::images::{ext4_image, run};
 
 /// The `vmbdev` binary.
 pub fn vmbdev() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmbdev"))
+    vmbdev_command(env!("CARGO_BIN_EXE_vmbdev"))
 }
 
 /// Runs `vmbdev ARGS` in `dir`.

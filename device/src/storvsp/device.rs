@@ -1,8 +1,9 @@
 //! A whole storvsp controller as a VMBus device: the primary channel and
 //! its sub-channels, each served by its own task (see [`super::runner`]),
 //! sharing one LUN map. Owns open/close of channels, hot add/remove with
-//! the ENUMERATE_BUS notification, and saved state (protocol state plus
-//! every request taken from a ring and not yet answered).
+//! the ENUMERATE_BUS notification, and taking and restoring the saved
+//! state (protocol state plus every request taken from a ring and not yet
+//! answered; the types are in [`super::saved`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,14 +12,16 @@ use std::sync::{Arc, Mutex};
 use vmbdev_ring::{Endpoint, GuestMemory};
 
 use super::runner::{
-    ChannelContext, DEFAULT_QUEUE_DEPTH, PendingRequest, PendingTable, RunError, StopSignal,
-    StorvspStats, SubChannelRequester, serve_channel,
+    ChannelContext, DEFAULT_QUEUE_DEPTH, PendingTable, RunError, StopSignal, StorvspStats,
+    SubChannelRequester, serve_channel,
 };
 use super::{
     ConfigError, Controller, InitState, LunAddress, Notification, RestoreError, SavedState,
     StorvspChannel, StorvspConfig,
 };
 use crate::scsi_disk::ScsiDisk;
+
+pub use super::saved::SavedDevice;
 
 /// An error opening, closing or saving a channel of the device.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +58,6 @@ pub enum DeviceError {
         /// Sub-channels the saved state created.
         created: u16,
     },
-}
-
-/// The device's saved state.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SavedDevice {
-    /// Protocol state of the primary channel (`None`: never opened).
-    pub primary: Option<SavedState>,
-    /// Requests taken and not answered, per channel index, oldest first.
-    pub pending: Vec<(u16, Vec<PendingRequest>)>,
 }
 
 /// How the bus offers sub-channels to the guest.

@@ -26,18 +26,22 @@
 //! ready completion) in the channel's pending table, so a channel stopped
 //! by [`StopSignal`] can be saved and re-issued after a restore.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use event_listener::Event;
 use futures_lite::future::{or, pending};
 use vmbdev_protocol::vstor::{self, NtStatus};
 use vmbdev_ring::{
     GpaRange, IncomingPacket, OutgoingPacket, PacketKind, RingError, RingReader, RingWriter,
 };
 
-use super::{Completion, Notification, Outcome, Request, SrbJob, StorvspChannel};
+use super::{Completion, Notification, Outcome, Request, StorvspChannel};
+
+mod jobs;
+mod shared;
+
+use jobs::{JobBatch, ToWriter};
+pub use shared::{PendingRequest, PendingTable, StopSignal, StorvspStats};
 
 /// Default number of requests one channel takes before completing any.
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
@@ -69,150 +73,6 @@ pub enum RunError {
         /// Channel index.
         channel: u16,
     },
-}
-
-/// A request taken from the ring and not yet answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PendingRequest {
-    /// An SRB whose job may not have finished: re-run it.
-    Rerun {
-        /// The vstor payload as received.
-        payload: Vec<u8>,
-        /// GPA ranges of the packet (empty for in-band).
-        ranges: Vec<GpaRange>,
-        /// Transaction id to echo.
-        transaction_id: u64,
-    },
-    /// A completion computed but not yet written to the ring: resend it.
-    Reply(Completion),
-}
-
-/// Requests of one channel read but not answered, in arrival order.
-#[derive(Debug, Default)]
-pub struct PendingTable {
-    next: AtomicU64,
-    entries: Mutex<BTreeMap<u64, PendingRequest>>,
-}
-
-impl PendingTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, PendingRequest>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn insert(&self, request: PendingRequest) -> u64 {
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(seq, request);
-        seq
-    }
-
-    fn remove(&self, seq: u64) {
-        self.lock().remove(&seq);
-    }
-
-    /// Number of pending requests.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no request is pending.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A copy of the pending requests, oldest first.
-    pub fn snapshot(&self) -> Vec<PendingRequest> {
-        self.lock().values().cloned().collect()
-    }
-
-    /// Removes and returns every pending request, oldest first.
-    pub fn take_all(&self) -> Vec<PendingRequest> {
-        std::mem::take(&mut *self.lock()).into_values().collect()
-    }
-
-    /// Replaces the contents (used on restore).
-    pub fn replace(&self, requests: Vec<PendingRequest>) {
-        let mut map = self.lock();
-        map.clear();
-        for request in requests {
-            let seq = self.next.fetch_add(1, Ordering::Relaxed);
-            map.insert(seq, request);
-        }
-    }
-}
-
-/// Counters of one device, shared by its channels.
-#[derive(Debug, Default)]
-pub struct StorvspStats {
-    violations: AtomicU64,
-    requests: AtomicU64,
-    completions: AtomicU64,
-    notifications: AtomicU64,
-}
-
-impl StorvspStats {
-    /// Packets that were not valid vstor requests (not answered).
-    pub fn violations(&self) -> u64 {
-        self.violations.load(Ordering::Relaxed)
-    }
-
-    /// Requests taken from the rings.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// Completions written to the rings.
-    pub fn completions(&self) -> u64 {
-        self.completions.load(Ordering::Relaxed)
-    }
-
-    /// Unsolicited packets (ENUMERATE_BUS) written.
-    pub fn notifications(&self) -> u64 {
-        self.notifications.load(Ordering::Relaxed)
-    }
-
-    fn violation(&self, channel: u16, what: &dyn std::fmt::Display) {
-        self.violations.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(channel, %what, "storvsp protocol violation");
-    }
-}
-
-/// A one-way stop flag that async tasks can wait on.
-#[derive(Debug, Default)]
-pub struct StopSignal {
-    stopped: AtomicBool,
-    event: Event,
-}
-
-impl StopSignal {
-    /// A signal not yet raised.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Raises the signal and wakes every waiter.
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        self.event.notify(usize::MAX);
-    }
-
-    /// Whether the signal was raised.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
-    }
-
-    /// Completes once the signal is raised.
-    pub async fn wait(&self) {
-        loop {
-            if self.is_stopped() {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.is_stopped() {
-                return;
-            }
-            listener.await;
-        }
-    }
 }
 
 /// Asks the bus to offer sub-channels on behalf of a channel.
@@ -251,69 +111,6 @@ impl std::fmt::Debug for ChannelContext {
     }
 }
 
-/// What the reader hands the writer.
-enum ToWriter {
-    /// A completion ready to send.
-    Ready(u64, Completion),
-    /// This many jobs were started; their completions arrive on the done
-    /// queue.
-    Started(usize),
-}
-
-/// Largest transfer run together with other jobs on one pool thread;
-/// bigger ones get a thread each.
-const SMALL_JOB_BYTES: u32 = 64 * 1024;
-/// Most small jobs run in sequence on one pool thread.
-const SMALL_JOBS_PER_THREAD: usize = 8;
-
-/// Jobs taken from one ring batch, submitted together.
-struct JobBatch {
-    small: Vec<(u64, SrbJob)>,
-    done: async_channel::Sender<(u64, Completion)>,
-    started: usize,
-}
-
-impl JobBatch {
-    fn push(&mut self, seq: u64, job: SrbJob) {
-        self.started += 1;
-        if job.data_length() > SMALL_JOB_BYTES {
-            spawn_jobs(vec![(seq, job)], self.done.clone());
-        } else {
-            self.small.push((seq, job));
-            if self.small.len() == SMALL_JOBS_PER_THREAD {
-                self.flush_small();
-            }
-        }
-    }
-
-    fn flush_small(&mut self) {
-        if !self.small.is_empty() {
-            spawn_jobs(std::mem::take(&mut self.small), self.done.clone());
-        }
-    }
-
-    /// Starts what is left and tells the writer how many were started.
-    async fn finish(&mut self, work: &async_channel::Sender<ToWriter>) {
-        self.flush_small();
-        if self.started > 0 {
-            let _ = work.send(ToWriter::Started(self.started)).await;
-            self.started = 0;
-        }
-    }
-}
-
-/// Runs `jobs` in order on one blocking-pool thread; each completion is
-/// sent as soon as its job ends, so the writer answers while later jobs
-/// still run.
-fn spawn_jobs(jobs: Vec<(u64, SrbJob)>, done: async_channel::Sender<(u64, Completion)>) {
-    blocking::unblock(move || {
-        for (seq, job) in jobs {
-            let _ = done.send_blocking((seq, job.run()));
-        }
-    })
-    .detach();
-}
-
 /// Serves one channel until `ctx.stop` is raised (then `Ok`) or the ring
 /// breaks. Requests in `ctx.pending` (from before a close or restore) are
 /// re-issued first. On return no job is still touching guest memory, and
@@ -328,11 +125,7 @@ pub async fn serve_channel(
     let (work_tx, work_rx) = async_channel::unbounded::<ToWriter>();
     let (done_tx, done_rx) = async_channel::unbounded::<(u64, Completion)>();
     let reissue = ctx.pending.take_all();
-    let jobs = JobBatch {
-        small: Vec::new(),
-        done: done_tx,
-        started: 0,
-    };
+    let jobs = JobBatch::new(done_tx);
     let read_side = read_loop(
         &ctx,
         reader,
@@ -451,7 +244,7 @@ async fn read_loop_inner(
         let read = reader.try_read_batch(held, |view| batch.push(view.to_owned()));
         // Packets read before a framing error are still served.
         for packet in batch.drain(..) {
-            ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.count_request();
             if take_packet(ctx, packet, work, jobs).await {
                 held -= 1;
             }
@@ -727,7 +520,7 @@ fn write_ready(
             break;
         }
         ctx.pending.remove(*seq);
-        ctx.stats.completions.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.count_completion();
         ready.pop_front();
         written += 1;
     }
@@ -747,7 +540,7 @@ fn write_notices(
         if (writer.free()? as usize) <= needed || !writer.try_write_unpublished(&packet)? {
             break;
         }
-        ctx.stats.notifications.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.count_notification();
         notices.pop_front();
     }
     Ok(())

@@ -1,13 +1,78 @@
-//! The byte encoding of a storvsp device's saved state: a versioned,
-//! little-endian record of the primary channel's protocol state and every
-//! request taken from a ring and not answered. Decoding treats the bytes
-//! like guest input: every count is checked against what is left.
+//! Saved state: what a channel remembers across save/restore, the checks
+//! a saved state must pass before a channel resumes from it, and the byte
+//! encoding of a storvsp device's saved state — a versioned, little-endian
+//! record of the primary channel's protocol state and every request taken
+//! from a ring and not answered. Decoding treats the bytes like guest
+//! input: every count is checked against what is left.
 
+use vmbdev_protocol::vstor::ProtocolVersion;
 use vmbdev_ring::GpaRange;
 
-use super::device::SavedDevice;
 use super::runner::PendingRequest;
-use super::{Completion, InitState, SavedState};
+use super::{Completion, InitState, StorvspConfig};
+
+/// What a channel must remember across save/restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedState {
+    /// Init progress.
+    pub state: InitState,
+    /// Negotiated protocol version (`(major << 8) | minor`).
+    pub version: Option<u16>,
+    /// Sub-channels the guest created.
+    pub sub_channels: u16,
+    /// Whether this is the primary channel.
+    pub primary: bool,
+}
+
+impl SavedState {
+    /// Checks that a channel with `config` can resume from this state.
+    pub fn validate(&self, config: &StorvspConfig) -> Result<(), RestoreError> {
+        if let Some(v) = self.version {
+            if !ProtocolVersion(v).is_known() {
+                return Err(RestoreError::Version(v));
+            }
+        }
+        let needs_version = !matches!(self.state, InitState::AwaitBegin | InitState::AwaitVersion);
+        if needs_version && self.version.is_none() {
+            return Err(RestoreError::MissingVersion(self.state));
+        }
+        if self.sub_channels > config.max_sub_channels {
+            return Err(RestoreError::SubChannels {
+                count: self.sub_channels,
+                max: config.max_sub_channels,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A saved state that cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The version is not one the host speaks.
+    #[error("saved protocol version {0:#06x} is not supported")]
+    Version(u16),
+    /// The state needs a version but none is saved.
+    #[error("saved state {0:?} has no protocol version")]
+    MissingVersion(InitState),
+    /// More sub-channels than the configuration allows.
+    #[error("saved sub-channel count {count} exceeds the maximum {max}")]
+    SubChannels {
+        /// Saved count.
+        count: u16,
+        /// Configured maximum.
+        max: u16,
+    },
+}
+
+/// The device's saved state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SavedDevice {
+    /// Protocol state of the primary channel (`None`: never opened).
+    pub primary: Option<SavedState>,
+    /// Requests taken and not answered, per channel index, oldest first.
+    pub pending: Vec<(u16, Vec<PendingRequest>)>,
+}
 
 /// Leading magic of the encoding.
 const MAGIC: &[u8; 4] = b"STVS";

@@ -1,7 +1,13 @@
 //! Tests of the storvsp state machine with hand-built packets (offsets from
 //! the wire table, not from the structs under test).
 
+use std::sync::Arc;
+
+use vmbdev_protocol::vstor::ProtocolVersion;
+use vmbdev_ring::{GpaRange, GuestMemory};
+
 use super::*;
+use crate::scsi_disk::ScsiDisk;
 use crate::scsi_disk::tests::{mem_disk, random_bytes};
 
 const MEMORY_PAGES: u64 = 64;

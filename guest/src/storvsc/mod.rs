@@ -6,11 +6,24 @@
 //! (INQUIRY, VPD 0x00, MODE SENSE, READ CAPACITY, REPORT LUNS).
 //!
 //! No ring I/O here: a driver loop sends what [`InitDriver`] asks for and
-//! feeds back completions.
+//! feeds back completions; [`driver`] is that loop over real rings.
 
 use thiserror::Error;
 use vmbdev_protocol::scsi::{self, Opcode};
 use vmbdev_protocol::vstor::{self, NtStatus, Operation, ProtocolVersion};
+
+/// Where a logical unit sits, as an SRB addresses it: path (bus), target
+/// and LUN. The guest's own type: the host keeps its LUN map in terms of
+/// its own address type, and the two meet only on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LunAddress {
+    /// SRB `path_id`.
+    pub path: u8,
+    /// SRB `target_id`.
+    pub target: u8,
+    /// SRB `lun`.
+    pub lun: u8,
+}
 
 /// Which real guest a driver imitates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -504,9 +517,7 @@ pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u8>, StorvscError> {
         .collect())
 }
 
-pub mod bench;
 pub mod driver;
-pub mod loopback;
 
 pub use driver::{
     ChannelOpener, Disk, DiskInfo, DriverConfig, DriverError, HostEvents, ProbeRecord, Storvsc,

@@ -1,27 +1,75 @@
-//! The async vmbfs client over a loopback channel, behaving like the
-//! Hyper-V UEFI firmware: every volume open closes and reopens the channel
-//! and negotiates version 0x00010000; files are opened as `parent + "\" +
-//! name` with the trailing-NUL quirk ([`child_path`]); reads ask for
+//! The async vmbfs client over a channel of a [`VmbfsBus`], behaving like
+//! the Hyper-V UEFI firmware: every volume open closes and reopens the
+//! channel and negotiates version 0x00010000; files are opened as `parent +
+//! "\" + name` with the trailing-NUL quirk ([`child_path`]); reads ask for
 //! `min(buffer left, 12276)` bytes without clamping to the file size; when
 //! GET_FILE_INFO says `rdma_capable`, each chunk is a SETUP_GPA_DIRECT
-//! (handle 1, writable, one range over a buffer from the VM's page
+//! (handle 1, writable, one range over a buffer from the bus's page
 //! allocator), a READ_FILE_RDMA, and a TEARDOWN_GPA_DIRECT deferred so it
 //! goes out in the same publication as the next setup.
 //!
 //! [`VmbfsClient::file_info`], [`VmbfsClient::read`] and
 //! [`VmbfsClient::read_all`] are the plain API on top.
+//!
+//! The client knows nothing of the host behind the channel: [`VmbfsBus`]
+//! and [`VmbfsChannel`] are the calls the firmware makes of its VMBus
+//! driver, implemented by whoever runs the client.
 
 use super::{
     ClientError, FileInfo, FileRead, RDMA_HANDLE, child_path, get_file_info_request,
     parse_file_info_response, parse_rdma_response, parse_read_response, parse_version_response,
     rdma_chunk, read_request, root_path, version_request,
 };
-use crate::vm::{ExitHandle, GuestChannel, LoopbackVm, RingShape, VmError};
+use crate::stop::StopSignal;
+use std::future::Future;
 use std::sync::Arc;
-use vmbdev_device::bus::{ChannelError, VmbusDevice};
 use vmbdev_protocol::vmbfs::MAX_RDMA_READ_SIZE;
 use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
-use vmbdev_ring::{GpaRange, OutgoingPacket, PAGE_SIZE, PipeError, PipeMessage};
+use vmbdev_ring::{
+    Endpoint, GpaRange, GuestMemory, LoopbackError, MemoryError, OutgoingPacket, PAGE_SIZE,
+    PageAllocator, PipeError, PipeMessage,
+};
+
+/// Why a bus call failed, as the bus reports it.
+pub type BusFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// The bus a [`VmbfsClient`] reaches its host through: the few calls the
+/// firmware makes of its VMBus driver.
+pub trait VmbfsBus {
+    /// An open channel to the host.
+    type Channel: VmbfsChannel;
+
+    /// Opens a fresh channel to the host: new zeroed rings, the host
+    /// serving them.
+    fn open_channel(&mut self) -> Result<Self::Channel, BusFailure>;
+
+    /// Guest memory, where RDMA buffers are read.
+    fn memory(&self) -> &GuestMemory;
+
+    /// The allocator of free guest pages, where RDMA buffers come from.
+    fn pages(&self) -> &PageAllocator;
+}
+
+/// An open channel of a [`VmbfsBus`].
+pub trait VmbfsChannel {
+    /// The guest's endpoint: writes guest→host, reads host→guest.
+    fn endpoint(&mut self) -> &mut Endpoint;
+
+    /// A signal raised once the host stops serving the channel (already
+    /// raised if it has).
+    fn host_stopped(&self) -> Arc<StopSignal>;
+
+    /// Waits until the host stops serving the channel on its own and
+    /// returns how it ended.
+    fn wait_host_end(&mut self) -> impl Future<Output = Result<(), BusFailure>>;
+
+    /// Stops the host's side, keeping the rings, and returns how it ended.
+    fn suspend_host(&mut self) -> impl Future<Output = Result<(), BusFailure>>;
+
+    /// Stops the host's side and releases the rings; returns how the host
+    /// side ended.
+    fn close(self) -> impl Future<Output = Result<(), BusFailure>>;
+}
 
 /// Largest file [`VmbfsClient::read_all`] reads into memory: the size comes
 /// from the host, so it is not trusted with an allocation beyond this.
@@ -42,9 +90,15 @@ pub enum VmbfsClientError {
     /// The device stopped serving the channel.
     #[error("device stopped the channel: {0}")]
     DeviceStopped(String),
-    /// The loopback VM failed (out of pages, open refused).
+    /// The bus could not open a channel.
     #[error(transparent)]
-    Vm(#[from] VmError),
+    Bus(BusFailure),
+    /// Guest pages for an RDMA buffer ran out.
+    #[error("guest pages: {0}")]
+    Pages(#[from] LoopbackError),
+    /// Guest memory could not be read.
+    #[error("guest memory: {0}")]
+    Memory(#[from] MemoryError),
     /// A read was asked of a directory.
     #[error("{0} is a directory")]
     IsADirectory(String),
@@ -94,17 +148,15 @@ struct PendingTeardown {
 }
 
 /// The vmbfs client.
-pub struct VmbfsClient {
-    vm: LoopbackVm,
-    device: Arc<dyn VmbusDevice>,
-    channel: Option<GuestChannel>,
-    exit: Option<ExitHandle>,
+pub struct VmbfsClient<B: VmbfsBus> {
+    bus: B,
+    channel: Option<B::Channel>,
     use_rdma: bool,
     pending_teardown: Option<PendingTeardown>,
     stats: ClientStats,
 }
 
-impl std::fmt::Debug for VmbfsClient {
+impl<B: VmbfsBus> std::fmt::Debug for VmbfsClient<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmbfsClient")
             .field("use_rdma", &self.use_rdma)
@@ -113,16 +165,14 @@ impl std::fmt::Debug for VmbfsClient {
     }
 }
 
-impl VmbfsClient {
-    /// A client of `device` in `vm`; no channel is open yet. With
+impl<B: VmbfsBus> VmbfsClient<B> {
+    /// A client of the host behind `bus`; no channel is open yet. With
     /// `use_rdma`, files the host marks RDMA capable are read by RDMA (as
     /// the firmware does); without, always in-band.
-    pub fn new(vm: LoopbackVm, device: Arc<dyn VmbusDevice>, use_rdma: bool) -> Self {
+    pub fn new(bus: B, use_rdma: bool) -> Self {
         Self {
-            vm,
-            device,
+            bus,
             channel: None,
-            exit: None,
             use_rdma,
             pending_teardown: None,
             stats: ClientStats::default(),
@@ -140,8 +190,18 @@ impl VmbfsClient {
     }
 
     /// The open channel, if any (tests use it to suspend the device).
-    pub fn channel_mut(&mut self) -> Option<&mut GuestChannel> {
+    pub fn channel_mut(&mut self) -> Option<&mut B::Channel> {
         self.channel.as_mut()
+    }
+
+    /// The bus the client runs on.
+    pub fn bus(&self) -> &B {
+        &self.bus
+    }
+
+    /// The bus the client runs on, to change what later opens reach.
+    pub fn bus_mut(&mut self) -> &mut B {
+        &mut self.bus
     }
 
     /// Opens the volume as the firmware's `OpenVolume` does: closes any
@@ -151,9 +211,7 @@ impl VmbfsClient {
         if let Err(error) = self.close().await {
             tracing::debug!(%error, "vmbfs client: previous channel ended badly");
         }
-        let shape = RingShape::from_offer(&*self.device);
-        let channel = self.vm.open_channel(self.device.clone(), 0, shape)?;
-        self.exit = Some(channel.exit_handle());
+        let channel = self.bus.open_channel().map_err(VmbfsClientError::Bus)?;
         self.channel = Some(channel);
         self.stats.volume_opens += 1;
         let reply = self.request(&version_request()).await?;
@@ -165,10 +223,9 @@ impl VmbfsClient {
 
     /// Closes the channel (if open) and returns how the device task ended.
     pub async fn close(&mut self) -> Result<()> {
-        self.exit = None;
         if let Some(pending) = self.pending_teardown.take() {
             // The host forgets every buffer when the channel closes.
-            self.vm.pages().free(&pending.pages);
+            self.bus.pages().free(&pending.pages);
         }
         match self.channel.take() {
             Some(channel) => channel.close().await.map_err(stopped),
@@ -176,24 +233,13 @@ impl VmbfsClient {
         }
     }
 
-    /// Stops the device task behind the open channel, keeping the rings
-    /// (the VMM's step before saving device state).
+    /// Stops the host side of the open channel, keeping the rings (the
+    /// VMM's step before saving device state).
     pub async fn suspend_device(&mut self) -> Result<()> {
         match self.channel.as_mut() {
-            Some(channel) => channel.suspend_device().await.map_err(stopped),
+            Some(channel) => channel.suspend_host().await.map_err(stopped),
             None => Ok(()),
         }
-    }
-
-    /// Serves the open channel with `device` (e.g. restored from saved
-    /// state); later volume opens use it too.
-    pub fn resume_device(&mut self, device: Arc<dyn VmbusDevice>) -> Result<()> {
-        self.device = device.clone();
-        if let Some(channel) = self.channel.as_mut() {
-            channel.resume_device(device)?;
-            self.exit = Some(channel.exit_handle());
-        }
-        Ok(())
     }
 
     /// Opens `name` under `parent` (the firmware's `Open`): builds the
@@ -268,11 +314,11 @@ impl VmbfsClient {
         left: usize,
     ) -> Result<usize> {
         let len = left.min(MAX_RDMA_READ_SIZE as usize) as u32;
-        let buffer = self.vm.pages().alloc_range(len).map_err(VmError::from)?;
+        let buffer = self.bus.pages().alloc_range(len)?;
         let chunk = match rdma_chunk(path, offset, &buffer) {
             Ok(chunk) => chunk,
             Err(e) => {
-                self.vm.pages().free(buffer.gpns());
+                self.bus.pages().free(buffer.gpns());
                 return Err(e.into());
             }
         };
@@ -283,7 +329,7 @@ impl VmbfsClient {
             .send_setup_after_teardown(previous.as_ref().map(|p| p.handle), &chunk.setup.ranges)
             .await;
         if let Some(previous) = previous {
-            self.vm.pages().free(&previous.pages);
+            self.bus.pages().free(&previous.pages);
         }
         self.pending_teardown = Some(PendingTeardown {
             handle: RDMA_HANDLE,
@@ -300,7 +346,7 @@ impl VmbfsClient {
                 message_type: 0,
             }))?;
         if written > 0 {
-            read_range(&self.vm, &buffer, out)?;
+            read_range(self.bus.memory(), &buffer, out)?;
         }
         self.stats.rdma_bytes += u64::from(written);
         self.stats.rdma_chunks += 1;
@@ -316,7 +362,7 @@ impl VmbfsClient {
             .channel
             .as_mut()
             .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
-        let writer = &mut channel.endpoint.writer;
+        let writer = &mut channel.endpoint().writer;
         if let Some(handle) = teardown {
             let message = PipeMessage::TeardownGpaDirect { handle }.encode();
             // Unpublished: the setup below publishes both at once.
@@ -338,19 +384,19 @@ impl VmbfsClient {
             .channel
             .as_mut()
             .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
-        let exit = self.exit.clone().unwrap_or_else(|| channel.exit_handle());
+        let host_stopped = channel.host_stopped();
         self.stats.requests += 1;
-        let endpoint = &mut channel.endpoint;
+        let endpoint = channel.endpoint();
         let exchange = async {
             endpoint.send_data(message).await?;
             endpoint.recv_pipe(MAX_MESSAGE_LEN).await
         };
-        match exit.race(exchange).await {
+        match host_stopped.race(exchange).await {
             Some(Ok(PipeMessage::Data(reply))) => Ok(reply),
             Some(Ok(_)) => Err(VmbfsClientError::UnexpectedPipeMessage),
             Some(Err(e)) => Err(e.into()),
             None => {
-                let result = channel.wait_device_end().await;
+                let result = channel.wait_host_end().await;
                 Err(VmbfsClientError::DeviceStopped(match result {
                     Ok(()) => "channel closed".into(),
                     Err(e) => e.to_string(),
@@ -360,7 +406,8 @@ impl VmbfsClient {
     }
 
     async fn ensure_volume(&mut self) -> Result<UefiFile> {
-        if self.channel.is_none() || self.exit.as_ref().is_some_and(ExitHandle::ended) {
+        let host_stopped = |channel: &B::Channel| channel.host_stopped().is_stopped();
+        if self.channel.as_ref().is_none_or(host_stopped) {
             return self.open_volume().await;
         }
         let path = root_path();
@@ -419,13 +466,13 @@ impl VmbfsClient {
     }
 }
 
-fn stopped(e: ChannelError) -> VmbfsClientError {
+fn stopped(e: BusFailure) -> VmbfsClientError {
     VmbfsClientError::DeviceStopped(e.to_string())
 }
 
 /// Copies the first `out.len()` bytes of a guest range into `out`, one
 /// copy per run of consecutive pages.
-fn read_range(vm: &LoopbackVm, range: &GpaRange, out: &mut [u8]) -> Result<()> {
+fn read_range(memory: &GuestMemory, range: &GpaRange, out: &mut [u8]) -> Result<()> {
     let page = PAGE_SIZE as u64;
     let gpns = range.gpns();
     let mut done = 0usize;
@@ -441,9 +488,7 @@ fn read_range(vm: &LoopbackVm, range: &GpaRange, out: &mut [u8]) -> Result<()> {
             0
         };
         let n = ((run as u64 * page - start) as usize).min(out.len() - done);
-        vm.memory()
-            .read(gpns[i] * page + start, &mut out[done..done + n])
-            .map_err(VmError::Memory)?;
+        memory.read(gpns[i] * page + start, &mut out[done..done + n])?;
         done += n;
         i += run;
     }

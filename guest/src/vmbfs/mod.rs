@@ -15,14 +15,15 @@
 //!   the chunk's buffer), READ_FILE_RDMA (handle 1, token_offset 0), wait,
 //!   TEARDOWN_GPA_DIRECT (handle 1) ([`RdmaChunk`]).
 //!
-//! [`client`] moves these messages over a loopback channel.
+//! [`client`] moves these messages over a channel of a [`VmbfsBus`].
 
-pub mod bench;
 pub mod client;
 #[cfg(test)]
 mod tests;
 
-pub use client::{ClientStats, UefiFile, VmbfsClient, VmbfsClientError};
+pub use client::{
+    BusFailure, ClientStats, UefiFile, VmbfsBus, VmbfsChannel, VmbfsClient, VmbfsClientError,
+};
 
 use vmbdev_protocol::vmbfs::{
     FileInfoFlags, FileStatus, GetFileInfo, GetFileInfoResponse, MAX_MESSAGE_SIZE,

@@ -14,7 +14,7 @@ use vmbdev_ring::{
     PageAllocator, RingError, Side, loopback,
 };
 
-use super::driver::ChannelOpener;
+use vmbdev_guest::storvsc::ChannelOpener;
 
 /// Shape of the loopback VM.
 #[derive(Debug, Clone)]
@@ -178,7 +178,7 @@ impl StorvspVm {
         self.shared.lock().device.clone()
     }
 
-    /// The guest's side of the bus, for [`super::Storvsc::connect`].
+    /// The guest's side of the bus, for [`Storvsc::connect`](vmbdev_guest::storvsc::Storvsc::connect).
     pub fn opener(&self) -> Arc<dyn ChannelOpener> {
         Arc::new(Opener(self.shared.clone()))
     }

@@ -3,13 +3,14 @@
 //! straight into guest pages), with the in-band figure as the baseline of
 //! the same run. Used by `vmbdev demo` and `vmbdev bench`.
 
-use super::client::{VmbfsClient, VmbfsClientError};
-use crate::vm::{LoopbackVm, VmConfig, VmError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
 use vmbdev_fs::MemoryTree;
+use vmbdev_guest::vmbfs::VmbfsClientError;
+use vmbdev_loopback::vm::{LoopbackVm, VmConfig, VmError};
+use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
 
 /// Size of the file the standard measurement reads.
 pub const BENCH_FILE_SIZE: usize = 64 << 20;
@@ -152,7 +153,7 @@ pub fn measure_throughput_with(
         .with_io_policy(io),
     );
     let vm = LoopbackVm::new(&VmConfig::default())?;
-    let mut client = VmbfsClient::new(vm, device, false);
+    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm, device), false);
     futures_lite::future::block_on(client.open_volume())?;
     let in_band = timed_read(&mut client, path, &data, "in-band")?;
     client.set_use_rdma(true);

@@ -15,8 +15,8 @@ use vmbdev_block::{BlockDevice, BlockError, RawFile};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{ConfigError, Controller, LunAddress, StorvspConfig, StorvspDevice};
 
-use super::loopback::{StorvspVm, StorvspVmConfig, VmError};
-use super::{DriverConfig, DriverError, GuestProfile, Storvsc};
+use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, Storvsc};
+use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig, VmError};
 
 /// One workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

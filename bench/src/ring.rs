@@ -3,13 +3,10 @@
 //! a memcpy of the same bytes measured in the same run. Used by the
 //! `cargo bench` target and by the command-line `bench`.
 
-use crate::loopback::{LoopbackConfig, loopback};
-use crate::packet::OutgoingPacket;
-use crate::reader::RingReader;
-use crate::writer::RingWriter;
 use futures_lite::future::block_on;
 use std::hint::black_box;
 use std::time::Instant;
+use vmbdev_ring::{LoopbackConfig, OutgoingPacket, RingReader, RingWriter, loopback};
 
 /// Payload sizes measured.
 pub const PAYLOAD_SIZES: [usize; 4] = [64, 1024, 8192, 12288];
@@ -36,10 +33,10 @@ pub struct BenchResult {
 pub enum BenchError {
     /// The loopback channel could not be built.
     #[error(transparent)]
-    Loopback(#[from] crate::loopback::LoopbackError),
+    Loopback(#[from] vmbdev_ring::LoopbackError),
     /// A ring operation failed.
     #[error(transparent)]
-    Ring(#[from] crate::error::RingError),
+    Ring(#[from] vmbdev_ring::RingError),
     /// The writer thread panicked.
     #[error("benchmark writer thread panicked")]
     WriterPanicked,
@@ -60,7 +57,7 @@ fn packet_count(payload: usize, quick: bool) -> u64 {
 /// area: the same bytes over the same memory footprint as the ring.
 fn memcpy_seconds(payload: usize, count: u64) -> f64 {
     let src = vec![0x5Au8; payload];
-    let ring_bytes = RING_PAGES as usize * crate::memory::PAGE_SIZE;
+    let ring_bytes = RING_PAGES as usize * vmbdev_ring::PAGE_SIZE;
     let mut dst = vec![0u8; ring_bytes + payload];
     let stride = payload.next_multiple_of(8) + 24;
     let mut at = 0usize;
@@ -79,7 +76,7 @@ fn memcpy_seconds(payload: usize, count: u64) -> f64 {
 /// Packets per published batch: about 32 KiB of ring, so the other side
 /// works on one batch while this side fills the next.
 fn batch_packets(payload: usize) -> u64 {
-    let ring_len = crate::packet::in_band_ring_len(payload) as u64;
+    let ring_len = vmbdev_ring::in_band_ring_len(payload) as u64;
     (32 * 1024 / ring_len).max(1)
 }
 

@@ -15,8 +15,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use vmbdev_block::{BlockDevice, BlockError, RawFile};
-
-use crate::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
+use vmbdev_vhdx::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
 
 const MIB: u64 = 1 << 20;
 /// Size of one sequential read.

@@ -8,12 +8,12 @@
 //! registers them as a GPADL, builds both endpoints over event doorbells
 //! and spawns the device's task; [`GuestChannel::close`] undoes it all.
 
-use event_listener::Event;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use vmbdev_device::bus::{BusError, ChannelError, OpenRequest, VmbusDevice};
+use vmbdev_guest::stop::StopSignal;
 use vmbdev_ring::{
     Doorbell, Endpoint, EventDoorbell, GpaError, GpadlRegistry, GuestMemory, LoopbackError,
     MemoryError, PAGE_SIZE, PageAllocator, RingError, Side,
@@ -118,11 +118,12 @@ impl std::fmt::Debug for LoopbackVm {
     }
 }
 
-/// How a device task ended, published for the guest side.
+/// How a device task ended, published for the guest side: the result,
+/// then the signal.
 #[derive(Default)]
 struct Exit {
     result: Mutex<Option<Result<(), ChannelError>>>,
-    event: Event,
+    ended: Arc<StopSignal>,
 }
 
 impl Exit {
@@ -130,17 +131,13 @@ impl Exit {
         self.result.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn publish(&self, result: Result<(), ChannelError>) {
+        *self.lock() = Some(result);
+        self.ended.stop();
+    }
+
     async fn wait(&self) {
-        loop {
-            if self.lock().is_some() {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.lock().is_some() {
-                return;
-            }
-            listener.await;
-        }
+        self.ended.wait().await;
     }
 }
 
@@ -310,8 +307,7 @@ impl GuestChannel {
                 if let Err(error) = &result {
                     tracing::debug!(%error, "loopback VM: device task ended");
                 }
-                *published.lock() = Some(result);
-                published.event.notify(usize::MAX);
+                published.publish(result);
             })
             .detach();
         self.device = device;
@@ -338,7 +334,7 @@ impl GuestChannel {
     pub fn exit_handle(&self) -> ExitHandle {
         ExitHandle(self.exit.clone().unwrap_or_else(|| {
             let ended = Exit::default();
-            *ended.lock() = Some(Ok(()));
+            ended.publish(Ok(()));
             Arc::new(ended)
         }))
     }
@@ -413,10 +409,11 @@ impl ExitHandle {
 
     /// Runs `fut` unless the task ends first (then `None`).
     pub async fn race<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
-        futures_lite::future::or(async { Some(fut.await) }, async {
-            self.0.wait().await;
-            None
-        })
-        .await
+        self.0.ended.race(fut).await
+    }
+
+    /// The signal raised when the task ends.
+    pub fn signal(&self) -> Arc<StopSignal> {
+        self.0.ended.clone()
     }
 }

@@ -1,12 +1,12 @@
 //! VHDX read throughput against pread on a raw file holding the same bytes,
 //! measured in the same run over page-cached files: sequential 1 MiB reads
 //! and random 4 KiB reads. Prints each figure beside its baseline and the
-//! ratio. The measuring lives in `vmbdev_vhdx::bench`.
+//! ratio. The measuring lives in `vmbdev_bench::vhdx`.
 //!
 //! `--quick` (or `VMBDEV_BENCH_QUICK=1`) uses a 64 MiB disk;
 //! `VMBDEV_BENCH_MIB` sets the disk size in MiB (default 1024).
 
-use vmbdev_vhdx::bench::{BenchConfig, run};
+use vmbdev_bench::vhdx::{BenchConfig, run};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick")

@@ -1,7 +1,7 @@
 //! storvsc → ring → storvsp → disk read benchmark against `pread` in the
 //! same run. `VMBDEV_BENCH_MB` sets the image size (default 1024).
 
-use vmbdev_guest::storvsc::bench::{BenchConfig, make_image, run, table};
+use vmbdev_bench::storvsp::{BenchConfig, make_image, run, table};
 
 fn main() {
     let mb: u64 = std::env::var("VMBDEV_BENCH_MB")

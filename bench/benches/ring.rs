@@ -6,7 +6,7 @@
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick")
         || std::env::var_os("VMBDEV_BENCH_QUICK").is_some();
-    let results = match vmbdev_ring::bench::run(quick) {
+    let results = match vmbdev_bench::ring::run(quick) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("benchmark failed: {e}");

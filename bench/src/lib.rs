@@ -1,0 +1,19 @@
+//! Benchmark suites, each measuring its figures beside a baseline taken in
+//! the same run (so the ratios mean the same on any machine). `vmbdev
+//! bench` and this crate's cargo bench targets (`benches/*.rs`) call them.
+//!
+//! - [`ring`]: the loopback ring against memcpy of the same bytes.
+//! - [`vhdx`]: VHDX reads against `pread` of a raw file with the same bytes.
+//! - [`vmbfs`]: vmbfs RDMA reads against in-band reads over the loopback VM.
+//! - [`storvsp`]: storvsc → ring → storvsp → disk reads against `pread`.
+//!
+//! This crate owns measuring and nothing else: it drives the library
+//! crates through their public API only, holds no device or driver logic,
+//! and library crates must not depend on it. It prints nothing; the callers
+//! format the results.
+#![forbid(unsafe_code)]
+
+pub mod ring;
+pub mod storvsp;
+pub mod vhdx;
+pub mod vmbfs;

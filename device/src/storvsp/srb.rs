@@ -1,0 +1,374 @@
+//! SRB execution: checking an EXECUTE_SRB request against the
+//! configuration, the LUN map and guest memory, and running it. Checking
+//! happens when the channel hands out the job, so a bad request never
+//! reaches a disk; [`SrbJob::run`] is the only place that does blocking
+//! disk I/O and guest-memory copies.
+
+use std::sync::Arc;
+
+use vmbdev_protocol::scsi::{self, Opcode, VpdHeader};
+use vmbdev_protocol::vstor::{
+    self, DataDirection, NtStatus, ProtocolVersion, ScsiRequest, SrbStatus,
+};
+use vmbdev_ring::{GpaRange, GuestMemory};
+use zerocopy::IntoBytes;
+use zerocopy::little_endian::U32;
+
+use super::packet::completion_bytes;
+use super::{Completion, Controller, LunAddress, StorvspConfig};
+use crate::scsi_disk::{self, CommandResult, CommandStatus, DataSink, ScsiDisk, SinkError};
+
+/// What an SRB may reach: the limits, disks and memory of its channel.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SrbContext<'a> {
+    /// The controller's limits.
+    pub config: &'a StorvspConfig,
+    /// The LUN map the SRB is addressed into.
+    pub controller: &'a Controller,
+    /// Guest memory holding the data buffer.
+    pub memory: &'a GuestMemory,
+    /// The negotiated version, which bounds the sense data returned.
+    pub version: ProtocolVersion,
+}
+
+/// Where the completion of an SRB goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReplyTo {
+    /// Transaction id of the request.
+    pub transaction_id: u64,
+    /// Payload size the request came with, echoed in the completion.
+    pub reply_len: usize,
+}
+
+/// Why an SRB was refused before running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RejectReason {
+    /// Bad SRB fields (length, CDB length, direction, transfer size).
+    Malformed,
+    /// Bad data buffer (missing, several ranges, too short, outside memory).
+    Buffer,
+}
+
+#[derive(Debug)]
+enum Target {
+    Disk(Arc<ScsiDisk>),
+    Absent,
+    ReportLuns(Vec<u8>),
+}
+
+#[derive(Debug)]
+enum Plan {
+    Reject(RejectReason),
+    Run {
+        cdb: Vec<u8>,
+        target: Target,
+        buffer: Option<GpaRange>,
+        readable: bool,
+    },
+}
+
+/// An SRB ready to run. [`SrbJob::run`] does the (blocking) disk I/O and
+/// guest-memory copies and returns the completion to send.
+#[derive(Debug)]
+pub struct SrbJob {
+    transaction_id: u64,
+    reply_len: usize,
+    srb: ScsiRequest,
+    sense_capacity: usize,
+    plan: Plan,
+    memory: GuestMemory,
+}
+
+/// Writes data-in bytes into a guest range.
+struct GuestSink<'a> {
+    memory: &'a GuestMemory,
+    range: &'a GpaRange,
+}
+
+impl DataSink for GuestSink<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.range
+            .write_at(self.memory, offset, data)
+            .map_err(|e| SinkError {
+                offset,
+                len: data.len(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// A sink for requests with no buffer; never written (the buffer length
+/// passed with it is 0).
+struct NoSink;
+
+impl DataSink for NoSink {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        Err(SinkError {
+            offset,
+            len: data.len(),
+            reason: "request has no data-in buffer".into(),
+        })
+    }
+}
+
+impl SrbJob {
+    /// Checks the SRB in `body` (`body_len` bytes of it were received) and
+    /// packages it to run; a refused SRB becomes a job that only completes.
+    pub(super) fn prepare(
+        context: &SrbContext<'_>,
+        body: &[u8; vstor::MAX_BODY_SIZE],
+        body_len: usize,
+        ranges: Vec<GpaRange>,
+        reply_to: ReplyTo,
+    ) -> Self {
+        // The body array is exactly the size of the WIN8 SRB.
+        let srb: ScsiRequest = zerocopy::transmute!(*body);
+        let plan = plan(context, &srb, body_len, ranges).unwrap_or_else(Plan::Reject);
+        Self {
+            transaction_id: reply_to.transaction_id,
+            reply_len: reply_to.reply_len,
+            srb,
+            sense_capacity: usize::from(srb.sense_info_length).min(context.version.sense_size()),
+            plan,
+            memory: context.memory.clone(),
+        }
+    }
+
+    /// Transaction id of the request.
+    pub fn transaction_id(&self) -> u64 {
+        self.transaction_id
+    }
+
+    /// The data buffer length the guest asked for (0 for none).
+    pub fn data_length(&self) -> u32 {
+        self.srb.data_transfer_length.get()
+    }
+
+    /// Runs the SRB (blocking) and builds its completion.
+    pub fn run(self) -> Completion {
+        let mut srb = self.srb;
+        let status = match &self.plan {
+            Plan::Reject(reason) => {
+                tracing::debug!(?reason, "SRB refused");
+                reject(&mut srb);
+                NtStatus::INVALID_PARAMETER
+            }
+            Plan::Run {
+                cdb,
+                target,
+                buffer,
+                readable,
+            } => {
+                let result = self.run_plan(target, cdb, buffer.as_ref(), *readable);
+                self.fill(&mut srb, result);
+                NtStatus::SUCCESS
+            }
+        };
+        Completion {
+            transaction_id: self.transaction_id,
+            bytes: completion_bytes(self.reply_len, status, srb.as_bytes()),
+        }
+    }
+
+    /// Runs the CDB with the guest buffer as data-in sink when the guest
+    /// reads; otherwise nothing may be written back.
+    fn run_plan(
+        &self,
+        target: &Target,
+        cdb: &[u8],
+        buffer: Option<&GpaRange>,
+        readable: bool,
+    ) -> Result<TargetResult, SinkError> {
+        match buffer {
+            Some(range) if readable => {
+                let mut sink = GuestSink {
+                    memory: &self.memory,
+                    range,
+                };
+                run_target(target, cdb, range.byte_count() as usize, &mut sink)
+            }
+            _ => run_target(target, cdb, 0, &mut NoSink),
+        }
+    }
+
+    fn fill(&self, srb: &mut ScsiRequest, result: Result<TargetResult, SinkError>) {
+        srb.cdb_or_sense = [0; vstor::CDB_SENSE_UNION_SIZE];
+        srb.sense_info_length = 0;
+        srb.scsi_status = scsi::ScsiStatus::GOOD.0;
+        let (srb_status, transferred) = match result {
+            Err(error) => {
+                tracing::debug!(%error, "SRB data buffer failed");
+                (SrbStatus::ERROR.0, 0)
+            }
+            Ok(TargetResult::InvalidLun) => (SrbStatus::INVALID_LUN.0, 0),
+            Ok(TargetResult::Command(result)) => match result.status {
+                CommandStatus::Good => (SrbStatus::SUCCESS.0, result.transferred),
+                CommandStatus::BufferTooSmall { .. } => (SrbStatus::DATA_OVERRUN.0, 0),
+                CommandStatus::CheckCondition(sense) => {
+                    srb.scsi_status = scsi::ScsiStatus::CHECK_CONDITION.0;
+                    let sense = sense.as_bytes();
+                    let len = self.sense_capacity.min(sense.len());
+                    srb.cdb_or_sense[..len].copy_from_slice(&sense[..len]);
+                    srb.sense_info_length = len as u8;
+                    let autosense = if len > 0 {
+                        vstor::SRB_STATUS_AUTOSENSE_VALID
+                    } else {
+                        0
+                    };
+                    (SrbStatus::ERROR.0 | autosense, result.transferred)
+                }
+            },
+        };
+        srb.srb_status = srb_status;
+        srb.data_transfer_length = U32::new(transferred as u32);
+    }
+}
+
+/// Zeroes what a refused SRB reports back.
+fn reject(srb: &mut ScsiRequest) {
+    srb.srb_status = SrbStatus::INVALID_REQUEST.0;
+    srb.scsi_status = scsi::ScsiStatus::GOOD.0;
+    srb.data_transfer_length = U32::new(0);
+    srb.sense_info_length = 0;
+}
+
+/// Validates an SRB and decides what running it means.
+fn plan(
+    context: &SrbContext<'_>,
+    srb: &ScsiRequest,
+    body_len: usize,
+    ranges: Vec<GpaRange>,
+) -> Result<Plan, RejectReason> {
+    let cdb_len = check_fields(srb, body_len, context.config.max_transfer_bytes)?;
+    let length = srb.data_transfer_length.get();
+    let buffer = data_buffer(context.memory, ranges, length)?;
+    let cdb = srb.cdb_or_sense[..cdb_len].to_vec();
+    let address = LunAddress {
+        path: srb.path_id,
+        target: srb.target_id,
+        lun: srb.lun,
+    };
+    let target = target_of(context.controller, &cdb, address);
+    Ok(Plan::Run {
+        cdb,
+        target,
+        buffer,
+        readable: srb.data_in == DataDirection::READ,
+    })
+}
+
+/// Checks the SRB's own fields and returns its CDB length.
+fn check_fields(
+    srb: &ScsiRequest,
+    body_len: usize,
+    max_transfer_bytes: u32,
+) -> Result<usize, RejectReason> {
+    if body_len < vstor::SRB_SIZE_PRE_WIN8 {
+        return Err(RejectReason::Malformed);
+    }
+    let cdb_len = usize::from(srb.cdb_length);
+    if cdb_len == 0 || cdb_len > vstor::MAX_CDB_SIZE {
+        return Err(RejectReason::Malformed);
+    }
+    if !matches!(
+        srb.data_in,
+        DataDirection::READ | DataDirection::WRITE | DataDirection::NONE
+    ) {
+        return Err(RejectReason::Malformed);
+    }
+    if srb.data_transfer_length.get() > max_transfer_bytes {
+        return Err(RejectReason::Malformed);
+    }
+    Ok(cdb_len)
+}
+
+/// The guest buffer of `length` bytes, checked against guest memory.
+fn data_buffer(
+    memory: &GuestMemory,
+    mut ranges: Vec<GpaRange>,
+    length: u32,
+) -> Result<Option<GpaRange>, RejectReason> {
+    if ranges.len() > 1 {
+        return Err(RejectReason::Buffer);
+    }
+    if length == 0 {
+        return Ok(None);
+    }
+    let range = ranges.pop().ok_or(RejectReason::Buffer)?;
+    if range.byte_count() < length {
+        return Err(RejectReason::Buffer);
+    }
+    let range = range.truncated(length).map_err(|_| RejectReason::Buffer)?;
+    // Every page must be inside guest memory before any I/O starts.
+    range
+        .segments(memory, 0, u64::from(length))
+        .map_err(|_| RejectReason::Buffer)?;
+    Ok(Some(range))
+}
+
+/// What the CDB at `address` runs against; REPORT LUNS is answered by the
+/// controller whatever LUN it names.
+fn target_of(controller: &Controller, cdb: &[u8], address: LunAddress) -> Target {
+    if cdb.first() == Some(&Opcode::REPORT_LUNS.0) {
+        return Target::ReportLuns(controller.luns_of(address.path, address.target));
+    }
+    match controller.get(address) {
+        Some(disk) => Target::Disk(disk),
+        None => Target::Absent,
+    }
+}
+
+enum TargetResult {
+    Command(CommandResult),
+    InvalidLun,
+}
+
+/// Runs a CDB against a LUN, an absent LUN or the controller's LUN list.
+fn run_target(
+    target: &Target,
+    cdb: &[u8],
+    limit: usize,
+    sink: &mut dyn DataSink,
+) -> Result<TargetResult, SinkError> {
+    match target {
+        Target::Disk(disk) => disk.execute(cdb, limit, sink).map(TargetResult::Command),
+        Target::ReportLuns(luns) => {
+            let data = scsi_disk::report_luns_data(luns);
+            // UEFI sends allocation length 0 and means the whole buffer.
+            let alloc = match scsi_disk::report_luns_allocation(cdb) {
+                Some(0) | None => limit,
+                Some(n) => n as usize,
+            };
+            deliver(&data, alloc.min(limit), sink)
+        }
+        Target::Absent => {
+            if cdb.first() != Some(&Opcode::INQUIRY.0) || cdb.len() < 6 {
+                return Ok(TargetResult::InvalidLun);
+            }
+            let alloc = usize::from(u16::from_be_bytes([cdb[3], cdb[4]]));
+            let data = if cdb[1] & scsi::INQUIRY_EVPD != 0 {
+                VpdHeader {
+                    peripheral: scsi::PERIPHERAL_NO_LUN,
+                    page_code: cdb[2],
+                    page_length: zerocopy::big_endian::U16::new(0),
+                }
+                .as_bytes()
+                .to_vec()
+            } else {
+                scsi_disk::absent_lun_inquiry().as_bytes().to_vec()
+            };
+            deliver(&data, alloc.min(limit), sink)
+        }
+    }
+}
+
+fn deliver(data: &[u8], limit: usize, sink: &mut dyn DataSink) -> Result<TargetResult, SinkError> {
+    let len = data.len().min(limit);
+    if len > 0 {
+        sink.write_at(0, &data[..len])?;
+    }
+    Ok(TargetResult::Command(CommandResult {
+        status: CommandStatus::Good,
+        transferred: len,
+    }))
+}

@@ -1,0 +1,330 @@
+//! Channel plumbing: the driver's channels, each a ring writer used from
+//! the caller's task and a completion thread (the guest's interrupt
+//! handler) that reads the host→guest ring and wakes the waiting request
+//! by transaction id; guest data buffers from the [`PageAllocator`]; and
+//! SRBs sent over the next channel in turn.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use futures::channel::oneshot;
+use futures::lock::Mutex as AsyncMutex;
+use vmbdev_protocol::vstor::{self, DataDirection, NtStatus, Operation, SrbStatus};
+use vmbdev_ring::{
+    Endpoint, GpaRange, GuestMemory, OutgoingPacket, PacketKind, PageAllocator, RingError,
+    RingReader, RingWriter, gpa::pages_spanned,
+};
+
+use super::{DriverError, HostEvents};
+use crate::stop::StopSignal;
+use crate::storvsc::{GuestProfile, LunAddress, SrbCompletion, SrbParams, srb_packet};
+
+type WaiterMap = HashMap<u64, oneshot::Sender<Vec<u8>>>;
+
+/// Per-channel request state shared with its completion thread.
+#[derive(Debug, Default)]
+struct Waiters {
+    map: Mutex<WaiterMap>,
+}
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, WaiterMap> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct GuestChannel {
+    writer: AsyncMutex<RingWriter>,
+    waiters: Arc<Waiters>,
+    next_tid: AtomicU64,
+}
+
+/// The state every handle of a connected driver shares: its channels, the
+/// guest memory and pages its buffers come from, and the negotiated shape
+/// of its SRBs.
+pub(super) struct Inner {
+    channels: Vec<GuestChannel>,
+    pub(super) memory: GuestMemory,
+    pages: PageAllocator,
+    next_channel: AtomicUsize,
+    pub(super) srb_size: usize,
+    pub(super) profile: GuestProfile,
+    buffer_offset: u32,
+    pub(super) max_transfer: u32,
+    stop: Arc<StopSignal>,
+    threads: Mutex<Vec<JoinHandle<Result<(), RingError>>>>,
+    pub(super) events: Arc<HostEvents>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.stop();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A guest data buffer: guest pages handed back on drop.
+pub(super) struct Buffer {
+    pub(super) range: GpaRange,
+    pages: PageAllocator,
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.pages.free(self.range.gpns());
+    }
+}
+
+impl Inner {
+    /// A driver with no channel yet, sending `profile`'s init packets.
+    pub(super) fn new(
+        memory: GuestMemory,
+        pages: PageAllocator,
+        profile: GuestProfile,
+        buffer_offset: u32,
+    ) -> Self {
+        Self {
+            channels: Vec::new(),
+            memory,
+            pages,
+            next_channel: AtomicUsize::new(0),
+            srb_size: profile.packet_size(),
+            profile,
+            buffer_offset,
+            max_transfer: 0,
+            stop: Arc::new(StopSignal::new()),
+            threads: Mutex::new(Vec::new()),
+            events: Arc::new(HostEvents::default()),
+        }
+    }
+
+    /// Number of open channels.
+    pub(super) fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Adds `endpoint` as the next channel and starts its completion
+    /// thread.
+    pub(super) fn add_channel(&mut self, endpoint: Endpoint) -> Result<(), DriverError> {
+        let index = self.channels.len();
+        let (reader, writer) = endpoint.split();
+        let waiters = Arc::new(Waiters::default());
+        let thread = completion_thread(
+            index,
+            reader,
+            waiters.clone(),
+            self.events.clone(),
+            self.stop.clone(),
+        )
+        .map_err(|e| DriverError::SubChannels(format!("cannot start channel thread: {e}")))?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thread);
+        self.channels.push(GuestChannel {
+            writer: AsyncMutex::new(writer),
+            waiters,
+            next_tid: AtomicU64::new(1),
+        });
+        Ok(())
+    }
+
+    /// A data buffer of `len` bytes starting at the configured page
+    /// offset.
+    pub(super) fn buffer(&self, len: u32) -> Result<Buffer, DriverError> {
+        let count = pages_spanned(self.buffer_offset, len);
+        let gpns = self.pages.alloc(count)?;
+        match GpaRange::new(len, self.buffer_offset, gpns.clone()) {
+            Ok(range) => Ok(Buffer {
+                range,
+                pages: self.pages.clone(),
+            }),
+            Err(e) => {
+                self.pages.free(&gpns);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Sends `payload` on channel `index` and waits for its completion.
+    pub(super) async fn request(
+        &self,
+        index: usize,
+        payload: &[u8],
+        range: Option<&GpaRange>,
+    ) -> Result<Vec<u8>, DriverError> {
+        let channel = &self.channels[index % self.channels.len()];
+        let tid = channel.next_tid.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        channel.waiters.lock().insert(tid, tx);
+        let ranges;
+        let packet = match range {
+            Some(range) => {
+                ranges = [range.clone()];
+                OutgoingPacket::gpa_direct(tid, &ranges, payload)
+            }
+            None => OutgoingPacket::request(tid, payload),
+        };
+        let written = channel.writer.lock().await.write(&packet).await;
+        if let Err(source) = written {
+            channel.waiters.lock().remove(&tid);
+            return Err(DriverError::Ring {
+                channel: index,
+                source,
+            });
+        }
+        rx.await.map_err(|_| DriverError::ChannelClosed(index))
+    }
+
+    fn pick_channel(&self) -> usize {
+        self.next_channel.fetch_add(1, Ordering::Relaxed) % self.channels.len()
+    }
+
+    /// Runs one SRB; returns its completion and the buffer.
+    pub(super) async fn srb(
+        &self,
+        address: LunAddress,
+        cdb: &[u8],
+        direction: DataDirection,
+        buffer: Option<&Buffer>,
+    ) -> Result<SrbCompletion, DriverError> {
+        let length = buffer.map(|b| b.range.byte_count()).unwrap_or(0);
+        // The firmware marks even zero-length commands as data-in.
+        let data_in = if self.profile == GuestProfile::Uefi && buffer.is_none() {
+            DataDirection::READ
+        } else {
+            direction
+        };
+        let payload = srb_packet(
+            &SrbParams {
+                path: address.path,
+                target: address.target,
+                lun: address.lun,
+                cdb: cdb.to_vec(),
+                data_in: data_in.0,
+                data_transfer_length: length,
+            },
+            self.srb_size,
+        );
+        let bytes = self
+            .request(self.pick_channel(), &payload, buffer.map(|b| &b.range))
+            .await?;
+        let mut completion = SrbCompletion::parse(&bytes)?;
+        if self.profile == GuestProfile::Linux {
+            if let Some(&opcode) = cdb.first() {
+                completion.linux_fixup(opcode);
+            }
+        }
+        Ok(completion)
+    }
+
+    /// Runs a data-in SRB with a buffer of `len` bytes; returns the
+    /// completion and the bytes moved.
+    pub(super) async fn srb_in(
+        &self,
+        address: LunAddress,
+        cdb: &[u8],
+        len: u32,
+    ) -> Result<(SrbCompletion, Vec<u8>), DriverError> {
+        let buffer = if len == 0 {
+            None
+        } else {
+            Some(self.buffer(len)?)
+        };
+        let completion = self
+            .srb(address, cdb, DataDirection::READ, buffer.as_ref())
+            .await?;
+        let moved = completion.transferred.min(len) as usize;
+        let mut data = vec![0u8; moved];
+        if let (Some(buffer), true) = (&buffer, moved > 0) {
+            buffer.range.read_at(&self.memory, 0, &mut data)?;
+        }
+        Ok((completion, data))
+    }
+}
+
+/// Whether an SRB succeeded at every level: packet, SRB and SCSI status.
+pub(super) fn good(completion: &SrbCompletion) -> bool {
+    completion.status == NtStatus::SUCCESS.0
+        && completion.srb_status & vstor::SRB_STATUS_MASK == SrbStatus::SUCCESS.0
+        && completion.scsi_status == 0
+}
+
+/// The error of an SRB that did not succeed.
+pub(super) fn srb_error(address: LunAddress, cdb: &[u8], c: &SrbCompletion) -> DriverError {
+    DriverError::Srb {
+        address,
+        opcode: cdb.first().copied().unwrap_or(0),
+        status: c.status,
+        srb_status: c.srb_status,
+        scsi_status: c.scsi_status,
+        sense: c.sense_key_asc(),
+    }
+}
+
+/// Reads the host→guest ring of one channel and wakes waiters.
+fn completion_thread(
+    index: usize,
+    mut reader: RingReader,
+    waiters: Arc<Waiters>,
+    events: Arc<HostEvents>,
+    stop: Arc<StopSignal>,
+) -> std::io::Result<JoinHandle<Result<(), RingError>>> {
+    std::thread::Builder::new()
+        .name(format!("storvsc-{index}"))
+        .spawn(move || {
+            let result = futures_lite::future::block_on(futures_lite::future::or(
+                async {
+                    loop {
+                        reader
+                            .read_batch(64, |view| {
+                                deliver(
+                                    &waiters,
+                                    &events,
+                                    view.kind,
+                                    view.transaction_id,
+                                    view.payload,
+                                )
+                            })
+                            .await?;
+                    }
+                },
+                async {
+                    stop.wait().await;
+                    Ok(())
+                },
+            ));
+            if let Err(error) = &result {
+                tracing::warn!(channel = index, %error, "storvsc channel failed");
+            }
+            // Wake every waiter with an error.
+            waiters.lock().clear();
+            result
+        })
+}
+
+/// Hands one host→guest packet to its waiter, or counts it as an event.
+fn deliver(waiters: &Waiters, events: &HostEvents, kind: PacketKind, tid: u64, payload: &[u8]) {
+    match kind {
+        PacketKind::Completion => {
+            let waiter = waiters.lock().remove(&tid);
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send(payload.to_vec());
+                }
+                None => events.count_unexpected(),
+            }
+        }
+        PacketKind::InBand
+            if payload.get(..4) == Some(&Operation::ENUMERATE_BUS.0.to_le_bytes()) =>
+        {
+            events.count_enumerate_bus();
+        }
+        _ => events.count_unexpected(),
+    }
+}

@@ -1,0 +1,198 @@
+//! The disk API: a [`Disk`] found by the scan reads blocks (split at the
+//! host's maximum transfer, many requests in flight) and sends writes.
+
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt};
+use vmbdev_protocol::scsi::Opcode;
+use vmbdev_protocol::vstor::DataDirection;
+
+use super::channel::{Inner, good, srb_error};
+use super::{DiskInfo, DriverError};
+use crate::storvsc::{InquiryInfo, SrbCompletion, cdb};
+
+/// A disk on a connected storvsc.
+#[derive(Clone)]
+pub struct Disk {
+    inner: Arc<Inner>,
+    info: DiskInfo,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk").field("info", &self.info).finish()
+    }
+}
+
+/// The READ CDB Linux would use for `count` blocks at `lba`.
+fn read_cdb(lba: u64, count: u32) -> Vec<u8> {
+    match (u32::try_from(lba), u16::try_from(count)) {
+        (Ok(lba32), Ok(count16)) if lba32.checked_add(u32::from(count16)).is_some() => {
+            cdb::read10(lba32, count16)
+        }
+        _ => cdb::read16(lba, count),
+    }
+}
+
+/// The WRITE(10) CDB for `blocks` blocks at `lba`.
+fn write10_cdb(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = vec![0u8; 10];
+    cdb[0] = Opcode::WRITE10.0;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+impl Disk {
+    pub(super) fn new(inner: Arc<Inner>, info: DiskInfo) -> Self {
+        Self { inner, info }
+    }
+
+    /// What the scan found.
+    pub fn info(&self) -> &DiskInfo {
+        &self.info
+    }
+
+    /// `(blocks, block_size)`.
+    pub fn capacity(&self) -> (u64, u32) {
+        (self.info.blocks, self.info.block_size)
+    }
+
+    /// The standard INQUIRY data.
+    pub fn inquiry(&self) -> &InquiryInfo {
+        &self.info.inquiry
+    }
+
+    /// Most blocks one SRB carries.
+    pub fn max_blocks_per_request(&self) -> u32 {
+        (self.inner.max_transfer / self.info.block_size.max(1)).max(1)
+    }
+
+    fn check(&self, lba: u64, count: u64) -> Result<(), DriverError> {
+        if count == 0
+            || lba
+                .checked_add(count)
+                .is_none_or(|end| end > self.info.blocks)
+        {
+            return Err(DriverError::OutOfRange {
+                lba,
+                count,
+                blocks: self.info.blocks,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `count` blocks at `lba` into guest buffers and copies them
+    /// out. Large reads are split at the host's maximum transfer; the
+    /// pieces run concurrently.
+    pub async fn read(&self, lba: u64, count: u64) -> Result<Vec<u8>, DriverError> {
+        self.check(lba, count)?;
+        let per = u64::from(self.max_blocks_per_request());
+        let pieces: Vec<(u64, u32)> = (0..count.div_ceil(per))
+            .map(|i| (lba + i * per, (count - i * per).min(per) as u32))
+            .collect();
+        let chunks = self.read_many(&pieces, 8).await?;
+        Ok(chunks.concat())
+    }
+
+    /// Reads each `(lba, count)` (each at most
+    /// [`max_blocks_per_request`](Self::max_blocks_per_request)) with up
+    /// to `depth` requests in flight; results in request order.
+    pub async fn read_many(
+        &self,
+        requests: &[(u64, u32)],
+        depth: usize,
+    ) -> Result<Vec<Vec<u8>>, DriverError> {
+        let results: Vec<Result<Vec<u8>, DriverError>> = stream::iter(requests.iter().copied())
+            .map(
+                |(lba, count)| async move { self.read_one(lba, count, true).await.map(|(_, d)| d) },
+            )
+            .buffered(depth.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Reads each `(lba, count)` with up to `depth` in flight, leaving the
+    /// data in guest memory (as a guest whose DMA lands in its page cache);
+    /// returns the bytes moved.
+    pub async fn read_discard(
+        &self,
+        requests: impl Iterator<Item = (u64, u32)>,
+        depth: usize,
+    ) -> Result<u64, DriverError> {
+        let mut total = 0u64;
+        let mut results = stream::iter(requests)
+            .map(|(lba, count)| self.read_one(lba, count, false))
+            .buffer_unordered(depth.max(1));
+        while let Some(result) = results.next().await {
+            total += result?.0;
+        }
+        Ok(total)
+    }
+
+    /// One READ SRB; returns the bytes moved and, with `copy`, the data.
+    async fn read_one(
+        &self,
+        lba: u64,
+        count: u32,
+        copy: bool,
+    ) -> Result<(u64, Vec<u8>), DriverError> {
+        self.check(lba, u64::from(count))?;
+        let wanted = u64::from(count) * u64::from(self.info.block_size);
+        let len = u32::try_from(wanted).map_err(|_| DriverError::OutOfRange {
+            lba,
+            count: u64::from(count),
+            blocks: self.info.blocks,
+        })?;
+        let cdb = read_cdb(lba, count);
+        let buffer = self.inner.buffer(len)?;
+        let completion = self
+            .inner
+            .srb(self.info.address, &cdb, DataDirection::READ, Some(&buffer))
+            .await?;
+        if !good(&completion) {
+            return Err(srb_error(self.info.address, &cdb, &completion));
+        }
+        if completion.transferred != len {
+            return Err(DriverError::ShortRead {
+                lba,
+                wanted,
+                moved: completion.transferred,
+            });
+        }
+        if !copy {
+            return Ok((u64::from(len), Vec::new()));
+        }
+        let mut data = vec![0u8; len as usize];
+        buffer.range.read_at(&self.inner.memory, 0, &mut data)?;
+        Ok((u64::from(len), data))
+    }
+
+    /// Sends a WRITE(10) of `data` (whole blocks) at `lba`; the completion
+    /// tells how the host refused it.
+    pub async fn try_write(&self, lba: u32, data: &[u8]) -> Result<SrbCompletion, DriverError> {
+        let block = self.info.block_size.max(1) as usize;
+        let blocks = (data.len() / block) as u16;
+        let len = u32::from(blocks) * block as u32;
+        let cdb = write10_cdb(lba, blocks);
+        let buffer = if len == 0 {
+            None
+        } else {
+            let buffer = self.inner.buffer(len)?;
+            buffer
+                .range
+                .write_at(&self.inner.memory, 0, &data[..len as usize])?;
+            Some(buffer)
+        };
+        self.inner
+            .srb(
+                self.info.address,
+                &cdb,
+                DataDirection::WRITE,
+                buffer.as_ref(),
+            )
+            .await
+    }
+}
