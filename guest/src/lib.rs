@@ -8,12 +8,11 @@
 //! ([`vmbdev_protocol`]) and the ring only, and must not depend on the
 //! device or backing crates: the drivers see a host through a ring and
 //! through small bus traits ([`storvsc::ChannelOpener`],
-//! [`vmbfs::VmbfsBus`]) that whoever runs them implements. The types the
-//! drivers share with a host are the guest's own: a
-//! [`storvsc::LunAddress`] is what an SRB carries, and [`stop::StopSignal`]
-//! is a small flag of this crate. Running drivers against the devices in
-//! process is `vmbdev-loopback`'s job.
+//! [`vmbfs::VmbfsBus`]) that whoever runs them implements. A LUN is
+//! addressed by the guest's own [`storvsc::LunAddress`] (what an SRB
+//! carries); the stop flag is the ring's
+//! [`StopSignal`](vmbdev_ring::StopSignal), shared with the host. Running
+//! drivers against the devices in process is `vmbdev-loopback`'s job.
 #![forbid(unsafe_code)]
-pub mod stop;
 pub mod storvsc;
 pub mod vmbfs;

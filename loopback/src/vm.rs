@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use vmbdev_device::bus::{BusError, ChannelError, OpenRequest, VmbusDevice};
-use vmbdev_guest::stop::StopSignal;
+use vmbdev_ring::StopSignal;
 use vmbdev_ring::{
     Doorbell, Endpoint, EventDoorbell, GpaError, GpadlRegistry, GuestMemory, LoopbackError,
     MemoryError, PAGE_SIZE, PageAllocator, RingError, Side,

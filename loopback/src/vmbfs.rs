@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use vmbdev_device::bus::VmbusDevice;
-use vmbdev_guest::stop::StopSignal;
 use vmbdev_guest::vmbfs::{BusFailure, VmbfsBus, VmbfsChannel, VmbfsClientError};
+use vmbdev_ring::StopSignal;
 use vmbdev_ring::{Endpoint, GuestMemory, PageAllocator};
 
 use crate::vm::{GuestChannel, LoopbackVm, RingShape};

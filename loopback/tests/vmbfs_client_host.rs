@@ -1,57 +1,11 @@
 //! Client against the real host state machine: the client builds a
 //! request, the host handles it, the client parses the reply.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsHost, VmbfsInput};
-use vmbdev_fs::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use vmbdev_fs::MemoryTree;
 use vmbdev_guest::vmbfs::*;
 use vmbdev_ring::{GpaRange, GuestMemory};
-
-/// Files by path; directories are implied by the files under them.
-struct Files(HashMap<TreePath, Vec<u8>>);
-
-impl FileTree for Files {
-    fn lookup(&self, path: &TreePath) -> Result<Metadata, TreeError> {
-        if let Some(data) = self.0.get(path) {
-            return Ok(Metadata {
-                kind: EntryKind::File,
-                size: data.len() as u64,
-            });
-        }
-        let n = path.components().len();
-        let is_dir = self
-            .0
-            .keys()
-            .any(|p| p.components().len() > n && p.components()[..n] == *path.components());
-        if is_dir {
-            Ok(Metadata {
-                kind: EntryKind::Directory,
-                size: 0,
-            })
-        } else {
-            Err(TreeError::NotFound(path.to_string()))
-        }
-    }
-
-    fn read_at(&self, path: &TreePath, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
-        let data = self.0.get(path).ok_or_else(|| {
-            if self.lookup(path).is_ok() {
-                TreeError::IsADirectory(path.to_string())
-            } else {
-                TreeError::NotFound(path.to_string())
-            }
-        })?;
-        let start = offset.min(data.len() as u64) as usize;
-        let n = buf.len().min(data.len() - start);
-        buf[..n].copy_from_slice(&data[start..start + n]);
-        Ok(n)
-    }
-
-    fn read_dir(&self, _: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError> {
-        Ok(Vec::new())
-    }
-}
 
 fn content(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -63,17 +17,16 @@ const SIZES: [usize; 5] = [0, 1, 12275, 12276, 12277];
 const HUGE: usize = 7 * 1024 * 1024 + 300_001;
 const MEMORY: u64 = 16 * 1024 * 1024;
 
-fn files() -> Files {
-    let mut map = HashMap::new();
-    map.insert(TreePath::parse("EFI/BOOT/BOOTX64.EFI"), content(40_000, 1));
-    map.insert(TreePath::parse("huge.bin"), content(HUGE, 2));
+fn files() -> MemoryTree {
+    let mut tree = MemoryTree::builder();
+    tree.add_file("EFI/BOOT/BOOTX64.EFI", content(40_000, 1))
+        .unwrap();
+    tree.add_file("huge.bin", content(HUGE, 2)).unwrap();
     for size in SIZES {
-        map.insert(
-            TreePath::parse(&format!("s/f{size}")),
-            content(size, size as u8),
-        );
+        tree.add_file(&format!("s/f{size}"), content(size, size as u8))
+            .unwrap();
     }
-    Files(map)
+    tree.build()
 }
 
 struct Vm {

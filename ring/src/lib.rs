@@ -47,6 +47,7 @@ pub mod packet;
 pub mod pipe;
 pub mod reader;
 pub mod ring;
+mod stop;
 pub mod writer;
 
 pub use doorbell::{Doorbell, EventDoorbell, EventfdDoorbell};
@@ -62,4 +63,5 @@ pub use packet::{
 pub use pipe::{PipeError, PipeMessage};
 pub use reader::RingReader;
 pub use ring::RingHalf;
+pub use stop::StopSignal;
 pub use writer::{RingWriter, WriteBatch};

@@ -41,7 +41,8 @@ mod jobs;
 mod shared;
 
 use jobs::{JobBatch, ToWriter};
-pub use shared::{PendingRequest, PendingTable, StopSignal, StorvspStats};
+pub use shared::{PendingRequest, PendingTable, StorvspStats};
+pub use vmbdev_ring::StopSignal;
 
 /// Default number of requests one channel takes before completing any.
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;

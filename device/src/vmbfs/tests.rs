@@ -2,79 +2,10 @@
 //! independent model of the read rules.
 
 use super::*;
-use std::collections::HashMap;
 use std::sync::Arc;
-use vmbdev_fs::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use vmbdev_fs::MemoryTree;
 use vmbdev_protocol::vmbfs::{FileStatus, MessageType, VERSION_WIN10};
 use vmbdev_ring::{GpaRange, GuestMemory};
-
-/// A tree over a map from path to contents (`None` = directory).
-struct MapTree {
-    entries: HashMap<TreePath, Option<Vec<u8>>>,
-}
-
-impl MapTree {
-    fn new() -> Self {
-        let mut entries = HashMap::new();
-        entries.insert(TreePath::root(), None);
-        Self { entries }
-    }
-
-    fn file(mut self, path: &str, data: Vec<u8>) -> Self {
-        let path = TreePath::parse(path);
-        let mut dir = TreePath::root();
-        for c in &path.components()[..path.components().len() - 1] {
-            dir = dir.join(c);
-            self.entries.insert(dir.clone(), None);
-        }
-        self.entries.insert(path, Some(data));
-        self
-    }
-
-    fn get(&self, path: &TreePath) -> Result<&Option<Vec<u8>>, TreeError> {
-        if let Some(e) = self.entries.get(path) {
-            return Ok(e);
-        }
-        let mut prefix = TreePath::root();
-        for c in path.components() {
-            prefix = prefix.join(c);
-            if let Some(Some(_)) = self.entries.get(&prefix) {
-                return Err(TreeError::NotADirectory(prefix.to_string()));
-            }
-        }
-        Err(TreeError::NotFound(path.to_string()))
-    }
-}
-
-impl FileTree for MapTree {
-    fn lookup(&self, path: &TreePath) -> Result<Metadata, TreeError> {
-        Ok(match self.get(path)? {
-            Some(data) => Metadata {
-                kind: EntryKind::File,
-                size: data.len() as u64,
-            },
-            None => Metadata {
-                kind: EntryKind::Directory,
-                size: 0,
-            },
-        })
-    }
-
-    fn read_at(&self, path: &TreePath, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
-        let data = self
-            .get(path)?
-            .as_ref()
-            .ok_or_else(|| TreeError::IsADirectory(path.to_string()))?;
-        let start = (offset.min(data.len() as u64)) as usize;
-        let n = buf.len().min(data.len() - start);
-        buf[..n].copy_from_slice(&data[start..start + n]);
-        Ok(n)
-    }
-
-    fn read_dir(&self, _: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError> {
-        Ok(Vec::new())
-    }
-}
 
 /// File contents that differ at every position and between files.
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -86,14 +17,16 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 const BIG: usize = 200 * 1024 + 123;
 const EOF_SIZES: [usize; 5] = [0, 1, 12275, 12276, 12277];
 
-fn tree() -> MapTree {
-    let mut t = MapTree::new()
-        .file("EFI/BOOT/BOOTX64.EFI", pattern(5000, 1))
-        .file("big", pattern(BIG, 2));
+fn tree() -> MemoryTree {
+    let mut t = MemoryTree::builder();
+    t.add_file("EFI/BOOT/BOOTX64.EFI", pattern(5000, 1))
+        .unwrap();
+    t.add_file("big", pattern(BIG, 2)).unwrap();
     for size in EOF_SIZES {
-        t = t.file(&format!("sizes/f{size}"), pattern(size, size as u32));
+        t.add_file(&format!("sizes/f{size}"), pattern(size, size as u32))
+            .unwrap();
     }
-    t
+    t.build()
 }
 
 const MEMORY_PAGES: u64 = 256;

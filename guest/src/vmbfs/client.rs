@@ -20,10 +20,10 @@ use super::{
     parse_file_info_response, parse_rdma_response, parse_read_response, parse_version_response,
     rdma_chunk, read_request, root_path, version_request,
 };
-use crate::stop::StopSignal;
 use std::future::Future;
 use std::sync::Arc;
 use vmbdev_protocol::vmbfs::MAX_RDMA_READ_SIZE;
+use vmbdev_ring::StopSignal;
 use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
 use vmbdev_ring::{
     Endpoint, GpaRange, GuestMemory, LoopbackError, MemoryError, OutgoingPacket, PAGE_SIZE,

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use event_listener::Event;
 use vmbdev_ring::GpaRange;
 
 use crate::storvsp::Completion;
@@ -125,44 +124,5 @@ impl StorvspStats {
 
     pub(super) fn count_notification(&self) {
         self.notifications.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A one-way stop flag that async tasks can wait on.
-#[derive(Debug, Default)]
-pub struct StopSignal {
-    stopped: AtomicBool,
-    event: Event,
-}
-
-impl StopSignal {
-    /// A signal not yet raised.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Raises the signal and wakes every waiter.
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        self.event.notify(usize::MAX);
-    }
-
-    /// Whether the signal was raised.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
-    }
-
-    /// Completes once the signal is raised.
-    pub async fn wait(&self) {
-        loop {
-            if self.is_stopped() {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.is_stopped() {
-                return;
-            }
-            listener.await;
-        }
     }
 }

@@ -18,8 +18,8 @@ use vmbdev_ring::{
 };
 
 use super::{DriverError, HostEvents};
-use crate::stop::StopSignal;
 use crate::storvsc::{GuestProfile, LunAddress, SrbCompletion, SrbParams, srb_packet};
+use vmbdev_ring::StopSignal;
 
 type WaiterMap = HashMap<u64, oneshot::Sender<Vec<u8>>>;
 

@@ -1,7 +1,7 @@
 //! A one-way stop flag that async tasks can wait on: a driver raises it to
 //! stop its completion threads, a bus raises it when the host stops
-//! serving a channel. The guest's own type, so drivers need nothing from
-//! the device crates.
+//! serving a channel, a device when its channel is closed. It lives with
+//! the ring so the host and guest sides share one type.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
