@@ -84,7 +84,7 @@ pub struct ExtractArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum SkipReason {
     /// The name could leave DIR or cannot be a file name here.
-    #[error("unsafe name: {0}")]
+    #[error("name refused: {0}")]
     UnsafeName(&'static str),
     /// The directory lists the same name twice.
     #[error("the directory lists this name more than once")]

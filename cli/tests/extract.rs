@@ -293,11 +293,11 @@ fn hostile_names_are_skipped_and_nothing_lands_outside_dir() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     for skipped in [
-        "/..: skipped: unsafe name: the name is \"..\"",
-        "/../..+dir: skipped: unsafe name: the name contains \"/\"",
-        "//tmp/+x: skipped: unsafe name: the name contains \"/\"",
+        "/..: skipped: name refused: the name is \"..\"",
+        "/../..+dir: skipped: name refused: the name contains \"/\"",
+        "//tmp/+x: skipped: name refused: the name contains \"/\"",
         // The escape character reaches the terminal escaped.
-        "/\\033/../+x: skipped: unsafe name: the name contains \"/\"",
+        "/\\033/../+x: skipped: name refused: the name contains \"/\"",
         "/dup01+a: skipped: the directory lists this name more than once",
         "; skipped 5",
     ] {
