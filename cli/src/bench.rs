@@ -14,6 +14,12 @@ use crate::error::{CliError, print_stdout};
 /// Arguments of `vmbdev bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Suites to run, by name (all when none is given); `--list` shows
+    /// them.
+    suites: Vec<String>,
+    /// List the suites with their baselines and exit.
+    #[arg(long)]
+    list: bool,
     /// Short runs on small data (well under 30 s); for smoke tests.
     #[arg(long)]
     quick: bool,
@@ -219,11 +225,19 @@ struct Report<'a> {
 /// Runs `bench`. The table prints each suite's section as soon as the
 /// suite finishes (a full run takes minutes); JSON is printed at the end.
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
+    if args.list {
+        let listing: String = suites()
+            .iter()
+            .map(|s| format!("{:<10} baseline: {}\n", s.name, s.baseline))
+            .collect();
+        return print_stdout(&listing);
+    }
+    let chosen = chosen_suites(&args.suites)?;
     let mut all = Vec::new();
     if !args.json {
         print_stdout(&table_header())?;
     }
-    for suite in suites() {
+    for suite in chosen {
         // Each suite gets a fresh scratch directory, removed when it ends.
         let scratch = tempfile::tempdir()
             .map_err(|e| CliError::new(format!("creating a scratch directory: {e}")))?;
@@ -245,6 +259,28 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         print_stdout(&(serde_json::to_string_pretty(&Report { results: &all })? + "\n"))?;
     }
     Ok(())
+}
+
+/// The suites named in `names`, in the order [`suites`] runs them (every
+/// suite when `names` is empty); an unknown name is an error listing the
+/// known ones.
+fn chosen_suites(names: &[String]) -> Result<Vec<Suite>, CliError> {
+    let all = suites();
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| !all.iter().any(|s| s.name == n.as_str()))
+    {
+        let known: Vec<&str> = all.iter().map(|s| s.name).collect();
+        return Err(CliError::new(format!(
+            "no benchmark suite named {}; the suites are {}",
+            crate::messages::escape_name(unknown),
+            known.join(", ")
+        )));
+    }
+    Ok(all
+        .into_iter()
+        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+        .collect())
 }
 
 /// A value with about four significant digits, without exponent for the

@@ -31,9 +31,13 @@ use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Size in MiB of the file used for the throughput measurement.
-    #[arg(long, default_value_t = (BENCH_FILE_SIZE >> 20) as u64)]
+    #[arg(long, default_value_t = (BENCH_FILE_SIZE >> 20) as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_MIB))]
     bench_mib: u64,
 }
+
+/// Largest throughput file the demo builds (it lives in host memory).
+const MAX_BENCH_MIB: u64 = 4096;
 
 /// The built-in sample tree: a few boot-like files.
 fn sample_files() -> Vec<(&'static str, Vec<u8>)> {

@@ -177,3 +177,51 @@ fn an_image_without_a_file_system_counts_one_partition() {
         );
     }
 }
+
+#[test]
+fn an_unknown_bench_suite_is_refused_with_the_known_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = vmbdev_in(dir.path(), &["bench", "--quick", "ring", "rnig"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("vmbdev: no benchmark suite named rnig; the suites are ring, "),
+        "{err}"
+    );
+    // Nothing was measured before the refusal.
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bench_lists_its_suites() {
+    let out = vmbdev().args(["bench", "--list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for suite in ["ring", "vhdx", "vmbfs", "storvsp"] {
+        assert!(names.contains(&suite), "{suite} missing from {listing}");
+    }
+    assert!(
+        listing.lines().all(|l| l.contains("baseline: ")),
+        "{listing}"
+    );
+}
+
+#[test]
+fn demo_refuses_a_throughput_file_size_it_cannot_hold() {
+    for size in ["0", "4097", "-1", "many"] {
+        let out = vmbdev()
+            .args(["demo", &format!("--bench-mib={size}")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--bench-mib {size}");
+        assert!(
+            stderr(&out).contains("--bench-mib"),
+            "--bench-mib {size}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use futures::channel::oneshot;
-use futures::lock::Mutex as AsyncMutex;
+use async_lock::Mutex as AsyncMutex;
 use vmbdev_protocol::vstor::{self, DataDirection, NtStatus, Operation, SrbStatus};
 use vmbdev_ring::{
     Endpoint, GpaRange, GuestMemory, OutgoingPacket, PacketKind, PageAllocator, RingError,
@@ -21,7 +20,9 @@ use super::{DriverError, HostEvents};
 use crate::storvsc::{GuestProfile, LunAddress, SrbCompletion, SrbParams, srb_packet};
 use vmbdev_ring::StopSignal;
 
-type WaiterMap = HashMap<u64, oneshot::Sender<Vec<u8>>>;
+/// Where each request's completion payload goes, by transaction id (a
+/// one-slot channel per request).
+type WaiterMap = HashMap<u64, async_channel::Sender<Vec<u8>>>;
 
 /// Per-channel request state shared with its completion thread.
 #[derive(Debug, Default)]
@@ -160,7 +161,7 @@ impl Inner {
     ) -> Result<Vec<u8>, DriverError> {
         let channel = &self.channels[index % self.channels.len()];
         let tid = channel.next_tid.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = async_channel::bounded(1);
         channel.waiters.lock().insert(tid, tx);
         let ranges;
         let packet = match range {
@@ -178,7 +179,9 @@ impl Inner {
                 source,
             });
         }
-        rx.await.map_err(|_| DriverError::ChannelClosed(index))
+        rx.recv()
+            .await
+            .map_err(|_| DriverError::ChannelClosed(index))
     }
 
     fn pick_channel(&self) -> usize {
@@ -315,7 +318,7 @@ fn deliver(waiters: &Waiters, events: &HostEvents, kind: PacketKind, tid: u64, p
             let waiter = waiters.lock().remove(&tid);
             match waiter {
                 Some(tx) => {
-                    let _ = tx.send(payload.to_vec());
+                    let _ = tx.try_send(payload.to_vec());
                 }
                 None => events.count_unexpected(),
             }

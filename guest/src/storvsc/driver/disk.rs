@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use futures::stream::{self, StreamExt};
 use vmbdev_protocol::scsi::Opcode;
 use vmbdev_protocol::vstor::DataDirection;
 
 use super::channel::{Inner, good, srb_error};
+use super::window::run_windowed;
 use super::{DiskInfo, DriverError};
 use crate::storvsc::{InquiryInfo, SrbCompletion, cdb};
 
@@ -104,14 +104,19 @@ impl Disk {
         requests: &[(u64, u32)],
         depth: usize,
     ) -> Result<Vec<Vec<u8>>, DriverError> {
-        let results: Vec<Result<Vec<u8>, DriverError>> = stream::iter(requests.iter().copied())
-            .map(
-                |(lba, count)| async move { self.read_one(lba, count, true).await.map(|(_, d)| d) },
-            )
-            .buffered(depth.max(1))
-            .collect()
-            .await;
-        results.into_iter().collect()
+        let mut chunks = vec![Vec::new(); requests.len()];
+        run_windowed(
+            requests
+                .iter()
+                .map(|&(lba, count)| self.read_one(lba, count, true)),
+            depth,
+            |i, result| {
+                chunks[i] = result?.1;
+                Ok::<_, DriverError>(())
+            },
+        )
+        .await?;
+        Ok(chunks)
     }
 
     /// Reads each `(lba, count)` with up to `depth` in flight, leaving the
@@ -123,12 +128,15 @@ impl Disk {
         depth: usize,
     ) -> Result<u64, DriverError> {
         let mut total = 0u64;
-        let mut results = stream::iter(requests)
-            .map(|(lba, count)| self.read_one(lba, count, false))
-            .buffer_unordered(depth.max(1));
-        while let Some(result) = results.next().await {
-            total += result?.0;
-        }
+        run_windowed(
+            requests.map(|(lba, count)| self.read_one(lba, count, false)),
+            depth,
+            |_, result| {
+                total += result?.0;
+                Ok::<_, DriverError>(())
+            },
+        )
+        .await?;
         Ok(total)
     }
 

@@ -16,6 +16,7 @@ mod channel;
 mod disk;
 mod init;
 mod scan;
+mod window;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
