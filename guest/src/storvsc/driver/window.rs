@@ -79,7 +79,7 @@ mod tests {
     fn never_exceeds_depth_and_finishes_everything() {
         let running = Cell::new(0usize);
         let peak = Cell::new(0usize);
-        let mut seen = vec![false; 20];
+        let mut seen = [false; 20];
         futures_lite::future::block_on(run_windowed(
             (0..20).map(|i| {
                 running.set(running.get() + 1);
