@@ -54,14 +54,25 @@ fn base_image_reads_its_blocks() {
     let vhd = open(base().build()).unwrap();
     let all = read_all(&vhd);
     assert!(all[..BLOCK as usize].iter().all(|&x| x == 1));
-    assert!(all[BLOCK as usize..2 * BLOCK as usize].iter().all(|&x| x == 0));
-    assert!(all[2 * BLOCK as usize..3 * BLOCK as usize].iter().all(|&x| x == 3));
+    assert!(
+        all[BLOCK as usize..2 * BLOCK as usize]
+            .iter()
+            .all(|&x| x == 0)
+    );
+    assert!(
+        all[2 * BLOCK as usize..3 * BLOCK as usize]
+            .iter()
+            .all(|&x| x == 3)
+    );
     assert_eq!(vhd.info().allocated_blocks, 2);
 }
 
 #[test]
 fn too_small() {
-    assert!(matches!(err(vec![0; 100]), VhdError::FileTooSmall { len: 100, .. }));
+    assert!(matches!(
+        err(vec![0; 100]),
+        VhdError::FileTooSmall { len: 100, .. }
+    ));
 }
 
 #[test]
@@ -69,14 +80,34 @@ fn bad_cookies() {
     let mut b = base().build();
     let f = footer_at(&b);
     b[f] = b'x';
-    assert!(matches!(err(b), VhdError::BadCookie { structure: "footer", .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::BadCookie {
+            structure: "footer",
+            ..
+        }
+    ));
     let mut b = base().build();
     b[0] = b'x';
-    assert!(matches!(err(b), VhdError::BadCookie { structure: "footer copy", offset: 0, .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::BadCookie {
+            structure: "footer copy",
+            offset: 0,
+            ..
+        }
+    ));
     let mut b = base().build();
     b[SECTOR] = b'x';
     fix_header(&mut b);
-    assert!(matches!(err(b), VhdError::BadCookie { structure: "dynamic header", offset: 512, .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::BadCookie {
+            structure: "dynamic header",
+            offset: 512,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -92,10 +123,23 @@ fn bad_checksums() {
     // Only the copy's checksum bad.
     let mut b = base().build();
     b[100] ^= 1;
-    assert!(matches!(err(b), VhdError::BadChecksum { structure: "footer copy", .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::BadChecksum {
+            structure: "footer copy",
+            ..
+        }
+    ));
     let mut b = base().build();
     b[SECTOR + 800] ^= 1;
-    assert!(matches!(err(b), VhdError::BadChecksum { structure: "dynamic header", offset: 512, .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::BadChecksum {
+            structure: "dynamic header",
+            offset: 512,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -112,9 +156,22 @@ fn versions_and_disk_type() {
         let f = footer_at(b);
         put32(b, f + 12, 0x0002_0000)
     });
-    assert!(matches!(err(b), VhdError::UnsupportedVersion { structure: "footer", version: 0x0002_0000, .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::UnsupportedVersion {
+            structure: "footer",
+            version: 0x0002_0000,
+            ..
+        }
+    ));
     let b = edited(|b| put32(b, SECTOR + 24, 0x0000_0005));
-    assert!(matches!(err(b), VhdError::UnsupportedVersion { structure: "dynamic header", .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::UnsupportedVersion {
+            structure: "dynamic header",
+            ..
+        }
+    ));
     let b = edited(|b| {
         let f = footer_at(b);
         put32(b, f + 60, 5)
@@ -161,7 +218,11 @@ fn fixed_sizes() {
     assert_eq!(read_all(&vhd)[10], 0xab);
     assert!(matches!(
         err(fixed(8192, 4096)),
-        VhdError::FixedTruncated { size: 8192, needed: 8704, file_len: 4608 }
+        VhdError::FixedTruncated {
+            size: 8192,
+            needed: 8704,
+            file_len: 4608
+        }
     ));
     let huge = u64::MAX - 511;
     assert!(matches!(err(fixed(huge, 4096)), VhdError::SizeTooLarge { size, .. } if size == huge));
@@ -190,14 +251,23 @@ fn header_offset() {
 fn block_sizes() {
     for bad in [0u32, 3000, 256, 512 << 20] {
         let b = edited(|b| put32(b, SECTOR + 32, bad));
-        assert!(matches!(err(b), VhdError::BadBlockSize { block_size, offset: 512 } if block_size == bad));
+        assert!(
+            matches!(err(b), VhdError::BadBlockSize { block_size, offset: 512 } if block_size == bad)
+        );
     }
 }
 
 #[test]
 fn table_entries() {
     let b = edited(|b| put32(b, SECTOR + 28, 2));
-    assert!(matches!(err(b), VhdError::TableTooSmall { entries: 2, needed: 4, .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::TableTooSmall {
+            entries: 2,
+            needed: 4,
+            ..
+        }
+    ));
     let b = edited(|b| put32(b, SECTOR + 28, 1 << 23));
     assert!(matches!(err(b), VhdError::TableTooLarge { entries, .. } if entries == 1 << 23));
 }
@@ -207,11 +277,25 @@ fn bat_outside_or_overlapping() {
     let b = edited(|b| put64(b, SECTOR + 16, 1 << 30));
     assert!(matches!(err(b), VhdError::OutsideFile { what: "BAT", .. }));
     let b = edited(|b| put64(b, SECTOR + 16, 100));
-    assert!(matches!(err(b), VhdError::OutsideFile { what: "BAT", offset: 100, .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::OutsideFile {
+            what: "BAT",
+            offset: 100,
+            ..
+        }
+    ));
     let b = edited(|b| put64(b, SECTOR + 16, SECTOR as u64 + 1000));
     let e = err(b);
     assert!(
-        matches!(e, VhdError::MetadataOverlap { first: "dynamic header", second: "BAT", .. }),
+        matches!(
+            e,
+            VhdError::MetadataOverlap {
+                first: "dynamic header",
+                second: "BAT",
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -240,7 +324,14 @@ fn blocks_beyond_eof_or_overlapping() {
         let first = be32(b, bat);
         put32(b, bat + 8, first + 1)
     });
-    assert!(matches!(err(b), VhdError::BlocksOverlap { first: 0, second: 2, .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::BlocksOverlap {
+            first: 0,
+            second: 2,
+            ..
+        }
+    ));
     // The same block twice.
     let b = edited(|b| {
         let bat = bat_at(b);
@@ -288,26 +379,76 @@ fn differencing(parent_id: [u8; 16], locators: Vec<([u8; 4], Vec<u8>)>) -> Vec<u
 #[test]
 fn bad_parent_locators() {
     let e = err(differencing([1; 16], vec![(*b"W2ru", vec![b'a'; 7])]));
-    assert!(matches!(e, VhdError::BadParentLocator { index: 0, reason: "odd length for UTF-16LE data", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            VhdError::BadParentLocator {
+                index: 0,
+                reason: "odd length for UTF-16LE data",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let unpaired = 0xd800u16.to_le_bytes().to_vec();
     let e = err(differencing([1; 16], vec![(*b"W2ku", unpaired)]));
-    assert!(matches!(e, VhdError::BadParentLocator { reason: "invalid UTF-16LE", .. }), "{e}");
-    let e = err(differencing([1; 16], vec![(*b"MacX", b"http://x".to_vec())]));
-    assert!(matches!(e, VhdError::BadParentLocator { reason: "not a file:// URL", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            VhdError::BadParentLocator {
+                reason: "invalid UTF-16LE",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = err(differencing(
+        [1; 16],
+        vec![(*b"MacX", b"http://x".to_vec())],
+    ));
+    assert!(
+        matches!(
+            e,
+            VhdError::BadParentLocator {
+                reason: "not a file:// URL",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Locator data length beyond the limit, and beyond the file.
     let mut b = differencing([1; 16], vec![(*b"W2ru", utf16le(".\\p.vhd"))]);
     put32(&mut b, SECTOR + 576 + 8, 1 << 20);
     fix_header(&mut b);
-    assert!(matches!(err(b), VhdError::BadParentLocator { reason: "data longer than 64 KiB", .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::BadParentLocator {
+            reason: "data longer than 64 KiB",
+            ..
+        }
+    ));
     let mut b = differencing([1; 16], vec![(*b"W2ru", utf16le(".\\p.vhd"))]);
     put64(&mut b, SECTOR + 576 + 16, 1 << 40);
     fix_header(&mut b);
-    assert!(matches!(err(b), VhdError::OutsideFile { what: "parent locator data", .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::OutsideFile {
+            what: "parent locator data",
+            ..
+        }
+    ));
     // Locator data inside the BAT.
     let mut b = differencing([1; 16], vec![(*b"W2ru", utf16le(".\\p.vhd"))]);
     put64(&mut b, SECTOR + 576 + 16, 1536);
     fix_header(&mut b);
-    assert!(matches!(err(b), VhdError::MetadataOverlap { first: "BAT", second: "parent locator data", .. }));
+    assert!(matches!(
+        err(b),
+        VhdError::MetadataOverlap {
+            first: "BAT",
+            second: "parent locator data",
+            ..
+        }
+    ));
     // A well-formed differencing image from memory has no directory to
     // find its parent in.
     let ok = differencing([1; 16], vec![(*b"W2ru", utf16le(".\\p.vhd"))]);
@@ -339,10 +480,16 @@ fn parent_identity_and_lookup() {
     assert_eq!(read_all(&good), read_all(&open(base().build()).unwrap()));
     write_child(dir.path(), "wrong.vhd", 9, "parent.vhd", 6);
     let e = Vhd::open(dir.path().join("wrong.vhd")).unwrap_err();
-    assert!(matches!(e, VhdError::ParentIdMismatch { expected, found, .. } if expected == [6; 16] && found == [7; 16]), "{e}");
+    assert!(
+        matches!(e, VhdError::ParentIdMismatch { expected, found, .. } if expected == [6; 16] && found == [7; 16]),
+        "{e}"
+    );
     write_child(dir.path(), "orphan.vhd", 9, "missing.vhd", 7);
     let e = Vhd::open(dir.path().join("orphan.vhd")).unwrap_err();
-    assert!(matches!(&e, VhdError::ParentNotFound { tried } if tried.len() == 1), "{e}");
+    assert!(
+        matches!(&e, VhdError::ParentNotFound { tried } if tried.len() == 1),
+        "{e}"
+    );
     // A broken relative path falls back to the absolute locator.
     let mut l = child_of([7; 16], "gone.vhd", 256 * 1024, BLOCK);
     let absolute = format!("C:{}", dir.path().join("parent.vhd").display()).replace('/', "\\");
@@ -355,7 +502,10 @@ fn parent_identity_and_lookup() {
     assert_eq!(abs.info().parent_chain, vec![dir.path().join("parent.vhd")]);
     // And a MacX URL is understood.
     let mut l = child_of([7; 16], "gone.vhd", 256 * 1024, BLOCK);
-    let url = format!("file://localhost{}", dir.path().join("parent.vhd").display());
+    let url = format!(
+        "file://localhost{}",
+        dir.path().join("parent.vhd").display()
+    );
     l.locators = vec![(*b"MacX", url.into_bytes())];
     std::fs::write(dir.path().join("mac.vhd"), l.build()).unwrap();
     assert!(Vhd::open(dir.path().join("mac.vhd")).is_ok());
@@ -364,7 +514,10 @@ fn parent_identity_and_lookup() {
     broken[0] = b'x';
     std::fs::write(dir.path().join("parent.vhd"), broken).unwrap();
     let e = Vhd::open(dir.path().join("good.vhd")).unwrap_err();
-    assert!(matches!(&e, VhdError::Parent { source, .. } if matches!(**source, VhdError::BadCookie { .. })), "{e}");
+    assert!(
+        matches!(&e, VhdError::Parent { source, .. } if matches!(**source, VhdError::BadCookie { .. })),
+        "{e}"
+    );
 }
 
 #[test]
@@ -386,19 +539,35 @@ fn chain_too_deep() {
     write_dynamic(dir.path(), "d0.vhd", 100);
     let depth = MAX_CHAIN_DEPTH as u8;
     for i in 1..=depth {
-        write_child(dir.path(), &format!("d{i}.vhd"), 100 + i, &format!("d{}.vhd", i - 1), 99 + i);
+        write_child(
+            dir.path(),
+            &format!("d{i}.vhd"),
+            100 + i,
+            &format!("d{}.vhd", i - 1),
+            99 + i,
+        );
     }
     // The deepest chain allowed opens: d(limit-1) plus its parents.
     let ok = Vhd::open(dir.path().join(format!("d{}.vhd", depth - 1))).unwrap();
     assert_eq!(ok.info().parent_chain.len(), MAX_CHAIN_DEPTH - 1);
     let e = Vhd::open(dir.path().join(format!("d{depth}.vhd"))).unwrap_err();
-    assert!(matches!(e, VhdError::ChainTooDeep { limit: MAX_CHAIN_DEPTH, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            VhdError::ChainTooDeep {
+                limit: MAX_CHAIN_DEPTH,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 /// Reads of a differencing chain (dynamic parent, child with random blocks
 /// and bitmaps) at random places equal a sector-by-sector model.
 fn chain_model() -> impl Strategy<Value = (Vec<(u32, Vec<u8>)>, Vec<(u64, u64)>)> {
-    let blocks = proptest::collection::vec((0u32..4, proptest::collection::vec(any::<u8>(), 16)), 0..4);
+    let blocks =
+        proptest::collection::vec((0u32..4, proptest::collection::vec(any::<u8>(), 16)), 0..4);
     let reads = proptest::collection::vec((0u64..512, 1u64..200), 1..8);
     (blocks, reads)
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use vmbdev_block::BlockDevice;
-use vmbdev_vhd::{DiskType, Vhd};
+use vmbdev_vhd::{DiskType, Vhd, VhdError};
 
 fn convert(raw: &std::path::Path, img: &std::path::Path, subformat: &str, force: bool) {
     let opts = format!(
@@ -176,4 +176,31 @@ fn differencing_over_qemu_parent() {
             "lba {lba}"
         );
     }
+}
+
+/// The generic opener of the image crates picks the VHD reader for fixed
+/// and dynamic VHDs alike.
+#[test]
+fn open_image_dispatches_to_vhd() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    let data = make_raw(&raw, 3 * MIB, 11);
+    for subformat in ["fixed", "dynamic"] {
+        let img = dir.path().join(format!("{subformat}.vhd"));
+        convert(&raw, &img, subformat, true);
+        let any = vmbdev_vhdx::open_image(&img).unwrap();
+        assert_eq!(any.size_bytes(), 3 * MIB, "{subformat}");
+        assert_same(&read_all(&*any), &data, subformat);
+    }
+    let mut broken = std::fs::read(dir.path().join("dynamic.vhd")).unwrap();
+    broken[100] ^= 1;
+    let img = dir.path().join("broken.vhd");
+    std::fs::write(&img, broken).unwrap();
+    assert!(matches!(
+        vmbdev_vhdx::open_image(&img),
+        Err(vmbdev_vhdx::VhdxError::Vhd(VhdError::BadChecksum {
+            structure: "footer copy",
+            ..
+        }))
+    ));
 }
