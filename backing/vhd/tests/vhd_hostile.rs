@@ -565,7 +565,10 @@ fn chain_too_deep() {
 
 /// Reads of a differencing chain (dynamic parent, child with random blocks
 /// and bitmaps) at random places equal a sector-by-sector model.
-fn chain_model() -> impl Strategy<Value = (Vec<(u32, Vec<u8>)>, Vec<(u64, u64)>)> {
+/// Child blocks (index, bitmap) and reads (first sector, count).
+type ChainCase = (Vec<(u32, Vec<u8>)>, Vec<(u64, u64)>);
+
+fn chain_model() -> impl Strategy<Value = ChainCase> {
     let blocks =
         proptest::collection::vec((0u32..4, proptest::collection::vec(any::<u8>(), 16)), 0..4);
     let reads = proptest::collection::vec((0u64..512, 1u64..200), 1..8);
