@@ -27,7 +27,7 @@ pub enum Format {
     Vdi,
     /// VMware sparse extent or descriptor.
     Vmdk,
-    /// Virtual PC / Hyper-V VHD.
+    /// Virtual PC / Hyper-V VHD: read.
     Vhd,
     /// ISO 9660 (CD/DVD) image.
     Iso,
@@ -52,7 +52,7 @@ impl Format {
     fn convertible(self) -> bool {
         matches!(
             self,
-            Format::Qcow2 | Format::Qed | Format::Vdi | Format::Vmdk | Format::Vhd
+            Format::Qcow2 | Format::Qed | Format::Vdi | Format::Vmdk
         )
     }
 }
@@ -118,7 +118,7 @@ pub fn refusal(path: &Path, format: Format) -> String {
         )
     } else {
         format!(
-            "{shown}: {}, not a disk image; vmbdev reads VHDX and raw disks (--format raw reads it as raw bytes)",
+            "{shown}: {}, not a disk image; vmbdev reads VHDX, VHD and raw disks (--format raw reads it as raw bytes)",
             format.described()
         )
     }

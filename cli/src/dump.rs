@@ -20,7 +20,7 @@ pub struct DumpArgs {
     /// Read the image directly through the block device (no VM).
     #[arg(long)]
     direct: bool,
-    /// The disk image (VHDX or raw).
+    /// The disk image (VHDX, VHD or raw).
     image: PathBuf,
     /// Where to write the disk bytes (`-`: standard output).
     #[arg(short, long)]

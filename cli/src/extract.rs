@@ -56,7 +56,7 @@ const CHUNK: usize = 1 << 20;
 /// Arguments of `vmbdev extract`.
 #[derive(Debug, clap::Args)]
 pub struct ExtractArgs {
-    /// A host directory, or a disk image (VHDX or raw).
+    /// A host directory, or a disk image (VHDX, VHD or raw).
     source: PathBuf,
     /// Files or directories to extract, from the root of the tree (`/` or
     /// `\` separated). A component may hold the wildcards `*`, `?` and

@@ -1,6 +1,6 @@
 //! Opening a disk image the way every subcommand does: refuse what is not
 //! a disk image we read (by its signatures, unless `--format` says), lock
-//! it and its VHDX parents for reading, and name the image once in any
+//! it and its VHDX or VHD parents for reading, and name the image once in any
 //! error.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use vmbdev_block::{BlockDevice, RawFile};
 use vmbdev_partition::{PartitionDevice, PartitionInfo, PartitionScheme, list_partitions};
+use vmbdev_vhd::{Vhd, VhdError};
 use vmbdev_vhdx::Vhdx;
 use vmbdev_vhdx::VhdxError;
 
@@ -26,12 +27,16 @@ pub enum FormatChoice {
     Raw,
     /// Read the file as a VHDX.
     Vhdx,
+    /// Read the file as a VHD (fixed, dynamic or differencing).
+    Vhd,
 }
 
 /// The opened disk.
 pub enum Disk {
     /// A VHDX (and its parents).
     Vhdx(Box<Vhdx>),
+    /// A VHD (and its parents).
+    Vhd(Box<Vhd>),
     /// A raw disk.
     Raw(RawFile),
 }
@@ -41,6 +46,7 @@ impl Disk {
     pub fn into_device(self) -> Arc<dyn BlockDevice> {
         match self {
             Disk::Vhdx(v) => Arc::<Vhdx>::from(v),
+            Disk::Vhd(v) => Arc::<Vhd>::from(v),
             Disk::Raw(r) => Arc::new(r),
         }
     }
@@ -110,6 +116,28 @@ pub fn vhdx_error_text(e: &VhdxError) -> String {
     }
 }
 
+/// A VHD error in words: paths listed plainly, never the reader's `Debug`
+/// forms.
+pub fn vhd_error_text(e: &VhdError) -> String {
+    match e {
+        VhdError::ParentNotFound { tried } => {
+            let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+            format!("parent image not found at {}", tried.join(", "))
+        }
+        VhdError::Parent { path, source } => {
+            let inner = vhd_error_text(source);
+            let shown = path.display().to_string();
+            if inner.starts_with(&format!("{shown}: ")) {
+                format!("parent {inner}")
+            } else {
+                format!("parent {shown}: {inner}")
+            }
+        }
+        VhdError::Open { path, source } => format!("{}: {}", path.display(), os_error(source)),
+        other => other.to_string(),
+    }
+}
+
 /// Opens the image at `path` (see the module docs).
 pub fn open(path: &Path, choice: FormatChoice) -> Result<Opened, CliError> {
     let file = std::fs::File::open(path).map_err(|e| about(path, os_error(&e)))?;
@@ -122,6 +150,7 @@ pub fn open(path: &Path, choice: FormatChoice) -> Result<Opened, CliError> {
     let format = match choice {
         FormatChoice::Raw => Format::Raw,
         FormatChoice::Vhdx => Format::Vhdx,
+        FormatChoice::Vhd => Format::Vhd,
         FormatChoice::Auto => detect(&file, meta.len())
             .map_err(|e| about(path, format!("reading the signatures: {}", os_error(&e))))?,
     };
@@ -135,6 +164,15 @@ pub fn open(path: &Path, choice: FormatChoice) -> Result<Opened, CliError> {
                 files.push(parent.clone());
             }
             Disk::Vhdx(Box::new(vhdx))
+        }
+        Format::Vhd => {
+            let vhd =
+                Vhd::open(path).map_err(|e| about(path, format!("VHD: {}", vhd_error_text(&e))))?;
+            for parent in &vhd.info().parent_chain {
+                locks.add(parent)?;
+                files.push(parent.clone());
+            }
+            Disk::Vhd(Box::new(vhd))
         }
         Format::Raw => Disk::Raw(RawFile::open(path).map_err(|e| about(path, e))?),
         other => return Err(CliError::new(refusal(path, other))),

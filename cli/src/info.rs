@@ -1,5 +1,6 @@
 //! `vmbdev info`: describes a disk image — format, geometry, VHDX state
-//! (BAT, log, parent chain), partitions and the file system on each — as
+//! (BAT, log, parent chain), VHD state (type, CHS geometry, creator, blocks,
+//! parent), partitions and the file system on each — as
 //! aligned key/value lines or, with `--json`, one JSON object.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use vmbdev_block::BlockDevice;
 use vmbdev_fs::{FsKind, PartitionSummary, details, survey};
 use vmbdev_partition::PartitionDevice;
 use vmbdev_partition::{PartitionScheme, PartitionType};
+use vmbdev_vhd::{DiskType, Vhd};
 use vmbdev_vhdx::{BatCounts, Guid, LogState, Vhdx};
 
 use crate::error::{CliError, print_stdout};
@@ -19,7 +21,7 @@ use crate::messages::escape_name;
 /// Arguments of `vmbdev info`.
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
-    /// The disk image (VHDX or raw).
+    /// The disk image (VHDX, VHD or raw).
     image: PathBuf,
     /// Print one JSON object instead of key/value lines.
     #[arg(long)]
@@ -34,7 +36,7 @@ pub struct InfoArgs {
 pub struct ImageReport {
     /// Path as given.
     pub path: String,
-    /// `"vhdx"` or `"raw"`.
+    /// `"vhdx"`, `"vhd"` or `"raw"`.
     pub format: &'static str,
     /// Virtual disk size in bytes.
     pub virtual_size: u64,
@@ -50,7 +52,9 @@ pub struct ImageReport {
     pub bat: Option<BatReport>,
     /// VHDX log state at open.
     pub log: Option<LogReport>,
-    /// Parent images of a differencing VHDX, nearest first.
+    /// VHD footer and dynamic header facts.
+    pub vhd: Option<VhdReport>,
+    /// Parent images of a differencing VHDX or VHD, nearest first.
     pub parent_chain: Vec<String>,
     /// Partitions (a `none` scheme pseudo-partition when there is no table).
     pub partitions: Vec<PartitionReport>,
@@ -73,6 +77,37 @@ pub struct BatReport {
     pub undefined: u64,
     /// Present sector bitmap blocks.
     pub sector_bitmaps_present: u64,
+}
+
+/// What a VHD's footer and dynamic header say.
+#[derive(Debug, Serialize)]
+pub struct VhdReport {
+    /// `"fixed"`, `"dynamic"` or `"differencing"`.
+    pub disk_type: &'static str,
+    /// CHS geometry stored in the footer.
+    pub cylinders: u16,
+    /// Heads.
+    pub heads: u8,
+    /// Sectors per track.
+    pub sectors_per_track: u8,
+    /// Size at creation in bytes.
+    pub original_size: u64,
+    /// Creator application code (`"qemu"`, `"win "`).
+    pub creator_app: String,
+    /// Creator version as `major.minor`.
+    pub creator_version: String,
+    /// Creator host OS code (`"Wi2k"`).
+    pub creator_host_os: String,
+    /// Blocks of a dynamic or differencing disk.
+    pub blocks: Option<u64>,
+    /// Of those, blocks allocated in this file.
+    pub allocated_blocks: Option<u64>,
+    /// The parent's file name from the dynamic header.
+    pub parent_name: Option<String>,
+    /// The parent's unique id.
+    pub parent_unique_id: Option<String>,
+    /// Parent locators as `code: path`.
+    pub parent_locators: Vec<String>,
 }
 
 /// The VHDX log when the image was opened.
@@ -143,6 +178,10 @@ pub fn inspect(path: &Path, format: FormatChoice) -> Result<ImageReport, CliErro
             report = vhdx_report(path, &vhdx);
             Arc::<Vhdx>::from(vhdx)
         }
+        Disk::Vhd(vhd) => {
+            report = vhd_report(path, &vhd);
+            Arc::<Vhd>::from(vhd)
+        }
         Disk::Raw(raw) => {
             if raw.sector_count() == 0 {
                 return Err(about(
@@ -176,9 +215,53 @@ fn device_report(path: &Path, format: &'static str, device: &dyn BlockDevice) ->
         disk_id: None,
         bat: None,
         log: None,
+        vhd: None,
         parent_chain: Vec::new(),
         partitions: Vec::new(),
     }
+}
+
+fn vhd_report(path: &Path, vhd: &Vhd) -> ImageReport {
+    let info = vhd.info();
+    let mut report = device_report(path, "vhd", vhd);
+    report.block_size = info.block_size;
+    report.disk_id = Some(Guid(info.unique_id).to_string());
+    let sparse = info.disk_type != DiskType::Fixed;
+    report.vhd = Some(VhdReport {
+        disk_type: info.disk_type.name(),
+        cylinders: info.geometry.cylinders,
+        heads: info.geometry.heads,
+        sectors_per_track: info.geometry.sectors_per_track,
+        original_size: info.original_size,
+        creator_app: info.creator_app.clone(),
+        creator_version: format!(
+            "{}.{}",
+            info.creator_version >> 16,
+            info.creator_version & 0xffff
+        ),
+        creator_host_os: info.creator_host_os.clone(),
+        blocks: sparse.then_some(info.blocks),
+        allocated_blocks: sparse.then_some(info.allocated_blocks),
+        parent_name: info.parent_name.clone(),
+        parent_unique_id: info.parent_unique_id.map(|id| Guid(id).to_string()),
+        parent_locators: info
+            .parent_locators
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}: {}",
+                    l.platform,
+                    l.path.as_deref().unwrap_or("(not decoded)")
+                )
+            })
+            .collect(),
+    });
+    report.parent_chain = info
+        .parent_chain
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    report
 }
 
 fn vhdx_report(path: &Path, vhdx: &Vhdx) -> ImageReport {
@@ -349,7 +432,10 @@ fn render(r: &ImageReport) -> String {
             ),
         ));
     }
-    if r.format == "vhdx" {
+    if let Some(v) = &r.vhd {
+        vhd_lines(v, &mut lines);
+    }
+    if r.format == "vhdx" || r.format == "vhd" {
         if r.parent_chain.is_empty() {
             lines.push(("parent chain".into(), "none".into()));
         }
@@ -366,6 +452,42 @@ fn render(r: &ImageReport) -> String {
         .iter()
         .map(|(k, v)| format!("{}\n", format!("{k:<width$}  {v}").trim_end()))
         .collect()
+}
+
+fn vhd_lines(v: &VhdReport, lines: &mut Vec<(String, String)>) {
+    lines.push(("VHD type".into(), v.disk_type.into()));
+    lines.push((
+        "geometry".into(),
+        format!(
+            "{} cylinders, {} heads, {} sectors per track",
+            v.cylinders, v.heads, v.sectors_per_track
+        ),
+    ));
+    lines.push(("original size".into(), size_text(v.original_size)));
+    lines.push((
+        "creator".into(),
+        format!(
+            "\"{}\" {} on \"{}\"",
+            escape_name(&v.creator_app),
+            v.creator_version,
+            escape_name(&v.creator_host_os)
+        ),
+    ));
+    if let (Some(blocks), Some(allocated)) = (v.blocks, v.allocated_blocks) {
+        lines.push((
+            "blocks".into(),
+            format!("{allocated} of {blocks} allocated"),
+        ));
+    }
+    if let Some(name) = &v.parent_name {
+        lines.push(("parent name".into(), format!("\"{}\"", escape_name(name))));
+    }
+    if let Some(id) = &v.parent_unique_id {
+        lines.push(("parent unique id".into(), id.clone()));
+    }
+    for locator in &v.parent_locators {
+        lines.push(("parent locator".into(), escape_name(locator)));
+    }
 }
 
 fn partition_lines(p: &PartitionReport, lines: &mut Vec<(String, String)>) {

@@ -1,5 +1,5 @@
 //! `vmbdev ls`: lists a directory of a host directory or of the file system
-//! in a disk image (VHDX or raw), read through the same `FileTree` the
+//! in a disk image (VHDX, VHD or raw), read through the same `FileTree` the
 //! vmbfs device serves.
 
 use std::io::Write;
@@ -23,7 +23,7 @@ const MAX_ENTRIES: usize = 2_000_000;
 /// Arguments of `vmbdev ls`.
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
-    /// A host directory, or a disk image (VHDX or raw).
+    /// A host directory, or a disk image (VHDX, VHD or raw).
     source: PathBuf,
     /// The directory (or file) to list.
     #[arg(default_value = "/")]

@@ -172,3 +172,46 @@ fn every_file_of_every_file_system_in_gpt_and_mbr_vhdx_images() {
         check_image(&src, &to_vhdx(&mbr), case);
     }
 }
+
+fn to_vhd(raw: &Path, options: &str) -> PathBuf {
+    let name = format!("{}.vhd", options.replace([',', '='], "-"));
+    let vhd = raw.with_file_name(format!(
+        "{}-{name}",
+        raw.file_stem().unwrap().to_str().unwrap()
+    ));
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vpc", "-o", options])
+        .arg(raw)
+        .arg(&vhd));
+    vhd
+}
+
+/// The same trees served from VHDs: fixed and dynamic, with and without
+/// `force_size` (without it the disk grows to a whole CHS geometry, so the
+/// GPT backup header is no longer in the last sector).
+#[test]
+fn every_file_in_gpt_and_mbr_vhd_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source_tree(&src, 22, 4, true);
+    let fat = fat_image(dir.path(), &src, 16, 16);
+    let gpt = dir.path().join("fat16-gpt.raw");
+    gpt_disk(&fat, &gpt, "0700");
+    let mbr = dir.path().join("fat16-mbr.raw");
+    mbr_disk(&fat, &mbr, "e");
+    for options in [
+        "subformat=dynamic,force_size=on",
+        "subformat=fixed,force_size=off",
+    ] {
+        check_image(&src, &to_vhd(&gpt, options), Case::Insensitive);
+        check_image(&src, &to_vhd(&mbr, options), Case::Insensitive);
+    }
+    let ext4 = ext4_image(dir.path(), &src, 16);
+    let ext4_gpt = dir.path().join("ext4-gpt.raw");
+    gpt_disk(&ext4, &ext4_gpt, "8300");
+    check_image(
+        &src,
+        &to_vhd(&ext4_gpt, "subformat=dynamic"),
+        Case::Sensitive,
+    );
+}

@@ -1,10 +1,10 @@
 //! A file in a format `vmbdev` does not read is refused by name, with a
 //! conversion hint, by every command: qcow2, QED, VDI, VMDK (sparse and
-//! descriptor), VHD (dynamic and fixed) made by `qemu-img create`, and an
-//! ISO 9660 image made by genisoimage. Each test first checks the
-//! signature the detection relies on in the file the tool made.
-//! `--format raw` reads any file as a raw disk; `--format vhdx` insists on
-//! VHDX.
+//! descriptor) made by `qemu-img create`, and an ISO 9660 image made by
+//! genisoimage. VHD (dynamic and fixed), found by its footer cookie, is
+//! read. Each test first checks the signature the detection relies on in
+//! the file the tool made. `--format raw` reads any file as a raw disk;
+//! `--format vhdx` and `--format vhd` insist on their format.
 
 mod common;
 
@@ -54,7 +54,7 @@ fn qemu_create(dir: &Path, format: &str, options: &[&str], name: &str) {
 fn qemu_formats_are_refused_with_a_conversion_hint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cases: [(&str, &[&str], &str, &str); 7] = [
+    let cases: [(&str, &[&str], &str, &str); 5] = [
         ("qcow2", &[], "x.qcow2", "a qcow2 image"),
         ("qed", &[], "x.qed", "a QED image"),
         ("vdi", &[], "x.vdi", "a VDI (VirtualBox) image"),
@@ -64,13 +64,6 @@ fn qemu_formats_are_refused_with_a_conversion_hint() {
             &["-o", "subformat=monolithicFlat"],
             "desc.vmdk",
             "a VMDK (VMware) image",
-        ),
-        ("vpc", &[], "x.vhd", "a VHD image"),
-        (
-            "vpc",
-            &["-o", "subformat=fixed"],
-            "fixed.vhd",
-            "a VHD image",
         ),
     ];
     for (format, options, name, what) in cases {
@@ -82,14 +75,6 @@ fn qemu_formats_are_refused_with_a_conversion_hint() {
             ("vdi", _) => assert_eq!(bytes_at(&path, 0x40, 4), 0xbeda_107f_u32.to_le_bytes()),
             ("vmdk", true) => assert_eq!(bytes_at(&path, 0, 4), b"KDMV"),
             ("vmdk", false) => assert_eq!(bytes_at(&path, 0, 21), b"# Disk DescriptorFile"),
-            ("vpc", true) => {
-                assert_eq!(bytes_at(&path, 0, 8), b"conectix");
-                assert_eq!(bytes_from_end(&path, 512, 8), b"conectix");
-            }
-            ("vpc", false) => {
-                assert_ne!(bytes_at(&path, 0, 8), b"conectix");
-                assert_eq!(bytes_from_end(&path, 512, 8), b"conectix");
-            }
             _ => unreachable!(),
         }
         let vhdx = Path::new(name).with_extension("vhdx");
@@ -123,7 +108,7 @@ fn an_iso_image_is_refused_by_name() {
     assert_refused_everywhere(
         d,
         "x.iso",
-        "x.iso: an ISO 9660 image, not a disk image; vmbdev reads VHDX and raw disks (--format raw reads it as raw bytes)",
+        "x.iso: an ISO 9660 image, not a disk image; vmbdev reads VHDX, VHD and raw disks (--format raw reads it as raw bytes)",
     );
 }
 
@@ -161,4 +146,64 @@ fn format_option_forces_raw_or_vhdx() {
     ext4_vhdx(d, &[("a.txt", b"a")]);
     let out = vmbdev_in(d, &["cat", "--format", "vhdx", "IMG.vhdx", "/a.txt"]);
     assert_eq!(out.stdout, b"a", "{}", stderr(&out));
+}
+
+#[test]
+fn vhd_is_read_and_described() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    qemu_create(d, "vpc", &[], "x.vhd");
+    qemu_create(
+        d,
+        "vpc",
+        &["-o", "subformat=fixed,force_size=on"],
+        "fixed.vhd",
+    );
+    assert_eq!(bytes_at(&d.join("x.vhd"), 0, 8), b"conectix");
+    assert_eq!(bytes_from_end(&d.join("x.vhd"), 512, 8), b"conectix");
+    assert_ne!(bytes_at(&d.join("fixed.vhd"), 0, 8), b"conectix");
+    assert_eq!(bytes_from_end(&d.join("fixed.vhd"), 512, 8), b"conectix");
+    let out = vmbdev_in(d, &["info", "--json", "x.vhd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "vhd");
+    assert_eq!(v["vhd"]["disk_type"], "dynamic");
+    assert_eq!(v["vhd"]["creator_app"], "qemu");
+    assert_eq!(v["block_size"], 2 << 20);
+    // Without force_size qemu rounds 4 MiB (8192 sectors) up to 121 x 4 x 17.
+    assert_eq!(v["virtual_size"], 121 * 4 * 17 * 512);
+    assert_eq!(
+        (
+            &v["vhd"]["cylinders"],
+            &v["vhd"]["heads"],
+            &v["vhd"]["sectors_per_track"]
+        ),
+        (
+            &serde_json::json!(121),
+            &serde_json::json!(4),
+            &serde_json::json!(17)
+        )
+    );
+    assert_eq!(v["vhd"]["allocated_blocks"], 0);
+    let out = vmbdev_in(d, &["info", "fixed.vhd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "format                VHD\n",
+        "virtual size          4194304 bytes (4.0 MiB)\n",
+        "VHD type              fixed\n",
+        "creator               \"qem2\" 5.3 on \"Wi2k\"\n",
+        "parent chain          none\n",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+    // --format vhd insists on a VHD.
+    std::fs::write(d.join("x.raw"), vec![0u8; 4096]).unwrap();
+    let out = vmbdev_in(d, &["info", "--format", "vhd", "x.raw"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("vmbdev: x.raw: VHD: footer at offset 0xe00: cookie"),
+        "{}",
+        stderr(&out)
+    );
 }

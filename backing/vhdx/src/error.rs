@@ -420,6 +420,10 @@ pub enum VhdxError {
         /// OS error.
         source: std::io::Error,
     },
+    /// [`open_image`](crate::open_image) found a VHD and the VHD reader
+    /// refused it.
+    #[error("VHD: {0}")]
+    Vhd(#[from] vmbdev_vhd::VhdError),
 }
 
 impl From<VhdxError> for BlockError {

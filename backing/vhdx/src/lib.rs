@@ -35,11 +35,17 @@ pub use parent::ParentLocator;
 pub use reader::{MAX_CHAIN_DEPTH, Vhdx, VhdxInfo};
 pub use writer::{WriteError, WriteOptions, write_differencing, write_vhdx};
 
-use vmbdev_block::{BlockDevice, RawFile};
+use vmbdev_block::{BlockDevice, RawFile, ReadAt};
 
-/// Opens any disk image read-only: VHDX when the file starts with
-/// `"vhdxfile"` (a malformed VHDX is an error, never treated as raw), else a
-/// raw image with 512-byte sectors.
+/// Opens any disk image read-only, choosing the reader by signature: VHDX
+/// when the file starts with `"vhdxfile"`, VHD when it holds the
+/// `"conectix"` footer cookie at its end or at offset 0 (a malformed VHDX or
+/// VHD is an error, never treated as raw), else a raw image with 512-byte
+/// sectors.
+///
+/// This dispatch lives here because VHDX was the first format; it only
+/// chooses a reader and could move to a crate of its own above the format
+/// readers.
 pub fn open_image(path: impl AsRef<Path>) -> Result<Box<dyn BlockDevice>, VhdxError> {
     let path = path.as_ref();
     let open_err = |source| VhdxError::Open {
@@ -48,13 +54,14 @@ pub fn open_image(path: impl AsRef<Path>) -> Result<Box<dyn BlockDevice>, VhdxEr
     };
     let file = std::fs::File::open(path).map_err(open_err)?;
     let mut ident = [0u8; 8];
-    let is_vhdx = {
-        use std::os::unix::fs::FileExt;
-        matches!(file.read_at(&mut ident, 0), Ok(8)) && &ident == format::FILE_SIGNATURE
-    };
+    let is_vhdx =
+        matches!(ReadAt::read_at(&file, 0, &mut ident), Ok(8)) && &ident == format::FILE_SIGNATURE;
+    let is_vhd = !is_vhdx && vmbdev_vhd::has_vhd_cookie(&file);
     drop(file);
     if is_vhdx {
         Ok(Box::new(Vhdx::open(path)?))
+    } else if is_vhd {
+        Ok(Box::new(vmbdev_vhd::Vhd::open(path)?))
     } else {
         Ok(Box::new(RawFile::open(path)?))
     }
