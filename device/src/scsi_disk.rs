@@ -1,15 +1,28 @@
 //! A read-only SCSI direct-access disk over any [`BlockDevice`].
 //!
-//! [`ScsiDisk::execute`] runs one CDB: it validates the CDB, reads sectors
-//! through one bounded bounce buffer into a caller-supplied [`DataSink`]
-//! (guest pages, or a `Vec` in tests), and returns the SCSI status, sense
-//! data and the number of bytes transferred. Writes are refused with DATA
-//! PROTECT. The disk keeps no per-command state, so many requests can run at
-//! once from several threads.
+//! [`ScsiDisk::execute`] runs one CDB: it validates the CDB, moves the
+//! sectors of a READ into a caller-supplied [`DataSink`] (guest pages
+//! through [`GuestBuffer`], or a `Vec` in tests), and returns the SCSI
+//! status, sense data and the number of bytes transferred. Writes are
+//! refused with DATA PROTECT. The disk keeps no per-command state, so many
+//! requests can run at once from several threads.
+//!
+//! A READ asks the device where its sectors live ([`BlockDevice::locate`])
+//! and moves each run in one step: file bytes straight into the sink
+//! (`preadv2` into guest pages), holes as one fill, bytes in memory as one
+//! copy; only runs the device cannot place go through a reused bounce
+//! buffer. [`ScsiDisk::execute_nowait`] does the same without waiting for
+//! the disk and says [`Attempt::WouldBlock`] when it would have to, so a
+//! caller can run cached reads inline and send the rest to an I/O thread.
 
+mod guest_buffer;
+mod read;
+
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use vmbdev_block::{BlockDevice, BlockError};
+pub use guest_buffer::GuestBuffer;
+use vmbdev_block::BlockDevice;
 use vmbdev_protocol::scsi::{
     self, BlockDeviceCharacteristicsPage, BlockLimitsPage, CachingModePage, Cdb6, Cdb10, Cdb12,
     Cdb16, DesignatorHeader, FixedSense, InquiryCdb, LogicalBlockProvisioningPage,
@@ -17,6 +30,7 @@ use vmbdev_protocol::scsi::{
     ReadCapacity10Data, ReadCapacity16Cdb, ReadCapacity16Data, ReportLunsCdb, ReportLunsHeader,
     ScsiStatus, SenseKey, StandardInquiry, VpdHeader, asc,
 };
+use vmbdev_ring::memory::{FileReadError, FileReadMode};
 use zerocopy::big_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -35,10 +49,55 @@ pub struct SinkError {
     pub reason: String,
 }
 
+/// What a sink did with [`DataSink::read_file_at`].
+#[derive(Debug)]
+pub enum FileTransfer {
+    /// All the bytes are in the buffer.
+    Done,
+    /// In [`FileReadMode::NoWait`], the file bytes are not all cached; the
+    /// buffer may hold some of them. Read again, blocking.
+    WouldBlock,
+    /// The sink cannot read files itself: the disk reads the bytes and
+    /// hands them to [`DataSink::write_at`].
+    Unsupported,
+    /// The file read failed (I/O error, or the file ended early); the
+    /// buffer may hold some of the bytes.
+    Failed(FileReadError),
+}
+
 /// Where data-in bytes go: a buffer addressed by byte offset.
 pub trait DataSink {
     /// Stores `data` at `offset` bytes into the buffer.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SinkError>;
+
+    /// Sets `len` bytes at `offset` to zero. The default writes from a
+    /// static page of zeros.
+    fn zero_at(&mut self, offset: u64, len: u64) -> Result<(), SinkError> {
+        static ZEROS: [u8; 4096] = [0; 4096];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZEROS.len() as u64) as usize;
+            self.write_at(offset + done, &ZEROS[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes of `fd` at `file_offset` into the buffer at
+    /// `offset`, with no copy in between if the sink can. An `Err` means
+    /// the buffer refused the bytes (as for [`write_at`](Self::write_at)).
+    /// The default is [`FileTransfer::Unsupported`].
+    fn read_file_at(
+        &mut self,
+        offset: u64,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        len: u64,
+        mode: FileReadMode,
+    ) -> Result<FileTransfer, SinkError> {
+        let _ = (offset, fd, file_offset, len, mode);
+        Ok(FileTransfer::Unsupported)
+    }
 }
 
 impl DataSink for Vec<u8> {
@@ -59,6 +118,47 @@ impl DataSink for Vec<u8> {
         self[start..end].copy_from_slice(data);
         Ok(())
     }
+
+    /// Reads with `preadv2` straight into the vector (grown to fit).
+    fn read_file_at(
+        &mut self,
+        offset: u64,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        len: u64,
+        mode: FileReadMode,
+    ) -> Result<FileTransfer, SinkError> {
+        let refuse = |reason: &str| SinkError {
+            offset,
+            len: len as usize,
+            reason: reason.into(),
+        };
+        let start = usize::try_from(offset).map_err(|_| refuse("offset does not fit in memory"))?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| start.checked_add(len))
+            .ok_or_else(|| refuse("end of read overflows"))?;
+        if self.len() < end {
+            self.resize(end, 0);
+        }
+        Ok(read::pread_into(
+            fd,
+            file_offset,
+            &mut self[start..end],
+            mode,
+        ))
+    }
+}
+
+/// Whether a command finished or needs a blocking retry, from
+/// [`ScsiDisk::execute_nowait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The command ran to completion (any status).
+    Done(CommandResult),
+    /// A READ would have waited for the disk. The sink may hold some of
+    /// its bytes; run the command again with [`ScsiDisk::execute`].
+    WouldBlock,
 }
 
 /// How a command ended.
@@ -197,9 +297,66 @@ impl ScsiDisk {
     }
 
     /// Executes `cdb`, delivering at most `buffer_len` data-in bytes to
-    /// `sink`. Blocking: reads the backing device. An `Err` means the sink
-    /// refused the data (the requester's buffer is bad).
+    /// `sink`. Blocking: reads the backing device (each file run tries the
+    /// page cache first, then waits). An `Err` means the sink refused the
+    /// data (the requester's buffer is bad).
     pub fn execute(
+        &self,
+        cdb: &[u8],
+        buffer_len: usize,
+        sink: &mut dyn DataSink,
+    ) -> Result<CommandResult, SinkError> {
+        match self.run(cdb, buffer_len, sink, read::Wait::Allowed)? {
+            Attempt::Done(result) => Ok(result),
+            // A run that may wait never stops short; answer as for a
+            // failed read rather than panic if that ever changed.
+            Attempt::WouldBlock => Ok(CommandResult::check(
+                SenseKey::MEDIUM_ERROR,
+                asc::UNRECOVERED_READ_ERROR,
+            )),
+        }
+    }
+
+    /// Executes `cdb` like [`execute`](Self::execute) if that needs no
+    /// wait for the disk: every command but READ always completes; a READ
+    /// completes when its file bytes are in the page cache (and its other
+    /// runs are zeros or in memory), else it stops with
+    /// [`Attempt::WouldBlock`] and is run again with `execute`.
+    pub fn execute_nowait(
+        &self,
+        cdb: &[u8],
+        buffer_len: usize,
+        sink: &mut dyn DataSink,
+    ) -> Result<Attempt, SinkError> {
+        self.run(cdb, buffer_len, sink, read::Wait::Never)
+    }
+
+    fn run(
+        &self,
+        cdb: &[u8],
+        buffer_len: usize,
+        sink: &mut dyn DataSink,
+        wait: read::Wait,
+    ) -> Result<Attempt, SinkError> {
+        let Some(&first) = cdb.first() else {
+            return Ok(Attempt::Done(illegal(asc::INVALID_COMMAND_OPERATION_CODE)));
+        };
+        if matches!(
+            Opcode(first),
+            Opcode::READ6 | Opcode::READ10 | Opcode::READ12 | Opcode::READ16
+        ) {
+            // `None` also for a CDB shorter than its opcode's length.
+            let Some((lba, blocks)) = lba_and_length(cdb) else {
+                return Ok(Attempt::Done(illegal(asc::INVALID_FIELD_IN_CDB)));
+            };
+            let mut out = Responder { sink, buffer_len };
+            return self.read(lba, blocks, &mut out, wait);
+        }
+        self.execute_other(cdb, buffer_len, sink).map(Attempt::Done)
+    }
+
+    /// Every command but READ: none of them waits for the disk.
+    fn execute_other(
         &self,
         cdb: &[u8],
         buffer_len: usize,
@@ -234,12 +391,6 @@ impl ScsiDisk {
                     return Ok(illegal(asc::INVALID_FIELD_IN_CDB));
                 };
                 out.respond(&report_luns_data(&[0]), u64::from(alloc))
-            }
-            Opcode::READ6 | Opcode::READ10 | Opcode::READ12 | Opcode::READ16 => {
-                let Some((lba, blocks)) = lba_and_length(cdb) else {
-                    return Ok(illegal(asc::INVALID_FIELD_IN_CDB));
-                };
-                self.read(lba, blocks, &mut out)
             }
             Opcode::VERIFY10 | Opcode::VERIFY12 | Opcode::VERIFY16 => {
                 if cdb[1] & scsi::VERIFY_BYTCHK_MASK != 0 {
@@ -470,74 +621,6 @@ impl ScsiDisk {
             _ => Some(illegal(asc::LBA_OUT_OF_RANGE)),
         }
     }
-
-    fn read(
-        &self,
-        lba: u64,
-        blocks: u64,
-        out: &mut Responder<'_>,
-    ) -> Result<CommandResult, SinkError> {
-        if let Some(error) = self.check_range(lba, blocks) {
-            return Ok(error);
-        }
-        let sector = u64::from(self.device.logical_sector_size().max(1));
-        let needed = blocks.saturating_mul(sector);
-        if needed > out.buffer_len as u64 {
-            return Ok(CommandResult {
-                status: CommandStatus::BufferTooSmall { needed },
-                transferred: 0,
-            });
-        }
-        // `needed` fits the buffer length, so it fits usize.
-        let total = needed as usize;
-        let chunk_sectors = (BOUNCE_BUFFER_SIZE as u64 / sector).max(1);
-        let bounce_len = total.min((chunk_sectors * sector) as usize);
-        with_bounce(bounce_len, |bounce| {
-            let mut done = 0usize;
-            let mut next = lba;
-            while done < total {
-                let len = bounce.len().min(total - done);
-                let buf = &mut bounce[..len];
-                if let Err(error) = self.device.read_sectors(next, buf) {
-                    return Ok(read_failure(&error, done));
-                }
-                out.sink.write_at(done as u64, buf)?;
-                done += len;
-                next += len as u64 / sector;
-            }
-            Ok(CommandResult::good(done))
-        })
-    }
-}
-
-thread_local! {
-    /// Each I/O thread's bounce buffer, kept between reads: allocating
-    /// (and faulting in) up to 256 KiB per command costs about as much as
-    /// the copy itself.
-    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on a bounce buffer of `len` (at most [`BOUNCE_BUFFER_SIZE`]
-/// rounded to a sector) bytes. Stale bytes from an earlier read may be in
-/// it; `f` overwrites what it uses before reading it.
-fn with_bounce<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    BOUNCE.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffer) => {
-            if buffer.len() < len {
-                buffer.resize(len, 0);
-            }
-            f(&mut buffer[..len])
-        }
-        // Not expected (reads do not nest), but never panic over it.
-        Err(_) => f(&mut vec![0u8; len]),
-    })
-}
-
-fn read_failure(error: &BlockError, transferred: usize) -> CommandResult {
-    tracing::warn!(%error, "backing read failed");
-    let mut result = CommandResult::check(SenseKey::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR);
-    result.transferred = transferred;
-    result
 }
 
 /// Delivers a response of known bytes, cut to the allocation length and the

@@ -44,7 +44,7 @@
 #![allow(unsafe_code)]
 
 use std::any::Any;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -162,6 +162,69 @@ pub enum MemoryError {
     #[error("cannot map guest memory: {0}")]
     Map(String),
 }
+
+/// Whether [`GuestMemory::read_from_file`] may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileReadMode {
+    /// An ordinary read: waits for the disk if the bytes are not cached.
+    Blocking,
+    /// `RWF_NOWAIT`: takes only what the page cache holds and reports
+    /// [`FileReadError::WouldBlock`] for the rest, so a caller learns that a
+    /// read would wait without waiting.
+    NoWait,
+}
+
+/// An error reading a file into guest memory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileReadError {
+    /// A guest range is outside guest memory or touches a hole; nothing
+    /// was read (every range is checked before the first system call).
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The ranges add up to more than a file offset can address.
+    #[error("file read of {len} bytes at file offset {offset:#x} overflows the file offset range")]
+    TooLong {
+        /// File offset of the read.
+        offset: u64,
+        /// Sum of the range lengths (saturated).
+        len: u64,
+    },
+    /// In [`FileReadMode::NoWait`], the rest is not in the page cache (or
+    /// the file system cannot tell without waiting). The first `done` bytes
+    /// were placed; the caller reads again, blocking, to get the rest.
+    #[error("file read at offset {offset:#x} would block after {done} bytes")]
+    WouldBlock {
+        /// File offset of the read.
+        offset: u64,
+        /// Bytes already placed in guest memory, in range order.
+        done: usize,
+    },
+    /// The file ended first. The first `got` bytes were placed; guest bytes
+    /// after them are left as they were (never zero-filled: a file shorter
+    /// than its owner says is an error, not a hole).
+    #[error("file ended during a read of {wanted} bytes at offset {offset:#x}: got {got}")]
+    EndOfFile {
+        /// File offset of the read.
+        offset: u64,
+        /// Bytes asked for.
+        wanted: u64,
+        /// Bytes placed before the end of file.
+        got: usize,
+    },
+    /// The operating system refused the read.
+    #[error("cannot read file at offset {offset:#x} into guest memory: {errno}")]
+    Io {
+        /// File offset the failing call started at.
+        offset: u64,
+        /// The error number.
+        errno: rustix::io::Errno,
+    },
+}
+
+/// Iovecs handed to one `preadv2` call: on the stack, so a read needs no
+/// heap allocation, and far below `IOV_MAX` (1024 on Linux); a read with
+/// more pieces takes several calls.
+const IOVECS_PER_CALL: usize = 16;
 
 /// One run of guest physical addresses and where its bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -602,6 +665,65 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Reads file bytes from `fd` at `file_offset` straight into guest
+    /// memory, filling `ranges` (`(gpa, len)` pairs) in order: the kernel
+    /// copies from the page cache into the guest's pages, with no host
+    /// buffer in between. Returns the bytes read (the ranges' total).
+    ///
+    /// Every range is checked against the regions first, so a range
+    /// outside guest memory or across a hole is refused with no byte
+    /// written. Short reads continue where they stopped, `EINTR` is
+    /// retried, and end of file before the total is
+    /// [`FileReadError::EndOfFile`]. In [`FileReadMode::NoWait`] the read
+    /// uses `RWF_NOWAIT`; `EAGAIN` (not cached) and `EOPNOTSUPP` (a file
+    /// system that cannot tell) both end it with
+    /// [`FileReadError::WouldBlock`].
+    pub fn read_from_file<I>(
+        &self,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        ranges: I,
+        mode: FileReadMode,
+    ) -> Result<usize, FileReadError>
+    where
+        I: IntoIterator<Item = (u64, u64)>,
+        I::IntoIter: Clone,
+    {
+        let ranges = ranges.into_iter();
+        let mut total = 0u64;
+        for (gpa, len) in ranges.clone() {
+            self.span(gpa, len)?;
+            total = total.saturating_add(len);
+        }
+        let too_long = FileReadError::TooLong {
+            offset: file_offset,
+            len: total,
+        };
+        match file_offset.checked_add(total) {
+            Some(end) if end <= i64::MAX as u64 && total <= isize::MAX as u64 => {}
+            _ => return Err(too_long),
+        }
+        let mut batch = IovecBatch::new(fd, file_offset, total, mode);
+        for (gpa, len) in ranges {
+            let first = self.span(gpa, len)?;
+            let (mut at, mut left) = (gpa, len);
+            for r in &self.inner.regions[first..] {
+                if left == 0 {
+                    break;
+                }
+                let n = (r.end - at).min(left);
+                // In bounds of the region's mapping: `r.gpa <= at < r.end`
+                // and `at + n <= r.end` (checked by `span`).
+                let host = r.host.as_ptr().wrapping_add((at - r.gpa) as usize);
+                batch.push(host, n as usize)?;
+                at += n;
+                left -= n;
+            }
+        }
+        batch.flush()?;
+        Ok(batch.done)
+    }
+
     /// Host address of the `align`-aligned `align`-byte field at `gpa`.
     fn field(&self, gpa: u64, align: u64) -> Result<*mut u8, MemoryError> {
         if gpa % align != 0 {
@@ -677,6 +799,142 @@ fn regions_at(layout: &[MemoryRegion], hosts: Vec<NonNull<u8>>) -> Box<[Region]>
             host,
         })
         .collect()
+}
+
+/// Guest-memory pieces gathered for `preadv2`, read a batch at a time.
+///
+/// Only raw addresses are kept: no Rust reference to guest memory is
+/// formed, because the guest writes it concurrently.
+struct IovecBatch<'fd> {
+    fd: BorrowedFd<'fd>,
+    /// File offset of the first byte not yet read.
+    offset: u64,
+    /// File offset the whole read started at, for errors.
+    start: u64,
+    /// Bytes the whole read wants.
+    wanted: u64,
+    mode: FileReadMode,
+    iovecs: [libc::iovec; IOVECS_PER_CALL],
+    count: usize,
+    /// Bytes placed so far.
+    done: usize,
+}
+
+impl<'fd> IovecBatch<'fd> {
+    fn new(fd: BorrowedFd<'fd>, offset: u64, wanted: u64, mode: FileReadMode) -> Self {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Self {
+            fd,
+            offset,
+            start: offset,
+            wanted,
+            mode,
+            iovecs: [empty; IOVECS_PER_CALL],
+            count: 0,
+            done: 0,
+        }
+    }
+
+    /// Adds `len` bytes of guest memory at `host` (a piece of a region
+    /// checked by `span`), reading the batch first when it is full.
+    fn push(&mut self, host: *mut u8, len: usize) -> Result<(), FileReadError> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.count == IOVECS_PER_CALL {
+            self.flush()?;
+        }
+        self.iovecs[self.count] = libc::iovec {
+            iov_base: host.cast(),
+            iov_len: len,
+        };
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Reads until every gathered piece is full.
+    fn flush(&mut self) -> Result<(), FileReadError> {
+        let flags = match self.mode {
+            FileReadMode::Blocking => 0,
+            FileReadMode::NoWait => libc::RWF_NOWAIT,
+        };
+        let mut first = 0;
+        while first < self.count {
+            let pending = &self.iovecs[first..self.count];
+            // SAFETY: each iovec is a piece of one guest-memory region,
+            // checked by `span` and mapped readable and writable for as
+            // long as the `GuestMemory` borrowed by the caller lives, which
+            // outlasts this call; the fd is borrowed for the call too. The
+            // kernel writes the pages like a device doing DMA: from outside
+            // the Rust abstract machine, through the raw addresses only, with
+            // no Rust reference to the bytes in existence. A guest writing
+            // the same bytes concurrently races only with the kernel's copy,
+            // so the result is some mix of both writers' bytes, exactly as
+            // for real DMA, and the host never reads them back as trusted
+            // values. The memfd is sealed against shrinking (or the VMM
+            // promised the mapping stays), so a fault is at worst `EFAULT`.
+            // The offset fits `off_t` (checked by the caller) and the count
+            // is at most `IOVECS_PER_CALL`.
+            let n = unsafe {
+                libc::preadv2(
+                    self.fd.as_raw_fd(),
+                    pending.as_ptr(),
+                    pending.len() as libc::c_int,
+                    self.offset as libc::off_t,
+                    flags,
+                )
+            };
+            if n < 0 {
+                let errno = rustix::io::Errno::from_raw_os_error(
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+                );
+                match errno {
+                    rustix::io::Errno::INTR => continue,
+                    rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP
+                        if self.mode == FileReadMode::NoWait =>
+                    {
+                        return Err(FileReadError::WouldBlock {
+                            offset: self.start,
+                            done: self.done,
+                        });
+                    }
+                    errno => {
+                        return Err(FileReadError::Io {
+                            offset: self.offset,
+                            errno,
+                        });
+                    }
+                }
+            }
+            if n == 0 {
+                return Err(FileReadError::EndOfFile {
+                    offset: self.start,
+                    wanted: self.wanted,
+                    got: self.done,
+                });
+            }
+            let mut n = n as usize;
+            self.offset += n as u64;
+            self.done += n;
+            // Skip the pieces this call filled; shorten a partly filled one.
+            while n > 0 && first < self.count {
+                let iov = &mut self.iovecs[first];
+                if n >= iov.iov_len {
+                    n -= iov.iov_len;
+                    first += 1;
+                } else {
+                    iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(n).cast();
+                    iov.iov_len -= n;
+                    n = 0;
+                }
+            }
+        }
+        self.count = 0;
+        Ok(())
+    }
 }
 
 /// Bytes before the first 8-aligned address at or after `ptr`, at most
@@ -1184,5 +1442,274 @@ mod vmm_owned {
         .unwrap_err();
         assert!(matches!(err, MemoryError::UnalignedMapping { .. }));
         assert!(dropped.load(Ordering::SeqCst));
+    }
+}
+
+#[cfg(test)]
+/// Reads from files straight into guest memory.
+mod file_reads {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+    use std::sync::atomic::AtomicBool;
+
+    const P: u64 = 4096;
+
+    /// Guest memory of regions `[0, P)`, `[P, 2P)` (adjacent in guest
+    /// addresses, apart in the fd) and `[3P, 5P)`: `[2P, 3P)` is a hole. Every byte starts as 0xEE so untouched bytes are visible.
+    fn holed_memory() -> GuestMemory {
+        let fd = rustix::fs::memfd_create(
+            "vmbdev-test",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&fd, 4 * P).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+        let mem = GuestMemory::from_memfd(
+            fd,
+            &[
+                MemoryRegion::new(0, P, 0),
+                MemoryRegion::new(P, P, 3 * P),
+                MemoryRegion::new(3 * P, 2 * P, P),
+            ],
+        )
+        .unwrap();
+        mem.fill(0, 2 * P, 0xEE).unwrap();
+        mem.fill(3 * P, 2 * P, 0xEE).unwrap();
+        mem
+    }
+
+    /// The byte at file offset `i` of every test file.
+    fn file_byte(i: u64) -> u8 {
+        (i.wrapping_mul(7) ^ (i >> 8)) as u8
+    }
+
+    fn file_of(len: u64) -> std::fs::File {
+        let mut file = tempfile::tempfile().unwrap();
+        let bytes: Vec<u8> = (0..len).map(file_byte).collect();
+        file.write_all(&bytes).unwrap();
+        file
+    }
+
+    fn guest(mem: &GuestMemory, gpa: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        mem.read(gpa, &mut buf).unwrap();
+        buf
+    }
+
+    fn expected(offset: u64, len: u64) -> Vec<u8> {
+        (offset..offset + len).map(file_byte).collect()
+    }
+
+    #[test]
+    fn bytes_land_in_order_across_regions_and_many_pieces() {
+        let mem = holed_memory();
+        let file = file_of(64 * 1024);
+        // 40 ranges (more than one call's iovecs), out of address order.
+        let mut ranges: Vec<(u64, u64)> = (0..40).map(|i| (4 * P + 3 + i * 100, 97)).collect();
+        ranges.push((10, 2 * P - 10));
+        ranges.push((3 * P, 5));
+        let n = mem
+            .read_from_file(
+                file.as_fd(),
+                1000,
+                ranges.iter().copied(),
+                FileReadMode::Blocking,
+            )
+            .unwrap();
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        assert_eq!(n as u64, total);
+        let mut offset = 1000;
+        for &(gpa, len) in &ranges {
+            assert_eq!(
+                guest(&mem, gpa, len as usize),
+                expected(offset, len),
+                "range at {gpa:#x}"
+            );
+            offset += len;
+        }
+        // Bytes no range named are as they were.
+        assert_eq!(guest(&mem, 0, 10), vec![0xEE; 10]);
+        assert_eq!(guest(&mem, 4 * P, 3), vec![0xEE; 3]);
+        assert_eq!(guest(&mem, 4 * P + 100, 3), vec![0xEE; 3]);
+    }
+
+    #[test]
+    fn a_range_across_the_hole_or_outside_memory_is_refused_with_nothing_written() {
+        let mem = holed_memory();
+        let file = file_of(4 * P);
+        let err = mem
+            .read_from_file(
+                file.as_fd(),
+                0,
+                [(0, 100), (2 * P - 8, 16)],
+                FileReadMode::Blocking,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            FileReadError::Memory(MemoryError::Hole {
+                gpa: 2 * P - 8,
+                len: 16,
+                unbacked: 2 * P
+            })
+        );
+        let err = mem
+            .read_from_file(
+                file.as_fd(),
+                0,
+                [(0, 100), (5 * P - 1, 2)],
+                FileReadMode::NoWait,
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FileReadError::Memory(MemoryError::OutOfRange { .. })
+        ));
+        assert_eq!(guest(&mem, 0, 100), vec![0xEE; 100]);
+        let err = mem
+            .read_from_file(
+                file.as_fd(),
+                u64::MAX - 10,
+                [(0, 100)],
+                FileReadMode::Blocking,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            FileReadError::TooLong {
+                offset: u64::MAX - 10,
+                len: 100
+            }
+        );
+        assert_eq!(guest(&mem, 0, 100), vec![0xEE; 100]);
+    }
+
+    #[test]
+    fn a_short_file_is_an_error_after_the_bytes_it_has() {
+        let mem = holed_memory();
+        let file = file_of(3000);
+        let err = mem
+            .read_from_file(
+                file.as_fd(),
+                2000,
+                [(0, 600), (P, 600)],
+                FileReadMode::Blocking,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            FileReadError::EndOfFile {
+                offset: 2000,
+                wanted: 1200,
+                got: 1000
+            }
+        );
+        assert_eq!(guest(&mem, 0, 600), expected(2000, 600));
+        assert_eq!(guest(&mem, P, 400), expected(2600, 400));
+        assert_eq!(guest(&mem, P + 400, 200), vec![0xEE; 200]);
+    }
+
+    #[test]
+    fn no_wait_reads_a_cached_file() {
+        let mem = holed_memory();
+        let file = file_of(2 * P);
+        // Just written, so in the page cache.
+        let n = mem
+            .read_from_file(file.as_fd(), 0, [(3 * P, 2 * P)], FileReadMode::NoWait)
+            .unwrap();
+        assert_eq!(n as u64, 2 * P);
+        assert_eq!(guest(&mem, 3 * P, 2 * P as usize), expected(0, 2 * P));
+    }
+
+    #[test]
+    fn a_pipe_is_an_os_error_and_an_empty_read_reads_nothing() {
+        let mem = holed_memory();
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        let err = mem
+            .read_from_file(read.as_fd(), 0, [(0, 8)], FileReadMode::Blocking)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            FileReadError::Io {
+                offset: 0,
+                errno: rustix::io::Errno::SPIPE
+            }
+        );
+        let file = file_of(0);
+        let none: [(u64, u64); 0] = [];
+        assert_eq!(
+            mem.read_from_file(file.as_fd(), 0, none, FileReadMode::Blocking),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn concurrent_guest_writes_elsewhere_do_not_disturb_the_read() {
+        let mem = holed_memory();
+        let file = file_of(3 * P);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (mem, stop) = (mem.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut round = 0u8;
+                while !stop.load(Ordering::Relaxed) {
+                    mem.fill(0, P, round).unwrap();
+                    round = round.wrapping_add(1);
+                }
+                mem.fill(0, P, 0x5A).unwrap();
+            })
+        };
+        for _ in 0..200 {
+            mem.read_from_file(
+                file.as_fd(),
+                0,
+                [(P, P), (3 * P, 2 * P)],
+                FileReadMode::Blocking,
+            )
+            .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(guest(&mem, P, P as usize), expected(0, P));
+        assert_eq!(guest(&mem, 3 * P, 2 * P as usize), expected(P, 2 * P));
+        assert_eq!(guest(&mem, 0, P as usize), vec![0x5A; P as usize]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any list of ranges either is refused with memory untouched or
+        /// fills each range with the next file bytes, as a model says.
+        #[test]
+        fn reads_match_a_model(
+            ranges in proptest::collection::vec((0u64..5 * P, 0u64..3000), 0..24),
+            offset in 0u64..4000,
+            mode in prop_oneof![Just(FileReadMode::Blocking), Just(FileReadMode::NoWait)],
+        ) {
+            let mem = holed_memory();
+            let file = file_of(16 * P);
+            let backed = |gpa: u64| gpa < 2 * P || (3 * P..5 * P).contains(&gpa);
+            let valid = ranges.iter().all(|&(gpa, len)| {
+                len == 0 || (gpa + len <= 5 * P && (gpa..gpa + len).all(backed))
+            });
+            let mut model = vec![0xEEu8; 5 * P as usize];
+            let result = mem.read_from_file(file.as_fd(), offset, ranges.iter().copied(), mode);
+            if valid {
+                let mut at = offset;
+                for &(gpa, len) in &ranges {
+                    model[gpa as usize..(gpa + len) as usize].copy_from_slice(&expected(at, len));
+                    at += len;
+                }
+                prop_assert_eq!(result, Ok((at - offset) as usize));
+            } else {
+                prop_assert!(matches!(result, Err(FileReadError::Memory(_))), "{:?}", result);
+            }
+            for (gpa, len) in [(0, 2 * P), (3 * P, 2 * P)] {
+                prop_assert_eq!(
+                    guest(&mem, gpa, len as usize),
+                    &model[gpa as usize..(gpa + len) as usize]
+                );
+            }
+        }
     }
 }

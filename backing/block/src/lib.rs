@@ -6,6 +6,10 @@
 //! - [`BlockDevice`]: positional, read-only sector reads (`&self`, no shared
 //!   cursor, so many channels read at once), with [`check_request`] as the
 //!   one bounds check every implementation applies first;
+//! - [`Extent`] and [`BlockDevice::locate`]: where a run of sectors lives
+//!   (bytes of a file, bytes in memory, zeros, or only readable by copy),
+//!   so a reader can move file bytes straight to their destination and
+//!   skip holes;
 //! - [`RawFile`]: a raw image file, and [`MemoryDisk`]: a disk held in memory
 //!   (for tests, fuzzing and tools that build disks);
 //! - [`ReadAt`]: positional reads of an image's bytes, so format readers
@@ -21,6 +25,7 @@ mod bytes;
 mod memory;
 
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -111,10 +116,111 @@ pub trait BlockDevice: Send + Sync {
         Ok(())
     }
 
+    /// Where sectors `lba..lba + count` live: the first run of them that
+    /// lives in one place, as an [`Extent`] of at least one and at most
+    /// `count` sectors (none when `count` is 0). Errors like
+    /// [`read_sectors`](Self::read_sectors) on a range outside the device.
+    ///
+    /// Reading every extent in turn yields the bytes `read_sectors` would.
+    /// The default says [`Extent::Copy`] for the whole range: a device
+    /// that can tell nothing better is read by copying.
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        check_sectors(self.sector_count(), self.logical_sector_size(), lba, count)?;
+        Ok(Extent::Copy { sectors: count })
+    }
+
     /// Size of the device in bytes.
     fn size_bytes(&self) -> u64 {
         self.sector_count()
             .saturating_mul(u64::from(self.logical_sector_size()))
+    }
+}
+
+/// Where a run of a device's sectors lives, from [`BlockDevice::locate`].
+#[derive(Debug, Clone, Copy)]
+pub enum Extent<'a> {
+    /// The sectors are `sectors * sector size` bytes of an open file at
+    /// byte `offset`: read them with `pread` (or straight into their
+    /// destination). The fd is borrowed from the device.
+    File {
+        /// The file holding the bytes.
+        fd: BorrowedFd<'a>,
+        /// Byte offset of the first sector in the file.
+        offset: u64,
+        /// Sectors in the run.
+        sectors: u64,
+    },
+    /// The sectors are these bytes in memory (a whole number of sectors).
+    Memory {
+        /// The bytes.
+        bytes: &'a [u8],
+        /// Sectors in the run (`bytes.len()` / sector size).
+        sectors: u64,
+    },
+    /// The sectors read as zeros and occupy no storage: a hole, an
+    /// unallocated or zero block. What a sparse copy skips.
+    Zero {
+        /// Sectors in the run.
+        sectors: u64,
+    },
+    /// No direct mapping (bytes assembled from several places, or a
+    /// device that cannot tell): read the run with
+    /// [`BlockDevice::read_sectors`].
+    Copy {
+        /// Sectors in the run.
+        sectors: u64,
+    },
+}
+
+impl Extent<'_> {
+    /// Sectors in the run.
+    pub fn sectors(&self) -> u64 {
+        match *self {
+            Extent::File { sectors, .. }
+            | Extent::Memory { sectors, .. }
+            | Extent::Zero { sectors }
+            | Extent::Copy { sectors } => sectors,
+        }
+    }
+
+    /// The same place cut to its first `sectors` sectors (`sectors` at most
+    /// [`Extent::sectors`]), for a caller that wants less than was found.
+    pub fn truncated(self, sectors: u64, sector_size: u32) -> Self {
+        let sectors = sectors.min(self.sectors());
+        match self {
+            Extent::File { fd, offset, .. } => Extent::File {
+                fd,
+                offset,
+                sectors,
+            },
+            Extent::Memory { bytes, .. } => Extent::Memory {
+                bytes: bytes
+                    .get(..(sectors * u64::from(sector_size)) as usize)
+                    .unwrap_or(bytes),
+                sectors,
+            },
+            Extent::Zero { .. } => Extent::Zero { sectors },
+            Extent::Copy { .. } => Extent::Copy { sectors },
+        }
+    }
+}
+
+/// Checks that `count` sectors at `lba` lie inside a device of
+/// `sector_count` sectors of `sector_size` bytes (the bounds rule of
+/// [`BlockDevice::locate`]).
+pub fn check_sectors(
+    sector_count: u64,
+    sector_size: u32,
+    lba: u64,
+    count: u64,
+) -> Result<(), BlockError> {
+    match lba.checked_add(count) {
+        Some(end) if end <= sector_count => Ok(()),
+        _ => Err(BlockError::OutOfRange {
+            lba,
+            len: count.saturating_mul(u64::from(sector_size)),
+            sector_count,
+        }),
     }
 }
 
@@ -147,6 +253,11 @@ pub trait ReadAt: Send + Sync + std::fmt::Debug {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
     /// The current length in bytes.
     fn len(&self) -> std::io::Result<u64>;
+    /// The open file behind the bytes, if they are a host file's bytes at
+    /// the same offsets (so [`Extent::File`] can point into it).
+    fn host_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Whether the source holds no bytes.
     fn is_empty(&self) -> std::io::Result<bool> {
         Ok(self.len()? == 0)
@@ -159,6 +270,9 @@ impl ReadAt for File {
     }
     fn len(&self) -> std::io::Result<u64> {
         Ok(self.metadata()?.len())
+    }
+    fn host_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }
 
@@ -299,5 +413,15 @@ impl BlockDevice for RawFile {
     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         let offset = check_request(self, lba, buf.len())?;
         read_exact_at(&self.file, &self.path, offset, buf)
+    }
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        check_sectors(self.sector_count, self.sector_size, lba, count)?;
+        // Holes in a sparse raw file are not looked for: that costs a
+        // `SEEK_DATA` per call, and reading them yields zeros anyway.
+        Ok(Extent::File {
+            fd: self.file.as_fd(),
+            offset: lba * u64::from(self.sector_size),
+            sectors: count,
+        })
     }
 }

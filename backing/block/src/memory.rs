@@ -1,7 +1,7 @@
 //! A disk held in memory: what tests, fuzz targets and disk builders read
 //! instead of a file.
 
-use crate::{BlockDevice, BlockError, check_request};
+use crate::{BlockDevice, BlockError, Extent, check_request, check_sectors};
 
 /// A read-only disk over bytes in memory.
 ///
@@ -73,6 +73,17 @@ impl BlockDevice for MemoryDisk {
         let offset = check_request(self, lba, buf.len())? as usize;
         buf.copy_from_slice(&self.bytes[offset..offset + buf.len()]);
         Ok(())
+    }
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        let sector = u64::from(self.logical_sector_size);
+        check_sectors(self.sector_count(), self.logical_sector_size, lba, count)?;
+        // In bounds (checked above), so the products fit the byte length.
+        let start = (lba * sector) as usize;
+        let end = start + (count * sector) as usize;
+        Ok(Extent::Memory {
+            bytes: &self.bytes[start..end],
+            sectors: count,
+        })
     }
 }
 

@@ -40,7 +40,7 @@ pub use fat_format::FatType;
 pub use label::{FsDetails, details};
 pub use ntfs::NtfsTree;
 pub use open::{OpenTreeError, PartitionSummary, mount, open_tree, survey};
-pub use tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+pub use tree::{EntryKind, FileExtent, FileTree, Metadata, TreeError, TreePath};
 pub use trees::{HostDirTree, MemoryTree, MemoryTreeBuilder};
 
 use open::{contain_panic, names_equal_ignore_case};

@@ -119,6 +119,68 @@ pub trait FileTree: Send + Sync {
 
     /// Lists a directory: each entry's name and metadata, in a stable order.
     fn read_dir(&self, path: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError>;
+
+    /// Where the file's bytes at `offset` live, for a reader that moves
+    /// them to their destination without a copy: the first run of at most
+    /// `len` bytes (`None`: the tree cannot say; read with
+    /// [`read_at`](Self::read_at), which is the default). A run shorter
+    /// than asked ends at a change of place or at end of file (length 0 at
+    /// or past it).
+    fn locate(
+        &self,
+        path: &TreePath,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<FileExtent<'_>>, TreeError> {
+        let _ = (path, offset, len);
+        Ok(None)
+    }
+}
+
+/// Where a run of a file's bytes lives, from [`FileTree::locate`].
+#[derive(Debug)]
+pub enum FileExtent<'a> {
+    /// `len` bytes of a host file at byte `offset`, the file shared with
+    /// the tree's own handle cache.
+    Shared {
+        /// The open host file.
+        file: std::sync::Arc<std::fs::File>,
+        /// Byte offset in it.
+        offset: u64,
+        /// Bytes in the run.
+        len: u64,
+    },
+    /// `len` bytes of a file the tree holds open (for example the image
+    /// file under a file system) at byte `offset`.
+    Borrowed {
+        /// The open file.
+        fd: std::os::fd::BorrowedFd<'a>,
+        /// Byte offset in it.
+        offset: u64,
+        /// Bytes in the run.
+        len: u64,
+    },
+    /// `len` bytes that read as zeros (a hole).
+    Zero {
+        /// Bytes in the run.
+        len: u64,
+    },
+}
+
+impl FileExtent<'_> {
+    /// Bytes in the run.
+    pub fn len(&self) -> u64 {
+        match *self {
+            FileExtent::Shared { len, .. }
+            | FileExtent::Borrowed { len, .. }
+            | FileExtent::Zero { len } => len,
+        }
+    }
+
+    /// Whether the run is empty (end of file).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub use gpt_writer::{
     BASIC_DATA_PARTITION, GptPartition, GptTables, GptWriteError, build_gpt, gpt_usable_range,
 };
 
-use vmbdev_block::{BlockDevice, BlockError, check_request};
+use vmbdev_block::{BlockDevice, BlockError, Extent, check_request, check_sectors};
 
 /// CRC-32 (IEEE, reflected) as GPT headers and entry arrays carry it.
 fn crc32(bytes: &[u8]) -> u32 {
@@ -216,6 +216,17 @@ impl BlockDevice for PartitionDevice {
     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         check_request(self, lba, buf.len())?;
         self.inner.read_sectors(self.first_lba + lba, buf)
+    }
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        check_sectors(
+            self.sector_count,
+            self.inner.logical_sector_size(),
+            lba,
+            count,
+        )?;
+        // Inside the partition, which lies inside the device (checked when
+        // the view was made), so the sum does not overflow.
+        self.inner.locate(self.first_lba + lba, count)
     }
 }
 

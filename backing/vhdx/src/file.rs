@@ -3,6 +3,7 @@
 //! logical length the log recorded.
 
 use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
 use crate::format::LOG_SECTOR;
@@ -53,6 +54,22 @@ impl FileView {
     /// Reads the on-disk bytes only, ignoring the overlay.
     pub(crate) fn read_raw(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         read_exact_at(&*self.file, &self.path, offset, buf)
+    }
+
+    /// The host file whose bytes at `offset..offset + len` are exactly what
+    /// [`read_at`](Self::read_at) returns there: `None` when the image is
+    /// not a host file, the log overlay covers any of it, or it lies past
+    /// the end of the file on disk.
+    pub(crate) fn direct(&self, offset: u64, len: u64) -> Option<BorrowedFd<'_>> {
+        let end = offset.checked_add(len)?;
+        if end > self.real_len {
+            return None;
+        }
+        let first_page = offset - offset % LOG_SECTOR;
+        if self.overlay.range(first_page..end).next().is_some() {
+            return None;
+        }
+        self.file.host_fd()
     }
 
     /// Reads `buf.len()` bytes at `offset` through the overlay. Bytes past

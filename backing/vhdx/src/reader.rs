@@ -12,7 +12,7 @@ use crate::header::{read_current_header, read_regions};
 use crate::log::{LogState, replay};
 use crate::metadata::read_metadata;
 use crate::parent::ParentLocator;
-use vmbdev_block::{BlockDevice, BlockError, ReadAt, check_request};
+use vmbdev_block::{BlockDevice, BlockError, Extent, ReadAt, check_request, check_sectors};
 
 /// Deepest differencing chain accepted (child plus parents).
 pub const MAX_CHAIN_DEPTH: usize = 16;
@@ -344,6 +344,146 @@ impl Vhdx {
     }
 }
 
+/// Sector-bitmap bytes read per step while finding a run in a partially
+/// present block: on the stack, so locating allocates nothing.
+const BITMAP_CHUNK: usize = 64;
+
+impl Vhdx {
+    /// Where `len` virtual-disk bytes at the sector-aligned `offset` live
+    /// (checked by the caller to lie inside the disk, `len > 0`): the first
+    /// run, as in [`BlockDevice::locate`], in bytes.
+    fn locate_bytes(&self, offset: u64, len: u64) -> Result<Extent<'_>, BlockError> {
+        let sector = u64::from(self.info.logical_sector_size);
+        let block_size = u64::from(self.info.block_size);
+        let block = offset / block_size;
+        let in_block = offset % block_size;
+        let here = (block_size - in_block).min(len);
+        let entry = self.bat.payload(block);
+        match entry.state {
+            bat_state::FULLY_PRESENT => {
+                let run = self.present_run(block, in_block, len);
+                let at = entry.file_offset + in_block;
+                Ok(self.file_extent(at, run))
+            }
+            bat_state::NOT_PRESENT if self.parent.is_some() => self.locate_parent(offset, here),
+            bat_state::PARTIALLY_PRESENT => self.locate_partial(block, in_block, here),
+            _ => {
+                // Zeros (no parent to defer to): merge following zero blocks.
+                let mut run = here;
+                let mut next = block + 1;
+                while run < len && next < self.bat.data_blocks && self.reads_as_zero(next) {
+                    run += block_size.min(len - run);
+                    next += 1;
+                }
+                Ok(Extent::Zero {
+                    sectors: run / sector,
+                })
+            }
+        }
+    }
+
+    /// Whether a whole payload block reads as zeros without a parent.
+    fn reads_as_zero(&self, block: u64) -> bool {
+        match self.bat.payload(block).state {
+            bat_state::FULLY_PRESENT | bat_state::PARTIALLY_PRESENT => false,
+            bat_state::NOT_PRESENT => self.parent.is_none(),
+            _ => true,
+        }
+    }
+
+    /// Bytes of the run of FULLY_PRESENT blocks from `block` (at
+    /// `in_block`) that are contiguous in the file, at most `len`.
+    fn present_run(&self, block: u64, in_block: u64, len: u64) -> u64 {
+        let block_size = u64::from(self.info.block_size);
+        let mut run = (block_size - in_block).min(len);
+        let mut next = block + 1;
+        let mut expected = self.bat.payload(block).file_offset + block_size;
+        while run < len && next < self.bat.data_blocks {
+            let entry = self.bat.payload(next);
+            if entry.state != bat_state::FULLY_PRESENT || entry.file_offset != expected {
+                break;
+            }
+            run += block_size.min(len - run);
+            next += 1;
+            expected += block_size;
+        }
+        run
+    }
+
+    /// `len` bytes of this image's file at `at`: a file extent when the
+    /// file holds them as they are, else a copy.
+    fn file_extent(&self, at: u64, len: u64) -> Extent<'_> {
+        let sectors = len / u64::from(self.info.logical_sector_size);
+        match self.file.direct(at, len) {
+            Some(fd) => Extent::File {
+                fd,
+                offset: at,
+                sectors,
+            },
+            None => Extent::Copy { sectors },
+        }
+    }
+
+    /// Bytes this image does not hold, found in the parent (zeros past the
+    /// parent's end). The parent's first run, cut to `len`.
+    fn locate_parent(&self, offset: u64, len: u64) -> Result<Extent<'_>, BlockError> {
+        let sector = u64::from(self.info.logical_sector_size);
+        let Some(parent) = &self.parent else {
+            return Ok(Extent::Zero {
+                sectors: len / sector,
+            });
+        };
+        let inside = parent.info.virtual_size.saturating_sub(offset).min(len);
+        if inside < sector {
+            return Ok(Extent::Zero {
+                sectors: len / sector,
+            });
+        }
+        let extent = parent.locate_bytes(offset, inside - inside % sector)?;
+        Ok(extent.truncated(len / sector, self.info.logical_sector_size))
+    }
+
+    /// The first run of `len` bytes at `in_block` of a PARTIALLY_PRESENT
+    /// block whose sector-bitmap bits agree: this file's bytes (1) or the
+    /// parent's (0).
+    fn locate_partial(
+        &self,
+        block: u64,
+        in_block: u64,
+        len: u64,
+    ) -> Result<Extent<'_>, BlockError> {
+        let sector = u64::from(self.info.logical_sector_size);
+        let block_size = u64::from(self.info.block_size);
+        let sectors_per_block = block_size / sector;
+        let first_bit = (block % self.bat.chunk_ratio) * sectors_per_block + in_block / sector;
+        let count = len / sector;
+        let bitmap_at = self.bat.bitmap_for(block).file_offset;
+        let mut chunk = [0u8; BITMAP_CHUNK];
+        let mut loaded: Option<u64> = None;
+        let mut bit = |i: u64| -> Result<bool, BlockError> {
+            let b = first_bit + i;
+            let byte = b / 8;
+            let base = byte - byte % BITMAP_CHUNK as u64;
+            if loaded != Some(base) {
+                self.file.read_at(bitmap_at + base, &mut chunk)?;
+                loaded = Some(base);
+            }
+            Ok(chunk[(byte - base) as usize] >> (b % 8) & 1 == 1)
+        };
+        let present = bit(0)?;
+        let mut run = 1;
+        while run < count && bit(run)? == present {
+            run += 1;
+        }
+        if present {
+            let at = self.bat.payload(block).file_offset + in_block;
+            Ok(self.file_extent(at, run * sector))
+        } else {
+            self.locate_parent(block * block_size + in_block, run * sector)
+        }
+    }
+}
+
 impl BlockDevice for Vhdx {
     fn logical_sector_size(&self) -> u32 {
         self.info.logical_sector_size
@@ -360,6 +500,15 @@ impl BlockDevice for Vhdx {
     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         let offset = check_request(self, lba, buf.len())?;
         self.read_bytes(offset, buf)
+    }
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        let sector = self.info.logical_sector_size;
+        check_sectors(self.sector_count(), sector, lba, count)?;
+        if count == 0 {
+            return Ok(Extent::Copy { sectors: 0 });
+        }
+        let sector = u64::from(sector);
+        self.locate_bytes(lba * sector, count * sector)
     }
 }
 

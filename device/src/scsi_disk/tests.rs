@@ -1,8 +1,9 @@
 //! Tests of the read-only SCSI disk against an independent in-memory model.
 
 use super::*;
+use crate::scsi_disk::GuestBuffer;
 use rand::{Rng, SeedableRng};
-use vmbdev_block::{MemoryDisk, RawFile};
+use vmbdev_block::{BlockError, Extent, MemoryDisk, RawFile};
 
 /// A disk held in memory with the id the page-83 tests expect.
 pub(crate) fn mem_disk(bytes: Vec<u8>, sector: u32, physical: u32) -> MemoryDisk {
@@ -389,4 +390,218 @@ fn backing_failure_is_medium_error() {
     let d = ScsiDisk::new(Arc::new(FailingDisk));
     let (r, _) = run(&d, &read10(0, 1), 512);
     assert_eq!(sense_of(&r), (0x03, 0x11));
+}
+
+/// A disk of 64 sectors that reports runs of 8: zeros, the file's bytes,
+/// bytes only `read_sectors` gives, and bytes in memory, in turn.
+struct MixedDisk {
+    file: std::fs::File,
+    bytes: Vec<u8>,
+}
+
+impl MixedDisk {
+    fn new(seed: u64) -> Self {
+        let bytes = random_bytes(64 * 512, seed);
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &bytes).unwrap();
+        Self { file, bytes }
+    }
+
+    /// What READ must return: zeros where the disk says zeros.
+    fn expected(&self) -> Vec<u8> {
+        let mut want = self.bytes.clone();
+        for (i, chunk) in want.chunks_mut(8 * 512).enumerate() {
+            if i % 4 == 0 {
+                chunk.fill(0);
+            }
+        }
+        want
+    }
+}
+
+impl BlockDevice for MixedDisk {
+    fn logical_sector_size(&self) -> u32 {
+        512
+    }
+    fn physical_sector_size(&self) -> u32 {
+        512
+    }
+    fn sector_count(&self) -> u64 {
+        64
+    }
+    fn disk_id(&self) -> [u8; 16] {
+        [0; 16]
+    }
+    fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let at = vmbdev_block::check_request(self, lba, buf.len())? as usize;
+        buf.copy_from_slice(&self.expected()[at..at + buf.len()]);
+        Ok(())
+    }
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        vmbdev_block::check_sectors(64, 512, lba, count)?;
+        let sectors = (8 - lba % 8).min(count);
+        let at = (lba * 512) as usize;
+        Ok(match (lba / 8) % 4 {
+            0 => Extent::Zero { sectors },
+            1 => Extent::File {
+                fd: std::os::fd::AsFd::as_fd(&self.file),
+                offset: lba * 512,
+                sectors,
+            },
+            2 => Extent::Copy { sectors },
+            _ => Extent::Memory {
+                bytes: &self.bytes[at..at + sectors as usize * 512],
+                sectors,
+            },
+        })
+    }
+}
+
+mod guest {
+    use super::*;
+    use vmbdev_ring::{GpaRange, GuestMemory};
+
+    /// Guest memory of 32 pages, all 0xEE, and a buffer over `pages`.
+    fn memory() -> GuestMemory {
+        let mem = GuestMemory::new(32 * 4096).unwrap();
+        mem.fill(0, 32 * 4096, 0xEE).unwrap();
+        mem
+    }
+
+    /// The buffer's bytes, page by page in range order.
+    fn buffer_bytes(mem: &GuestMemory, range: &GpaRange) -> Vec<u8> {
+        let mut out = vec![0u8; range.byte_count() as usize];
+        range.read_at(mem, 0, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn every_kind_of_run_lands_in_scattered_guest_pages() {
+        let disk = MixedDisk::new(3);
+        let want = disk.expected();
+        let d = ScsiDisk::new(Arc::new(disk));
+        let mem = memory();
+        // 32 KiB at byte offset 512 over pages out of order, two adjacent.
+        let range = GpaRange::new(64 * 512 - 1024, 512, vec![9, 3, 4, 20, 1, 7, 30, 12]).unwrap();
+        let mut sink = GuestBuffer::new(&mem, &range);
+        let r = d
+            .execute(&read10(1, 62), range.byte_count() as usize, &mut sink)
+            .unwrap();
+        assert_eq!(r.status, CommandStatus::Good);
+        assert_eq!(r.transferred, 62 * 512);
+        assert!(buffer_bytes(&mem, &range)[..62 * 512] == want[512..63 * 512]);
+        // The byte before the buffer in its first page is untouched.
+        let mut before = [0u8; 512];
+        mem.read(9 * 4096, &mut before).unwrap();
+        assert_eq!(before, [0xEE; 512]);
+    }
+
+    #[test]
+    fn no_wait_completes_cached_reads_and_stops_at_copies() {
+        let disk = MixedDisk::new(4);
+        let want = disk.expected();
+        let d = ScsiDisk::new(Arc::new(disk));
+        let mem = memory();
+        let range = GpaRange::new(8 * 4096, 0, (0..8).collect()).unwrap();
+        let mut sink = GuestBuffer::new(&mem, &range);
+        // Zeros and a just-written (cached) file run: completes.
+        let attempt = d
+            .execute_nowait(&read10(0, 16), 8 * 4096, &mut sink)
+            .unwrap();
+        assert_eq!(attempt, Attempt::Done(CommandResult::good(16 * 512)));
+        assert!(buffer_bytes(&mem, &range)[..16 * 512] == want[..16 * 512]);
+        // A run only `read_sectors` can give may wait: stop.
+        let attempt = d
+            .execute_nowait(&read10(8, 16), 8 * 4096, &mut sink)
+            .unwrap();
+        assert_eq!(attempt, Attempt::WouldBlock);
+        // Commands other than READ always complete.
+        let attempt = d.execute_nowait(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8, &mut Vec::new());
+        assert!(matches!(attempt, Ok(Attempt::Done(r)) if r.transferred == 8));
+        // The blocking run completes it.
+        let r = d.execute(&read10(8, 16), 8 * 4096, &mut sink).unwrap();
+        assert_eq!(r, CommandResult::good(16 * 512));
+        assert!(buffer_bytes(&mem, &range)[..16 * 512] == want[8 * 512..24 * 512]);
+    }
+
+    #[test]
+    fn a_buffer_page_outside_guest_memory_is_a_sink_error() {
+        let d = ScsiDisk::new(Arc::new(MixedDisk::new(5)));
+        let mem = memory();
+        for gpn in [40, u64::MAX / 2] {
+            let range = GpaRange::new(3 * 4096, 0, vec![1, gpn, 2]).unwrap();
+            let mut sink = GuestBuffer::new(&mem, &range);
+            // Sectors 8..32 are a file run, a copy and memory: each kind
+            // meets the bad page.
+            for lba in [0, 8, 16, 24] {
+                let err = d.execute(&read10(lba, 24), 3 * 4096, &mut sink);
+                assert!(err.is_err(), "page {gpn:#x} at lba {lba}: {err:?}");
+            }
+        }
+        // A file run refused for a bad page writes nothing at all, not
+        // even into the good page before it.
+        let mem = memory();
+        let range = GpaRange::new(4096, 2048, vec![1, 40]).unwrap();
+        let mut sink = GuestBuffer::new(&mem, &range);
+        assert!(d.execute(&read10(8, 8), 4096, &mut sink).is_err());
+        let mut first = [0u8; 4096];
+        mem.read(4096, &mut first).unwrap();
+        assert!(first == [0xEE; 4096], "page before the bad one was written");
+    }
+
+    #[test]
+    fn vec_sinks_take_file_runs_straight_from_the_file() {
+        let disk = MixedDisk::new(6);
+        let want = disk.expected();
+        let d = ScsiDisk::new(Arc::new(disk));
+        let (r, data) = run(&d, &read16(0, 64), 64 * 512);
+        assert_eq!(r.status, CommandStatus::Good);
+        assert!(data == want, "READ(16) of the whole disk");
+        let mut out = Vec::new();
+        let attempt = d.execute_nowait(&read16(8, 8), 4096, &mut out).unwrap();
+        assert_eq!(attempt, Attempt::Done(CommandResult::good(4096)));
+        assert!(out == want[8 * 512..16 * 512]);
+    }
+}
+
+/// A device whose file extents point past the end of its file.
+struct ShortFileDisk {
+    file: std::fs::File,
+}
+
+impl BlockDevice for ShortFileDisk {
+    fn logical_sector_size(&self) -> u32 {
+        512
+    }
+    fn physical_sector_size(&self) -> u32 {
+        512
+    }
+    fn sector_count(&self) -> u64 {
+        8
+    }
+    fn disk_id(&self) -> [u8; 16] {
+        [0; 16]
+    }
+    fn read_sectors(&self, _lba: u64, _buf: &mut [u8]) -> Result<(), BlockError> {
+        Err(BlockError::Corrupt("test".into()))
+    }
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        vmbdev_block::check_sectors(8, 512, lba, count)?;
+        Ok(Extent::File {
+            fd: std::os::fd::AsFd::as_fd(&self.file),
+            offset: lba * 512,
+            sectors: count,
+        })
+    }
+}
+
+#[test]
+fn a_file_shorter_than_its_extents_is_medium_error() {
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &[1u8; 1000]).unwrap();
+    let d = ScsiDisk::new(Arc::new(ShortFileDisk { file }));
+    let mut out = Vec::new();
+    let r = d.execute(&read10(0, 4), 2048, &mut out).unwrap();
+    assert_eq!(sense_of(&r), (0x03, 0x11));
+    assert_eq!(r.transferred, 0);
 }

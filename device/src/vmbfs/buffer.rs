@@ -1,7 +1,27 @@
 //! GPA-direct buffers the guest registers with pipe SETUP_GPA_DIRECT: the
 //! targets of READ_FILE_RDMA. A buffer is its ranges laid end to end.
 
+use std::os::fd::BorrowedFd;
+
+use vmbdev_ring::memory::FileReadMode;
 use vmbdev_ring::{GpaError, GpaRange, GuestMemory};
+
+use crate::scsi_disk::{DataSink, FileTransfer, GuestBuffer};
+
+/// Why reading a file straight into a GPA-direct buffer stopped.
+#[derive(Debug)]
+pub(super) enum DirectReadError {
+    /// The buffer (or guest memory) refused the access; nothing of that
+    /// range piece was written.
+    Buffer(String),
+    /// The file ended after `got` bytes of the read.
+    EndOfFile {
+        /// Bytes placed before the end.
+        got: u64,
+    },
+    /// The file read failed.
+    Io(String),
+}
 
 /// A registered GPA-direct buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +39,12 @@ impl GpaDirectBuffer {
     /// Calls `f(range, offset_in_range, start_in_access, len)` for each
     /// range piece covering `len` bytes at `offset` into the buffer. The
     /// caller has checked `offset + len <= self.len()`.
-    fn for_each_piece(
+    fn for_each_piece<E: From<GpaError>>(
         &self,
         offset: u64,
         len: u64,
-        mut f: impl FnMut(&GpaRange, u64, usize, u64) -> Result<(), GpaError>,
-    ) -> Result<(), GpaError> {
+        mut f: impl FnMut(&GpaRange, u64, usize, u64) -> Result<(), E>,
+    ) -> Result<(), E> {
         let end = offset.checked_add(len).ok_or(GpaError::BeyondRange {
             offset,
             len,
@@ -45,7 +65,8 @@ impl GpaDirectBuffer {
                 offset,
                 len,
                 byte_count: base.min(u64::from(u32::MAX)) as u32,
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -63,6 +84,38 @@ impl GpaDirectBuffer {
         })
     }
 
+    /// Reads `len` bytes of `fd` at `file_offset` straight into the guest
+    /// pages at `offset` into the buffer (`preadv2`, no host copy). The
+    /// caller has checked the whole access with [`check`](Self::check).
+    pub(super) fn read_file_at(
+        &self,
+        memory: &GuestMemory,
+        offset: u64,
+        len: u64,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+    ) -> Result<(), DirectReadError> {
+        self.for_each_piece(offset, len, |range, at, from, n| {
+            let mut sink = GuestBuffer::new(memory, range);
+            let result =
+                sink.read_file_at(at, fd, file_offset + from as u64, n, FileReadMode::Blocking);
+            match result {
+                Ok(FileTransfer::Done) => Ok(()),
+                Ok(FileTransfer::Failed(vmbdev_ring::memory::FileReadError::EndOfFile {
+                    got,
+                    ..
+                })) => Err(DirectReadError::EndOfFile {
+                    got: from as u64 + got as u64,
+                }),
+                Ok(FileTransfer::Failed(error)) => Err(DirectReadError::Io(error.to_string())),
+                Ok(FileTransfer::WouldBlock | FileTransfer::Unsupported) => {
+                    Err(DirectReadError::Io("blocking read did not complete".into()))
+                }
+                Err(error) => Err(DirectReadError::Buffer(error.to_string())),
+            }
+        })
+    }
+
     /// Copies `data` into the guest pages at `offset` into the buffer.
     pub(super) fn write_at(
         &self,
@@ -72,6 +125,29 @@ impl GpaDirectBuffer {
     ) -> Result<(), GpaError> {
         self.for_each_piece(offset, data.len() as u64, |range, at, from, n| {
             range.write_at(memory, at, &data[from..from + n as usize])
+        })
+    }
+}
+
+impl From<GpaError> for DirectReadError {
+    fn from(error: GpaError) -> Self {
+        DirectReadError::Buffer(error.to_string())
+    }
+}
+
+impl GpaDirectBuffer {
+    /// Sets `len` guest bytes at `offset` into the buffer to zero.
+    pub(super) fn fill_zero(
+        &self,
+        memory: &GuestMemory,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), GpaError> {
+        self.for_each_piece(offset, len, |range, at, _, n| {
+            for (gpa, n) in range.segments(memory, at, n)? {
+                memory.fill(gpa, n, 0)?;
+            }
+            Ok(())
         })
     }
 }

@@ -5,16 +5,18 @@
 //! Jobs are `Send + 'static`, so async glue can run them on a blocking pool
 //! and hand the [`IoDone`] back to [`VmbfsHost::finish`](super::VmbfsHost::finish).
 
-use super::buffer::GpaDirectBuffer;
+use super::buffer::{DirectReadError, GpaDirectBuffer};
 use super::reply::Reply;
 use super::stats::BadInput;
 use std::sync::Arc;
-use vmbdev_fs::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use vmbdev_fs::{EntryKind, FileExtent, FileTree, Metadata, TreeError, TreePath};
 use vmbdev_protocol::vmbfs::{FileInfoFlags, FileStatus};
 use vmbdev_ring::GuestMemory;
 
 /// Size of the reused buffer that RDMA reads go through on their way from
-/// the tree into guest pages.
+/// the tree into guest pages, when the tree cannot say where a file's bytes
+/// live (with a tree that can, they go from the host file straight into
+/// the guest's pages).
 pub const BOUNCE_SIZE: usize = 64 * 1024;
 
 /// A validated request waiting for its tree I/O.
@@ -264,10 +266,10 @@ impl RdmaRead<'_> {
             .lookup(path)
             .map_err(|e| Failure::from_tree(path, &e))?;
         let want = read_extent(path, meta, self.file_offset, self.byte_count)?;
-        if bounce.len() < BOUNCE_SIZE {
+        let mut done = self.read_direct(tree, want)?;
+        if done < want && bounce.len() < BOUNCE_SIZE {
             bounce.resize(BOUNCE_SIZE, 0);
         }
-        let mut done = 0u64;
         while done < want {
             let chunk = (want - done).min(BOUNCE_SIZE as u64) as usize;
             let buf = &mut bounce[..chunk];
@@ -294,5 +296,58 @@ impl RdmaRead<'_> {
         }
         // `done <= want <= byte_count`, a u32.
         Ok(done as u32)
+    }
+
+    /// Moves the bytes the tree can place straight into the guest pages:
+    /// host-file runs by `preadv2` into the pages, zero runs by one fill.
+    /// Returns the bytes done; the caller copies the rest (all of it when
+    /// the tree cannot say where bytes live). Stops at `want`, or early at
+    /// the end of the file (then the caller's copy finds the end too).
+    fn read_direct(&self, tree: &dyn FileTree, want: u64) -> Result<u64, Failure> {
+        let path = self.path;
+        let outside = |reason: &str| {
+            tracing::debug!(%path, reason, "vmbfs: RDMA write into guest failed");
+            Failure {
+                status: FileStatus::ERROR,
+                rejected: Some(BadInput::RdmaOutsideGuestMemory),
+            }
+        };
+        let mut done = 0u64;
+        while done < want {
+            let at = self.file_offset + done;
+            let extent = match tree.locate(path, at, want - done) {
+                Ok(Some(extent)) if !extent.is_empty() => extent,
+                Ok(_) => break,
+                Err(e) => return Err(Failure::from_tree(path, &e)),
+            };
+            // A tree claiming more than was asked is cut to what was asked.
+            let len = extent.len().min(want - done);
+            let target = self.token_offset + done;
+            let result = match &extent {
+                FileExtent::Shared { file, offset, .. } => {
+                    use std::os::fd::AsFd;
+                    self.target
+                        .read_file_at(self.memory, target, len, file.as_fd(), *offset)
+                }
+                FileExtent::Borrowed { fd, offset, .. } => {
+                    self.target
+                        .read_file_at(self.memory, target, len, *fd, *offset)
+                }
+                FileExtent::Zero { .. } => self
+                    .target
+                    .fill_zero(self.memory, target, len)
+                    .map_err(DirectReadError::from),
+            };
+            match result {
+                Ok(()) => done += len,
+                Err(DirectReadError::EndOfFile { got }) => return Ok(done + got),
+                Err(DirectReadError::Buffer(reason)) => return Err(outside(&reason)),
+                Err(DirectReadError::Io(message)) => {
+                    tracing::warn!(%path, %message, "vmbfs: direct file read failed");
+                    return Err(Failure::status(FileStatus::ERROR));
+                }
+            }
+        }
+        Ok(done)
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use crate::tree::{EntryKind, FileExtent, FileTree, Metadata, TreeError, TreePath};
 
 /// How many open files are kept for repeated reads.
 const HANDLE_CACHE: usize = 16;
@@ -180,6 +180,28 @@ impl FileTree for HostDirTree {
             }
         }
         Ok(done)
+    }
+
+    fn locate(
+        &self,
+        path: &TreePath,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<FileExtent<'_>>, TreeError> {
+        let file = self.open_file(path)?;
+        let size = file
+            .metadata()
+            .map_err(|e| TreeError::Io {
+                path: format!("{}{}", self.root_path.display(), path),
+                message: e.to_string(),
+            })?
+            .len();
+        // A host file's bytes are the file's bytes: one run to the end.
+        Ok(Some(FileExtent::Shared {
+            file,
+            offset,
+            len: size.saturating_sub(offset).min(len),
+        }))
     }
 
     fn read_dir(&self, path: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError> {
