@@ -4,7 +4,8 @@
 //! What a VMM does, step by step:
 //!
 //! 1. builds the devices (vmbfs over a file tree, storvsp over a SCSI disk
-//!    backed by an image) and reads their offers;
+//!    backed by an image), handing both the one thread pool that runs
+//!    their blocking I/O, and reads their offers;
 //! 2. when the guest opens a channel: registers the ring GPADL the guest
 //!    sent, creates the two doorbells, builds an `OpenRequest` and calls
 //!    `open`, then runs the returned task on its executor;
@@ -23,7 +24,9 @@ use std::sync::{Arc, Mutex};
 
 use async_executor::{Executor, Task};
 use vmbdev_block::{BlockDevice, RawFile};
-use vmbdev_device::bus::{BusError, ChannelError, OpenRequest, SubChannelControl, VmbusDevice};
+use vmbdev_device::bus::{
+    BusError, ChannelError, IoSpawner, OpenRequest, SubChannelControl, ThreadPool, VmbusDevice,
+};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
@@ -208,10 +211,15 @@ pub fn run() -> Result<Report, Error> {
     // 1. The devices.
     let mut files = MemoryTree::builder();
     files.add_file("hello.txt", HELLO.as_bytes().to_vec())?;
-    let vmbfs: Arc<dyn VmbusDevice> = Arc::new(VmbfsDevice::new(VmbfsConfig {
-        tree: Arc::new(files.build()),
-        rdma_enabled: false,
-    }));
+    // One pool, sized by the VMM, runs every device's blocking I/O.
+    let io: Arc<dyn IoSpawner> = Arc::new(ThreadPool::new(2));
+    let vmbfs: Arc<dyn VmbusDevice> = Arc::new(
+        VmbfsDevice::new(VmbfsConfig {
+            tree: Arc::new(files.build()),
+            rdma_enabled: false,
+        })
+        .with_io_spawner(io.clone()),
+    );
     let scratch = std::env::temp_dir().join(format!("vmbdev-vmm-example-{}", std::process::id()));
     let image: Vec<u8> = (0..(4u32 << 20))
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
@@ -228,14 +236,17 @@ pub fn run() -> Result<Report, Error> {
         },
         Arc::new(ScsiDisk::new(disk)),
     );
-    let storvsp: Arc<dyn VmbusDevice> = Arc::new(StorvspDevice::new(
-        StorvspConfig {
-            max_sub_channels: 1,
-            multi_channel: true,
-            ..StorvspConfig::default()
-        },
-        controller,
-    )?);
+    let storvsp: Arc<dyn VmbusDevice> = Arc::new(
+        StorvspDevice::new(
+            StorvspConfig {
+                max_sub_channels: 1,
+                multi_channel: true,
+                ..StorvspConfig::default()
+            },
+            controller,
+        )?
+        .with_io_spawner(io),
+    );
     for device in [&vmbfs, &storvsp] {
         let offer = device.offer();
         println!(

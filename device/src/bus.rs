@@ -16,12 +16,65 @@
 //! eventfds in [`Doorbell`]. Only the construction of the [`OpenRequest`]
 //! changes ([`OpenRequest::from_gpadl`] does it for either).
 //!
-//! Saved state: the VMM first closes (quiesces) the channels, then calls
+//! # Saved state
+//!
+//! The VMM first closes (quiesces) the channels, then calls
 //! [`VmbusDevice::save`]. To resume, it hands the bytes to
 //! [`VmbusDevice::restore`] on a device built the same way and reopens the
 //! channels over the same rings: an open after a restore resumes the saved
 //! protocol state instead of starting clean. The bytes are the device's own
-//! versioned encoding and are checked like guest input on restore.
+//! versioned encoding and are checked like guest input on restore; a
+//! refusal is [`BusError::BadSavedState`] with the device's typed reason
+//! ([`SavedStateError`]).
+//!
+//! # Sub-channels
+//!
+//! A device that serves sub-channels asks for them through the
+//! [`SubChannelControl`] in [`OpenRequest::sub_channels`], the one
+//! sub-channel seam: the VMM offers channels `1..=count` to the guest and
+//! later calls [`VmbusDevice::open`] with those indices. [`NoSubChannels`]
+//! refuses every request.
+//!
+//! # How a channel task ends
+//!
+//! [`ChannelTask`] returns `Ok` after [`VmbusDevice::close`], or a
+//! [`ChannelError`]: the ring is broken ([`ChannelError::Ring`]), a pipe
+//! frame is malformed ([`ChannelError::Pipe`]), the guest broke the device
+//! protocol in a way the device cannot answer ([`ChannelError::Protocol`]),
+//! a blocking job was lost ([`ChannelError::IoLost`]), or the device's
+//! task panicked ([`ChannelError::Panicked`]: a device bug, caught so it
+//! ends one channel and not the VMM's executor thread). The channel is
+//! closed in every case; the VMM may reopen it when the guest does.
+//!
+//! # Guest protocol violations
+//!
+//! One policy for every device: each violation is counted per kind in the
+//! device's [`ViolationLog`](crate::violation::ViolationLog) (exact counts,
+//! readable while it runs) and logged at a rate limit (the first few of
+//! each kind, then one summary per interval), so a guest cannot flood the
+//! host log. The device then either fails the packet (answers it with an
+//! error status, or drops it unanswered, and keeps serving) or stops the
+//! channel (the task ends with a [`ChannelError`]); which one, per kind, is
+//! in the device's module doc (storvsp: [`crate::storvsp`]; vmbfs:
+//! [`crate::vmbfs`]). The rule: fail the packet when the protocol has a way
+//! to say "this request is bad" and the stream stays in sync; stop the
+//! channel when the device can no longer tell where the next request
+//! starts or what state the guest believes it is in.
+//!
+//! # Seams the VMM provides
+//!
+//! - **Guest memory and doorbells**, inside the [`OpenRequest`].
+//! - **Where blocking I/O runs**: an [`IoSpawner`] given to the device when
+//!   it is built (`with_io_spawner`); by default each device runs a small
+//!   [`ThreadPool`] of its own. There is no process-wide pool.
+//! - **GPADL lifetime**: the ring halves of an endpoint opened with
+//!   [`OpenRequest::from_gpadl`] hold the ring GPADL
+//!   ([`GpadlGuard`](vmbdev_ring::GpadlGuard)), so the VMM's
+//!   [`GpadlRegistry::teardown`] of it completes only after the channel's
+//!   task has ended, and [`GpadlRegistry::try_teardown`] reports it in use
+//!   until then. The guest cannot hold a teardown up: closing the channel
+//!   releases the halves.
+//! - **Sub-channel offers**, through [`SubChannelControl`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -84,6 +137,33 @@ impl SubChannelControl for NoSubChannels {
     }
 }
 
+/// Where a device runs blocking backing I/O (disk reads, file-tree
+/// calls), so it never blocks the executor polling its channel tasks.
+/// The VMM injects one at device construction (for example one
+/// [`ThreadPool`] it sizes for all its devices); a device given none makes
+/// a small [`ThreadPool`] of its own. There is no process-wide pool.
+pub trait IoSpawner: Send + Sync + std::fmt::Debug {
+    /// Runs `job` on a thread where blocking is allowed. The job must run
+    /// eventually; if it is dropped unrun, the device fails the waiting
+    /// request's channel with [`ChannelError::IoLost`].
+    fn spawn_blocking(&self, job: Box<dyn FnOnce() + Send>);
+}
+
+pub use crate::io_pool::ThreadPool;
+
+/// Runs `f` on `spawner` and waits for its result without blocking the
+/// calling task; `None` if the spawner dropped the job (or it panicked).
+pub async fn run_blocking<T: Send + 'static>(
+    spawner: &dyn IoSpawner,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (send, receive) = async_channel::bounded(1);
+    spawner.spawn_blocking(Box::new(move || {
+        let _ = send.send_blocking(f());
+    }));
+    receive.recv().await.ok()
+}
+
 /// Everything a device needs to serve one opened channel.
 pub struct OpenRequest {
     /// The host side of the channel: reads guest→host, writes host→guest,
@@ -118,15 +198,11 @@ impl OpenRequest {
         local: Arc<dyn Doorbell>,
         remote: Arc<dyn Doorbell>,
     ) -> Result<Self, BusError> {
-        let pages = gpadls.get(ring_gpadl)?;
-        let endpoint = Endpoint::open(
-            Side::Host,
-            &memory,
-            &pages,
-            downstream_offset,
-            local,
-            remote,
-        )?;
+        // The endpoint's halves hold the ring GPADL until the device drops
+        // them, so the VMM's teardown of it waits for the channel to end.
+        let guard = gpadls.acquire(ring_gpadl)?;
+        let endpoint =
+            Endpoint::open_guarded(Side::Host, &memory, guard, downstream_offset, local, remote)?;
         Ok(Self {
             endpoint,
             memory,
@@ -140,6 +216,25 @@ impl OpenRequest {
 /// means the channel was closed by [`VmbusDevice::close`]; an error says
 /// why the device stopped serving it.
 pub type ChannelTask = Pin<Box<dyn Future<Output = Result<(), ChannelError>> + Send + 'static>>;
+
+/// Wraps a device's channel future as a [`ChannelTask`] that turns a panic
+/// inside it into [`ChannelError::Panicked`], so a device bug ends one
+/// channel instead of the VMM's executor thread.
+pub(crate) fn catch_panics(
+    channel: u16,
+    task: impl Future<Output = Result<(), ChannelError>> + Send + 'static,
+) -> ChannelTask {
+    use futures_lite::FutureExt;
+    Box::pin(async move {
+        match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!(channel, "device channel task panicked");
+                Err(ChannelError::Panicked { channel })
+            }
+        }
+    })
+}
 
 /// Why a channel task stopped.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +254,20 @@ pub enum ChannelError {
         channel: u16,
         /// What was wrong.
         source: PipeError,
+    },
+    /// The task serving the channel panicked (a bug in the device, never a
+    /// guest's doing); the device caught it and the channel is closed.
+    #[error("channel {channel}: the device task panicked")]
+    Panicked {
+        /// Channel index.
+        channel: u16,
+    },
+    /// The device's [`IoSpawner`] dropped a blocking job without running
+    /// it (or the job panicked); the request cannot be answered.
+    #[error("channel {channel}: a blocking I/O job was lost by the spawner")]
+    IoLost {
+        /// Channel index.
+        channel: u16,
     },
     /// The guest broke the device protocol; the channel was stopped.
     #[error("channel {channel}: protocol violation: {source}")]
@@ -222,7 +331,33 @@ pub enum BusError {
     Gpadl(#[from] GpaError),
     /// Saved state was refused.
     #[error("saved state refused: {0}")]
-    BadSavedState(String),
+    BadSavedState(#[source] SavedStateError),
+}
+
+/// Why a device refused saved state, per device.
+#[derive(Debug, thiserror::Error)]
+pub enum SavedStateError {
+    /// storvsp could not decode or restore the bytes.
+    #[error("storvsp: {0}")]
+    Storvsp(#[from] crate::storvsp::StorvspSavedStateError),
+    /// vmbfs could not decode or restore the bytes.
+    #[error("vmbfs: {0}")]
+    Vmbfs(#[from] crate::vmbfs::VmbfsSavedStateError),
+    /// A device outside this crate refused them (downcast to inspect).
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl From<crate::storvsp::StorvspSavedStateError> for BusError {
+    fn from(error: crate::storvsp::StorvspSavedStateError) -> Self {
+        Self::BadSavedState(error.into())
+    }
+}
+
+impl From<crate::vmbfs::VmbfsSavedStateError> for BusError {
+    fn from(error: crate::vmbfs::VmbfsSavedStateError) -> Self {
+        Self::BadSavedState(error.into())
+    }
 }
 
 /// A VMBus device as the bus sees it. Methods take `&self`: a device is
@@ -251,4 +386,65 @@ pub trait VmbusDevice: Send + Sync {
     /// Loads state produced by [`save`](Self::save); the next open of each
     /// saved channel resumes from it.
     fn restore(&self, saved: &[u8]) -> Result<(), BusError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmbfs::{VmbfsConfig, VmbfsDevice};
+    use futures_lite::future::{block_on, poll_once};
+    use vmbdev_fs::MemoryTree;
+    use vmbdev_ring::{LoopbackConfig, loopback};
+
+    #[test]
+    fn ring_gpadl_teardown_waits_for_the_channel_to_close() {
+        let device = VmbfsDevice::new(VmbfsConfig {
+            tree: Arc::new(MemoryTree::builder().build()),
+            rdma_enabled: false,
+        });
+        let lb = loopback(&LoopbackConfig::default()).unwrap();
+        let handle = lb.gpadl_handle;
+        let request = OpenRequest::from_gpadl(
+            lb.memory.clone(),
+            lb.registry.clone(),
+            handle,
+            lb.downstream_offset,
+            lb.host_doorbell.clone(),
+            lb.guest_doorbell.clone(),
+        )
+        .unwrap();
+        // Only the device uses the ring from here on; the guest sends
+        // nothing at all.
+        drop((lb.host, lb.guest));
+        assert_eq!(lb.registry.holders(handle), 2, "reader and writer");
+        let task = device.open(0, request).unwrap();
+        let served = std::thread::spawn(move || block_on(task));
+        assert!(matches!(
+            lb.registry.try_teardown(handle),
+            Err(GpaError::GpadlInUse { holders: 2, .. })
+        ));
+        let mut teardown = Box::pin(lb.registry.teardown(handle));
+        assert!(block_on(poll_once(teardown.as_mut())).is_none());
+        // Closing the channel ends the task, which drops the ring halves.
+        device.close(0).unwrap();
+        served.join().unwrap().unwrap();
+        let pages = block_on(teardown).unwrap();
+        let shape = LoopbackConfig::default();
+        let ring_pages = 2 + shape.incoming_pages + shape.outgoing_pages;
+        assert_eq!(pages.len(), ring_pages as usize);
+        assert_eq!(lb.registry.holders(handle), 0);
+        // A later open of that GPADL is refused, not served on freed pages.
+        let again = OpenRequest::from_gpadl(
+            lb.memory.clone(),
+            lb.registry.clone(),
+            handle,
+            lb.downstream_offset,
+            lb.host_doorbell.clone(),
+            lb.guest_doorbell.clone(),
+        );
+        assert!(matches!(
+            again,
+            Err(BusError::Gpadl(GpaError::UnknownGpadl(h))) if h == handle
+        ));
+    }
 }

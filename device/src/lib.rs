@@ -1,5 +1,15 @@
 //! VMBus host devices and the contract that plugs them into a VMM.
 //!
+//! This crate owns the device side only. A VMM still brings the VMBus
+//! control plane and the SynIC: offering channels to the guest and
+//! handling its open, close and GPADL messages, version negotiation,
+//! routing the guest's HvSignalEvent to the channel's doorbell and
+//! injecting the device's interrupts. What it hands a device per channel
+//! is an [`OpenRequest`](bus::OpenRequest); what it may inject is where
+//! blocking I/O runs ([`bus::IoSpawner`]), how violations are logged
+//! ([`violation::ViolationLog`]) and how sub-channels are offered
+//! ([`bus::SubChannelControl`]). See [`bus`] for the whole contract.
+//!
 //! # Plugging a device in
 //!
 //! Every device implements [`bus::VmbusDevice`]:
@@ -23,7 +33,10 @@
 //!    [`save()`](bus::VmbusDevice::save). To resume: call
 //!    [`restore()`](bus::VmbusDevice::restore), then open the channels over
 //!    the same rings.
-//! 5. A device that needs sub-channels asks through
+//! 5. To tear a GPADL down, await
+//!    [`GpadlRegistry::teardown`](vmbdev_ring::GpadlRegistry::teardown):
+//!    it completes once no channel still uses the pages.
+//! 6. A device that needs sub-channels asks through
 //!    [`OpenRequest::sub_channels`](bus::OpenRequest::sub_channels); the VMM
 //!    offers them and calls `open` with their indices.
 //!
@@ -65,6 +78,8 @@
 //! ```
 #![forbid(unsafe_code)]
 pub mod bus;
+mod io_pool;
 pub mod scsi_disk;
 pub mod storvsp;
+pub mod violation;
 pub mod vmbfs;

@@ -7,8 +7,10 @@
 //!   [`VmbusDevice`](vmbdev_device::bus::VmbusDevice).
 //! - [`vmbfs`]: that VM as the bus of the vmbfs client
 //!   ([`VmbfsBus`](vmbdev_guest::vmbfs::VmbfsBus)).
-//! - [`storvsp`]: a VM for a storvsp device and the storvsc driver, with
-//!   sub-channels, save and restore.
+//! - [`storvsp`]: a multi-channel VM for a storvsp device (or any
+//!   [`VmbusDevice`](vmbdev_device::bus::VmbusDevice)) and the storvsc
+//!   driver, with sub-channels, save and restore, driving the device
+//!   through the bus contract only.
 //!
 //! This crate owns the wiring between drivers and devices and nothing
 //! else: it must not hold driver logic (what a guest sends) or device logic

@@ -1,14 +1,16 @@
-//! An in-process storvsp "VM": one guest memory holding the primary ring,
-//! the sub-channel rings and the guest's data pages; each host channel
-//! task on its own thread; event doorbells. It is the bus for both sides:
-//! the device offers sub-channels through it and the guest driver opens
-//! them through it. Channels can be closed, the device saved, and a
-//! restored device reattached to the same rings.
+//! An in-process multi-channel "VM" for a storvsp device (or any
+//! [`VmbusDevice`] with sub-channels): one guest memory holding the
+//! primary ring, the sub-channel rings and the guest's data pages; each
+//! host channel task on its own thread; event doorbells. It plays the
+//! VMM's part of the bus contract only: channels are opened with
+//! [`VmbusDevice::open`], sub-channels come through the
+//! [`SubChannelControl`] it hands the device, and closing, saving and
+//! reattaching a restored device go through the same trait.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use vmbdev_device::storvsp::{RunError, StorvspDevice, SubChannelOffer};
+use vmbdev_device::bus::{BusError, ChannelError, OpenRequest, SubChannelControl, VmbusDevice};
 use vmbdev_ring::{
     Doorbell, Endpoint, EventDoorbell, GpadlRegistry, GuestMemory, LoopbackConfig, LoopbackError,
     PageAllocator, RingError, Side, loopback,
@@ -51,7 +53,7 @@ pub enum VmError {
     Ring(#[from] RingError),
     /// The device refused to open a channel.
     #[error(transparent)]
-    Device(#[from] vmbdev_device::storvsp::DeviceError),
+    Device(#[from] BusError),
     /// A thread could not be started.
     #[error("cannot start a channel thread: {0}")]
     Thread(std::io::Error),
@@ -59,6 +61,8 @@ pub enum VmError {
 
 /// One channel's ring and doorbells, kept to reopen the host side.
 struct ChannelRing {
+    /// The ring GPADL; the host endpoint holds it while it is served.
+    handle: u32,
     pages: Arc<[u64]>,
     downstream_offset: u32,
     /// Rung by the guest for the host.
@@ -67,34 +71,38 @@ struct ChannelRing {
     guest_bell: Arc<EventDoorbell>,
 }
 
-struct VmState {
-    device: Arc<StorvspDevice>,
+/// How a channel's task ended.
+type TaskResult = Result<(), ChannelError>;
+
+struct VmState<D: ?Sized> {
+    device: Arc<D>,
     rings: Vec<ChannelRing>,
     offered: u16,
-    threads: Vec<(u16, JoinHandle<Result<(), RunError>>)>,
+    threads: Vec<(u16, JoinHandle<TaskResult>)>,
     next_gpadl: u32,
 }
 
-struct Shared {
+struct Shared<D: ?Sized> {
     memory: GuestMemory,
     registry: GpadlRegistry,
     pages: PageAllocator,
     config: StorvspVmConfig,
-    state: Mutex<VmState>,
+    state: Mutex<VmState<D>>,
 }
 
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VmState> {
+impl<D: ?Sized> Shared<D> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VmState<D>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// The loopback VM.
-pub struct StorvspVm {
-    shared: Arc<Shared>,
+/// The loopback VM serving a device of type `D` (a concrete device, or
+/// `dyn VmbusDevice`).
+pub struct StorvspVm<D: VmbusDevice + ?Sized + 'static = vmbdev_device::storvsp::StorvspDevice> {
+    shared: Arc<Shared<D>>,
 }
 
-impl std::fmt::Debug for StorvspVm {
+impl<D: VmbusDevice + ?Sized> std::fmt::Debug for StorvspVm<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorvspVm")
             .field("config", &self.shared.config)
@@ -103,29 +111,31 @@ impl std::fmt::Debug for StorvspVm {
 }
 
 /// What the host side offers through the VM.
-struct Offer(std::sync::Weak<Shared>);
+struct Offer<D: ?Sized>(std::sync::Weak<Shared<D>>);
 
-impl SubChannelOffer for Offer {
-    fn offer_sub_channels(&self, count: u16) -> Result<(), String> {
-        let shared = self.0.upgrade().ok_or("the VM is gone")?;
+impl<D: VmbusDevice + ?Sized> SubChannelControl for Offer<D> {
+    fn enable_sub_channels(&self, count: u16) -> Result<(), BusError> {
+        let refused = BusError::SubChannelsUnsupported { requested: count };
+        let Some(shared) = self.0.upgrade() else {
+            return Err(refused);
+        };
         if count > shared.config.max_sub_channels {
-            return Err(format!(
-                "{count} sub-channels asked for, the VM hosts {}",
-                shared.config.max_sub_channels
-            ));
+            tracing::debug!(
+                count,
+                hosted = shared.config.max_sub_channels,
+                "loopback VM: more sub-channels asked for than it hosts"
+            );
+            return Err(refused);
         }
         shared.lock().offered = count;
         Ok(())
     }
 }
 
-impl StorvspVm {
+impl<D: VmbusDevice + ?Sized + 'static> StorvspVm<D> {
     /// Builds the memory and the primary ring, opens the primary channel
     /// on `device`, and returns the VM and the guest's primary endpoint.
-    pub fn start(
-        device: Arc<StorvspDevice>,
-        config: StorvspVmConfig,
-    ) -> Result<(Self, Endpoint), VmError> {
+    pub fn start(device: Arc<D>, config: StorvspVmConfig) -> Result<(Self, Endpoint), VmError> {
         let ring_pages_each = 2 + 2 * u64::from(config.ring_pages);
         let lb = loopback(&LoopbackConfig {
             incoming_pages: config.ring_pages,
@@ -141,6 +151,7 @@ impl StorvspVm {
             .get(lb.gpadl_handle)
             .map_err(LoopbackError::from)?;
         let ring = ChannelRing {
+            handle: lb.gpadl_handle,
             pages,
             downstream_offset: lb.downstream_offset,
             host_bell: lb.host_doorbell.clone(),
@@ -174,7 +185,7 @@ impl StorvspVm {
     }
 
     /// The device currently attached.
-    pub fn device(&self) -> Arc<StorvspDevice> {
+    pub fn device(&self) -> Arc<D> {
         self.shared.lock().device.clone()
     }
 
@@ -199,20 +210,20 @@ impl StorvspVm {
 
     /// Closes every host channel and waits for their tasks; returns each
     /// channel's result.
-    pub fn close_all(&self) -> Vec<(u16, Result<(), RunError>)> {
+    pub fn close_all(&self) -> Vec<(u16, TaskResult)> {
         let (device, threads) = {
             let mut state = self.shared.lock();
             (state.device.clone(), std::mem::take(&mut state.threads))
         };
         for (index, _) in &threads {
-            let _ = device.close_channel(*index);
+            let _ = device.close(*index);
         }
         threads
             .into_iter()
             .map(|(index, thread)| {
                 let result = thread
                     .join()
-                    .unwrap_or(Err(RunError::Panicked { channel: index }));
+                    .unwrap_or(Err(ChannelError::Panicked { channel: index }));
                 (index, result)
             })
             .collect()
@@ -220,7 +231,7 @@ impl StorvspVm {
 
     /// Waits for host channel tasks that ended on their own (for example
     /// after a ring failure) and returns their results.
-    pub fn finished_channels(&self) -> Vec<(u16, Result<(), RunError>)> {
+    pub fn finished_channels(&self) -> Vec<(u16, TaskResult)> {
         let mut state = self.shared.lock();
         let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut state.threads)
             .into_iter()
@@ -235,7 +246,7 @@ impl StorvspVm {
     /// Attaches `device` (for example one restored from the old device's
     /// saved state) to every existing ring and starts serving them. Call
     /// [`close_all`](Self::close_all) first.
-    pub fn reattach(&self, device: Arc<StorvspDevice>) -> Result<(), VmError> {
+    pub fn reattach(&self, device: Arc<D>) -> Result<(), VmError> {
         let endpoints = {
             let mut state = self.shared.lock();
             state.device = device;
@@ -252,24 +263,33 @@ impl StorvspVm {
     }
 }
 
-impl Drop for StorvspVm {
+impl<D: VmbusDevice + ?Sized + 'static> Drop for StorvspVm<D> {
     fn drop(&mut self) {
         let _ = self.close_all();
     }
 }
 
-struct Opener(Arc<Shared>);
+struct Opener<D: ?Sized>(Arc<Shared<D>>);
 
-impl ChannelOpener for Opener {
+impl<D: VmbusDevice + ?Sized + 'static> ChannelOpener for Opener<D> {
     fn open_sub_channel(&self, index: u16) -> Result<Endpoint, String> {
         open_sub_channel(&self.0, index)
     }
 }
 
-fn spawn_host(shared: &Arc<Shared>, index: u16, endpoint: Endpoint) -> Result<(), VmError> {
+fn spawn_host<D: VmbusDevice + ?Sized + 'static>(
+    shared: &Arc<Shared<D>>,
+    index: u16,
+    endpoint: Endpoint,
+) -> Result<(), VmError> {
     let device = shared.lock().device.clone();
-    let offer: Arc<dyn SubChannelOffer> = Arc::new(Offer(Arc::downgrade(shared)));
-    let task = device.open_channel(index, endpoint, shared.memory.clone(), offer)?;
+    let request = OpenRequest {
+        endpoint,
+        memory: shared.memory.clone(),
+        gpadls: shared.registry.clone(),
+        sub_channels: Arc::new(Offer(Arc::downgrade(shared))),
+    };
+    let task = device.open(index, request)?;
     let thread = std::thread::Builder::new()
         .name(format!("storvsp-{index}"))
         .spawn(move || futures_lite::future::block_on(task))
@@ -278,13 +298,14 @@ fn spawn_host(shared: &Arc<Shared>, index: u16, endpoint: Endpoint) -> Result<()
     Ok(())
 }
 
-fn host_endpoint(shared: &Shared, ring: &ChannelRing) -> Result<Endpoint, RingError> {
+fn host_endpoint<D: ?Sized>(shared: &Shared<D>, ring: &ChannelRing) -> Result<Endpoint, RingError> {
     let local: Arc<dyn Doorbell> = ring.host_bell.clone();
     let remote: Arc<dyn Doorbell> = ring.guest_bell.clone();
-    Endpoint::open(
+    Endpoint::open_gpadl(
         Side::Host,
         &shared.memory,
-        &ring.pages,
+        &shared.registry,
+        ring.handle,
         ring.downstream_offset,
         local,
         remote,
@@ -293,7 +314,10 @@ fn host_endpoint(shared: &Shared, ring: &ChannelRing) -> Result<Endpoint, RingEr
 
 /// Opens sub-channel `index`: a new ring in guest memory, the host
 /// side served on its own thread; returns the guest endpoint.
-fn open_sub_channel(shared: &Arc<Shared>, index: u16) -> Result<Endpoint, String> {
+fn open_sub_channel<D: VmbusDevice + ?Sized + 'static>(
+    shared: &Arc<Shared<D>>,
+    index: u16,
+) -> Result<Endpoint, String> {
     let (offered, expected) = {
         let state = shared.lock();
         (state.offered, state.rings.len() as u16)
@@ -324,6 +348,7 @@ fn open_sub_channel(shared: &Arc<Shared>, index: u16) -> Result<Endpoint, String
         .map_err(|e| e.to_string())?;
     let pages = shared.registry.get(handle).map_err(|e| e.to_string())?;
     let ring = ChannelRing {
+        handle,
         pages,
         downstream_offset: (1 + data) as u32,
         host_bell: Arc::new(EventDoorbell::new()),

@@ -246,7 +246,7 @@ impl LoopbackVm {
             Ok(channel)
         })();
         if opened.is_err() {
-            let _ = inner.gpadls.remove(gpadl);
+            let _ = inner.gpadls.try_teardown(gpadl);
         }
         opened
     }
@@ -365,7 +365,7 @@ impl GuestChannel {
 
     fn release_ring(&mut self) {
         let inner = &self.vm.inner;
-        if inner.gpadls.remove(self.gpadl).is_ok() {
+        if inner.gpadls.try_teardown(self.gpadl).is_ok() {
             inner.pages.free(&self.ring_pages);
         }
     }

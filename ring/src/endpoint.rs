@@ -81,7 +81,8 @@ impl Endpoint {
     }
 
     /// Opens `side` of the channel whose ring GPADL is registered in
-    /// `registry` under `handle` (see [`open`](Self::open)).
+    /// `registry` under `handle` (see [`open`](Self::open)). Both halves
+    /// hold the GPADL, so its teardown waits until they are dropped.
     pub fn open_gpadl(
         side: Side,
         memory: &GuestMemory,
@@ -91,8 +92,31 @@ impl Endpoint {
         local: Arc<dyn Doorbell>,
         remote: Arc<dyn Doorbell>,
     ) -> Result<Self> {
-        let pages = registry.get(handle)?;
-        Self::open(side, memory, &pages, downstream_offset, local, remote)
+        let guard = registry.acquire(handle)?;
+        Self::open_guarded(side, memory, guard, downstream_offset, local, remote)
+    }
+
+    /// [`open`](Self::open) over the pages of a GPADL already held; both
+    /// halves keep the hold, so its teardown waits until they are dropped.
+    pub fn open_guarded(
+        side: Side,
+        memory: &GuestMemory,
+        guard: crate::gpa::GpadlGuard,
+        downstream_offset: u32,
+        local: Arc<dyn Doorbell>,
+        remote: Arc<dyn Doorbell>,
+    ) -> Result<Self> {
+        let mut endpoint = Self::open(
+            side,
+            memory,
+            guard.pages(),
+            downstream_offset,
+            local,
+            remote,
+        )?;
+        endpoint.reader.hold_gpadl(guard.clone());
+        endpoint.writer.hold_gpadl(guard);
+        Ok(endpoint)
     }
 
     /// Splits into the reader and writer, usable from two tasks or threads.

@@ -1,12 +1,23 @@
 //! GPA ranges (a byte range over a list of guest page numbers) and the GPADL
 //! registry (guest-registered page lists by handle).
 //!
+//! A device that uses a GPADL's pages holds a [`GpadlGuard`] (the ring
+//! halves of an endpoint opened with
+//! [`Endpoint::open_gpadl`](crate::Endpoint::open_gpadl) hold one each);
+//! [`GpadlRegistry::teardown`] waits until the last guard is dropped, and
+//! [`GpadlRegistry::try_teardown`] refuses while one exists, so the pages
+//! are never handed back to the guest while a device still reads or
+//! writes them. Closing the channel drops the ring halves and with them
+//! the guards, so a guest cannot hold a teardown up by itself.
+//!
 //! Both are built only from validated values: a [`GpaRange`] always has a
 //! non-zero byte count, a first-page offset below 4096 and exactly the pages
 //! it spans. Page numbers are checked against guest memory when accessed.
 
 use crate::memory::{GuestMemory, MemoryError, PAGE_SHIFT, PAGE_SIZE};
+use event_listener::Event;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// An error building or using a GPA range or GPADL.
@@ -62,6 +73,17 @@ pub enum GpaError {
     /// A GPADL handle registered twice.
     #[error("GPADL handle {0:#x} is already registered")]
     DuplicateGpadl(u32),
+    /// A GPADL whose pages a device still uses.
+    #[error("GPADL {handle:#x} is still in use by {holders} holder(s)")]
+    GpadlInUse {
+        /// The handle.
+        handle: u32,
+        /// Guards alive.
+        holders: usize,
+    },
+    /// A GPADL being torn down: no new user may take it.
+    #[error("GPADL {0:#x} is being torn down")]
+    GpadlTearingDown(u32),
 }
 
 /// A byte range in guest memory: `byte_count` bytes starting `byte_offset`
@@ -258,12 +280,67 @@ impl GpaRange {
     }
 }
 
+/// Who still uses one GPADL.
+#[derive(Debug, Default)]
+struct Holds {
+    count: AtomicUsize,
+    tearing_down: AtomicBool,
+    released: Event,
+}
+
+#[derive(Debug)]
+struct Entry {
+    pages: Arc<[u64]>,
+    holds: Arc<Holds>,
+}
+
+/// A user's hold on a GPADL's pages: while any guard of a GPADL exists,
+/// [`GpadlRegistry::teardown`] waits and [`GpadlRegistry::try_teardown`]
+/// refuses. Clones are holds of their own.
+#[derive(Debug)]
+pub struct GpadlGuard {
+    handle: u32,
+    pages: Arc<[u64]>,
+    holds: Arc<Holds>,
+}
+
+impl GpadlGuard {
+    /// The GPADL's handle.
+    pub fn handle(&self) -> u32 {
+        self.handle
+    }
+
+    /// The GPADL's pages.
+    pub fn pages(&self) -> &Arc<[u64]> {
+        &self.pages
+    }
+}
+
+impl Clone for GpadlGuard {
+    fn clone(&self) -> Self {
+        self.holds.count.fetch_add(1, Ordering::SeqCst);
+        Self {
+            handle: self.handle,
+            pages: self.pages.clone(),
+            holds: self.holds.clone(),
+        }
+    }
+}
+
+impl Drop for GpadlGuard {
+    fn drop(&mut self) {
+        if self.holds.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.holds.released.notify(usize::MAX);
+        }
+    }
+}
+
 /// Guest-registered page lists by 32-bit handle. Shared between the
-/// channel-management code that registers GPADLs and the channels that use
-/// them.
+/// channel-management code that registers and tears down GPADLs and the
+/// devices that use them.
 #[derive(Debug, Clone, Default)]
 pub struct GpadlRegistry {
-    gpadls: Arc<RwLock<HashMap<u32, Arc<[u64]>>>>,
+    gpadls: Arc<RwLock<HashMap<u32, Entry>>>,
 }
 
 impl GpadlRegistry {
@@ -294,22 +371,87 @@ impl GpadlRegistry {
         if map.contains_key(&handle) {
             return Err(GpaError::DuplicateGpadl(handle));
         }
-        map.insert(handle, pages.into());
+        map.insert(
+            handle,
+            Entry {
+                pages: pages.into(),
+                holds: Arc::default(),
+            },
+        );
         Ok(())
     }
 
-    /// The pages registered under `handle`.
+    /// The pages registered under `handle`, without a hold: for code that
+    /// only inspects them. A device that reads or writes them takes
+    /// [`acquire`](Self::acquire) instead.
     pub fn get(&self, handle: u32) -> Result<Arc<[u64]>, GpaError> {
         let map = self.gpadls.read().unwrap_or_else(|e| e.into_inner());
         map.get(&handle)
-            .cloned()
+            .map(|entry| entry.pages.clone())
             .ok_or(GpaError::UnknownGpadl(handle))
     }
 
-    /// Removes `handle`, returning its pages.
-    pub fn remove(&self, handle: u32) -> Result<Arc<[u64]>, GpaError> {
+    /// A hold on the pages of `handle`; refused once its teardown began.
+    pub fn acquire(&self, handle: u32) -> Result<GpadlGuard, GpaError> {
+        let map = self.gpadls.read().unwrap_or_else(|e| e.into_inner());
+        let entry = map.get(&handle).ok_or(GpaError::UnknownGpadl(handle))?;
+        // Teardown raises the flag under the write lock, so no hold can be
+        // taken after it checked the count.
+        if entry.holds.tearing_down.load(Ordering::SeqCst) {
+            return Err(GpaError::GpadlTearingDown(handle));
+        }
+        entry.holds.count.fetch_add(1, Ordering::SeqCst);
+        Ok(GpadlGuard {
+            handle,
+            pages: entry.pages.clone(),
+            holds: entry.holds.clone(),
+        })
+    }
+
+    /// Holds alive on `handle` (0 if it is not registered).
+    pub fn holders(&self, handle: u32) -> usize {
+        let map = self.gpadls.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&handle)
+            .map_or(0, |entry| entry.holds.count.load(Ordering::SeqCst))
+    }
+
+    /// Removes `handle` and returns its pages if no device holds it;
+    /// otherwise [`GpaError::GpadlInUse`] and nothing changes.
+    pub fn try_teardown(&self, handle: u32) -> Result<Arc<[u64]>, GpaError> {
         let mut map = self.gpadls.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(&handle).ok_or(GpaError::UnknownGpadl(handle))
+        let entry = map.get(&handle).ok_or(GpaError::UnknownGpadl(handle))?;
+        let holders = entry.holds.count.load(Ordering::SeqCst);
+        if holders > 0 {
+            return Err(GpaError::GpadlInUse { handle, holders });
+        }
+        Ok(map.remove(&handle).map(|e| e.pages).unwrap_or_default())
+    }
+
+    /// Removes `handle` once no device holds it and returns its pages. New
+    /// holds are refused from the call on. If the future is dropped before
+    /// it completes, the GPADL stays registered and refuses new holds;
+    /// calling `teardown` or `try_teardown` again finishes the job.
+    pub async fn teardown(&self, handle: u32) -> Result<Arc<[u64]>, GpaError> {
+        let holds = {
+            let map = self.gpadls.write().unwrap_or_else(|e| e.into_inner());
+            let entry = map.get(&handle).ok_or(GpaError::UnknownGpadl(handle))?;
+            entry.holds.tearing_down.store(true, Ordering::SeqCst);
+            entry.holds.clone()
+        };
+        loop {
+            if holds.count.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let released = holds.released.listen();
+            if holds.count.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            released.await;
+        }
+        let mut map = self.gpadls.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(&handle)
+            .map(|e| e.pages)
+            .ok_or(GpaError::UnknownGpadl(handle))
     }
 }
 
@@ -412,7 +554,86 @@ mod tests {
         );
         assert_eq!(&*reg.get(1).unwrap(), &[3, 4]);
         assert_eq!(reg.get(2), Err(GpaError::UnknownGpadl(2)));
-        reg.remove(1).unwrap();
-        assert_eq!(reg.remove(1), Err(GpaError::UnknownGpadl(1)));
+        reg.try_teardown(1).unwrap();
+        assert_eq!(reg.try_teardown(1), Err(GpaError::UnknownGpadl(1)));
+    }
+
+    use futures_lite::future::{block_on, poll_once};
+
+    #[test]
+    fn teardown_of_an_unused_gpadl_is_immediate() {
+        let mem = memory();
+        let reg = GpadlRegistry::new();
+        reg.register(&mem, 7, vec![2, 3]).unwrap();
+        let guard = reg.acquire(7).unwrap();
+        drop(guard);
+        assert_eq!(reg.holders(7), 0);
+        let done = block_on(poll_once(reg.teardown(7)));
+        assert_eq!(done.map(|r| r.map(|p| p.to_vec())), Some(Ok(vec![2, 3])));
+        assert_eq!(reg.get(7), Err(GpaError::UnknownGpadl(7)));
+        assert_eq!(block_on(reg.teardown(7)), Err(GpaError::UnknownGpadl(7)));
+    }
+
+    #[test]
+    fn try_teardown_refuses_while_held_and_changes_nothing() {
+        let mem = memory();
+        let reg = GpadlRegistry::new();
+        reg.register(&mem, 1, vec![4]).unwrap();
+        let first = reg.acquire(1).unwrap();
+        let second = first.clone();
+        assert_eq!(reg.holders(1), 2);
+        assert_eq!(
+            reg.try_teardown(1),
+            Err(GpaError::GpadlInUse {
+                handle: 1,
+                holders: 2
+            })
+        );
+        drop(first);
+        assert_eq!(
+            reg.try_teardown(1),
+            Err(GpaError::GpadlInUse {
+                handle: 1,
+                holders: 1
+            })
+        );
+        // Still registered and usable: a refused try changes nothing.
+        let third = reg.acquire(1).unwrap();
+        drop((second, third));
+        assert_eq!(&*reg.try_teardown(1).unwrap(), &[4]);
+    }
+
+    #[test]
+    fn teardown_waits_for_the_last_guard_and_refuses_new_ones() {
+        let mem = memory();
+        let reg = GpadlRegistry::new();
+        reg.register(&mem, 3, vec![5, 6]).unwrap();
+        let guard = reg.acquire(3).unwrap();
+        let other = guard.clone();
+        let mut teardown = Box::pin(reg.teardown(3));
+        assert!(block_on(poll_once(teardown.as_mut())).is_none());
+        assert_eq!(reg.acquire(3).err(), Some(GpaError::GpadlTearingDown(3)));
+        drop(guard);
+        assert!(
+            block_on(poll_once(teardown.as_mut())).is_none(),
+            "one guard left"
+        );
+        // The last guard goes away on another thread; the waiter wakes.
+        let releaser = std::thread::spawn(move || drop(other));
+        assert_eq!(&*block_on(teardown).unwrap(), &[5, 6]);
+        releaser.join().unwrap();
+        assert_eq!(reg.get(3), Err(GpaError::UnknownGpadl(3)));
+    }
+
+    #[test]
+    fn a_dropped_teardown_can_be_finished_later() {
+        let mem = memory();
+        let reg = GpadlRegistry::new();
+        reg.register(&mem, 9, vec![1]).unwrap();
+        let guard = reg.acquire(9).unwrap();
+        assert!(block_on(poll_once(reg.teardown(9))).is_none());
+        assert_eq!(reg.acquire(9).err(), Some(GpaError::GpadlTearingDown(9)));
+        drop(guard);
+        assert_eq!(&*reg.try_teardown(9).unwrap(), &[1]);
     }
 }

@@ -53,7 +53,7 @@ pub mod writer;
 pub use doorbell::{Doorbell, EventDoorbell, EventfdDoorbell};
 pub use endpoint::{Endpoint, Side, split_gpadl};
 pub use error::RingError;
-pub use gpa::{GpaError, GpaRange, GpadlRegistry};
+pub use gpa::{GpaError, GpaRange, GpadlGuard, GpadlRegistry};
 pub use loopback::{Loopback, LoopbackConfig, LoopbackError, PageAllocator, loopback};
 pub use memory::{GuestMemory, MemoryError, MemoryRegion, PAGE_SIZE};
 pub use packet::{

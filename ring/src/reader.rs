@@ -33,6 +33,9 @@ pub struct RingReader {
     published: u32,
     /// Reused host copy of the current packet.
     buffer: Vec<u8>,
+    /// The hold on the ring GPADL, if opened from the registry: the
+    /// GPADL cannot be torn down while this half exists.
+    gpadl: Option<crate::gpa::GpadlGuard>,
 }
 
 impl std::fmt::Debug for RingReader {
@@ -59,7 +62,13 @@ impl RingReader {
             position,
             published: position,
             buffer: Vec::new(),
+            gpadl: None,
         })
+    }
+
+    /// Keeps `guard` (the ring GPADL's) for as long as this half lives.
+    pub(crate) fn hold_gpadl(&mut self, guard: crate::gpa::GpadlGuard) {
+        self.gpadl = Some(guard);
     }
 
     /// The ring half read from.

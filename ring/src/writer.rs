@@ -26,6 +26,9 @@ pub struct RingWriter {
     seen_read: u32,
     /// Reused buffer for descriptor + extension.
     header: Vec<u8>,
+    /// The hold on the ring GPADL, if opened from the registry: the
+    /// GPADL cannot be torn down while this half exists.
+    gpadl: Option<crate::gpa::GpadlGuard>,
 }
 
 impl std::fmt::Debug for RingWriter {
@@ -54,7 +57,13 @@ impl RingWriter {
             published: position,
             seen_read,
             header: Vec::with_capacity(64),
+            gpadl: None,
         })
+    }
+
+    /// Keeps `guard` (the ring GPADL's) for as long as this half lives.
+    pub(crate) fn hold_gpadl(&mut self, guard: crate::gpa::GpadlGuard) {
+        self.gpadl = Some(guard);
     }
 
     /// The ring half written to.

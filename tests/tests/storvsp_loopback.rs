@@ -10,11 +10,10 @@ use std::time::Duration;
 use futures_lite::future::block_on;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use vmbdev_block::{BlockDevice, BlockError, RawFile};
-use vmbdev_device::bus::VmbusDevice;
+use vmbdev_device::bus::{ChannelError, VmbusDevice};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{
-    Controller, LunAddress as HostLun, RunError, StorvspConfig, StorvspDevice,
-    WORST_COMPLETION_RING_LEN,
+    Controller, LunAddress as HostLun, StorvspConfig, StorvspDevice, WORST_COMPLETION_RING_LEN,
 };
 use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, LunAddress, Storvsc};
 use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig};
@@ -427,14 +426,14 @@ fn save_restore_reissues_requests_in_flight() {
     });
     let old = setup.vm.device();
     for index in old.running_channels() {
-        old.close_channel(index).unwrap();
+        VmbusDevice::close(old.as_ref(), index).unwrap();
     }
     gated.set_closed(false);
     for (index, result) in setup.vm.close_all() {
         result.unwrap_or_else(|e| panic!("channel {index}: {e}"));
     }
     let saved = VmbusDevice::save(old.as_ref()).unwrap();
-    let state = old.save_state().unwrap();
+    let state = vmbdev_device::storvsp::saved::decode(&saved).unwrap();
     let pending: usize = state.pending.iter().map(|(_, p)| p.len()).sum();
     assert_eq!(pending, 9, "{state:?}");
     assert_eq!(
@@ -720,7 +719,7 @@ fn hostile_packets_have_defined_outcomes() {
     let (index, result) = ended.pop().unwrap();
     assert_eq!(index, 0);
     assert!(
-        matches!(result, Err(RunError::Ring { channel: 0, .. })),
+        matches!(result, Err(ChannelError::Ring { channel: 0, .. })),
         "{result:?}"
     );
     assert_eq!(device.stats().violations(), violations + 3);

@@ -129,7 +129,17 @@ impl StorvspChannel {
         memory: GuestMemory,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(Self {
+        Ok(Self::new_validated(config, controller, memory))
+    }
+
+    /// [`new`](Self::new) for a configuration already validated (the
+    /// device checks its configuration once, when it is built).
+    pub(super) fn new_validated(
+        config: StorvspConfig,
+        controller: Arc<Controller>,
+        memory: GuestMemory,
+    ) -> Self {
+        Self {
             config,
             controller,
             memory,
@@ -137,7 +147,7 @@ impl StorvspChannel {
             version: None,
             sub_channels: 0,
             primary: true,
-        })
+        }
     }
 
     /// A sub-channel of this (initialized) channel: it takes SRBs at once,

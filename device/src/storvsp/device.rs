@@ -6,76 +6,30 @@
 //! answered; the types are in [`super::saved`]).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-
-use vmbdev_ring::{Endpoint, GuestMemory};
 
 use super::runner::{
     ChannelContext, DEFAULT_QUEUE_DEPTH, PendingTable, RunError, StopSignal, StorvspStats,
-    SubChannelRequester, serve_channel,
+    serve_channel,
 };
+use super::saved::StorvspSavedStateError;
 use super::{
-    ConfigError, Controller, InitState, LunAddress, Notification, RestoreError, SavedState,
-    StorvspChannel, StorvspConfig,
+    ConfigError, Controller, InitState, LunAddress, Notification, SavedState, StorvspChannel,
+    StorvspConfig,
+};
+use crate::bus::{
+    BusError, ChannelError, ChannelTask, IoSpawner, OpenRequest, SubChannelControl, ThreadPool,
 };
 use crate::scsi_disk::ScsiDisk;
+use crate::violation::ViolationLog;
 
 pub use super::saved::SavedDevice;
 
-/// An error opening, closing or saving a channel of the device.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// The channel index is not one the guest created.
-    #[error("storvsp has no channel {index} (sub-channels created: {created})")]
-    NoSuchChannel {
-        /// Index asked for.
-        index: u16,
-        /// Sub-channels the guest created.
-        created: u16,
-    },
-    /// The channel is already being served.
-    #[error("storvsp channel {0} is already open")]
-    AlreadyOpen(u16),
-    /// The channel is not being served.
-    #[error("storvsp channel {0} is not open")]
-    NotOpen(u16),
-    /// Save needs every channel closed first.
-    #[error("storvsp channel {0} is still running; close it before saving")]
-    ChannelRunning(u16),
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The saved state does not fit this device.
-    #[error("storvsp saved state refused: {0}")]
-    Restore(#[from] RestoreError),
-    /// The saved state lists a channel the saved protocol state has not
-    /// created.
-    #[error("storvsp saved state has requests for channel {index} but only {created} sub-channels")]
-    SavedChannel {
-        /// Channel index in the saved state.
-        index: u16,
-        /// Sub-channels the saved state created.
-        created: u16,
-    },
-}
-
-/// How the bus offers sub-channels to the guest.
-pub trait SubChannelOffer: Send + Sync {
-    /// Offers sub-channels `1..=count`; the bus later opens them with
-    /// [`StorvspDevice::open_channel`].
-    fn offer_sub_channels(&self, count: u16) -> Result<(), String>;
-}
-
-/// A bus that cannot offer sub-channels.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoSubChannelOffer;
-
-impl SubChannelOffer for NoSubChannelOffer {
-    fn offer_sub_channels(&self, count: u16) -> Result<(), String> {
-        Err(format!(
-            "{count} sub-channels asked for but the bus offers none"
-        ))
+impl From<RunError> for ChannelError {
+    fn from(error: RunError) -> Self {
+        match error {
+            RunError::Ring { channel, source } => Self::Ring { channel, source },
+        }
     }
 }
 
@@ -107,8 +61,13 @@ pub struct StorvspDevice {
     queue_depth: usize,
     instance_id: crate::bus::Guid,
     stats: Arc<StorvspStats>,
+    io: Arc<dyn IoSpawner>,
     state: Arc<Mutex<DeviceState>>,
 }
+
+/// Threads of the pool a device makes for itself when the VMM injects
+/// none.
+const DEFAULT_IO_THREADS: usize = 4;
 
 impl StorvspDevice {
     /// A device with `config` over `controller`'s LUNs.
@@ -120,8 +79,23 @@ impl StorvspDevice {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             instance_id: crate::bus::Guid::from_u128(0x6a3f_2b3c_5d1e_4c6f_8e2a_1b7c_9d0e_f123),
             stats: Arc::default(),
+            io: Arc::new(ThreadPool::named(DEFAULT_IO_THREADS, "storvsp-io")),
             state: Arc::default(),
         })
+    }
+
+    /// Runs SRB jobs on `spawner` (the VMM's pool) instead of a pool of
+    /// the device's own.
+    pub fn with_io_spawner(mut self, spawner: Arc<dyn IoSpawner>) -> Self {
+        self.io = spawner;
+        self
+    }
+
+    /// Counts and logs guest protocol violations in `violations` (e.g.
+    /// with an injected clock or policy). Resets the other counters.
+    pub fn with_violation_log(mut self, violations: ViolationLog) -> Self {
+        self.stats = Arc::new(StorvspStats::with_violation_log(violations));
+        self
     }
 
     /// Sets how many requests one channel takes before answering any.
@@ -161,31 +135,34 @@ impl StorvspDevice {
     }
 
     /// Starts serving channel `index` (0 = primary; sub-channels after the
-    /// guest created them) over `endpoint`. Returns the channel task: it
-    /// runs until [`close_channel`](Self::close_channel) (then `Ok`) or a
-    /// ring failure. Opening the primary resets the protocol state unless
-    /// [`restore_state`](Self::restore_state) supplied one; requests pending from a
-    /// restore are re-issued first.
-    pub fn open_channel(
+    /// guest created them) over the request's endpoint. The task runs
+    /// until [`close_channel`](Self::close_channel) (then `Ok`) or a ring
+    /// failure. Opening the primary resets the protocol state unless a
+    /// restore supplied one; requests pending from a restore are re-issued
+    /// first.
+    pub(super) fn open_channel(
         &self,
         index: u16,
-        endpoint: Endpoint,
-        memory: GuestMemory,
-        offer: Arc<dyn SubChannelOffer>,
-    ) -> Result<impl Future<Output = Result<(), RunError>> + Send + 'static, DeviceError> {
+        request: OpenRequest,
+    ) -> Result<ChannelTask, BusError> {
         let mut device = self.lock();
         if device
             .slots
             .get(&index)
             .is_some_and(|s| s.running.is_some())
         {
-            return Err(DeviceError::AlreadyOpen(index));
+            return Err(BusError::AlreadyOpen(index));
         }
         let state = if index == 0 {
-            let mut channel =
-                StorvspChannel::new(self.config, self.controller.clone(), memory.clone())?;
+            let mut channel = StorvspChannel::new_validated(
+                self.config,
+                self.controller.clone(),
+                request.memory.clone(),
+            );
             match device.restored.take() {
-                Some(saved) => channel.restore(saved)?,
+                Some(saved) => channel
+                    .restore(saved)
+                    .map_err(StorvspSavedStateError::from)?,
                 None => {
                     // A fresh start: nothing from an earlier session is
                     // answered any more.
@@ -205,9 +182,9 @@ impl StorvspDevice {
                 }
             });
             let Some(sub) = sub else {
-                return Err(DeviceError::NoSuchChannel {
+                return Err(BusError::NoSuchChannel {
                     index,
-                    created: self.sub_channels_created_locked(&device),
+                    count: self.sub_channels_created_locked(&device) + 1,
                 });
             };
             Arc::new(Mutex::new(sub))
@@ -229,22 +206,27 @@ impl StorvspDevice {
             notifications: notify_rx,
             sub_channels: Arc::new(DeviceSubChannels {
                 state: Arc::downgrade(&self.state),
-                offer,
+                bus: request.sub_channels,
             }),
             queue_depth: self.queue_depth,
+            io: self.io.clone(),
         };
         drop(device);
-        let (reader, writer) = endpoint.split();
+        let (reader, writer) = request.endpoint.split();
+        let served = crate::bus::catch_panics(index, async move {
+            Ok(serve_channel(ctx, reader, writer).await?)
+        });
         let device = Arc::downgrade(&self.state);
-        Ok(async move {
-            let result = serve_channel(ctx, reader, writer).await;
+        Ok(Box::pin(async move {
+            let result = served.await;
+            // However the task ended, the channel is closed.
             if let Some(device) = device.upgrade() {
                 if let Some(slot) = lock_state(&device).slots.get_mut(&index) {
                     slot.running = None;
                 }
             }
             result
-        })
+        }))
     }
 
     fn sub_channels_created_locked(&self, device: &DeviceState) -> u16 {
@@ -263,14 +245,14 @@ impl StorvspDevice {
 
     /// Asks channel `index` to stop; its task returns once no job touches
     /// guest memory. Requests taken and not answered stay pending.
-    pub fn close_channel(&self, index: u16) -> Result<(), DeviceError> {
+    pub(super) fn close_channel(&self, index: u16) -> Result<(), BusError> {
         let device = self.lock();
         match device.slots.get(&index).and_then(|s| s.running.as_ref()) {
             Some(running) => {
                 running.stop.stop();
                 Ok(())
             }
-            None => Err(DeviceError::NotOpen(index)),
+            None => Err(BusError::NotOpen(index)),
         }
     }
 
@@ -320,10 +302,10 @@ impl StorvspDevice {
     }
 
     /// The saved state. Every channel must be closed (its task finished).
-    pub fn save_state(&self) -> Result<SavedDevice, DeviceError> {
+    pub(super) fn save_state(&self) -> Result<SavedDevice, BusError> {
         let device = self.lock();
         if let Some((&index, _)) = device.slots.iter().find(|(_, s)| s.running.is_some()) {
-            return Err(DeviceError::ChannelRunning(index));
+            return Err(BusError::ChannelRunning(index));
         }
         let primary = device
             .slots
@@ -342,14 +324,16 @@ impl StorvspDevice {
 
     /// Loads a saved state: the next open of each channel resumes from it
     /// and re-issues its pending requests. Every channel must be closed.
-    pub fn restore_state(&self, saved: SavedDevice) -> Result<(), DeviceError> {
+    pub(super) fn restore_state(&self, saved: SavedDevice) -> Result<(), BusError> {
         let mut device = self.lock();
         if let Some((&index, _)) = device.slots.iter().find(|(_, s)| s.running.is_some()) {
-            return Err(DeviceError::ChannelRunning(index));
+            return Err(BusError::ChannelRunning(index));
         }
         let created = match saved.primary {
             Some(primary) => {
-                primary.validate(&self.config)?;
+                primary
+                    .validate(&self.config)
+                    .map_err(StorvspSavedStateError::from)?;
                 if primary.state == InitState::Ready {
                     primary.sub_channels
                 } else {
@@ -360,10 +344,11 @@ impl StorvspDevice {
         };
         for (index, _) in &saved.pending {
             if *index > created {
-                return Err(DeviceError::SavedChannel {
+                return Err(StorvspSavedStateError::SavedChannel {
                     index: *index,
                     created,
-                });
+                }
+                .into());
             }
         }
         device.slots.clear();
@@ -379,17 +364,18 @@ impl StorvspDevice {
 /// Creates device state for sub-channels, then has the bus offer them.
 struct DeviceSubChannels {
     state: std::sync::Weak<Mutex<DeviceState>>,
-    offer: Arc<dyn SubChannelOffer>,
+    bus: Arc<dyn SubChannelControl>,
 }
 
 fn lock_state(state: &Mutex<DeviceState>) -> std::sync::MutexGuard<'_, DeviceState> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl SubChannelRequester for DeviceSubChannels {
-    fn create_sub_channels(&self, count: u16) -> Result<(), String> {
+impl SubChannelControl for DeviceSubChannels {
+    fn enable_sub_channels(&self, count: u16) -> Result<(), BusError> {
         let Some(device) = self.state.upgrade() else {
-            return Err("device is gone".into());
+            // The device is gone: nothing could serve the channels.
+            return Err(BusError::SubChannelsUnsupported { requested: count });
         };
         {
             let mut state = lock_state(&device);
@@ -397,6 +383,6 @@ impl SubChannelRequester for DeviceSubChannels {
                 state.slots.entry(index).or_default();
             }
         }
-        self.offer.offer_sub_channels(count)
+        self.bus.enable_sub_channels(count)
     }
 }

@@ -10,19 +10,40 @@
 //! blocking I/O, so an async layer can run jobs on a blocking pool and
 //! complete them out of order on the channel they came from.
 //!
+//! # Protocol violations
+//!
+//! storvsp **fails the packet**: a packet that is not a vstor request (a
+//! payload shorter than the 12-byte vstor header, a transfer-page packet,
+//! a completion sent by the guest, a request that does not ask for a
+//! completion) is counted under its kind in the device's
+//! [`ViolationLog`](crate::violation::ViolationLog) (see
+//! [`StorvspStats::violation_log`]), logged at the shared rate limit, and
+//! dropped without a completion; the channel keeps serving. The ring
+//! frames every packet, so one bad packet cannot desynchronise the
+//! stream, and stopping would also abandon the other requests in flight
+//! on the channel. A request that is a valid vstor packet but asks for
+//! something wrong is not a violation: it is answered with an error
+//! status. Only a ring the reader cannot frame any more (bad indices, a
+//! malformed descriptor) **stops the channel**, counted as
+//! `ring failure`, and the task ends with
+//! [`ChannelError::Ring`](crate::bus::ChannelError::Ring): after that no
+//! packet boundary can be trusted.
+//!
 //! The parts: `config` (controller settings and the LUN map), `packet`
 //! (requests, completions and notifications), `channel` (the init/version
 //! state machine), `srb` (checking and running SRBs), [`saved`] (saved
-//! state and its encoding), [`runner`] (serving a channel's rings),
-//! [`device`] (a controller's channels) and [`vmbus`] (the bus glue).
+//! state and its encoding), `runner` (serving a channel's rings),
+//! `device` (a controller's channels, [`StorvspDevice`]) and [`vmbus`]
+//! (its [`VmbusDevice`](crate::bus::VmbusDevice) implementation, the only
+//! way a VMM drives it).
 
 mod channel;
 mod config;
 mod packet;
 mod srb;
 
-pub mod device;
-pub mod runner;
+mod device;
+mod runner;
 pub mod saved;
 pub mod vmbus;
 
@@ -31,13 +52,13 @@ pub use config::{
     ConfigError, Controller, DEFAULT_MAX_TRANSFER_BYTES, LunAddress, MAX_MAX_TRANSFER_BYTES,
     StorvspConfig,
 };
-pub use device::{DeviceError, NoSubChannelOffer, SavedDevice, StorvspDevice, SubChannelOffer};
+pub use device::{SavedDevice, StorvspDevice};
 pub use packet::{Completion, Notification, ProtocolViolation, Request};
 pub use runner::{
-    DEFAULT_QUEUE_DEPTH, PendingRequest, RunError, StopSignal, StorvspStats,
+    DEFAULT_QUEUE_DEPTH, PendingRequest, PendingTable, StopSignal, StorvspStats,
     WORST_COMPLETION_RING_LEN,
 };
-pub use saved::{RestoreError, SavedState};
+pub use saved::{RestoreError, SavedState, StorvspSavedStateError};
 pub use srb::SrbJob;
 
 #[cfg(test)]

@@ -18,6 +18,14 @@ pub enum ProtocolViolation {
     },
 }
 
+impl crate::violation::Violation for ProtocolViolation {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::TooShort { .. } => "vstor packet shorter than its header",
+        }
+    }
+}
+
 /// One packet received on a channel.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {

@@ -56,7 +56,8 @@ pub const WORST_COMPLETION_RING_LEN: usize = (16 + vstor::PACKET_SIZE_WIN8).next
 /// Most packets the reader takes from the ring in one batch.
 const READ_BATCH: usize = 32;
 
-/// Why a channel task stopped serving its ring.
+/// Why a channel task stopped serving its ring; the device turns it into
+/// a [`ChannelError`](crate::bus::ChannelError) at the bus boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The ring is broken (bad indices, malformed packet framing); the
@@ -68,19 +69,22 @@ pub enum RunError {
         /// What the ring reported.
         source: RingError,
     },
-    /// The thread serving the channel panicked (a bug, never guest input).
-    #[error("storvsp channel {channel}: the serving thread panicked")]
-    Panicked {
-        /// Channel index.
-        channel: u16,
-    },
 }
 
-/// Asks the bus to offer sub-channels on behalf of a channel.
-pub trait SubChannelRequester: Send + Sync {
+/// CREATE_SUB_CHANNELS as the channel task says it: the bus's
+/// [`SubChannelControl`](crate::bus::SubChannelControl) under the
+/// request's name. Implemented for every `SubChannelControl` and never on
+/// its own, so there is one sub-channel trait to implement.
+pub trait SubChannelRequester {
     /// Creates the device state of sub-channels `1..=count` and offers them
     /// to the guest. `Err` makes CREATE_SUB_CHANNELS fail.
-    fn create_sub_channels(&self, count: u16) -> Result<(), String>;
+    fn create_sub_channels(&self, count: u16) -> Result<(), crate::bus::BusError>;
+}
+
+impl<T: crate::bus::SubChannelControl + ?Sized> SubChannelRequester for T {
+    fn create_sub_channels(&self, count: u16) -> Result<(), crate::bus::BusError> {
+        self.enable_sub_channels(count)
+    }
 }
 
 /// Everything one channel task works with.
@@ -98,9 +102,14 @@ pub struct ChannelContext {
     /// Unsolicited packets to send (ENUMERATE_BUS on the primary).
     pub notifications: async_channel::Receiver<Notification>,
     /// Where CREATE_SUB_CHANNELS goes.
-    pub sub_channels: Arc<dyn SubChannelRequester>,
+    pub sub_channels: Arc<dyn crate::bus::SubChannelControl>,
     /// Most requests taken before any is answered.
     pub queue_depth: usize,
+    /// Where SRB jobs (blocking disk I/O) are meant to run: the VMM's
+    /// spawner or the device's own pool. Not read yet: the task still runs
+    /// its jobs on the `blocking` crate's pool (see `jobs`).
+    #[allow(dead_code)]
+    pub io: Arc<dyn crate::bus::IoSpawner>,
 }
 
 impl std::fmt::Debug for ChannelContext {

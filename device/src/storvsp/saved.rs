@@ -65,6 +65,26 @@ pub enum RestoreError {
     },
 }
 
+/// Why storvsp refused saved-state bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorvspSavedStateError {
+    /// The bytes are not a valid encoding.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The decoded state does not fit this device's configuration.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// The state lists requests for a channel its protocol state never
+    /// created.
+    #[error("saved state has requests for channel {index} but only {created} sub-channels")]
+    SavedChannel {
+        /// Channel index in the saved state.
+        index: u16,
+        /// Sub-channels the saved state created.
+        created: u16,
+    },
+}
+
 /// The device's saved state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SavedDevice {

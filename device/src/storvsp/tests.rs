@@ -695,3 +695,79 @@ mod fuzz {
         }
     }
 }
+
+/// A storvsp device with a counted log on a ring pair, its task run on
+/// the calling thread under `events` while a guest thread sends `bad`
+/// too-short packets and then one good request.
+#[test]
+fn ten_thousand_bad_packets_over_the_ring_are_counted_and_logged_boundedly() {
+    use crate::bus::{OpenRequest, VmbusDevice};
+    use crate::violation::tests::EventCounter;
+    use crate::violation::{ManualClock, ViolationLog, ViolationPolicy};
+    use vmbdev_ring::{LoopbackConfig, OutgoingPacket, PacketKind, loopback};
+
+    const BAD: u64 = 10_000;
+    let policy = ViolationPolicy {
+        logged_per_kind: 4,
+        summary_interval: std::time::Duration::from_secs(60),
+    };
+    let log = ViolationLog::with_policy("storvsp", policy, Arc::new(ManualClock::default()));
+    let device = Arc::new(
+        StorvspDevice::new(StorvspConfig::default(), Arc::new(Controller::new()))
+            .unwrap()
+            .with_violation_log(log),
+    );
+    let lb = loopback(&LoopbackConfig::default()).unwrap();
+    let request = OpenRequest::from_gpadl(
+        lb.memory.clone(),
+        lb.registry.clone(),
+        lb.gpadl_handle,
+        lb.downstream_offset,
+        lb.host_doorbell.clone(),
+        lb.guest_doorbell.clone(),
+    )
+    .unwrap();
+    drop(lb.host);
+    let task = device.open(0, request).unwrap();
+    let mut guest = lb.guest;
+    let closer = device.clone();
+    let guest_thread = std::thread::spawn(move || {
+        futures_lite::future::block_on(async {
+            // Eight bytes: shorter than the 12-byte vstor header.
+            let short = [1u8; 8];
+            for tid in 0..BAD {
+                guest
+                    .write(&OutgoingPacket::request(tid + 1, &short))
+                    .await
+                    .unwrap();
+            }
+            // A good BEGIN_INITIALIZATION after them: its completion
+            // proves every bad packet before it was taken.
+            let begin = packet(7, 0x40);
+            guest
+                .write(&OutgoingPacket::request(BAD + 1, &begin))
+                .await
+                .unwrap();
+            let reply = guest.read().await.unwrap();
+            assert_eq!(reply.kind, PacketKind::Completion);
+            assert_eq!(reply.transaction_id, BAD + 1);
+            assert_eq!(status(&reply.payload), 0);
+        });
+        closer.close(0).unwrap();
+    });
+    let events = EventCounter::default();
+    let result =
+        tracing::subscriber::with_default(events.clone(), || futures_lite::future::block_on(task));
+    guest_thread.join().unwrap();
+    result.unwrap();
+    let stats = device.stats();
+    assert_eq!(stats.violations(), BAD);
+    assert_eq!(
+        stats
+            .violation_log()
+            .count("vstor packet shorter than its header"),
+        BAD
+    );
+    // Four individual events; the manual clock never reaches a summary.
+    assert_eq!(events.count(), 4);
+}

@@ -8,8 +8,8 @@
 //!    taking the next request: a guest that never reads replies stops the
 //!    device from consuming, so host memory stays bounded (one message);
 //! 2. take one pipe message;
-//! 3. run it through the state machine; tree I/O runs on the `blocking`
-//!    pool so a slow read does not stall other channels' tasks;
+//! 3. run it through the state machine; tree I/O runs on the device's
+//!    [`IoSpawner`] so a slow read does not stall other channels' tasks;
 //! 4. send the reply (never a VMBus completion) into the reserved space.
 //!
 //! A malformed pipe frame or a protocol violation is counted, stops the
@@ -18,12 +18,14 @@
 //! can be read at any time with [`VmbfsDevice::stats`].
 
 use super::host::{ProtocolState, VmbfsConfig, VmbfsHost, VmbfsSavedState};
-use super::saved::{decode_saved_state, encode_saved_state};
+use super::saved::{VmbfsSavedStateError, decode_saved_state, encode_saved_state};
 use super::stats::VmbfsStats;
 use super::{Reply, Step, VmbfsInput};
 use crate::bus::{
     BusError, ChannelError, ChannelTask, Guid, Offer, OpenRequest, PipeMode, VmbusDevice,
 };
+use crate::bus::{IoSpawner, ThreadPool, run_blocking};
+use crate::violation::ViolationLog;
 use event_listener::Event;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,11 +38,16 @@ use vmbdev_ring::{Endpoint, PipeMessage, pipe_data_ring_len};
 /// uses).
 pub const RING_PAGES: u32 = 4;
 
+/// Threads of the pool a device makes for itself when the VMM injects
+/// none.
+const DEFAULT_IO_THREADS: usize = 2;
+
 /// Where a request's tree I/O runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IoPolicy {
-    /// On the `blocking` thread pool: a slow read never stalls other
-    /// tasks of the executor. Costs two thread hand-offs per request.
+    /// On the device's [`IoSpawner`] (the VMM's, or a small pool of the
+    /// device's own): a slow read never stalls other tasks of the
+    /// executor. Costs two thread hand-offs per request.
     #[default]
     BlockingPool,
     /// On the channel task's own thread. Only for a VMM that polls this
@@ -129,6 +136,8 @@ struct Slot {
 struct Shared {
     config: VmbfsConfig,
     io: IoPolicy,
+    spawner: Arc<dyn IoSpawner>,
+    violations: Arc<ViolationLog>,
     slot: Mutex<Slot>,
     counters: Counters,
 }
@@ -179,24 +188,48 @@ impl VmbfsDevice {
             shared: Arc::new(Shared {
                 config,
                 io: IoPolicy::default(),
+                spawner: Arc::new(ThreadPool::new(DEFAULT_IO_THREADS)),
+                violations: Arc::new(ViolationLog::new("vmbfs")),
                 slot: Mutex::default(),
                 counters: Counters::default(),
             }),
         }
     }
 
-    /// The same device with tree I/O run per `policy` (set before the
-    /// first open; clones made earlier keep the old policy).
-    pub fn with_io_policy(self, policy: IoPolicy) -> Self {
+    /// The same device rebuilt with one setting changed (set before the
+    /// first open; clones made earlier keep the old settings).
+    fn rebuilt(self, change: impl FnOnce(&mut Shared)) -> Self {
+        let old = &self.shared;
+        let mut shared = Shared {
+            config: old.config.clone(),
+            io: old.io,
+            spawner: old.spawner.clone(),
+            violations: old.violations.clone(),
+            slot: Mutex::default(),
+            counters: Counters::default(),
+        };
+        change(&mut shared);
         Self {
             offer: self.offer,
-            shared: Arc::new(Shared {
-                config: self.shared.config.clone(),
-                io: policy,
-                slot: Mutex::default(),
-                counters: Counters::default(),
-            }),
+            shared: Arc::new(shared),
         }
+    }
+
+    /// The same device with tree I/O run per `policy`.
+    pub fn with_io_policy(self, policy: IoPolicy) -> Self {
+        self.rebuilt(|shared| shared.io = policy)
+    }
+
+    /// The same device running [`IoPolicy::BlockingPool`] tree I/O on
+    /// `spawner` (the VMM's pool) instead of a pool of its own.
+    pub fn with_io_spawner(self, spawner: Arc<dyn IoSpawner>) -> Self {
+        self.rebuilt(|shared| shared.spawner = spawner)
+    }
+
+    /// The same device counting and logging guest protocol violations in
+    /// `violations` (e.g. with an injected clock or policy).
+    pub fn with_violation_log(self, violations: ViolationLog) -> Self {
+        self.rebuilt(|shared| shared.violations = Arc::new(violations))
     }
 
     /// A snapshot of the counters, consistent per field.
@@ -205,9 +238,12 @@ impl VmbfsDevice {
         let (protocol, state) = match host {
             Some(host) => {
                 let host = lock_host(&host);
-                (host.stats().clone(), Some(host.state()))
+                (host.stats(), Some(host.state()))
             }
-            None => (VmbfsStats::default(), None),
+            None => (
+                VmbfsStats::default().with_bad_input(&self.shared.violations),
+                None,
+            ),
         };
         let c = &self.shared.counters;
         VmbfsDeviceStats {
@@ -254,15 +290,15 @@ impl VmbusDevice for VmbfsDevice {
                 lock_host(host).rebind(request.memory.clone());
                 host.clone()
             }
-            None => Arc::new(Mutex::new(VmbfsHost::new(
-                self.shared.config.clone(),
-                request.memory.clone(),
-            ))),
+            None => Arc::new(Mutex::new(
+                VmbfsHost::new(self.shared.config.clone(), request.memory.clone())
+                    .with_violation_log(self.shared.violations.clone()),
+            )),
         };
         if let Some(saved) = slot.restored.take() {
             lock_host(&host)
                 .restore(&saved)
-                .map_err(|e| BusError::BadSavedState(e.to_string()))?;
+                .map_err(VmbfsSavedStateError::from)?;
         }
         let stop = Arc::new(StopSignal::default());
         slot.host = Some(host.clone());
@@ -275,7 +311,10 @@ impl VmbusDevice for VmbfsDevice {
             stop,
             index: channel_index,
         };
-        Ok(Box::pin(channel.serve(request.endpoint)))
+        Ok(crate::bus::catch_panics(
+            channel_index,
+            channel.serve(request.endpoint),
+        ))
     }
 
     fn close(&self, channel_index: u16) -> Result<(), BusError> {
@@ -306,8 +345,7 @@ impl VmbusDevice for VmbfsDevice {
     }
 
     fn restore(&self, saved: &[u8]) -> Result<(), BusError> {
-        let saved =
-            decode_saved_state(saved).map_err(|e| BusError::BadSavedState(e.to_string()))?;
+        let saved = decode_saved_state(saved).map_err(VmbfsSavedStateError::from)?;
         let mut slot = self.shared.slot();
         if slot.running.is_some() {
             return Err(BusError::ChannelRunning(0));
@@ -379,7 +417,11 @@ impl Channel {
                 Some(Err(e)) => {
                     counters.transport_errors.fetch_add(1, Ordering::Relaxed);
                     let error = ChannelError::from_pipe(channel, e);
-                    tracing::warn!(%error, "vmbfs: stopping the channel");
+                    self.shared.violations.record_as(
+                        channel,
+                        "malformed pipe frame",
+                        &format_args!("{error}; stopping the channel"),
+                    );
                     return Err(error);
                 }
             };
@@ -421,7 +463,13 @@ impl Channel {
             Ok(Step::Reply(reply)) => Ok(Some(reply)),
             Ok(Step::Io(job)) => {
                 let done = match self.shared.io {
-                    IoPolicy::BlockingPool => blocking::unblock(move || job.run()).await,
+                    IoPolicy::BlockingPool => {
+                        run_blocking(self.shared.spawner.as_ref(), move || job.run())
+                            .await
+                            .ok_or(ChannelError::IoLost {
+                                channel: self.index,
+                            })?
+                    }
                     IoPolicy::Inline => job.run(),
                 };
                 Ok(Some(lock_host(&self.host).finish(done)))

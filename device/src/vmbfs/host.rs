@@ -7,6 +7,7 @@ use super::io::{IoDone, IoJob, Work};
 use super::path::{PathError, decode_path};
 use super::reply::Reply;
 use super::stats::{BadInput, VmbfsStats};
+use crate::violation::ViolationLog;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use vmbdev_fs::{FileTree, TreePath};
@@ -256,6 +257,7 @@ pub struct VmbfsHost {
     gpa_direct: BTreeMap<u32, GpaDirectBuffer>,
     bounce: Vec<u8>,
     stats: VmbfsStats,
+    violations: Arc<ViolationLog>,
 }
 
 impl std::fmt::Debug for VmbfsHost {
@@ -280,7 +282,20 @@ impl VmbfsHost {
             gpa_direct: BTreeMap::new(),
             bounce: Vec::new(),
             stats: VmbfsStats::default(),
+            violations: Arc::new(ViolationLog::new("vmbfs")),
         }
+    }
+
+    /// The same host reporting bad input to `violations` (shared with the
+    /// device, so counts outlive the host).
+    pub fn with_violation_log(mut self, violations: Arc<ViolationLog>) -> Self {
+        self.violations = violations;
+        self
+    }
+
+    /// Counts bad input of `kind`; the log rate-limits its events.
+    fn bad_input(&self, kind: BadInput, detail: &dyn std::fmt::Display) {
+        self.violations.record_as(0, kind.name(), detail);
     }
 
     /// Back to the state of a fresh open: awaiting version, no registered
@@ -303,8 +318,8 @@ impl VmbfsHost {
     }
 
     /// Counters of what the guest sent.
-    pub fn stats(&self) -> &VmbfsStats {
-        &self.stats
+    pub fn stats(&self) -> VmbfsStats {
+        self.stats.clone().with_bad_input(&self.violations)
     }
 
     /// Handles of the registered GPA-direct buffers, ascending.
@@ -365,7 +380,7 @@ impl VmbfsHost {
             bounce,
         } = done;
         if let Some(kind) = rejected {
-            self.stats.record(kind);
+            self.bad_input(kind, &"request rejected by the tree read");
         }
         if bounce.len() > self.bounce.len() {
             self.bounce = bounce;
@@ -424,9 +439,8 @@ impl VmbfsHost {
 
     fn stop(&mut self, error: ProtocolError) -> ProtocolError {
         if let Some(kind) = error.kind() {
-            self.stats.record(kind);
+            self.bad_input(kind, &format_args!("{error}; stopping the channel"));
             self.stats.channel_stops += 1;
-            tracing::warn!(%error, "vmbfs: protocol violation, stopping the channel");
             self.state = ProtocolState::Stopped;
         }
         error
@@ -484,13 +498,15 @@ impl VmbfsHost {
     }
 
     fn reject(&mut self, what: &str, rejection: &Rejection) {
-        tracing::debug!(kind = ?rejection.kind, status = ?rejection.status, "vmbfs: {what} rejected");
-        self.stats.record(rejection.kind);
+        self.bad_input(
+            rejection.kind,
+            &format_args!("{what} rejected with status {:?}", rejection.status),
+        );
     }
 
     fn version(&mut self, bytes: &[u8]) -> Reply {
         let Ok((request, _)) = VersionRequest::read_from_prefix(bytes) else {
-            self.stats.record(BadInput::TruncatedBody);
+            self.bad_input(BadInput::TruncatedBody, &"VERSION_REQUEST under 12 bytes");
             return Reply::version(VersionStatus::UNSUPPORTED);
         };
         let version = request.requested_version.get();
@@ -498,8 +514,10 @@ impl VmbfsHost {
             self.state = ProtocolState::Ready { version };
             Reply::version(VersionStatus::SUPPORTED)
         } else {
-            tracing::debug!(version, "vmbfs: unsupported version requested");
-            self.stats.record(BadInput::UnsupportedVersion);
+            self.bad_input(
+                BadInput::UnsupportedVersion,
+                &format_args!("version {version:#x} requested"),
+            );
             Reply::version(VersionStatus::UNSUPPORTED)
         }
     }

@@ -27,8 +27,16 @@
 //! # Bad input
 //!
 //! Where the protocol can answer (the request type is known and valid in
-//! the current state) the answer is a status; otherwise the channel stops.
-//! Every row is counted in [`VmbfsStats`] under the [`BadInput`] kind named.
+//! the current state) the packet fails: the answer is a status and the
+//! channel keeps serving. Otherwise the channel stops: a message that is
+//! too short to have a type, of an unknown type, or out of order leaves
+//! host and guest disagreeing about the conversation, and the UEFI client
+//! recovers by reopening. Every row is counted under the [`BadInput`] kind
+//! named (its [`BadInput::name`]) in the device's
+//! [`ViolationLog`](crate::violation::ViolationLog), shown in
+//! [`VmbfsStats`], and logged at the shared rate limit (see
+//! [`crate::bus`]). A malformed pipe frame also stops the channel and is
+//! counted as `malformed pipe frame`.
 //!
 //! | input | outcome | kind |
 //! |---|---|---|
@@ -89,5 +97,5 @@ pub use host::{
 pub use io::{BOUNCE_SIZE, IoDone, IoJob};
 pub use path::{PathError, decode_path};
 pub use reply::Reply;
-pub use saved::{SavedStateError, decode_saved_state, encode_saved_state};
+pub use saved::{SavedStateError, VmbfsSavedStateError, decode_saved_state, encode_saved_state};
 pub use stats::{BadInput, VmbfsStats};

@@ -12,6 +12,17 @@ use vmbdev_ring::{GpaError, GpaRange};
 
 const MAGIC: &[u8; 8] = b"VMBFSSV1";
 
+/// Why vmbfs refused saved-state bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmbfsSavedStateError {
+    /// The bytes are not a valid encoding.
+    #[error(transparent)]
+    Decode(#[from] SavedStateError),
+    /// The decoded state cannot be loaded into the host.
+    #[error(transparent)]
+    Restore(#[from] super::host::RestoreError),
+}
+
 /// Why saved-state bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SavedStateError {

@@ -87,9 +87,39 @@ impl BadInput {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// The kind's name in the [`ViolationLog`](crate::violation::ViolationLog).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ShortHeader => "ShortHeader",
+            Self::TruncatedBody => "TruncatedBody",
+            Self::MessageTooLong => "MessageTooLong",
+            Self::UnknownType => "UnknownType",
+            Self::ResponseFromGuest => "ResponseFromGuest",
+            Self::RequestBeforeVersion => "RequestBeforeVersion",
+            Self::RepeatedVersion => "RepeatedVersion",
+            Self::UnsupportedVersion => "UnsupportedVersion",
+            Self::OddLengthPath => "OddLengthPath",
+            Self::EmbeddedNul => "EmbeddedNul",
+            Self::UnpairedSurrogate => "UnpairedSurrogate",
+            Self::ByteCountTooLarge => "ByteCountTooLarge",
+            Self::OffsetOverflow => "OffsetOverflow",
+            Self::ReadOfDirectory => "ReadOfDirectory",
+            Self::RdmaDisabled => "RdmaDisabled",
+            Self::UnknownHandle => "UnknownHandle",
+            Self::ReadOnlyHandle => "ReadOnlyHandle",
+            Self::RdmaRangeTooSmall => "RdmaRangeTooSmall",
+            Self::RdmaOutsideGuestMemory => "RdmaOutsideGuestMemory",
+            Self::UnknownTeardown => "UnknownTeardown",
+            Self::DuplicateSetup => "DuplicateSetup",
+            Self::TooManyHandles => "TooManyHandles",
+            Self::EmptySetup => "EmptySetup",
+        }
+    }
 }
 
-/// What the host has seen since it was created. Counters survive
+/// What the host has seen since it was created (bad input from the
+/// host's [`ViolationLog`](crate::violation::ViolationLog)). Counters survive
 /// [`VmbfsHost::reset`](super::VmbfsHost::reset) so that the cause of a
 /// stopped channel is still visible after the guest reopens it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,8 +144,12 @@ impl VmbfsStats {
         self.bad_input.iter().sum()
     }
 
-    pub(super) fn record(&mut self, kind: BadInput) {
-        self.bad_input[kind.index()] += 1;
+    /// These counters with the bad-input counts of `log`.
+    pub(super) fn with_bad_input(mut self, log: &crate::violation::ViolationLog) -> Self {
+        for kind in BadInput::ALL {
+            self.bad_input[kind.index()] = log.count(kind.name());
+        }
+        self
     }
 }
 
@@ -128,5 +162,12 @@ mod tests {
         for (i, kind) in BadInput::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i);
         }
+    }
+
+    #[test]
+    fn every_kind_has_its_own_name() {
+        let names: std::collections::BTreeSet<_> = BadInput::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), BadInput::COUNT);
+        assert_eq!(BadInput::EmptySetup.name(), "EmptySetup");
     }
 }

@@ -1220,3 +1220,41 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn ten_thousand_bad_requests_are_counted_exactly_and_logged_boundedly() {
+    use crate::violation::tests::EventCounter;
+    use crate::violation::{ManualClock, ViolationLog, ViolationPolicy};
+    let clock = Arc::new(ManualClock::default());
+    let log = Arc::new(ViolationLog::with_policy(
+        "vmbfs",
+        ViolationPolicy {
+            logged_per_kind: 5,
+            summary_interval: std::time::Duration::from_secs(10),
+        },
+        clock.clone(),
+    ));
+    let (host, _) = ready_host(false);
+    let mut host = host.with_violation_log(log.clone());
+    let mut odd = utf16("big");
+    odd.push(b'x');
+    let bad = read_request_raw(10, 0, &odd);
+    let events = EventCounter::default();
+    tracing::subscriber::with_default(events.clone(), || {
+        for i in 0..10_000u32 {
+            if i == 5_000 {
+                // Half way the interval passes once: one summary.
+                clock.advance(std::time::Duration::from_secs(10));
+            }
+            let reply = send(&mut host, &bad);
+            expect_reply(&reply, MessageType::READ_FILE_RESPONSE, FileStatus::ERROR);
+        }
+    });
+    assert_eq!(host.stats().count(BadInput::OddLengthPath), 10_000);
+    assert_eq!(host.stats().total_bad_input(), 10_000);
+    assert_eq!(log.count("OddLengthPath"), 10_000);
+    // Five individual events and one summary, not ten thousand lines.
+    assert_eq!(events.count(), 6);
+    // The channel was never stopped: each request failed on its own.
+    assert_eq!(host.stats().channel_stops, 0);
+}

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use vmbdev_ring::GpaRange;
 
 use crate::storvsp::Completion;
+use crate::violation::{Violation, ViolationLog};
 
 /// A request taken from the ring and not yet answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,19 +80,42 @@ impl PendingTable {
     }
 }
 
-/// Counters of one device, shared by its channels.
-#[derive(Debug, Default)]
+/// Counters of one device, shared by its channels. Protocol violations
+/// go to a [`ViolationLog`]: exact counts per kind, rate-limited logging.
+#[derive(Debug)]
 pub struct StorvspStats {
-    violations: AtomicU64,
+    violations: ViolationLog,
     requests: AtomicU64,
     completions: AtomicU64,
     notifications: AtomicU64,
 }
 
+impl Default for StorvspStats {
+    fn default() -> Self {
+        Self::with_violation_log(ViolationLog::new("storvsp"))
+    }
+}
+
 impl StorvspStats {
-    /// Packets that were not valid vstor requests (not answered).
+    /// Counters whose violations go to `violations`.
+    pub fn with_violation_log(violations: ViolationLog) -> Self {
+        Self {
+            violations,
+            requests: AtomicU64::default(),
+            completions: AtomicU64::default(),
+            notifications: AtomicU64::default(),
+        }
+    }
+
+    /// Packets that were not valid vstor requests (not answered), and
+    /// ring failures.
     pub fn violations(&self) -> u64 {
-        self.violations.load(Ordering::Relaxed)
+        self.violations.total()
+    }
+
+    /// The violations per kind.
+    pub fn violation_log(&self) -> &ViolationLog {
+        &self.violations
     }
 
     /// Requests taken from the rings.
@@ -109,9 +133,8 @@ impl StorvspStats {
         self.notifications.load(Ordering::Relaxed)
     }
 
-    pub(super) fn violation(&self, channel: u16, what: &dyn std::fmt::Display) {
-        self.violations.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(channel, %what, "storvsp protocol violation");
+    pub(super) fn violation(&self, channel: u16, what: &dyn Violation) {
+        self.violations.record(channel, what);
     }
 
     pub(super) fn count_request(&self) {
