@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmbdev_fs::FsKind;
-use vmbdev_fs::{FileTree, HostDirTree, OpenTreeError, open_tree};
+use vmbdev_fs::{FileTree, HostDirTree, OpenTreeError};
 
 use crate::error::CliError;
 use crate::image::{self, FormatChoice, Guard, about};
@@ -34,6 +34,9 @@ pub struct CatArgs {
     /// How to read the image (default: by its signatures).
     #[arg(long, value_enum, default_value = "auto")]
     format: FormatChoice,
+    /// OEM code page of FAT 8.3 names: 437 (default) or 850.
+    #[arg(long, default_value = "437")]
+    codepage: vmbdev_fs::CodePage,
     /// Write the file here (`-`: standard output, the default) instead of
     /// standard output; never over an input.
     #[arg(short, long)]
@@ -53,6 +56,7 @@ pub fn open_source(
     source: &Path,
     partition: Option<usize>,
     format: FormatChoice,
+    code_page: vmbdev_fs::CodePage,
 ) -> Result<Source, CliError> {
     if source.is_dir() {
         if partition.is_some() {
@@ -78,7 +82,11 @@ pub fn open_source(
     if let Some(n) = partition {
         image::find_partition(source, &*device, n)?;
     }
-    let tree = open_tree(device, partition).map_err(|e| about(source, tree_error_text(&e)))?;
+    let options = vmbdev_fs::MountOptions {
+        fat_code_page: code_page,
+    };
+    let tree = vmbdev_fs::open_tree_with(device, partition, options)
+        .map_err(|e| about(source, tree_error_text(&e)))?;
     Ok(Source {
         tree,
         guard: Some(opened.guard),
@@ -87,7 +95,7 @@ pub fn open_source(
 
 /// Runs `vmbdev cat`.
 pub fn run(args: &CatArgs) -> Result<(), CliError> {
-    let source = open_source(&args.source, args.partition, args.format)?;
+    let source = open_source(&args.source, args.partition, args.format, args.codepage)?;
     let inputs = match &source.guard {
         Some(guard) => guard.files.clone(),
         // The host file being read.
