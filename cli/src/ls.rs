@@ -83,7 +83,7 @@ struct Listed {
     /// Modification time, ISO 8601 UTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     modified: Option<String>,
-    /// Unix `st_mode` (ext4).
+    /// Unix permission bits, `st_mode & 0o7777` (ext4).
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<u32>,
     /// DOS attribute bits (FAT, NTFS).

@@ -163,8 +163,9 @@ pub struct Metadata {
     pub accessed: Option<Timestamp>,
     /// Creation.
     pub created: Option<Timestamp>,
-    /// Unix permission and type bits (`st_mode`), where the file system
-    /// keeps them (ext4).
+    /// Unix permission bits (`st_mode & 0o7777`: setuid, setgid, sticky,
+    /// rwx for owner, group, others), where the file system keeps them
+    /// (ext4); the type is [`Metadata::kind`].
     pub mode: Option<u32>,
     /// DOS/Windows attribute bits (read-only 0x1, hidden 0x2, system 0x4,
     /// directory 0x10, archive 0x20, ...), where the file system keeps them
