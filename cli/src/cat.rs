@@ -93,6 +93,32 @@ pub fn open_source(
     })
 }
 
+/// Refuses, in words, a path naming a symbolic link (never followed) or a
+/// special file, before the device is asked: its protocol has only a
+/// generic error for them.
+fn refuse_unreadable(tree: &dyn FileTree, args: &CatArgs) -> Result<(), CliError> {
+    let Ok(meta) = tree.lookup(&vmbdev_fs::TreePath::parse(&args.path)) else {
+        return Ok(());
+    };
+    if meta.kind.is_file() || meta.kind.is_dir() {
+        return Ok(());
+    }
+    let mut what = format!(
+        "{}: is {}",
+        escape_name(&args.path),
+        meta.kind.description()
+    );
+    if let Some(target) = &meta.link_target {
+        what.push_str(&format!(
+            " to {}; links are not followed",
+            escape_name(target)
+        ));
+    } else {
+        what.push_str(", which holds no bytes to read");
+    }
+    Err(about(&args.source, what))
+}
+
 /// Runs `vmbdev cat`.
 pub fn run(args: &CatArgs) -> Result<(), CliError> {
     let source = open_source(&args.source, args.partition, args.format, args.codepage)?;
@@ -104,6 +130,7 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
                 .join(args.path.replace('\\', "/").trim_start_matches('/')),
         ],
     };
+    refuse_unreadable(&*source.tree, args)?;
     let stdout = PathBuf::from("-");
     let mut out = Output::create(args.output.as_ref().unwrap_or(&stdout), &inputs)?;
     let device: Arc<dyn VmbusDevice> = Arc::new(VmbfsDevice::new(VmbfsConfig {

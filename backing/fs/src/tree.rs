@@ -31,6 +31,19 @@ impl EntryKind {
     pub fn is_dir(self) -> bool {
         self == Self::Directory
     }
+
+    /// The kind in words, with its article: "a symbolic link".
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::File => "a regular file",
+            Self::Directory => "a directory",
+            Self::Symlink => "a symbolic link",
+            Self::Fifo => "a named pipe (FIFO)",
+            Self::Socket => "a socket",
+            Self::CharDevice => "a character device node",
+            Self::BlockDevice => "a block device node",
+        }
+    }
 }
 
 /// A moment as a file system records it: seconds and nanoseconds since
