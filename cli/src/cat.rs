@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmbdev_fs::FsKind;
-use vmbdev_fs::{FileTree, HostDirTree, OpenTreeError, open_tree};
+use vmbdev_fs::{FileTree, HostDirTree, OpenTreeError};
 
 use crate::error::CliError;
 use crate::image::{self, FormatChoice, Guard, about};
@@ -34,6 +34,9 @@ pub struct CatArgs {
     /// How to read the image (default: by its signatures).
     #[arg(long, value_enum, default_value = "auto")]
     format: FormatChoice,
+    /// OEM code page of FAT 8.3 names: 437 (default) or 850.
+    #[arg(long, default_value = "437")]
+    codepage: vmbdev_fs::CodePage,
     /// Write the file here (`-`: standard output, the default) instead of
     /// standard output; never over an input.
     #[arg(short, long)]
@@ -53,6 +56,7 @@ pub fn open_source(
     source: &Path,
     partition: Option<usize>,
     format: FormatChoice,
+    code_page: vmbdev_fs::CodePage,
 ) -> Result<Source, CliError> {
     if source.is_dir() {
         if partition.is_some() {
@@ -78,16 +82,46 @@ pub fn open_source(
     if let Some(n) = partition {
         image::find_partition(source, &*device, n)?;
     }
-    let tree = open_tree(device, partition).map_err(|e| about(source, tree_error_text(&e)))?;
+    let options = vmbdev_fs::MountOptions {
+        fat_code_page: code_page,
+    };
+    let tree = vmbdev_fs::open_tree_with(device, partition, options)
+        .map_err(|e| about(source, tree_error_text(&e)))?;
     Ok(Source {
         tree,
         guard: Some(opened.guard),
     })
 }
 
+/// Refuses, in words, a path naming a symbolic link (never followed) or a
+/// special file, before the device is asked: its protocol has only a
+/// generic error for them.
+fn refuse_unreadable(tree: &dyn FileTree, args: &CatArgs) -> Result<(), CliError> {
+    let Ok(meta) = tree.lookup(&vmbdev_fs::TreePath::parse(&args.path)) else {
+        return Ok(());
+    };
+    if meta.kind.is_file() || meta.kind.is_dir() {
+        return Ok(());
+    }
+    let mut what = format!(
+        "{}: is {}",
+        escape_name(&args.path),
+        meta.kind.description()
+    );
+    if let Some(target) = &meta.link_target {
+        what.push_str(&format!(
+            " to {}; links are not followed",
+            escape_name(target)
+        ));
+    } else {
+        what.push_str(", which holds no bytes to read");
+    }
+    Err(about(&args.source, what))
+}
+
 /// Runs `vmbdev cat`.
 pub fn run(args: &CatArgs) -> Result<(), CliError> {
-    let source = open_source(&args.source, args.partition, args.format)?;
+    let source = open_source(&args.source, args.partition, args.format, args.codepage)?;
     let inputs = match &source.guard {
         Some(guard) => guard.files.clone(),
         // The host file being read.
@@ -96,6 +130,7 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
                 .join(args.path.replace('\\', "/").trim_start_matches('/')),
         ],
     };
+    refuse_unreadable(&*source.tree, args)?;
     let stdout = PathBuf::from("-");
     let mut out = Output::create(args.output.as_ref().unwrap_or(&stdout), &inputs)?;
     let device: Arc<dyn VmbusDevice> = Arc::new(VmbfsDevice::new(VmbfsConfig {

@@ -78,6 +78,9 @@ pub struct ExtractArgs {
     /// How to read the image (default: by its signatures).
     #[arg(long, value_enum, default_value = "auto")]
     format: FormatChoice,
+    /// OEM code page of FAT 8.3 names: 437 (default) or 850.
+    #[arg(long, default_value = "437")]
+    codepage: vmbdev_fs::CodePage,
 }
 
 /// Why one entry was not extracted.
@@ -270,6 +273,14 @@ impl Extractor<'_> {
                     Err(reason) => self.skip(path, &reason),
                 }
             }
+            // Links are never followed; special files hold no bytes.
+            other => self.skip(
+                path,
+                &SkipReason::Tree(TreeError::Unsupported {
+                    path: path.to_string(),
+                    what: format!("{other:?} entries are not extracted"),
+                }),
+            ),
         }
     }
 
@@ -384,7 +395,7 @@ impl Extractor<'_> {
                             .map(|(name, meta)| (dir.join(&name), meta)),
                     );
                 } else if let Some((name, meta)) = listing.iter().find(|(n, _)| n == component) {
-                    next.push((dir.join(name), *meta));
+                    next.push((dir.join(name), meta.clone()));
                 } else if let Ok(meta) = self.tree.lookup(&dir.join(component)) {
                     let folded = component.to_lowercase();
                     let name = listing
@@ -563,7 +574,8 @@ fn without_nested(mut selected: Vec<(TreePath, Metadata)>) -> Vec<(TreePath, Met
 
 /// Runs `vmbdev extract`.
 pub fn run(args: &ExtractArgs) -> Result<(), CliError> {
-    let Source { tree, guard } = open_source(&args.source, args.partition, args.format)?;
+    let Source { tree, guard } =
+        open_source(&args.source, args.partition, args.format, args.codepage)?;
     let dest = &args.directory;
     if guard.is_none() {
         // A host directory: DIR inside it would be read while written.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use vmbdev_block::BlockDevice;
-use vmbdev_fs::{FsKind, PartitionSummary, details, survey};
+use vmbdev_fs::{FatType, FsKind, PartitionSummary, details, survey, usage};
 use vmbdev_partition::PartitionDevice;
 use vmbdev_partition::{PartitionScheme, PartitionType};
 use vmbdev_vhd::{DiskType, Vhd};
@@ -156,6 +156,16 @@ pub struct FsReport {
     pub label: Option<String>,
     /// Size the file system records for itself, in bytes.
     pub size: Option<u64>,
+    /// `"FAT12"`, `"FAT16"` or `"FAT32"` for FAT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fat_type: Option<&'static str>,
+    /// Bytes per cluster (FAT) or block (ext4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_size: Option<u64>,
+    /// Free bytes (FAT: FSInfo when valid, otherwise counted; ext4: the
+    /// superblock's count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free: Option<u64>,
 }
 
 /// Runs `info`.
@@ -327,10 +337,24 @@ fn partition_report(device: &Arc<dyn BlockDevice>, summary: PartitionSummary) ->
                 tracing::warn!(partition = info.number, error = %e, "reading file-system details");
                 Default::default()
             });
+        let used = PartitionDevice::for_partition(device.clone(), info)
+            .map_err(|e| e.to_string())
+            .and_then(|view| usage(Arc::new(view), kind).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                tracing::warn!(partition = info.number, error = %e, "reading free space");
+                None
+            });
         FsReport {
             kind: fs_name(kind),
             label: extra.label,
             size: extra.size_bytes,
+            fat_type: used.and_then(|u| u.fat_type).map(|t| match t {
+                FatType::Fat12 => "FAT12",
+                FatType::Fat16 => "FAT16",
+                FatType::Fat32 => "FAT32",
+            }),
+            cluster_size: used.map(|u| u.cluster_bytes),
+            free: used.map(|u| u.free_bytes),
         }
     });
     PartitionReport {
@@ -516,13 +540,21 @@ fn partition_lines(p: &PartitionReport, lines: &mut Vec<(String, String)>) {
     let fs = match &p.file_system {
         None => "none recognised".to_owned(),
         Some(fs) => {
-            let mut text = fs.kind.to_uppercase();
+            let mut text = fs
+                .fat_type
+                .map_or_else(|| fs.kind.to_uppercase(), str::to_owned);
             match &fs.label {
                 Some(label) => text.push_str(&format!(", label \"{}\"", escape_name(label))),
                 None => text.push_str(", no label"),
             }
             if let Some(size) = fs.size {
                 text.push_str(&format!(", {}", size_text(size)));
+            }
+            if let Some(cluster) = fs.cluster_size {
+                text.push_str(&format!(", {cluster}-byte clusters"));
+            }
+            if let Some(free) = fs.free {
+                text.push_str(&format!(", {} free", size_text(free)));
             }
             text
         }

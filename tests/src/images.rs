@@ -225,3 +225,58 @@ pub fn mbr_disk(fs_image: &Path, disk: &Path, type_byte: &str) -> u64 {
     copy_in(fs_image, disk);
     sectors
 }
+
+/// An mtools configuration file in `dir` that sets the code page of short
+/// names (mtools otherwise uses 850 whatever the locale).
+pub fn mtools_config(dir: &Path, code_page: u32) -> PathBuf {
+    let conf = dir.join(format!("mtools-{code_page}.conf"));
+    fs::write(
+        &conf,
+        format!("default_codepage={code_page}\nmtools_skip_check=1\n"),
+    )
+    .unwrap();
+    conf
+}
+
+/// An mtools command told which code page to use, in UTC (mtools stores
+/// local time and the reader takes FAT times as UTC).
+pub fn mtools(program: &str, conf: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("MTOOLSRC", conf)
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C.UTF-8");
+    cmd
+}
+
+/// A FAT image (`fat_bits` 12, 16 or 32) of `kib` KiB named `name`
+/// holding `src`, its short names written in `code_page` by `mcopy`
+/// (modification times kept).
+pub fn fat_image_in_code_page(
+    dir: &Path,
+    name: &str,
+    src: &Path,
+    fat_bits: u32,
+    kib: u64,
+    code_page: u32,
+) -> PathBuf {
+    let img = dir.join(name);
+    blank(&img, kib << 10);
+    run(Command::new("mkfs.vfat")
+        .args(["-F", &fat_bits.to_string(), "-n", "CPTEST"])
+        .arg(&img));
+    let conf = mtools_config(dir, code_page);
+    let mut entries: Vec<PathBuf> = fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    if !entries.is_empty() {
+        run(mtools("mcopy", &conf)
+            .arg("-i")
+            .arg(&img)
+            .args(["-s", "-m"])
+            .args(&entries)
+            .arg("::/"));
+    }
+    img
+}

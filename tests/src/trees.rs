@@ -68,7 +68,7 @@ fn assert_dir_matches(tree: &dyn FileTree, path: &TreePath, src: &Path) -> usize
         let child = path.join(&name);
         let host = src.join(&name);
         let meta = tree.lookup(&child).unwrap();
-        let listed_meta = listed.iter().find(|(n, _)| *n == name).unwrap().1;
+        let listed_meta = listed.iter().find(|(n, _)| *n == name).unwrap().1.clone();
         assert_eq!(meta, listed_meta, "{child}: lookup and listing disagree");
         if host.is_dir() {
             assert_eq!(meta.kind, EntryKind::Directory, "{child}");
@@ -151,7 +151,6 @@ pub fn walk_everything(tree: &dyn FileTree) {
             let _ = tree.lookup(&child);
             match meta.kind {
                 EntryKind::Directory if depth < 16 => stack.push((child, depth + 1)),
-                EntryKind::Directory => {}
                 EntryKind::File => {
                     let mut offset = 0;
                     while offset < meta.size.min(1 << 20) {
@@ -161,6 +160,7 @@ pub fn walk_everything(tree: &dyn FileTree) {
                         }
                     }
                 }
+                _ => {}
             }
         }
     }

@@ -6,12 +6,23 @@
 //! offset, never with `Ext4::read`, which loads a whole file into memory.
 //! `Ext4` is not `Send`, so it lives on its own thread. Names are
 //! case-sensitive.
+//!
+//! Symbolic links are reported as links with their stored target and never
+//! followed at the end of a path: `lookup` and `read_dir` describe the link
+//! itself and `read_at` of a link is refused ([`TreeError::Unsupported`]).
+//! Links in the middle of a path are resolved by `ext4-view`, inside this
+//! file system only (never to host paths). FIFOs, sockets and device nodes
+//! are listed with their kind and cannot be read.
+//!
+//! A directory is listed in one pass: each entry's inode is read through
+//! the entry itself (`DirEntry::metadata`) instead of looking the child
+//! path up again, which would rescan the directory for every entry.
 
 use std::sync::Arc;
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
-use crate::tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use crate::tree::{EntryKind, FileTree, Metadata, Timestamp, TreeError, TreePath};
 use crate::worker::Worker;
 use vmbdev_block::BlockDevice;
 use vmbdev_block::read_bytes;
@@ -108,10 +119,13 @@ fn check_superblock(device: &dyn BlockDevice) -> Result<(), TreeError> {
 fn map_error(path: &TreePath, e: Ext4Error) -> TreeError {
     match e {
         // A link loop, like any link that leads nowhere, reads as absent.
-        Ext4Error::NotFound
-        | Ext4Error::MalformedPath
-        | Ext4Error::IsASpecialFile
-        | Ext4Error::TooManySymlinks => TreeError::NotFound(path.to_string()),
+        Ext4Error::NotFound | Ext4Error::MalformedPath | Ext4Error::TooManySymlinks => {
+            TreeError::NotFound(path.to_string())
+        }
+        Ext4Error::IsASpecialFile => TreeError::Unsupported {
+            path: path.to_string(),
+            what: "is a special file, not a regular file".to_owned(),
+        },
         Ext4Error::NotADirectory => TreeError::NotADirectory(path.to_string()),
         Ext4Error::IsADirectory => TreeError::IsADirectory(path.to_string()),
         Ext4Error::Io(e) => TreeError::Io {
@@ -126,19 +140,85 @@ fn ext4_path(path: &TreePath) -> String {
     path.to_string()
 }
 
-fn metadata_of(path: &TreePath, meta: &ext4_view::Metadata) -> Result<Metadata, TreeError> {
-    if meta.is_dir() {
-        Ok(Metadata {
-            kind: EntryKind::Directory,
-            size: 0,
-        })
-    } else if meta.file_type().is_regular_file() {
-        Ok(Metadata {
-            kind: EntryKind::File,
-            size: meta.len(),
-        })
+fn kind_of(file_type: ext4_view::FileType) -> EntryKind {
+    if file_type.is_dir() {
+        EntryKind::Directory
+    } else if file_type.is_symlink() {
+        EntryKind::Symlink
+    } else if file_type.is_fifo() {
+        EntryKind::Fifo
+    } else if file_type.is_socket() {
+        EntryKind::Socket
+    } else if file_type.is_char_dev() {
+        EntryKind::CharDevice
+    } else if file_type.is_block_dev() {
+        EntryKind::BlockDevice
     } else {
-        Err(TreeError::NotFound(path.to_string()))
+        EntryKind::File
+    }
+}
+
+fn timestamp(t: ext4_view::Timestamp) -> Timestamp {
+    Timestamp::new(t.seconds(), t.nanoseconds())
+}
+
+/// Our metadata for an inode's; a link's target is filled in by the caller.
+fn metadata_of(meta: &ext4_view::Metadata) -> Metadata {
+    let kind = kind_of(meta.file_type());
+    let size = match kind {
+        EntryKind::File | EntryKind::Symlink => meta.len(),
+        _ => 0,
+    };
+    let mut out = Metadata::new(kind, size);
+    out.modified = Some(timestamp(meta.modified()));
+    out.accessed = Some(timestamp(meta.accessed()));
+    out.created = meta.created().map(timestamp);
+    out.mode = Some(u32::from(meta.mode()));
+    out
+}
+
+/// Why an entry of `kind` has no bytes to read, or `None` for a file.
+pub(crate) fn unreadable(path: &TreePath, kind: EntryKind) -> Option<TreeError> {
+    let what = match kind {
+        EntryKind::File => return None,
+        EntryKind::Directory => return Some(TreeError::IsADirectory(path.to_string())),
+        EntryKind::Symlink => "is a symbolic link (links are listed, not followed)",
+        EntryKind::Fifo => "is a named pipe (FIFO), not a regular file",
+        EntryKind::Socket => "is a socket, not a regular file",
+        EntryKind::CharDevice => "is a character device node, not a regular file",
+        EntryKind::BlockDevice => "is a block device node, not a regular file",
+    };
+    Some(TreeError::Unsupported {
+        path: path.to_string(),
+        what: what.to_owned(),
+    })
+}
+
+impl State {
+    /// Metadata of `path` itself (a final link is not followed), with the
+    /// link target read for links.
+    fn entry_metadata(&self, path: &TreePath) -> Result<Metadata, TreeError> {
+        let text = ext4_path(path);
+        let meta = self
+            .fs
+            .symlink_metadata(text.as_str())
+            .map_err(|e| map_error(path, e))?;
+        let mut out = metadata_of(&meta);
+        if out.kind == EntryKind::Symlink {
+            out.link_target = Some(self.link_target(path)?);
+        }
+        Ok(out)
+    }
+
+    /// The stored target of the link at `path` (fast links keep it in the
+    /// inode, slow ones in a data block; the crate reads both). Bytes that
+    /// are not UTF-8 are shown replaced.
+    fn link_target(&self, path: &TreePath) -> Result<String, TreeError> {
+        let target = self
+            .fs
+            .read_link(ext4_path(path).as_str())
+            .map_err(|e| map_error(path, e))?;
+        Ok(String::from_utf8_lossy(target.as_ref()).into_owned())
     }
 }
 
@@ -163,6 +243,11 @@ impl State {
         let index = match self.handles.iter().position(|(p, _)| p == path) {
             Some(i) => i,
             None => {
+                // Checked first: opening follows a final link.
+                let kind = self.entry_metadata(path)?.kind;
+                if let Some(refusal) = unreadable(path, kind) {
+                    return Err(refusal);
+                }
                 let file = self
                     .fs
                     .open(ext4_path(path).as_str())
@@ -181,13 +266,7 @@ impl State {
 impl FileTree for Ext4Tree {
     fn lookup(&self, path: &TreePath) -> Result<Metadata, TreeError> {
         let path = path.clone();
-        self.worker.call(move |state| {
-            let meta = state
-                .fs
-                .metadata(ext4_path(&path).as_str())
-                .map_err(|e| map_error(&path, e))?;
-            metadata_of(&path, &meta)
-        })
+        self.worker.call(move |state| state.entry_metadata(&path))
     }
 
     fn read_at(&self, path: &TreePath, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
@@ -245,15 +324,12 @@ impl FileTree for Ext4Tree {
                 if name == "." || name == ".." {
                     continue;
                 }
-                let child = path.join(&name);
-                // Follow links (inside this file system) and leave out
-                // anything that is not a regular file or directory.
-                let Ok(meta) = state.fs.metadata(ext4_path(&child).as_str()) else {
-                    continue;
-                };
-                if let Ok(meta) = metadata_of(&child, &meta) {
-                    out.push((name, meta));
+                let inode = entry.metadata().map_err(|e| map_error(&path, e))?;
+                let mut meta = metadata_of(&inode);
+                if meta.kind == EntryKind::Symlink {
+                    meta.link_target = Some(state.link_target(&path.join(&name))?);
                 }
+                out.push((name, meta));
             }
             out.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(out)

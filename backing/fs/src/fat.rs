@@ -4,17 +4,21 @@
 //! before use: the BPB against the partition size, every cluster number
 //! against the cluster count, every chain against a length bound (so a
 //! looping chain ends), directory sizes against a fixed entry limit. Names
-//! are matched case-insensitively, by long name or 8.3 alias.
+//! are matched case-insensitively (Unicode case folding, as Windows
+//! compares names), by long name or 8.3 alias. Short names are decoded
+//! through the OEM code page given at mount (CP437 by default), including
+//! the 0x05 stand-in for a leading 0xE5 and the NT lower-case flags.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::codepage::CodePage;
 use crate::fat_format::{
     ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_VOLUME_ID, DIR_ENTRY_SIZE, FatType, ShortEntry,
-    long_name_units, short_name_checksum,
+    fsinfo_free_clusters, long_name_units, short_name_checksum,
 };
 use crate::names_equal_ignore_case;
-use crate::tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use crate::tree::{FileTree, Metadata, TreeError, TreePath};
 use vmbdev_block::BlockDevice;
 use vmbdev_block::read_bytes;
 use vmbdev_partition::boot_sector::Bpb;
@@ -38,6 +42,8 @@ struct Entry {
     is_dir: bool,
     first_cluster: u32,
     size: u32,
+    /// The directory entry's fields for [`Metadata`].
+    short: ShortEntry,
 }
 
 /// Where a directory's entries live.
@@ -70,6 +76,10 @@ pub struct FatTree {
     fat_bytes: u64,
     /// The last FAT window read: its offset inside the FAT and its bytes.
     fat_window: Mutex<Option<(u64, Vec<u8>)>>,
+    /// How short-name bytes above 0x7F are read.
+    code_page: CodePage,
+    /// Byte offset of the FAT32 FSInfo sector, when the BPB names one.
+    fsinfo_offset: Option<u64>,
 }
 
 fn corrupt(what: String) -> TreeError {
@@ -85,8 +95,17 @@ fn io(path: &TreePath, e: impl std::fmt::Display) -> TreeError {
 
 impl FatTree {
     /// Mounts the FAT volume on `device`, checking the BPB against the
-    /// device size.
+    /// device size; short names are read as CP437.
     pub fn mount(device: Arc<dyn BlockDevice>) -> Result<Self, TreeError> {
+        Self::mount_with(device, CodePage::default())
+    }
+
+    /// Mounts the FAT volume on `device`, reading short names through
+    /// `code_page`.
+    pub fn mount_with(
+        device: Arc<dyn BlockDevice>,
+        code_page: CodePage,
+    ) -> Result<Self, TreeError> {
         let mut boot = [0u8; 512];
         read_bytes(&*device, 0, &mut boot).map_err(|e| io(&TreePath::root(), e))?;
         let bpb = Bpb::parse(&boot)
@@ -142,6 +161,10 @@ impl FatTree {
             handles: Mutex::new(HashMap::new()),
             fat_bytes: u64::from(bpb.fat_sectors) * bps,
             fat_window: Mutex::new(None),
+            code_page,
+            fsinfo_offset: fsinfo_sector(&boot, fat_type)
+                .filter(|&sector| sector > 0 && sector < bpb.reserved_sectors)
+                .map(|sector| u64::from(sector) * bps),
         };
         if fat_type == FatType::Fat32 {
             tree.check_cluster(bpb.root_cluster, "root cluster")?;
@@ -157,6 +180,63 @@ impl FatTree {
     /// The FAT variant of this volume.
     pub fn fat_type(&self) -> FatType {
         self.fat_type
+    }
+
+    /// Bytes per cluster.
+    pub fn cluster_bytes(&self) -> u64 {
+        self.cluster_bytes
+    }
+
+    /// Number of data clusters.
+    pub fn cluster_count(&self) -> u32 {
+        self.cluster_count
+    }
+
+    /// Free clusters: the FSInfo count when its signatures are right and
+    /// the count is possible, otherwise counted in the FAT.
+    pub fn free_clusters(&self) -> Result<u32, TreeError> {
+        if let Some(offset) = self.fsinfo_offset {
+            let mut sector = [0u8; 512];
+            if read_bytes(&*self.device, offset, &mut sector).is_ok() {
+                if let Some(free) = fsinfo_free_clusters(&sector, self.cluster_count) {
+                    return Ok(free);
+                }
+            }
+        }
+        self.count_free_clusters()
+    }
+
+    /// Counts zero FAT entries for clusters 2.. in one pass over the FAT.
+    pub fn count_free_clusters(&self) -> Result<u32, TreeError> {
+        let entry_bits: u64 = match self.fat_type {
+            FatType::Fat12 => 12,
+            FatType::Fat16 => 16,
+            FatType::Fat32 => 32,
+        };
+        let last = u64::from(self.cluster_count) + 2;
+        let needed = (last * entry_bits).div_ceil(8).min(self.fat_bytes);
+        let mut fat = vec![0u8; needed as usize];
+        read_bytes(&*self.device, self.fat_offset, &mut fat)
+            .map_err(|e| corrupt(format!("reading the FAT: {e}")))?;
+        let entry = |c: u64| -> u32 {
+            match self.fat_type {
+                FatType::Fat12 => {
+                    let at = (c + c / 2) as usize;
+                    let pair = u32::from(fat[at]) | u32::from(fat[at + 1]) << 8;
+                    if c % 2 == 1 { pair >> 4 } else { pair & 0xFFF }
+                }
+                FatType::Fat16 => {
+                    let at = (c * 2) as usize;
+                    u32::from(u16::from_le_bytes([fat[at], fat[at + 1]]))
+                }
+                FatType::Fat32 => {
+                    let at = (c * 4) as usize;
+                    u32::from_le_bytes([fat[at], fat[at + 1], fat[at + 2], fat[at + 3]])
+                        & 0x0FFF_FFFF
+                }
+            }
+        };
+        Ok((2..last).filter(|&c| entry(c) == 0).count() as u32)
     }
 
     fn check_cluster(&self, cluster: u32, what: &str) -> Result<(), TreeError> {
@@ -237,7 +317,7 @@ impl FatTree {
                 return Ok(entries.clone());
             }
         }
-        let mut decoder = DirDecoder::new(self.fat_type == FatType::Fat32);
+        let mut decoder = DirDecoder::new(self.fat_type == FatType::Fat32, self.code_page);
         match location {
             DirLocation::FixedRoot => {
                 let mut raw = vec![0u8; self.root_bytes as usize];
@@ -360,26 +440,27 @@ impl FatTree {
 }
 
 fn metadata(entry: &Entry) -> Metadata {
-    if entry.is_dir {
-        Metadata {
-            kind: EntryKind::Directory,
-            size: 0,
-        }
+    let mut meta = if entry.is_dir {
+        Metadata::directory()
     } else {
-        Metadata {
-            kind: EntryKind::File,
-            size: u64::from(entry.size),
-        }
-    }
+        Metadata::file(u64::from(entry.size))
+    };
+    meta.created = entry.short.created;
+    meta.modified = entry.short.modified;
+    meta.accessed = entry.short.accessed;
+    meta.attributes = Some(u32::from(entry.short.attributes));
+    meta
+}
+
+/// The FSInfo sector number a FAT32 boot sector names (offset 48).
+fn fsinfo_sector(boot: &[u8; 512], fat_type: FatType) -> Option<u32> {
+    (fat_type == FatType::Fat32).then(|| u32::from(u16::from_le_bytes([boot[48], boot[49]])))
 }
 
 impl FileTree for FatTree {
     fn lookup(&self, path: &TreePath) -> Result<Metadata, TreeError> {
         Ok(match self.resolve(path)? {
-            None => Metadata {
-                kind: EntryKind::Directory,
-                size: 0,
-            },
+            None => Metadata::directory(),
             Some(entry) => metadata(&entry),
         })
     }
@@ -431,6 +512,7 @@ impl FileTree for FatTree {
 /// the short entry that follows them.
 struct DirDecoder {
     fat32: bool,
+    code_page: CodePage,
     entries: Vec<Entry>,
     /// Long-name fragments by sequence number (1-based), the expected count
     /// and checksum.
@@ -440,9 +522,10 @@ struct DirDecoder {
 }
 
 impl DirDecoder {
-    fn new(fat32: bool) -> Self {
+    fn new(fat32: bool, code_page: CodePage) -> Self {
         Self {
             fat32,
+            code_page,
             entries: Vec::new(),
             long_parts: Vec::new(),
             long_checksum: 0,
@@ -489,7 +572,7 @@ impl DirDecoder {
         if e[11] & ATTR_VOLUME_ID != 0 {
             return;
         }
-        let short = ShortEntry::parse(e, self.fat32);
+        let short = ShortEntry::parse(e, self.fat32, self.code_page);
         if short.name == "." || short.name == ".." {
             return;
         }
@@ -509,10 +592,11 @@ impl DirDecoder {
         };
         self.entries.push(Entry {
             name: long_name.unwrap_or_else(|| short.name.clone()),
-            short_name: short.name,
+            short_name: short.name.clone(),
             is_dir: short.attributes & ATTR_DIRECTORY != 0,
             first_cluster: short.first_cluster,
             size: short.size,
+            short,
         });
     }
 }

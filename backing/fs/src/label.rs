@@ -1,8 +1,14 @@
 //! Cheap facts about a detected file system, read from its boot sector or
 //! superblock without mounting it: the volume label and the size the file
-//! system says it has.
+//! system says it has; and how much of it is used ([`usage`], which
+//! mounts FAT to count free clusters).
 
+use std::sync::Arc;
+
+use crate::FatTree;
 use crate::detect::FsKind;
+use crate::fat_format::FatType;
+use crate::tree::TreeError;
 use vmbdev_block::read_bytes;
 use vmbdev_block::{BlockDevice, BlockError};
 use vmbdev_partition::boot_sector::Bpb;
@@ -21,9 +27,9 @@ const FAT_NO_NAME: &[u8; 11] = b"NO NAME    ";
 /// What the boot sector or superblock of a file system says about it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FsDetails {
-    /// The volume label, when the file system keeps it in its boot sector
-    /// or superblock (FAT, ext) and one is set. NTFS keeps its label in the
-    /// MFT, so it is not read here.
+    /// The volume label when one is set: from the boot sector (FAT), the
+    /// superblock (ext) or the `$Volume` file's VOLUME_NAME attribute
+    /// (NTFS).
     pub label: Option<String>,
     /// The size the file system records for itself in bytes, when the
     /// recorded fields are consistent.
@@ -36,6 +42,56 @@ pub fn details(device: &dyn BlockDevice, kind: FsKind) -> Result<FsDetails, Bloc
         FsKind::Fat => fat_details(device),
         FsKind::Ntfs => ntfs_details(device),
         FsKind::Ext4 => ext_details(device),
+    }
+}
+
+/// Cluster size and free space of a file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsUsage {
+    /// FAT12, FAT16 or FAT32 (FAT only).
+    pub fat_type: Option<FatType>,
+    /// Bytes per cluster (FAT) or block (ext).
+    pub cluster_bytes: u64,
+    /// Free bytes: FSInfo's count when valid, otherwise counted in the FAT
+    /// (FAT); the superblock's free-block count (ext).
+    pub free_bytes: u64,
+}
+
+/// Cluster size and free space of the `kind` file system on `device`;
+/// `None` where not known (NTFS).
+pub fn usage(device: Arc<dyn BlockDevice>, kind: FsKind) -> Result<Option<FsUsage>, TreeError> {
+    match kind {
+        FsKind::Fat => {
+            let fat = FatTree::mount(device)?;
+            let free = u64::from(fat.free_clusters()?);
+            Ok(Some(FsUsage {
+                fat_type: Some(fat.fat_type()),
+                cluster_bytes: fat.cluster_bytes(),
+                free_bytes: free * fat.cluster_bytes(),
+            }))
+        }
+        FsKind::Ext4 => {
+            let mut sb = [0u8; EXT_SUPERBLOCK_READ + 8];
+            read_bytes(&*device, EXT_SUPERBLOCK, &mut sb).map_err(|e| TreeError::Io {
+                path: "/".into(),
+                message: e.to_string(),
+            })?;
+            let log_block_size = u32_at(&sb, 24);
+            if log_block_size > EXT_MAX_LOG_BLOCK_SIZE {
+                return Ok(None);
+            }
+            let mut free = u64::from(u32_at(&sb, 12));
+            if u32_at(&sb, 96) & EXT_INCOMPAT_64BIT != 0 {
+                free |= u64::from(u32_at(&sb, 0x158)) << 32;
+            }
+            let block = 1024u64 << log_block_size;
+            Ok(Some(FsUsage {
+                fat_type: None,
+                cluster_bytes: block,
+                free_bytes: free.saturating_mul(block),
+            }))
+        }
+        FsKind::Ntfs => Ok(None),
     }
 }
 
@@ -90,9 +146,64 @@ fn ntfs_details(device: &dyn BlockDevice) -> Result<FsDetails, BlockError> {
     .then(|| total_sectors.checked_mul(bytes_per_sector))
     .flatten();
     Ok(FsDetails {
-        label: None,
+        label: ntfs_label(device),
         size_bytes,
     })
+}
+
+/// The NTFS volume label, read by the `ntfs` crate after the boot sector
+/// passed the mount checks; `None` when unset or unreadable.
+fn ntfs_label(device: &dyn BlockDevice) -> Option<String> {
+    crate::ntfs::check_boot_sector(device).ok()?;
+    let mut cursor = BorrowedCursor {
+        device,
+        position: 0,
+    };
+    let read = crate::contain_panic("reading the NTFS volume name", || {
+        let fail = |e: ntfs::NtfsError| TreeError::Corrupt(e.to_string());
+        let ntfs = ntfs::Ntfs::new(&mut cursor).map_err(fail)?;
+        match ntfs.volume_name(&mut cursor) {
+            None => Ok(None),
+            Some(name) => Ok(Some(name.map_err(fail)?.name().to_string_lossy())),
+        }
+    });
+    match read {
+        Ok(label) => label.filter(|l| !l.is_empty()),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the NTFS volume name");
+            None
+        }
+    }
+}
+
+/// `Read + Seek` over a borrowed device, for one crate call.
+struct BorrowedCursor<'a> {
+    device: &'a dyn BlockDevice,
+    position: u64,
+}
+
+impl std::io::Read for BorrowedCursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.device.size_bytes().saturating_sub(self.position);
+        let n = (buf.len() as u64).min(left) as usize;
+        read_bytes(self.device, self.position, &mut buf[..n]).map_err(std::io::Error::other)?;
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for BorrowedCursor<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            std::io::SeekFrom::Start(at) => Some(at),
+            std::io::SeekFrom::End(delta) => self.device.size_bytes().checked_add_signed(delta),
+            std::io::SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
+        };
+        self.position = target.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before byte 0")
+        })?;
+        Ok(self.position)
+    }
 }
 
 fn ext_details(device: &dyn BlockDevice) -> Result<FsDetails, BlockError> {
@@ -216,7 +327,7 @@ mod tests {
             ],
         );
         let d = details_of(&img, FsKind::Ntfs);
-        assert_eq!(d.label, None);
+        assert_eq!(d.label.as_deref(), Some("WIN"));
         // mkntfs leaves the last sector for the backup boot sector.
         assert_eq!(d.size_bytes, Some(8 * MIB - 512));
     }

@@ -22,6 +22,7 @@
 //! reads through `vmbdev-block` and `vmbdev-partition`) and never writes.
 #![forbid(unsafe_code)]
 
+mod codepage;
 mod detect;
 mod ext4;
 mod fat;
@@ -33,14 +34,18 @@ mod tree;
 pub mod trees;
 mod worker;
 
+pub use codepage::{CodePage, UnknownCodePage};
 pub use detect::{FsKind, detect};
 pub use ext4::Ext4Tree;
 pub use fat::FatTree;
 pub use fat_format::FatType;
-pub use label::{FsDetails, details};
+pub use label::{FsDetails, FsUsage, details, usage};
 pub use ntfs::NtfsTree;
-pub use open::{OpenTreeError, PartitionSummary, mount, open_tree, survey};
-pub use tree::{EntryKind, FileExtent, FileTree, Metadata, TreeError, TreePath};
+pub use open::{
+    MountOptions, OpenTreeError, PartitionSummary, mount, mount_with, open_tree, open_tree_with,
+    survey,
+};
+pub use tree::{EntryKind, FileExtent, FileTree, Metadata, Timestamp, TreeError, TreePath};
 pub use trees::{HostDirTree, MemoryTree, MemoryTreeBuilder};
 
 use open::{contain_panic, names_equal_ignore_case};

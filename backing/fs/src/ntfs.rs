@@ -7,16 +7,22 @@
 //! case-insensitive through the volume's `$UpCase` table. Resolved paths are
 //! cached as file-record numbers, so a read reopens one record instead of
 //! walking the directories again.
+//!
+//! Metadata comes from `$STANDARD_INFORMATION` (times, attribute bits) and
+//! the attribute list (size of the unnamed data stream, names of alternate
+//! data streams, which are listed but not served). Sparse runs read as
+//! zeros (the crate maps them so); compressed and encrypted data is
+//! refused with [`TreeError::Unsupported`].
 
 use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::sync::Arc;
 
 use ntfs::indexes::NtfsFileNameIndex;
-use ntfs::structured_values::{NtfsFileNamespace, NtfsIndexRoot};
+use ntfs::structured_values::{NtfsFileNamespace, NtfsIndexRoot, NtfsStandardInformation};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
 
-use crate::tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use crate::tree::{EntryKind, FileTree, Metadata, Timestamp, TreeError, TreePath};
 use crate::worker::Worker;
 use vmbdev_block::BlockDevice;
 use vmbdev_block::{DeviceCursor, read_bytes};
@@ -29,6 +35,8 @@ const FIRST_USER_RECORD: u64 = 24;
 /// Largest index record accepted. NTFS uses 4 KiB; the crate allocates
 /// whatever the index root says, so a larger value is refused first.
 const MAX_INDEX_RECORD: u32 = 64 * 1024;
+/// Most alternate data stream names reported for one file.
+const MAX_STREAMS: usize = 256;
 /// Largest number of entries accepted in one directory.
 const MAX_DIR_ENTRIES: usize = 1 << 20;
 
@@ -52,7 +60,7 @@ fn crate_error(path: &TreePath, e: ntfs::NtfsError) -> TreeError {
 }
 
 /// Checks the boot-sector geometry against the partition.
-fn check_boot_sector(device: &dyn BlockDevice) -> Result<(), TreeError> {
+pub(crate) fn check_boot_sector(device: &dyn BlockDevice) -> Result<(), TreeError> {
     let mut b = [0u8; 512];
     read_bytes(device, 0, &mut b).map_err(|e| corrupt(format!("reading boot sector: {e}")))?;
     if &b[3..11] != b"NTFS    " {
@@ -141,7 +149,7 @@ impl State {
     /// The file record and metadata of `path`.
     fn resolve(&mut self, path: &TreePath) -> Result<(u64, Metadata), TreeError> {
         if let Some(hit) = self.paths.get(path) {
-            return Ok(*hit);
+            return Ok(hit.clone());
         }
         let mut file = self
             .ntfs
@@ -171,7 +179,7 @@ impl State {
         if self.paths.len() >= PATH_CACHE {
             self.paths.clear();
         }
-        self.paths.insert(path.clone(), hit);
+        self.paths.insert(path.clone(), hit.clone());
         Ok(hit)
     }
 
@@ -202,11 +210,14 @@ impl State {
         // are stored; refuse rather than serve the wrong contents.
         let flags = attribute.flags();
         if flags.intersects(NtfsAttributeFlags::COMPRESSED | NtfsAttributeFlags::ENCRYPTED) {
-            return Err(TreeError::Io {
+            let what = if flags.contains(NtfsAttributeFlags::ENCRYPTED) {
+                "is encrypted (EFS); encrypted files are not decoded"
+            } else {
+                "is compressed (NTFS compression); compressed files are not decoded"
+            };
+            return Err(TreeError::Unsupported {
                 path: path.to_string(),
-                message: format!(
-                    "compressed or encrypted data (attribute flags {flags:?}) is not supported"
-                ),
+                what: what.to_owned(),
             });
         }
         let mut value = attribute
@@ -271,7 +282,7 @@ impl State {
                 .map_err(|e| crate_error(&child, e))?;
             let meta = file_metadata(&file, &mut self.cursor, &child)?;
             if self.paths.len() < PATH_CACHE {
-                self.paths.insert(child, (number, meta));
+                self.paths.insert(child, (number, meta.clone()));
             }
             out.push((name, meta));
         }
@@ -307,30 +318,66 @@ fn check_index_root(
     Ok(())
 }
 
-/// Kind and exact size (from the unnamed data attribute) of a file record.
+/// Seconds between 1601-01-01 (the NTFS epoch) and 1970-01-01.
+const NT_EPOCH_TO_UNIX: i64 = 11_644_473_600;
+/// NTFS time units (100 ns) per second.
+const NT_UNITS_PER_SECOND: u64 = 10_000_000;
+
+/// An NTFS time (100 ns units since 1601) as a Unix timestamp; `None` for
+/// zero (never set).
+fn nt_time(t: ntfs::NtfsTime) -> Option<Timestamp> {
+    let units = t.nt_timestamp();
+    (units != 0).then(|| {
+        Timestamp::new(
+            (units / NT_UNITS_PER_SECOND) as i64 - NT_EPOCH_TO_UNIX,
+            (units % NT_UNITS_PER_SECOND) as u32 * 100,
+        )
+    })
+}
+
+/// Kind, exact size (from the unnamed data attribute), times, attribute
+/// bits and alternate stream names of a file record.
 fn file_metadata(
     file: &NtfsFile<'_>,
     cursor: &mut DeviceCursor,
     path: &TreePath,
 ) -> Result<Metadata, TreeError> {
-    if file.is_directory() {
-        return Ok(Metadata {
-            kind: EntryKind::Directory,
-            size: 0,
-        });
-    }
-    let size = match file.data(cursor, "") {
-        None => 0,
-        Some(item) => {
-            let item = item.map_err(|e| crate_error(path, e))?;
-            let attribute = item.to_attribute().map_err(|e| crate_error(path, e))?;
-            attribute.value_length()
-        }
+    let mut meta = if file.is_directory() {
+        Metadata::directory()
+    } else {
+        Metadata::file(0)
     };
-    Ok(Metadata {
-        kind: EntryKind::File,
-        size,
-    })
+    let mut attributes = file.attributes();
+    while let Some(item) = attributes.next(cursor) {
+        let item = item.map_err(|e| crate_error(path, e))?;
+        let attribute = item.to_attribute().map_err(|e| crate_error(path, e))?;
+        match attribute.ty() {
+            Ok(NtfsAttributeType::StandardInformation) => {
+                let info = attribute
+                    .resident_structured_value::<NtfsStandardInformation>()
+                    .map_err(|e| crate_error(path, e))?;
+                meta.created = nt_time(info.creation_time());
+                meta.modified = nt_time(info.modification_time());
+                meta.accessed = nt_time(info.access_time());
+                meta.attributes = Some(info.file_attributes().bits());
+            }
+            Ok(NtfsAttributeType::Data) => {
+                let name = attribute.name().map_err(|e| crate_error(path, e))?;
+                if name.is_empty() {
+                    if !meta.kind.is_dir() {
+                        meta.size = attribute.value_length();
+                    }
+                } else if meta.streams.len() < MAX_STREAMS {
+                    let name = name.to_string_lossy();
+                    if !meta.streams.contains(&name) {
+                        meta.streams.push(name);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(meta)
 }
 
 impl FileTree for NtfsTree {

@@ -6,7 +6,14 @@ use vmbdev_block::{BlockDevice, BlockError};
 use vmbdev_partition::{PartitionDevice, PartitionError, PartitionInfo, list_partitions};
 
 use crate::tree::{FileTree, TreeError};
-use crate::{Ext4Tree, FatTree, FsKind, NtfsTree, detect};
+use crate::{CodePage, Ext4Tree, FatTree, FsKind, NtfsTree, detect};
+
+/// Choices a mount takes that the image does not record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    /// The OEM code page of FAT short names (CP437 unless told).
+    pub fat_code_page: CodePage,
+}
 
 /// An error choosing and mounting the file system to serve.
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +45,19 @@ pub enum OpenTreeError {
     },
 }
 
-/// Mounts the file system of kind `kind` on `device`.
+/// Mounts the file system of kind `kind` on `device` with default options.
 pub fn mount(device: Arc<dyn BlockDevice>, kind: FsKind) -> Result<Arc<dyn FileTree>, TreeError> {
+    mount_with(device, kind, MountOptions::default())
+}
+
+/// Mounts the file system of kind `kind` on `device`.
+pub fn mount_with(
+    device: Arc<dyn BlockDevice>,
+    kind: FsKind,
+    options: MountOptions,
+) -> Result<Arc<dyn FileTree>, TreeError> {
     Ok(match kind {
-        FsKind::Fat => Arc::new(FatTree::mount(device)?),
+        FsKind::Fat => Arc::new(FatTree::mount_with(device, options.fat_code_page)?),
         FsKind::Ntfs => Arc::new(NtfsTree::mount(device)?),
         FsKind::Ext4 => Arc::new(Ext4Tree::mount(device)?),
     })
@@ -49,10 +65,19 @@ pub fn mount(device: Arc<dyn BlockDevice>, kind: FsKind) -> Result<Arc<dyn FileT
 
 /// Opens the file tree to serve from a disk: partition `number` (as
 /// [`PartitionInfo::number`] gives it) when given, otherwise the first
-/// partition holding a recognised file system.
+/// partition holding a recognised file system. Default mount options.
 pub fn open_tree(
     device: Arc<dyn BlockDevice>,
     partition: Option<usize>,
+) -> Result<Arc<dyn FileTree>, OpenTreeError> {
+    open_tree_with(device, partition, MountOptions::default())
+}
+
+/// [`open_tree`] with mount options.
+pub fn open_tree_with(
+    device: Arc<dyn BlockDevice>,
+    partition: Option<usize>,
+    options: MountOptions,
 ) -> Result<Arc<dyn FileTree>, OpenTreeError> {
     let parts = list_partitions(&*device)?;
     let candidates: Vec<&PartitionInfo> = match partition {
@@ -76,7 +101,7 @@ pub fn open_tree(
             }
             continue;
         };
-        match mount(view, kind) {
+        match mount_with(view, kind, options) {
             Ok(tree) => return Ok(tree),
             Err(source) => {
                 let err = OpenTreeError::Mount {

@@ -357,6 +357,13 @@ fn scan_dir(tree: &dyn FileTree, path: TreePath) -> Result<Dir, FatWriteError> {
         let kind = match meta.kind {
             EntryKind::File => ChildKind::File { size: meta.size },
             EntryKind::Directory => ChildKind::Dir { index: 0 },
+            // FAT holds only files and directories.
+            other => {
+                return Err(FatWriteError::BadName {
+                    path: path.join(&name).to_string(),
+                    reason: format!("a {other:?} entry cannot be stored in FAT"),
+                });
+            }
         };
         children.push(Child {
             long_name: name,

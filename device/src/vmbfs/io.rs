@@ -87,7 +87,7 @@ impl Failure {
                 status: FileStatus::ERROR,
                 rejected: Some(BadInput::ReadOfDirectory),
             },
-            TreeError::Io { .. } | TreeError::Corrupt(_) => {
+            TreeError::Io { .. } | TreeError::Unsupported { .. } | TreeError::Corrupt(_) => {
                 tracing::warn!(%path, error = %err, "vmbfs: tree read failed");
                 Self::status(FileStatus::ERROR)
             }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::tree::{EntryKind, FileExtent, FileTree, Metadata, TreeError, TreePath};
+use crate::tree::{FileExtent, FileTree, Metadata, TreeError, TreePath};
 
 /// How many open files are kept for repeated reads.
 const HANDLE_CACHE: usize = 16;
@@ -96,10 +96,7 @@ impl HostDirTree {
 
     fn stat(&self, path: &TreePath) -> Result<Metadata, TreeError> {
         let Some((name, parents)) = path.components().split_last() else {
-            return Ok(Metadata {
-                kind: EntryKind::Directory,
-                size: 0,
-            });
+            return Ok(Metadata::directory());
         };
         let dir = self.open_dir(parents, path)?;
         let st = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
@@ -146,14 +143,8 @@ impl HostDirTree {
 /// Metadata for a regular file or directory; `None` for anything else.
 fn metadata_of(file_type: FileType, size: u64) -> Option<Metadata> {
     match file_type {
-        FileType::RegularFile => Some(Metadata {
-            kind: EntryKind::File,
-            size,
-        }),
-        FileType::Directory => Some(Metadata {
-            kind: EntryKind::Directory,
-            size: 0,
-        }),
+        FileType::RegularFile => Some(Metadata::file(size)),
+        FileType::Directory => Some(Metadata::directory()),
         _ => None,
     }
 }

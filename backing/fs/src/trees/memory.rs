@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::tree::{EntryKind, FileTree, Metadata, TreeError, TreePath};
+use crate::tree::{FileTree, Metadata, TreeError, TreePath};
 
 #[derive(Debug, Clone)]
 enum Node {
@@ -15,14 +15,8 @@ enum Node {
 impl Node {
     fn metadata(&self) -> Metadata {
         match self {
-            Node::File(bytes) => Metadata {
-                kind: EntryKind::File,
-                size: bytes.len() as u64,
-            },
-            Node::Dir(_) => Metadata {
-                kind: EntryKind::Directory,
-                size: 0,
-            },
+            Node::File(bytes) => Metadata::file(bytes.len() as u64),
+            Node::Dir(_) => Metadata::directory(),
         }
     }
 }
