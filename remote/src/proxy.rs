@@ -25,6 +25,7 @@ use vmbdev_device::bus::{
     BusError, ChannelError, ChannelTask, Offer, OpenRequest, PipeMode, SubChannelControl,
     VmbusDevice,
 };
+use vmbdev_ring::doorbell::DoorbellWait;
 use vmbdev_ring::{Doorbell, EventfdDoorbell, GuestMemory, StopSignal};
 use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U16, U32, U64};
@@ -440,6 +441,9 @@ struct Relay {
     /// ...and the relay forwards it to the guest here.
     remote: Arc<dyn Doorbell>,
     stop: Arc<StopSignal>,
+    /// Listeners registered before the open returns, so a signal the
+    /// guest sends before the relay thread runs is not lost.
+    first_waits: (DoorbellWait, DoorbellWait),
 }
 
 impl DoorbellFds {
@@ -455,6 +459,7 @@ impl DoorbellFds {
         let to_device = EventfdDoorbell::new().map_err(RemoteError::Doorbell)?;
         let from_device = EventfdDoorbell::new().map_err(RemoteError::Doorbell)?;
         let stop = Arc::new(StopSignal::new());
+        let first_waits = (local.listen(), from_device.listen());
         Ok(Self {
             host: to_device.try_clone_fd().map_err(RemoteError::Doorbell)?,
             guest: from_device.try_clone_fd().map_err(RemoteError::Doorbell)?,
@@ -465,6 +470,7 @@ impl DoorbellFds {
                 from_device,
                 remote,
                 stop,
+                first_waits,
             }),
         })
     }
@@ -487,8 +493,9 @@ fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, RemoteError> {
 
 impl Relay {
     fn run(self) {
-        let to_device = forward(&*self.local, &self.to_device);
-        let to_guest = forward(&self.from_device, &*self.remote);
+        let (first_to_device, first_to_guest) = self.first_waits;
+        let to_device = forward(&*self.local, &self.to_device, first_to_device);
+        let to_guest = forward(&self.from_device, &*self.remote, first_to_guest);
         futures_lite::future::block_on(
             self.stop
                 .race(futures_lite::future::zip(to_device, to_guest)),
@@ -499,8 +506,8 @@ impl Relay {
 /// Forwards every signal of `from` to `to`. Two listeners are always
 /// registered, so a signal arriving while one is being replaced is still
 /// caught (at worst forwarded twice, which the doorbell contract allows).
-async fn forward(from: &dyn Doorbell, to: &dyn Doorbell) {
-    let mut next = from.listen();
+async fn forward(from: &dyn Doorbell, to: &dyn Doorbell, first: DoorbellWait) {
+    let mut next = first;
     loop {
         let current = next;
         next = from.listen();

@@ -105,6 +105,8 @@ fn kill_9_during_io_ends_the_channel_and_a_restored_process_serves_the_same_ring
     // The last quiescent point: the state a new process resumes from.
     within(client.suspend_device()).unwrap().unwrap();
     let saved = first.save().unwrap();
+    // An open resets the protocol state unless state was restored.
+    first.restore(&saved).unwrap();
     client.resume_device(first.clone()).unwrap();
 
     // Die in the middle of a stream of reads.
