@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::Duration;
 
 use crate::error::RemoteError;
-use crate::transport::{self, Message, Malformed};
+use crate::transport::{self, Malformed, Message};
 use crate::wire::kind;
 
 /// A reply to a request: its kind and payload.

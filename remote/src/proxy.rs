@@ -304,11 +304,7 @@ impl RemoteDevice {
 impl Drop for RemoteDevice {
     fn drop(&mut self) {
         self.shared.link.close();
-        let reader = self
-            .reader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(reader) = reader {
             let _ = reader.join();
         }

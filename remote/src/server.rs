@@ -80,7 +80,10 @@ impl ServerStats {
 /// Serves `device` on the connected control socket `socket` until the
 /// VMM closes it or dies; then closes every channel still open and returns
 /// the counters.
-pub fn serve(socket: OwnedFd, device: Arc<dyn VmbusDevice>) -> Result<Arc<ServerStats>, RemoteError> {
+pub fn serve(
+    socket: OwnedFd,
+    device: Arc<dyn VmbusDevice>,
+) -> Result<Arc<ServerStats>, RemoteError> {
     let server = Server::new(device);
     server.serve(socket)?;
     Ok(server.stats())
@@ -235,7 +238,10 @@ impl Connection {
         ) {
             return Err(Malformed::new(
                 code::UNKNOWN_COMMAND,
-                format!("message kind {} is not a request a device serves", message.kind),
+                format!(
+                    "message kind {} is not a request a device serves",
+                    message.kind
+                ),
             ));
         }
         if message.fds.len() < wanted_fds {
@@ -337,7 +343,8 @@ impl Connection {
             .iter()
             .map(|r| MemoryRegion::new(r.gpa.get(), r.len.get(), r.fd_offset.get()))
             .collect();
-        let fd = fd.ok_or_else(|| Malformed::new(code::MISSING_FDS, "set memory without its fd"))?;
+        let fd =
+            fd.ok_or_else(|| Malformed::new(code::MISSING_FDS, "set memory without its fd"))?;
         let mut state = self.lock();
         if !state.channels.is_empty() {
             return Err(Malformed::new(
@@ -367,12 +374,16 @@ impl Connection {
                 format!("page_count {count} is above {MAX_RING_PAGES}"),
             ));
         }
-        let pages: Vec<u64> = exact_array::<zerocopy::little_endian::U64>(rest, count, "open pages")?
-            .iter()
-            .map(|p| p.get())
-            .collect();
+        let pages: Vec<u64> =
+            exact_array::<zerocopy::little_endian::U64>(rest, count, "open pages")?
+                .iter()
+                .map(|p| p.get())
+                .collect();
         let (Some(host_bell), Some(guest_bell)) = (host_bell, guest_bell) else {
-            return Err(Malformed::new(code::MISSING_FDS, "open without its two eventfds"));
+            return Err(Malformed::new(
+                code::MISSING_FDS,
+                "open without its two eventfds",
+            ));
         };
         let bell = |fd: OwnedFd, which: &str| -> Result<Arc<dyn Doorbell>, Malformed> {
             EventfdDoorbell::from_fd(fd)
@@ -448,7 +459,11 @@ impl Connection {
         if let Err(error) = &result {
             tracing::debug!(channel, %error, "device server: channel task failed");
         }
-        let text = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        let text = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         let mut payload = ChannelEnded {
             channel: U16::new(channel),
             ok: U16::new(u16::from(result.is_ok())),

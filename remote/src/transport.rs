@@ -17,8 +17,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::RemoteError;
 use crate::wire::{
-    ErrorReply, Header, MAGIC, MAX_FDS, MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES,
-    MAX_TEXT_BYTES, PROTOCOL_VERSION, code,
+    ErrorReply, Header, MAGIC, MAX_FDS, MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, MAX_TEXT_BYTES,
+    PROTOCOL_VERSION, code,
 };
 
 /// A connected pair of control sockets (close-on-exec), e.g. for a device

@@ -14,7 +14,7 @@ use vmbdev_fs::MemoryTree;
 use vmbdev_remote::server::{Server, ServerStats};
 use vmbdev_remote::transport::{self, Message};
 use vmbdev_remote::wire::{
-    HelloRequest, MemoryHeader, OpenHeader, RegionDesc, code, kind, MAGIC, PROTOCOL_VERSION,
+    HelloRequest, MAGIC, MemoryHeader, OpenHeader, PROTOCOL_VERSION, RegionDesc, code, kind,
 };
 use vmbdev_ring::{EventfdDoorbell, GuestMemory};
 use zerocopy::IntoBytes;
@@ -52,9 +52,8 @@ impl Harness {
     }
 
     fn reply(&self) -> Message {
-        let datagram = common::within(async {
-            transport::recv(self.vmm.as_fd()).unwrap().unwrap()
-        });
+        let datagram =
+            common::within(async { transport::recv(self.vmm.as_fd()).unwrap().unwrap() });
         transport::check(datagram.expect("no reply")).unwrap()
     }
 
@@ -164,10 +163,18 @@ fn a_truncated_message_gets_a_truncated_error() {
     h.hello();
     let memory = GuestMemory::new(64 * 4096).unwrap();
     h.set_memory(&memory);
-    let bells = [EventfdDoorbell::new().unwrap(), EventfdDoorbell::new().unwrap()];
+    let bells = [
+        EventfdDoorbell::new().unwrap(),
+        EventfdDoorbell::new().unwrap(),
+    ];
     let mut payload = open_payload(0, 3, &[1, 2, 3, 4, 5, 6]);
     payload.truncate(payload.len() - 8);
-    h.send(kind::OPEN, 9, &payload, &[bells[0].as_fd(), bells[1].as_fd()]);
+    h.send(
+        kind::OPEN,
+        9,
+        &payload,
+        &[bells[0].as_fd(), bells[1].as_fd()],
+    );
     let text = h.expect_error(9, code::TRUNCATED);
     assert!(text.contains("6 entries"), "{text}");
     assert_eq!(h.stats.refused(code::TRUNCATED), 4);
@@ -224,12 +231,22 @@ fn missing_fds_get_a_missing_fds_error() {
     h.hello();
     let memory = GuestMemory::new(64 * 4096).unwrap();
     // Memory without its memfd.
-    h.send(kind::SET_MEMORY, 21, &memory_payload(&[(0, memory.size(), 0)]), &[]);
+    h.send(
+        kind::SET_MEMORY,
+        21,
+        &memory_payload(&[(0, memory.size(), 0)]),
+        &[],
+    );
     h.expect_error(21, code::MISSING_FDS);
     h.set_memory(&memory);
     // An open with one eventfd of two.
     let bell = EventfdDoorbell::new().unwrap();
-    h.send(kind::OPEN, 22, &open_payload(0, 3, &[1, 2, 3, 4, 5, 6]), &[bell.as_fd()]);
+    h.send(
+        kind::OPEN,
+        22,
+        &open_payload(0, 3, &[1, 2, 3, 4, 5, 6]),
+        &[bell.as_fd()],
+    );
     h.expect_error(22, code::MISSING_FDS);
     // fds where none belong.
     h.send(kind::GET_OFFER, 23, &[], &[bell.as_fd()]);
@@ -242,10 +259,18 @@ fn missing_fds_get_a_missing_fds_error() {
 fn gpadl_pages_outside_memory_get_a_bad_gpadl_error() {
     let h = Harness::new();
     h.hello();
-    let bells = [EventfdDoorbell::new().unwrap(), EventfdDoorbell::new().unwrap()];
+    let bells = [
+        EventfdDoorbell::new().unwrap(),
+        EventfdDoorbell::new().unwrap(),
+    ];
     let fds = [bells[0].as_fd(), bells[1].as_fd()];
     // Open before any memory.
-    h.send(kind::OPEN, 30, &open_payload(0, 3, &[1, 2, 3, 4, 5, 6]), &fds);
+    h.send(
+        kind::OPEN,
+        30,
+        &open_payload(0, 3, &[1, 2, 3, 4, 5, 6]),
+        &fds,
+    );
     h.expect_error(30, code::NO_MEMORY);
     // 64 pages of memory with a hole at pages 16..32.
     let memory = GuestMemory::new(64 * 4096).unwrap();
@@ -253,13 +278,28 @@ fn gpadl_pages_outside_memory_get_a_bad_gpadl_error() {
     h.send(kind::SET_MEMORY, 31, &payload, &[memory.fd().unwrap()]);
     assert_eq!(h.reply().kind, kind::OK);
     // Pages beyond the end, then pages in the hole.
-    h.send(kind::OPEN, 32, &open_payload(0, 3, &[1, 2, 3, 64, 65, 66]), &fds);
+    h.send(
+        kind::OPEN,
+        32,
+        &open_payload(0, 3, &[1, 2, 3, 64, 65, 66]),
+        &fds,
+    );
     let text = h.expect_error(32, code::BAD_GPADL);
     assert!(text.contains("64"), "{text}");
-    h.send(kind::OPEN, 33, &open_payload(0, 3, &[1, 2, 3, 20, 21, 22]), &fds);
+    h.send(
+        kind::OPEN,
+        33,
+        &open_payload(0, 3, &[1, 2, 3, 20, 21, 22]),
+        &fds,
+    );
     h.expect_error(33, code::BAD_GPADL);
     // A downstream offset that leaves a half without data pages.
-    h.send(kind::OPEN, 34, &open_payload(0, 1, &[1, 2, 3, 4, 5, 6]), &fds);
+    h.send(
+        kind::OPEN,
+        34,
+        &open_payload(0, 1, &[1, 2, 3, 4, 5, 6]),
+        &fds,
+    );
     h.expect_error(34, code::BAD_GPADL);
     // More pages than the protocol allows.
     let many: Vec<u64> = (0..3000).collect();
@@ -275,16 +315,31 @@ fn an_unsealed_or_short_memfd_gets_a_bad_memory_error() {
     h.hello();
     let unsealed = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&unsealed, 64 * 4096).unwrap();
-    h.send(kind::SET_MEMORY, 41, &memory_payload(&[(0, 64 * 4096, 0)]), &[unsealed.as_fd()]);
+    h.send(
+        kind::SET_MEMORY,
+        41,
+        &memory_payload(&[(0, 64 * 4096, 0)]),
+        &[unsealed.as_fd()],
+    );
     let text = h.expect_error(41, code::BAD_MEMORY);
     assert!(text.contains("F_SEAL_SHRINK"), "{text}");
     // A sealed memfd smaller than the layout.
     let small = GuestMemory::new(16 * 4096).unwrap();
-    h.send(kind::SET_MEMORY, 42, &memory_payload(&[(0, 64 * 4096, 0)]), &[small.fd().unwrap()]);
+    h.send(
+        kind::SET_MEMORY,
+        42,
+        &memory_payload(&[(0, 64 * 4096, 0)]),
+        &[small.fd().unwrap()],
+    );
     h.expect_error(42, code::BAD_MEMORY);
     // Too many regions.
     let regions: Vec<(u64, u64, u64)> = (0..65).map(|i| (i * 8192, 4096, 0)).collect();
-    h.send(kind::SET_MEMORY, 43, &memory_payload(&regions), &[small.fd().unwrap()]);
+    h.send(
+        kind::SET_MEMORY,
+        43,
+        &memory_payload(&regions),
+        &[small.fd().unwrap()],
+    );
     h.expect_error(43, code::TOO_LARGE);
     assert_eq!(h.stats.refused(code::BAD_MEMORY), 2);
     h.still_serves();

@@ -68,7 +68,10 @@ fn check_sectors(driver: &Storvsc, image: &[u8], first: u64, count: u64) {
     for ((lba, blocks), chunk) in requests.iter().zip(chunks) {
         let start = *lba as usize * SECTOR;
         let end = start + *blocks as usize * SECTOR;
-        assert!(chunk[..] == image[start..end], "sectors at LBA {lba} differ");
+        assert!(
+            chunk[..] == image[start..end],
+            "sectors at LBA {lba} differ"
+        );
     }
 }
 
@@ -135,7 +138,10 @@ fn kill_9_ends_every_open_storvsp_task_with_a_clean_error() {
             async_io::Timer::after(std::time::Duration::from_millis(5)).await;
         }
     });
-    assert!(ended.is_some(), "a channel task outlived the device process");
+    assert!(
+        ended.is_some(),
+        "a channel task outlived the device process"
+    );
     let results = vm.finished();
     assert_eq!(results.len(), 2);
     for (index, result) in results {
@@ -143,7 +149,10 @@ fn kill_9_ends_every_open_storvsp_task_with_a_clean_error() {
         let remote_error = error
             .protocol_error::<vmbdev_remote::RemoteError>()
             .unwrap_or_else(|| panic!("channel {index}: {error}"));
-        assert!(matches!(remote_error, vmbdev_remote::RemoteError::ConnectionLost));
+        assert!(matches!(
+            remote_error,
+            vmbdev_remote::RemoteError::ConnectionLost
+        ));
     }
     // Control calls fail at once instead of waiting.
     assert!(remote.save().is_err());

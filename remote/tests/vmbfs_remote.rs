@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use common::{ServerProcess, within};
 use vmbdev_device::bus::VmbusDevice;
+use vmbdev_guest::vmbfs::VmbfsClientError;
 use vmbdev_loopback::vm::{LoopbackVm, VmConfig};
 use vmbdev_loopback::vmbfs::{ResumeDevice, VmbfsClient, VmbfsLoopback};
-use vmbdev_guest::vmbfs::VmbfsClientError;
 use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
 
 const MIB: usize = 1 << 20;
@@ -72,7 +72,13 @@ fn every_file_reads_back_in_band_and_by_rdma_through_the_remote_device() {
                 let got = client.read_all(path).await.unwrap();
                 assert!(got == *data, "{path} differs (rdma {use_rdma})");
             }
-            assert!(client.file_info("no/such/file").await.unwrap_err().is_not_found());
+            assert!(
+                client
+                    .file_info("no/such/file")
+                    .await
+                    .unwrap_err()
+                    .is_not_found()
+            );
             client.close().await.unwrap();
         })
         .expect("hang guard");
@@ -155,6 +161,9 @@ fn kill_9_during_io_ends_the_channel_and_a_restored_process_serves_the_same_ring
     let rest = within(client.read(path, quarter as u64, data.len()))
         .unwrap()
         .unwrap();
-    assert!(rest[..] == data[quarter..], "bytes differ after the restart");
+    assert!(
+        rest[..] == data[quarter..],
+        "bytes differ after the restart"
+    );
     within(client.close()).unwrap().unwrap();
 }
