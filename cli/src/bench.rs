@@ -3,7 +3,9 @@
 //! JSON (`{"results": [{"name", "value", "unit", "baseline", "ratio"}]}`).
 //!
 //! Each suite is one entry in [`suites`]: ring, vhdx, vmbfs (in-band and
-//! RDMA reads) and storvsp (QD1/QD32 random, sequential).
+//! RDMA reads), storvsp (QD1/QD32 random, sequential) and remote (storvsp
+//! through `vmbdev serve` in a child process against the same device in
+//! process). Naming suites runs only those.
 
 use std::path::Path;
 
@@ -84,7 +86,74 @@ pub fn suites() -> Vec<Suite> {
             baseline: "pread of the same offsets from the image",
             run: storvsp_suite,
         },
+        Suite {
+            name: "remote",
+            baseline: "the same storvsp device in process",
+            run: remote_suite,
+        },
     ]
+}
+
+/// storvsp through `vmbdev serve` in a child process against the same
+/// device in process.
+fn remote_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
+    use std::time::{Duration, Instant};
+    let image = ctx.scratch.join("remote-bench.raw");
+    let (image_size, count) = if ctx.quick {
+        (32 << 20, 5_000)
+    } else {
+        (256 << 20, 50_000)
+    };
+    let fail = |e: String| CliError::new(format!("remote benchmark: {e}"));
+    vmbdev_bench::storvsp::make_image(&image, image_size).map_err(|e| fail(e.to_string()))?;
+    let socket = ctx.scratch.join("remote-bench.sock");
+    let exe = std::env::current_exe().map_err(|e| fail(e.to_string()))?;
+    let child = std::process::Command::new(exe)
+        .args([
+            "serve",
+            "--device",
+            "storvsp",
+            "--sub-channels",
+            "0",
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg(&image)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start vmbdev serve: {e}")))?;
+    let mut server = KillOnDrop(child);
+    let start = Instant::now();
+    let remote = loop {
+        match vmbdev_remote::RemoteDevice::connect_path(&socket) {
+            Ok(remote) => break remote,
+            Err(e) => {
+                let exited = server.0.try_wait().map_err(|e| fail(e.to_string()))?;
+                if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+                    return Err(fail(format!("vmbdev serve did not answer: {e}")));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let result = vmbdev_bench::remote::run(&image, std::sync::Arc::new(remote), count)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(vec![row(
+        "storvsp 4 KiB random QD32 through the remote device".into(),
+        result.remote_iops,
+        "IOPS",
+        result.local_iops,
+    )])
+}
+
+/// A child process killed when the suite ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn ring_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {

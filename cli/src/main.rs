@@ -1,4 +1,4 @@
-//! `vmbdev`: demo, inspect, list, read, dump, pack and bench VMBus devices
+//! `vmbdev`: demo, inspect, list, read, dump, pack, bench and serve VMBus devices
 //! and the VHDX images they serve.
 //!
 //! This crate owns argument parsing and output (the one crate that prints);
@@ -22,6 +22,7 @@ mod ls;
 mod messages;
 mod output;
 mod pack;
+mod serve;
 mod signals;
 
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ enum Cli {
     Info(info::InfoArgs),
     /// Measure ring, VHDX, vmbfs and storvsp throughput against baselines from the same run.
     Bench(bench::BenchArgs),
+    /// Serve a device (storvsp or vmbfs) built from an image to a VMM in
+    /// another process over a Unix socket.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,5 +81,6 @@ fn main() -> ExitCode {
         Cli::Ls(args) => ls::run(&args),
         Cli::Info(args) => info::run(&args),
         Cli::Bench(args) => bench::run(&args),
+        Cli::Serve(args) => serve::run(&args),
     })
 }

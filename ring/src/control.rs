@@ -34,6 +34,11 @@ impl ControlPage {
         Ok(Self { memory, gpa })
     }
 
+    /// Guest physical address of the page.
+    pub fn gpa(&self) -> u64 {
+        self.gpa
+    }
+
     fn load(&self, offset: u64, order: Ordering) -> u32 {
         // The page was checked in `new` and every offset is a 4-aligned
         // constant below 0x44, so the access cannot fail.

@@ -23,6 +23,12 @@ pub trait Doorbell: Send + Sync {
     fn signal(&self);
     /// Registers interest; the future completes on the next signal.
     fn listen(&self) -> DoorbellWait;
+    /// The eventfd behind the doorbell, if it is one: a transport that
+    /// hands the doorbell to another process passes this fd instead of
+    /// relaying signals.
+    fn eventfd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// An in-process doorbell over an `event_listener::Event`, counting its
@@ -167,6 +173,10 @@ impl Doorbell for EventfdDoorbell {
                 _ => return,
             }
         }
+    }
+
+    fn eventfd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.inner.fd.get_ref().as_fd())
     }
 
     fn listen(&self) -> DoorbellWait {

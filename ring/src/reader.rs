@@ -71,6 +71,12 @@ impl RingReader {
         self.gpadl = Some(guard);
     }
 
+    /// The doorbells: `(incoming, outgoing)`, the one the peer rings for
+    /// this side and the one this side rings for the peer.
+    pub fn doorbells(&self) -> (Arc<dyn Doorbell>, Arc<dyn Doorbell>) {
+        (self.incoming.clone(), self.outgoing.clone())
+    }
+
     /// The ring half read from.
     pub fn half(&self) -> &RingHalf {
         &self.half

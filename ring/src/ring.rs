@@ -88,6 +88,21 @@ impl RingHalf {
         &self.control
     }
 
+    /// The half's guest page numbers as a ring GPADL lists them: the
+    /// control page, then the data pages in ring order (what another
+    /// process needs to open the same half).
+    pub fn page_numbers(&self) -> Vec<u64> {
+        let control = self.control.gpa() >> PAGE_SHIFT;
+        let data: Vec<u64> = match &self.layout {
+            DataLayout::Contiguous(base) => {
+                let first = base >> PAGE_SHIFT;
+                (first..first + u64::from(self.size >> PAGE_SHIFT)).collect()
+            }
+            DataLayout::Pages(pages) => pages.to_vec(),
+        };
+        std::iter::once(control).chain(data).collect()
+    }
+
     /// The guest memory the ring lives in.
     pub fn memory(&self) -> &GuestMemory {
         &self.memory
@@ -201,6 +216,15 @@ mod tests {
         ));
         let half = RingHalf::new(&mem, &[0, 3, 5]).unwrap();
         assert_eq!(half.size(), 8192);
+    }
+
+    #[test]
+    fn page_numbers_list_the_control_page_then_the_data_pages() {
+        let mem = GuestMemory::new(16 * 4096).unwrap();
+        let contiguous = RingHalf::new(&mem, &[9, 2, 3, 4]).unwrap();
+        assert_eq!(contiguous.page_numbers(), [9, 2, 3, 4]);
+        let scattered = RingHalf::new(&mem, &[1, 7, 5, 12]).unwrap();
+        assert_eq!(scattered.page_numbers(), [1, 7, 5, 12]);
     }
 
     #[test]

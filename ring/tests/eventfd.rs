@@ -164,3 +164,29 @@ fn endpoints_over_eventfd_doorbells_move_packets_between_threads() {
     sender.join().unwrap();
     assert!(host_bell.signal_count() > 0);
 }
+
+#[test]
+fn an_endpoint_exposes_its_eventfds_and_ring_pages() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let memory = GuestMemory::new(16 * PAGE_SIZE as u64).unwrap();
+    let local = EventfdDoorbell::new().unwrap();
+    let remote: Arc<dyn Doorbell> = Arc::new(vmbdev_ring::EventDoorbell::new());
+    let pages = [3, 4, 5, 9, 10, 11];
+    let host = Endpoint::open(
+        Side::Host,
+        &memory,
+        &pages,
+        3,
+        Arc::new(local.clone()),
+        remote,
+    )
+    .unwrap();
+    let (incoming, outgoing) = host.reader.doorbells();
+    assert_eq!(
+        incoming.eventfd().map(|fd| fd.as_raw_fd()),
+        Some(local.as_fd().as_raw_fd())
+    );
+    assert!(outgoing.eventfd().is_none());
+    assert_eq!(host.reader.half().page_numbers(), [3, 4, 5]);
+    assert_eq!(host.writer.half().page_numbers(), [9, 10, 11]);
+}
