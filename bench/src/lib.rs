@@ -6,6 +6,8 @@
 //! - [`vhdx`]: VHDX reads against `pread` of a raw file with the same bytes.
 //! - [`vmbfs`]: vmbfs RDMA reads against in-band reads over the loopback VM.
 //! - [`storvsp`]: storvsc → ring → storvsp → disk reads against `pread`.
+//! - [`ioperf`]: the storvsp request path alone, in the shape of OpenVMM's
+//!   `ioperf` benchmark (raw guest, RAM disk, one thread).
 //!
 //! This crate owns measuring and nothing else: it drives the library
 //! crates through their public API only, holds no device or driver logic,
@@ -13,6 +15,7 @@
 //! format the results.
 #![forbid(unsafe_code)]
 
+pub mod ioperf;
 pub mod ring;
 pub mod storvsp;
 pub mod vhdx;

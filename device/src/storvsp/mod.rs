@@ -32,7 +32,7 @@ pub use config::{
     StorvspConfig,
 };
 pub use device::{DeviceError, NoSubChannelOffer, SavedDevice, StorvspDevice, SubChannelOffer};
-pub use packet::{Completion, Notification, ProtocolViolation, Request};
+pub use packet::{Completion, CompletionBytes, Notification, ProtocolViolation, Request};
 pub use runner::{
     DEFAULT_QUEUE_DEPTH, PendingRequest, RunError, StopSignal, StorvspStats,
     WORST_COMPLETION_RING_LEN,
