@@ -177,7 +177,7 @@ impl IoperfRig {
                 while status.is_none() {
                     guest.reader.wait_readable().await?;
                     guest.reader.try_read_batch_borrowed(1, |packet| {
-                        status = Some(completion_status(&packet.payload).map(|s| s.0));
+                        status = Some(completion_status(packet.payload).map(|s| s.0));
                     })?;
                 }
                 Ok::<_, IoperfError>(status.flatten())
