@@ -68,10 +68,12 @@ impl RingReader {
     }
 
     /// Polls the ring up to `iterations` times before sleeping on the
-    /// doorbell in [`wait_readable`](Self::wait_readable). Worth it only
-    /// when the writer runs on another core; 0 (the default) sleeps at
-    /// once, which is right when both sides share a thread or the machine
-    /// is oversubscribed (see the crate docs for the measurement).
+    /// doorbell in [`wait_readable`](Self::wait_readable). It can only pay
+    /// when the writer runs on another, otherwise idle core. The default, 0,
+    /// sleeps at once: when both sides share a thread (the loopback, the
+    /// benchmarks) nothing can arrive while this side spins, so every spin
+    /// is pure loss, and on an oversubscribed host spinning takes the core
+    /// from the peer it waits for.
     pub fn set_spin(&mut self, iterations: u32) {
         self.spin = iterations;
     }
