@@ -6,6 +6,8 @@
 //! - [`vhdx`]: VHDX reads against `pread` of a raw file with the same bytes.
 //! - [`vmbfs`]: vmbfs RDMA reads against in-band reads over the loopback VM.
 //! - [`storvsp`]: storvsc → ring → storvsp → disk reads against `pread`.
+//! - [`ioperf`]: the storvsp request path alone, in the shape of OpenVMM's
+//!   `ioperf` benchmark (raw guest, RAM disk, one thread).
 //! - [`remote`]: storvsp through the out-of-process backend against the
 //!   same device in process.
 //!
@@ -15,6 +17,7 @@
 //! format the results.
 #![forbid(unsafe_code)]
 
+pub mod ioperf;
 pub mod remote;
 pub mod ring;
 pub mod storvsp;

@@ -310,7 +310,7 @@ impl Session {
             };
             let outcome = lane.state.handle(Request {
                 payload: &packet.payload,
-                ranges,
+                ranges: &ranges,
                 transaction_id: tid,
             });
             let completion = match outcome {

@@ -77,7 +77,7 @@ impl Vm {
         let tid = self.next_tid;
         let completion = match self.host.handle(Request {
             payload,
-            ranges,
+            ranges: &ranges,
             transaction_id: tid,
         }) {
             Outcome::Complete(c) | Outcome::CreateSubChannels { completion: c, .. } => c,

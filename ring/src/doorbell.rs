@@ -1,23 +1,57 @@
 //! Doorbells: how one side of a channel wakes the other. A transport
 //! implements [`Doorbell`]; the loopback uses an in-process
-//! `event-listener` [`EventDoorbell`], a VMM or an out-of-process transport
-//! an [`EventfdDoorbell`].
+//! [`EventDoorbell`], a VMM or an out-of-process transport an
+//! [`EventfdDoorbell`].
+//!
+//! Waiting goes through [`wait`]: it arms the doorbell (before the final
+//! re-check of the ring) and returns a future that completes on the next
+//! signal. [`EventDoorbell`] arms without allocating (a generation counter
+//! and a few waker slots), and its `signal` takes no lock and allocates
+//! nothing; other doorbells fall back to their boxed
+//! [`listen`](Doorbell::listen) future.
 
 use async_io::Async;
+use atomic_waker::AtomicWaker;
 use event_listener::Event;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 /// A future that completes when the doorbell rings (or spuriously).
 pub type DoorbellWait = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// One direction of signalling. `listen` must be called *before* the final
-/// re-check of the ring, and a `signal` after that call must complete the
-/// returned future, so no wake-up is lost between check and sleep.
+/// An armed wait on a doorbell: what [`Doorbell::arm`] hands out and
+/// [`Doorbell::poll_armed`] polls.
+pub struct Armed(ArmedState);
+
+enum ArmedState {
+    /// Waiting for the generation to move past `seen`, woken through
+    /// waker slot `slot`.
+    Slot { slot: u32, seen: u64 },
+    /// A boxed listener (doorbells without slots, or all slots taken).
+    Boxed(DoorbellWait),
+    /// Completed or released.
+    Done,
+}
+
+impl std::fmt::Debug for Armed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            ArmedState::Slot { .. } => "slot",
+            ArmedState::Boxed(_) => "boxed",
+            ArmedState::Done => "done",
+        };
+        f.debug_tuple("Armed").field(&state).finish()
+    }
+}
+
+/// One direction of signalling. A wait must be armed *before* the final
+/// re-check of the ring, and a `signal` after arming must complete the
+/// wait, so no wake-up is lost between check and sleep.
 pub trait Doorbell: Send + Sync {
     /// Rings the doorbell.
     fn signal(&self);
@@ -29,12 +63,85 @@ pub trait Doorbell: Send + Sync {
     fn eventfd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
+
+    /// Arms a wait for the next signal. The default boxes
+    /// [`listen`](Self::listen); a doorbell overriding it must override
+    /// [`poll_armed`](Self::poll_armed) and [`disarm`](Self::disarm) too.
+    fn arm(&self) -> Armed {
+        Armed(ArmedState::Boxed(self.listen()))
+    }
+
+    /// Polls an armed wait.
+    fn poll_armed(&self, armed: &mut Armed, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut armed.0 {
+            ArmedState::Boxed(wait) => {
+                let ready = wait.as_mut().poll(cx);
+                if ready.is_ready() {
+                    armed.0 = ArmedState::Done;
+                }
+                ready
+            }
+            ArmedState::Slot { .. } | ArmedState::Done => Poll::Ready(()),
+        }
+    }
+
+    /// Releases what an armed wait holds (called when it is dropped).
+    fn disarm(&self, armed: &mut Armed) {
+        armed.0 = ArmedState::Done;
+    }
 }
 
-/// An in-process doorbell over an `event_listener::Event`, counting its
-/// signals (tests compare the count against a model).
+/// A wait armed on `doorbell` now; the future completes on the next
+/// signal (or spuriously).
+pub fn wait(doorbell: &dyn Doorbell) -> Wait<'_> {
+    Wait {
+        armed: doorbell.arm(),
+        doorbell,
+    }
+}
+
+/// The future [`wait`] returns.
+pub struct Wait<'a> {
+    doorbell: &'a dyn Doorbell,
+    armed: Armed,
+}
+
+impl std::fmt::Debug for Wait<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wait").field("armed", &self.armed).finish()
+    }
+}
+
+impl Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.doorbell.poll_armed(&mut this.armed, cx)
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        self.doorbell.disarm(&mut self.armed);
+    }
+}
+
+/// Waiters an [`EventDoorbell`] wakes without any allocation; more at once
+/// fall back to a boxed listener. The reader and the writer of one endpoint
+/// share a doorbell, so two is the common need.
+const WAKER_SLOTS: usize = 4;
+
+/// An in-process doorbell, counting its signals (tests compare the count
+/// against a model). Signalling bumps a generation counter and wakes the
+/// armed waker slots: no lock, no allocation.
 #[derive(Debug, Default)]
 pub struct EventDoorbell {
+    generation: AtomicU64,
+    /// Bit `i` set: slot `i` belongs to an armed wait.
+    claimed: AtomicU32,
+    slots: [AtomicWaker; WAKER_SLOTS],
+    /// Wakes the overflow waiters (and [`listen`](Doorbell::listen)).
     event: Event,
     signals: AtomicU64,
 }
@@ -49,11 +156,40 @@ impl EventDoorbell {
     pub fn signal_count(&self) -> u64 {
         self.signals.load(Ordering::Relaxed)
     }
+
+    fn claim_slot(&self) -> Option<u32> {
+        let mut claimed = self.claimed.load(Ordering::Relaxed);
+        loop {
+            let free = (!claimed).trailing_zeros();
+            if free as usize >= WAKER_SLOTS {
+                return None;
+            }
+            match self.claimed.compare_exchange_weak(
+                claimed,
+                claimed | (1 << free),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(free),
+                Err(now) => claimed = now,
+            }
+        }
+    }
 }
 
 impl Doorbell for EventDoorbell {
     fn signal(&self) {
         self.signals.fetch_add(1, Ordering::Relaxed);
+        // The generation store is ordered before the slot loads, as the
+        // waiter orders its waker registration before its generation
+        // re-check: one of the two sees the other.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut claimed = self.claimed.load(Ordering::SeqCst);
+        while claimed != 0 {
+            let slot = claimed.trailing_zeros();
+            self.slots[slot as usize].wake();
+            claimed &= claimed - 1;
+        }
         // One doorbell serves both the reader and the writer of an
         // endpoint (as one VMBus interrupt does), so wake every listener.
         self.event.notify(usize::MAX);
@@ -61,6 +197,42 @@ impl Doorbell for EventDoorbell {
 
     fn listen(&self) -> DoorbellWait {
         Box::pin(self.event.listen())
+    }
+
+    fn arm(&self) -> Armed {
+        match self.claim_slot() {
+            Some(slot) => Armed(ArmedState::Slot {
+                slot,
+                seen: self.generation.load(Ordering::SeqCst),
+            }),
+            None => Armed(ArmedState::Boxed(self.listen())),
+        }
+    }
+
+    fn poll_armed(&self, armed: &mut Armed, cx: &mut Context<'_>) -> Poll<()> {
+        let ArmedState::Slot { slot, seen } = armed.0 else {
+            return match &mut armed.0 {
+                ArmedState::Boxed(wait) => wait.as_mut().poll(cx),
+                _ => Poll::Ready(()),
+            };
+        };
+        if self.generation.load(Ordering::SeqCst) != seen {
+            return Poll::Ready(());
+        }
+        self.slots[slot as usize].register(cx.waker());
+        if self.generation.load(Ordering::SeqCst) != seen {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    fn disarm(&self, armed: &mut Armed) {
+        if let ArmedState::Slot { slot, .. } = armed.0 {
+            // Drop the registered waker so the slot holds nothing stale.
+            let _ = self.slots[slot as usize].take();
+            self.claimed.fetch_and(!(1 << slot), Ordering::AcqRel);
+        }
+        armed.0 = ArmedState::Done;
     }
 }
 

@@ -86,13 +86,98 @@ pub enum GpaError {
     GpadlTearingDown(u32),
 }
 
+/// Page numbers a [`GpaRange`] holds without a heap allocation.
+pub const INLINE_PAGES: usize = 9;
+
+/// The page numbers of a range: inline when few, on the heap otherwise.
+#[derive(Clone)]
+enum PageList {
+    Inline { len: u8, pages: [u64; INLINE_PAGES] },
+    Heap(Vec<u64>),
+}
+
+impl PageList {
+    fn from_slice(pages: &[u64]) -> Self {
+        if pages.len() <= INLINE_PAGES {
+            let mut inline = [0u64; INLINE_PAGES];
+            inline[..pages.len()].copy_from_slice(pages);
+            Self::Inline {
+                len: pages.len() as u8,
+                pages: inline,
+            }
+        } else {
+            Self::Heap(pages.to_vec())
+        }
+    }
+
+    fn from_vec(pages: Vec<u64>) -> Self {
+        if pages.len() <= INLINE_PAGES {
+            Self::from_slice(&pages)
+        } else {
+            Self::Heap(pages)
+        }
+    }
+
+    /// Decodes `count` little-endian page numbers from `bytes` (at least
+    /// `8 * count` long, checked by the caller).
+    fn from_wire(bytes: &[u8]) -> Self {
+        let decode =
+            |c: &[u8]| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let count = bytes.len() / 8;
+        if count <= INLINE_PAGES {
+            let mut inline = [0u64; INLINE_PAGES];
+            for (slot, c) in inline.iter_mut().zip(bytes.chunks_exact(8)) {
+                *slot = decode(c);
+            }
+            Self::Inline {
+                len: count as u8,
+                pages: inline,
+            }
+        } else {
+            Self::Heap(bytes.chunks_exact(8).map(decode).collect())
+        }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Self::Inline { len, pages } => &pages[..usize::from(*len)],
+            Self::Heap(pages) => pages,
+        }
+    }
+}
+
+impl std::fmt::Debug for PageList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl PartialEq for PageList {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for PageList {}
+
 /// A byte range in guest memory: `byte_count` bytes starting `byte_offset`
 /// bytes into the first of `gpns`, continuing through the following pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpaRange {
     byte_count: u32,
     byte_offset: u32,
-    gpns: Vec<u64>,
+    gpns: PageList,
+}
+
+impl GpaError {
+    /// The same error with a list offset moved `by` bytes further (for an
+    /// error found in a sub-slice of a range list).
+    fn shifted(self, by: usize) -> Self {
+        match self {
+            Self::Truncated(at) => Self::Truncated(at + by),
+            other => other,
+        }
+    }
 }
 
 /// Number of pages a range of `byte_count` bytes at `byte_offset` spans.
@@ -104,19 +189,35 @@ impl GpaRange {
     /// Builds a range, checking `byte_count != 0`, `byte_offset < 4096` and
     /// 2-byte aligned, and that `gpns` holds exactly the pages spanned.
     pub fn new(byte_count: u32, byte_offset: u32, gpns: Vec<u64>) -> Result<Self, GpaError> {
-        Self::check_header(byte_count, byte_offset)?;
-        let needed = pages_spanned(byte_offset, byte_count);
-        if gpns.len() as u64 != needed {
-            return Err(GpaError::PageCount {
-                needed,
-                present: gpns.len() as u64,
-            });
-        }
+        Self::check_page_count(byte_count, byte_offset, gpns.len())?;
         Ok(Self {
             byte_count,
             byte_offset,
-            gpns,
+            gpns: PageList::from_vec(gpns),
         })
+    }
+
+    /// [`new`](Self::new) from borrowed page numbers; no heap allocation
+    /// for up to [`INLINE_PAGES`] pages.
+    pub fn from_pages(byte_count: u32, byte_offset: u32, gpns: &[u64]) -> Result<Self, GpaError> {
+        Self::check_page_count(byte_count, byte_offset, gpns.len())?;
+        Ok(Self {
+            byte_count,
+            byte_offset,
+            gpns: PageList::from_slice(gpns),
+        })
+    }
+
+    fn check_page_count(byte_count: u32, byte_offset: u32, present: usize) -> Result<(), GpaError> {
+        Self::check_header(byte_count, byte_offset)?;
+        let needed = pages_spanned(byte_offset, byte_count);
+        if present as u64 != needed {
+            return Err(GpaError::PageCount {
+                needed,
+                present: present as u64,
+            });
+        }
+        Ok(())
     }
 
     fn check_header(byte_count: u32, byte_offset: u32) -> Result<(), GpaError> {
@@ -145,45 +246,73 @@ impl GpaRange {
         let mut ranges = Vec::with_capacity(count as usize);
         let mut at = 0usize;
         for _ in 0..count {
-            let header = bytes.get(at..at + 8).ok_or(GpaError::Truncated(at))?;
-            let byte_count = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-            let byte_offset = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-            Self::check_header(byte_count, byte_offset)?;
-            at += 8;
-            let needed = pages_spanned(byte_offset, byte_count);
-            let available = ((bytes.len() - at) / 8) as u64;
-            if needed > available {
-                return Err(GpaError::PageCount {
-                    needed,
-                    present: available,
-                });
-            }
-            let gpns = bytes[at..at + needed as usize * 8]
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect();
-            at += needed as usize * 8;
-            ranges.push(Self {
+            let (range, used) = Self::parse_one(&bytes[at..]).map_err(|e| e.shifted(at))?;
+            ranges.push(range);
+            at += used;
+        }
+        Ok((ranges, at))
+    }
+
+    /// Checks `count` ranges in wire form like [`parse_list`](Self::parse_list)
+    /// without building them; returns the bytes they take.
+    pub fn check_list(bytes: &[u8], count: u32) -> Result<usize, GpaError> {
+        if count as usize > bytes.len() / 16 {
+            return Err(GpaError::Truncated(bytes.len()));
+        }
+        let mut at = 0usize;
+        for _ in 0..count {
+            let rest = &bytes[at..];
+            let (_, _, used) = Self::wire_header(rest).map_err(|e| e.shifted(at))?;
+            at += used;
+        }
+        Ok(at)
+    }
+
+    /// Parses the first range in wire form from `bytes` (a host copy);
+    /// returns it and the bytes it took.
+    pub fn parse_one(bytes: &[u8]) -> Result<(Self, usize), GpaError> {
+        let (byte_count, byte_offset, used) = Self::wire_header(bytes)?;
+        let gpns = PageList::from_wire(&bytes[8..used]);
+        Ok((
+            Self {
                 byte_count,
                 byte_offset,
                 gpns,
+            },
+            used,
+        ))
+    }
+
+    /// Validates the range header at the start of `bytes` and that its
+    /// page numbers are present; returns `(byte_count, byte_offset, len)`.
+    fn wire_header(bytes: &[u8]) -> Result<(u32, u32, usize), GpaError> {
+        let header = bytes.get(..8).ok_or(GpaError::Truncated(0))?;
+        let byte_count = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let byte_offset = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        Self::check_header(byte_count, byte_offset)?;
+        let needed = pages_spanned(byte_offset, byte_count);
+        let available = ((bytes.len() - 8) / 8) as u64;
+        if needed > available {
+            return Err(GpaError::PageCount {
+                needed,
+                present: available,
             });
         }
-        Ok((ranges, at))
+        Ok((byte_count, byte_offset, 8 + needed as usize * 8))
     }
 
     /// Appends this range in wire form to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.byte_count.to_le_bytes());
         out.extend_from_slice(&self.byte_offset.to_le_bytes());
-        for gpn in &self.gpns {
+        for gpn in self.gpns.as_slice() {
             out.extend_from_slice(&gpn.to_le_bytes());
         }
     }
 
     /// Length of the wire form in bytes.
     pub fn encoded_len(&self) -> usize {
-        8 + 8 * self.gpns.len()
+        8 + 8 * self.gpns.as_slice().len()
     }
 
     /// Length of the range in bytes (never 0).
@@ -198,7 +327,7 @@ impl GpaRange {
 
     /// The guest page numbers the range spans.
     pub fn gpns(&self) -> &[u64] {
-        &self.gpns
+        self.gpns.as_slice()
     }
 
     /// The same range cut to its first `len` bytes (`0 < len <=
@@ -212,7 +341,7 @@ impl GpaRange {
             });
         }
         let pages = pages_spanned(self.byte_offset, len) as usize;
-        Self::new(len, self.byte_offset, self.gpns[..pages].to_vec())
+        Self::from_pages(len, self.byte_offset, &self.gpns()[..pages])
     }
 
     /// The guest-physical pieces `(gpa, len)` covering `len` bytes at
@@ -224,6 +353,35 @@ impl GpaRange {
         offset: u64,
         len: u64,
     ) -> Result<Vec<(u64, u64)>, GpaError> {
+        let mut pieces = Vec::new();
+        self.for_each_segment(memory, offset, len, |gpa, len| {
+            pieces.push((gpa, len));
+            Ok(())
+        })?;
+        Ok(pieces)
+    }
+
+    /// Checks that `len` bytes at `offset` lie inside the range and inside
+    /// guest memory, without touching them.
+    pub fn check_access(
+        &self,
+        memory: &GuestMemory,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), GpaError> {
+        self.for_each_segment(memory, offset, len, |_, _| Ok(()))
+    }
+
+    /// Calls `f` on each piece [`segments`](Self::segments) would return,
+    /// in order and without collecting them. Every page is checked against
+    /// guest memory before `f` sees any piece.
+    pub fn for_each_segment(
+        &self,
+        memory: &GuestMemory,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(u64, u64) -> Result<(), GpaError>,
+    ) -> Result<(), GpaError> {
         let end = offset
             .checked_add(len)
             .filter(|&end| end <= u64::from(self.byte_count))
@@ -232,26 +390,39 @@ impl GpaRange {
                 len,
                 byte_count: self.byte_count,
             })?;
-        let pages = memory.page_count();
-        let mut pieces = Vec::new();
-        let mut pos = u64::from(self.byte_offset) + offset;
+        let start = u64::from(self.byte_offset) + offset;
         let stop = u64::from(self.byte_offset) + end;
-        while pos < stop {
-            let index = (pos >> PAGE_SHIFT) as usize;
-            let in_page = pos & (PAGE_SIZE as u64 - 1);
-            let take = (PAGE_SIZE as u64 - in_page).min(stop - pos);
-            let gpn = self.gpns[index];
-            if gpn >= pages {
+        let gpns = self.gpns();
+        let pages = memory.page_count();
+        if start < stop {
+            let first = (start >> PAGE_SHIFT) as usize;
+            let last = ((stop - 1) >> PAGE_SHIFT) as usize;
+            if let Some(&gpn) = gpns[first..=last].iter().find(|&&gpn| gpn >= pages) {
                 return Err(GpaError::PageOutOfRange { gpn, pages });
             }
-            let gpa = (gpn << PAGE_SHIFT) + in_page;
-            match pieces.last_mut() {
-                Some((last_gpa, last_len)) if *last_gpa + *last_len == gpa => *last_len += take,
-                _ => pieces.push((gpa, take)),
-            }
+        }
+        // Adjacent pages that are also adjacent in guest memory form one
+        // piece.
+        let mut piece: Option<(u64, u64)> = None;
+        let mut pos = start;
+        while pos < stop {
+            let in_page = pos & (PAGE_SIZE as u64 - 1);
+            let take = (PAGE_SIZE as u64 - in_page).min(stop - pos);
+            let gpa = (gpns[(pos >> PAGE_SHIFT) as usize] << PAGE_SHIFT) + in_page;
+            piece = match piece {
+                Some((at, n)) if at + n == gpa => Some((at, n + take)),
+                Some((at, n)) => {
+                    f(at, n)?;
+                    Some((gpa, take))
+                }
+                None => Some((gpa, take)),
+            };
             pos += take;
         }
-        Ok(pieces)
+        if let Some((at, n)) = piece {
+            f(at, n)?;
+        }
+        Ok(())
     }
 
     /// Copies `buf.len()` bytes at `offset` into the range out of guest memory.
@@ -262,21 +433,21 @@ impl GpaRange {
         buf: &mut [u8],
     ) -> Result<(), GpaError> {
         let mut done = 0usize;
-        for (gpa, len) in self.segments(memory, offset, buf.len() as u64)? {
+        self.for_each_segment(memory, offset, buf.len() as u64, |gpa, len| {
             memory.read(gpa, &mut buf[done..done + len as usize])?;
             done += len as usize;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Copies `data` into guest memory at `offset` into the range.
     pub fn write_at(&self, memory: &GuestMemory, offset: u64, data: &[u8]) -> Result<(), GpaError> {
         let mut done = 0usize;
-        for (gpa, len) in self.segments(memory, offset, data.len() as u64)? {
+        self.for_each_segment(memory, offset, data.len() as u64, |gpa, len| {
             memory.write(gpa, &data[done..done + len as usize])?;
             done += len as usize;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

@@ -50,15 +50,16 @@ pub mod ring;
 mod stop;
 pub mod writer;
 
-pub use doorbell::{Doorbell, EventDoorbell, EventfdDoorbell};
+pub use doorbell::{Armed, Doorbell, EventDoorbell, EventfdDoorbell, Wait, wait};
 pub use endpoint::{Endpoint, Side, split_gpadl};
 pub use error::RingError;
-pub use gpa::{GpaError, GpaRange, GpadlGuard, GpadlRegistry};
+pub use gpa::{GpaError, GpaRange, GpadlGuard, GpadlRegistry, INLINE_PAGES};
 pub use loopback::{Loopback, LoopbackConfig, LoopbackError, PageAllocator, loopback};
 pub use memory::{GuestMemory, MemoryError, MemoryRegion, PAGE_SIZE};
 pub use packet::{
-    IncomingPacket, OutgoingKind, OutgoingPacket, PacketKind, PacketView, TransferPageRange,
-    gpa_direct_ring_len, in_band_ring_len, pipe_data_ring_len,
+    BorrowedKind, BorrowedPacket, GpaRangeList, IncomingPacket, OutgoingKind, OutgoingPacket,
+    PacketKind, PacketView, TransferPageList, TransferPageRange, gpa_direct_ring_len,
+    in_band_ring_len, pipe_data_ring_len,
 };
 pub use pipe::{PipeError, PipeMessage};
 pub use reader::RingReader;

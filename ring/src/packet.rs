@@ -5,6 +5,8 @@
 
 use crate::error::{Result, RingError};
 use crate::gpa::GpaRange;
+use zerocopy::little_endian::{U16, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Packet type: in-band data.
 pub const TYPE_IN_BAND: u16 = 6;
@@ -42,30 +44,53 @@ pub struct Descriptor {
     pub transaction_id: u64,
 }
 
+/// The descriptor as laid out in the ring (little-endian fields).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct DescriptorWire {
+    packet_type: U16,
+    data_offset8: U16,
+    length8: U16,
+    flags: U16,
+    transaction_id: U64,
+}
+
+/// The fixed part of a GPA-direct or transfer-page header after the
+/// descriptor.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct ExtensionWire {
+    /// Transfer page set id (type 7); reserved (type 9).
+    set_id: U16,
+    reserved: U16,
+    range_count: zerocopy::little_endian::U32,
+}
+
+const _: () = assert!(size_of::<DescriptorWire>() == DESCRIPTOR_LEN);
+const _: () = assert!(DESCRIPTOR_LEN + size_of::<ExtensionWire>() == EXTENDED_HEADER_LEN);
+
 impl Descriptor {
     /// Decodes the 16 descriptor bytes.
     pub fn from_bytes(b: &[u8; DESCRIPTOR_LEN]) -> Self {
-        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&b[8..16]);
+        let wire: DescriptorWire = zerocopy::transmute!(*b);
         Self {
-            packet_type: u16_at(0),
-            data_offset8: u16_at(2),
-            length8: u16_at(4),
-            flags: u16_at(6),
-            transaction_id: u64::from_le_bytes(id),
+            packet_type: wire.packet_type.get(),
+            data_offset8: wire.data_offset8.get(),
+            length8: wire.length8.get(),
+            flags: wire.flags.get(),
+            transaction_id: wire.transaction_id.get(),
         }
     }
 
     /// Encodes the descriptor.
     pub fn to_bytes(&self) -> [u8; DESCRIPTOR_LEN] {
-        let mut b = [0u8; DESCRIPTOR_LEN];
-        b[0..2].copy_from_slice(&self.packet_type.to_le_bytes());
-        b[2..4].copy_from_slice(&self.data_offset8.to_le_bytes());
-        b[4..6].copy_from_slice(&self.length8.to_le_bytes());
-        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
-        b[8..16].copy_from_slice(&self.transaction_id.to_le_bytes());
-        b
+        zerocopy::transmute!(DescriptorWire {
+            packet_type: U16::new(self.packet_type),
+            data_offset8: U16::new(self.data_offset8),
+            length8: U16::new(self.length8),
+            flags: U16::new(self.flags),
+            transaction_id: U64::new(self.transaction_id),
+        })
     }
 
     /// Checks the descriptor of the packet at ring `offset` against the
@@ -207,6 +232,174 @@ pub struct IncomingPacket {
     pub payload: Vec<u8>,
 }
 
+/// A validated packet kind as offsets into the reader's copy of the
+/// packet: what [`parse_packet`] found, before anything is built from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParsedKind {
+    InBand,
+    /// `count` GPA ranges (all checked) in `bytes[list]`.
+    GpaDirect {
+        list: (usize, usize),
+        count: u32,
+    },
+    /// `count` transfer-page ranges in `bytes[list]`.
+    TransferPages {
+        set_id: u16,
+        list: (usize, usize),
+        count: u32,
+    },
+    Completion,
+}
+
+impl ParsedKind {
+    /// The borrowed kind over `bytes`, the packet copy it was parsed from.
+    pub(crate) fn borrow<'a>(&self, bytes: &'a [u8]) -> BorrowedKind<'a> {
+        match *self {
+            Self::InBand => BorrowedKind::InBand,
+            Self::Completion => BorrowedKind::Completion,
+            Self::GpaDirect {
+                list: (from, to),
+                count,
+            } => BorrowedKind::GpaDirect(GpaRangeList {
+                bytes: &bytes[from..to],
+                count,
+            }),
+            Self::TransferPages {
+                set_id,
+                list: (from, to),
+                count,
+            } => BorrowedKind::TransferPages {
+                set_id,
+                ranges: TransferPageList {
+                    bytes: &bytes[from..to],
+                    count,
+                },
+            },
+        }
+    }
+}
+
+/// A packet kind borrowing its validated range list from the reader.
+#[derive(Debug, Clone, Copy)]
+pub enum BorrowedKind<'a> {
+    /// In-band data (type 6).
+    InBand,
+    /// GPA-direct (type 9) with at least one range.
+    GpaDirect(GpaRangeList<'a>),
+    /// Transfer-page ranges (type 7) into buffer `set_id`.
+    TransferPages {
+        /// The transfer page set id.
+        set_id: u16,
+        /// The ranges (at least one).
+        ranges: TransferPageList<'a>,
+    },
+    /// A completion (type 0xB).
+    Completion,
+}
+
+impl BorrowedKind<'_> {
+    /// The owned kind (allocates the range lists).
+    pub fn to_owned(&self) -> PacketKind {
+        match self {
+            Self::InBand => PacketKind::InBand,
+            Self::Completion => PacketKind::Completion,
+            Self::GpaDirect(list) => PacketKind::GpaDirect(list.iter().collect()),
+            Self::TransferPages { set_id, ranges } => PacketKind::TransferPages {
+                set_id: *set_id,
+                ranges: ranges.iter().collect(),
+            },
+        }
+    }
+}
+
+/// The validated GPA ranges of a received GPA-direct packet, decoded one
+/// at a time (a range of up to [`INLINE_PAGES`](crate::gpa::INLINE_PAGES)
+/// pages needs no heap).
+#[derive(Debug, Clone, Copy)]
+pub struct GpaRangeList<'a> {
+    bytes: &'a [u8],
+    count: u32,
+}
+
+impl<'a> GpaRangeList<'a> {
+    /// Number of ranges (at least 1).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether the list is empty (never, for a validated packet).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The ranges in order.
+    pub fn iter(&self) -> impl Iterator<Item = GpaRange> + 'a {
+        let mut rest = self.bytes;
+        (0..self.count).map_while(move |_| {
+            // Checked when the packet was parsed, so this cannot fail.
+            let (range, used) = GpaRange::parse_one(rest).ok()?;
+            rest = &rest[used..];
+            Some(range)
+        })
+    }
+}
+
+/// The transfer-page ranges of a received type-7 packet.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferPageList<'a> {
+    bytes: &'a [u8],
+    count: u32,
+}
+
+impl<'a> TransferPageList<'a> {
+    /// Number of ranges (at least 1).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether the list is empty (never, for a validated packet).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The ranges in order.
+    pub fn iter(&self) -> impl Iterator<Item = TransferPageRange> + 'a {
+        self.bytes
+            .chunks_exact(8)
+            .take(self.count as usize)
+            .map(|c| TransferPageRange {
+                byte_count: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                byte_offset: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+    }
+}
+
+/// A received packet borrowing everything from the reader's buffer; what
+/// a device loop reads without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct BorrowedPacket<'a> {
+    /// The kind and its extension.
+    pub kind: BorrowedKind<'a>,
+    /// The transaction id.
+    pub transaction_id: u64,
+    /// Whether the sender asked for a completion.
+    pub completion_requested: bool,
+    /// Payload bytes (padded to 8 by the sender).
+    pub payload: &'a [u8],
+}
+
+impl<'a> BorrowedPacket<'a> {
+    /// The view with owned range lists.
+    pub fn to_view(&self) -> PacketView<'a> {
+        PacketView {
+            kind: self.kind.to_owned(),
+            transaction_id: self.transaction_id,
+            completion_requested: self.completion_requested,
+            payload: self.payload,
+        }
+    }
+}
+
 /// Parses the validated packet `bytes` (a host copy of `8 * length8` bytes,
 /// descriptor included) into its kind and payload range.
 pub fn parse_packet(
@@ -214,6 +407,17 @@ pub fn parse_packet(
     bytes: &[u8],
     offset: u32,
 ) -> Result<(PacketKind, std::ops::Range<usize>)> {
+    let (kind, payload) = parse_packet_kind(desc, bytes, offset)?;
+    Ok((kind.borrow(bytes).to_owned(), payload))
+}
+
+/// [`parse_packet`] without building anything: the kind as offsets into
+/// `bytes`, every range checked.
+pub(crate) fn parse_packet_kind(
+    desc: &Descriptor,
+    bytes: &[u8],
+    offset: u32,
+) -> Result<(ParsedKind, std::ops::Range<usize>)> {
     let header_len = usize::from(desc.data_offset8) * 8;
     let total = usize::from(desc.length8) * 8;
     // `validate` established 16 <= header_len <= total == bytes.len(); the
@@ -226,17 +430,20 @@ pub fn parse_packet(
             offset,
         })?;
     let kind = match desc.packet_type {
-        TYPE_IN_BAND => PacketKind::InBand,
-        TYPE_COMPLETION => PacketKind::Completion,
+        TYPE_IN_BAND => ParsedKind::InBand,
+        TYPE_COMPLETION => ParsedKind::Completion,
         TYPE_GPA_DIRECT => {
-            let count = extension_range_count(desc, header, offset)?;
+            let (_, count) = extension(desc, header, offset)?;
             let list = &header[EXTENDED_HEADER_LEN..];
-            let (ranges, _) = GpaRange::parse_list(list, count)
+            let used = GpaRange::check_list(list, count)
                 .map_err(|source| RingError::BadRanges { offset, source })?;
-            PacketKind::GpaDirect(ranges)
+            ParsedKind::GpaDirect {
+                list: (EXTENDED_HEADER_LEN, EXTENDED_HEADER_LEN + used),
+                count,
+            }
         }
         TYPE_TRANSFER_PAGES => {
-            let count = extension_range_count(desc, header, offset)?;
+            let (set_id, count) = extension(desc, header, offset)?;
             let list = &header[EXTENDED_HEADER_LEN..];
             if (count as usize) > list.len() / 8 {
                 return Err(RingError::TransferRangesTruncated {
@@ -245,17 +452,13 @@ pub fn parse_packet(
                     offset,
                 });
             }
-            let ranges = list
-                .chunks_exact(8)
-                .take(count as usize)
-                .map(|c| TransferPageRange {
-                    byte_count: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                    byte_offset: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-                })
-                .collect();
-            PacketKind::TransferPages {
-                set_id: u16::from_le_bytes([header[16], header[17]]),
-                ranges,
+            ParsedKind::TransferPages {
+                set_id,
+                list: (
+                    EXTENDED_HEADER_LEN,
+                    EXTENDED_HEADER_LEN + count as usize * 8,
+                ),
+                count,
             }
         }
         packet_type => {
@@ -268,23 +471,25 @@ pub fn parse_packet(
     Ok((kind, header_len..total.min(bytes.len())))
 }
 
-/// The `range_count` of a type 7/9 header (at least 24 bytes, checked), >= 1.
-fn extension_range_count(desc: &Descriptor, header: &[u8], offset: u32) -> Result<u32> {
-    let field = header
-        .get(20..24)
+/// The `(set_id, range_count)` of a type 7/9 header (at least 24 bytes,
+/// checked); the count is at least 1.
+fn extension(desc: &Descriptor, header: &[u8], offset: u32) -> Result<(u16, u32)> {
+    let wire = header
+        .get(DESCRIPTOR_LEN..EXTENDED_HEADER_LEN)
+        .and_then(|b| ExtensionWire::read_from_bytes(b).ok())
         .ok_or(RingError::ExtensionHeaderTooShort {
             packet_type: desc.packet_type,
             data_offset8: desc.data_offset8,
             offset,
         })?;
-    let count = u32::from_le_bytes([field[0], field[1], field[2], field[3]]);
+    let count = wire.range_count.get();
     if count == 0 {
         return Err(RingError::NoRanges {
             packet_type: desc.packet_type,
             offset,
         });
     }
-    Ok(count)
+    Ok((wire.set_id.get(), count))
 }
 
 /// The kind of an outgoing packet.
@@ -453,13 +658,13 @@ impl<'a> OutgoingPacket<'a> {
 /// Ring bytes (packet + trailer) an in-band packet or completion with
 /// `payload_len` payload bytes takes; reserve this much with
 /// `wait_write_ready` before consuming a request.
-pub fn in_band_ring_len(payload_len: usize) -> usize {
+pub const fn in_band_ring_len(payload_len: usize) -> usize {
     (DESCRIPTOR_LEN + payload_len).next_multiple_of(8) + TRAILER_LEN
 }
 
 /// Ring bytes a pipe DATA message of `data_len` bytes takes (8-byte pipe
 /// header + data in an in-band packet).
-pub fn pipe_data_ring_len(data_len: usize) -> usize {
+pub const fn pipe_data_ring_len(data_len: usize) -> usize {
     in_band_ring_len(8 + data_len)
 }
 

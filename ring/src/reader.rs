@@ -5,7 +5,8 @@
 use crate::doorbell::Doorbell;
 use crate::error::{Result, RingError};
 use crate::packet::{
-    DESCRIPTOR_LEN, Descriptor, IncomingPacket, PacketView, TRAILER_LEN, parse_packet,
+    BorrowedPacket, DESCRIPTOR_LEN, Descriptor, IncomingPacket, PacketView, ParsedKind,
+    TRAILER_LEN, parse_packet_kind,
 };
 use crate::ring::{RingHalf, bytes_available, bytes_free};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::sync::atomic::{Ordering, fence};
 /// A validated packet in the reader's buffer.
 struct ParsedPacket {
     desc: Descriptor,
-    kind: crate::packet::PacketKind,
+    kind: ParsedKind,
     payload: std::ops::Range<usize>,
     /// Ring offset after the packet's trailer.
     next: u32,
@@ -36,6 +37,9 @@ pub struct RingReader {
     /// The hold on the ring GPADL, if opened from the registry: the
     /// GPADL cannot be torn down while this half exists.
     gpadl: Option<crate::gpa::GpadlGuard>,
+    /// Polls of the ring before arming the doorbell (see
+    /// [`set_spin`](Self::set_spin)).
+    spin: u32,
 }
 
 impl std::fmt::Debug for RingReader {
@@ -63,7 +67,19 @@ impl RingReader {
             published: position,
             buffer: Vec::new(),
             gpadl: None,
+            spin: 0,
         })
+    }
+
+    /// Polls the ring up to `iterations` times before sleeping on the
+    /// doorbell in [`wait_readable`](Self::wait_readable). It can only pay
+    /// when the writer runs on another, otherwise idle core. The default, 0,
+    /// sleeps at once: when both sides share a thread (the loopback, the
+    /// benchmarks) nothing can arrive while this side spins, so every spin
+    /// is pure loss, and on an oversubscribed host spinning takes the core
+    /// from the peer it waits for.
+    pub fn set_spin(&mut self, iterations: u32) {
+        self.spin = iterations;
     }
 
     /// Keeps `guard` (the ring GPADL's) for as long as this half lives.
@@ -121,7 +137,7 @@ impl RingReader {
         let packet = &mut buffer[..total];
         packet[..DESCRIPTOR_LEN].copy_from_slice(&raw);
         half.read_at(after_desc, &mut packet[DESCRIPTOR_LEN..])?;
-        let (kind, payload) = parse_packet(&desc, packet, position)?;
+        let (kind, payload) = parse_packet_kind(&desc, packet, position)?;
         let next = half.advance(position, (total + TRAILER_LEN) as u32);
         Ok(Some(ParsedPacket {
             desc,
@@ -139,6 +155,16 @@ impl RingReader {
         &mut self,
         max: usize,
         mut f: impl FnMut(PacketView<'_>),
+    ) -> Result<usize> {
+        self.try_read_batch_borrowed(max, |packet| f(packet.to_view()))
+    }
+
+    /// [`try_read_batch`](Self::try_read_batch) handing out packets that
+    /// borrow their range lists too: nothing is allocated per packet.
+    pub fn try_read_batch_borrowed(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(BorrowedPacket<'_>),
     ) -> Result<usize> {
         let mut count = 0;
         let mut write = self.half.load_write_index()?;
@@ -162,12 +188,13 @@ impl RingReader {
                     payload,
                     next,
                 })) => {
-                    f(PacketView {
-                        kind,
+                    let bytes = &self.buffer[..];
+                    f(BorrowedPacket {
+                        kind: kind.borrow(bytes),
                         transaction_id: desc.transaction_id,
                         completion_requested: desc.flags & crate::packet::FLAG_COMPLETION_REQUESTED
                             != 0,
-                        payload: &self.buffer[payload],
+                        payload: &bytes[payload],
                     });
                     self.position = next;
                     count += 1;
@@ -220,11 +247,17 @@ impl RingReader {
     /// mask is set so the writer does not signal needlessly.
     pub async fn wait_readable(&mut self) -> Result<()> {
         let control = self.half.control().clone();
+        for _ in 0..self.spin {
+            if self.available()? != 0 {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
         loop {
             if self.available()? != 0 {
                 return Ok(());
             }
-            let wait = self.incoming.listen();
+            let wait = crate::doorbell::wait(&*self.incoming);
             control.set_interrupt_mask(0, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if self.available()? != 0 {

@@ -170,11 +170,12 @@ impl RingWriter {
         self.check_fits_ring(ring_len)?;
         self.publish()?;
         let control = self.half.control().clone();
+        let incoming = self.incoming.clone();
         loop {
             if self.free()? > ring_len {
                 return Ok(());
             }
-            let wait = self.incoming.listen();
+            let wait = crate::doorbell::wait(&*incoming);
             control.set_pending_send_size(ring_len + 8, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if self.free()? > ring_len {

@@ -412,14 +412,15 @@ fn save_restore_reissues_requests_in_flight() {
         }
     }
     let _guard = OpenOnDrop(gated.clone());
-    let requests: Vec<(u64, u32)> = (0..9).map(|i| (i * 100 + 3, 16)).collect();
+    // 260 KiB each: above the inline limit, so they run on the I/O pool and
+    // are still in flight when the channels close.
+    let requests: Vec<(u64, u32)> = (0..9).map(|i| (i * 50 + 3, 520)).collect();
     let reader = {
         let disk = disk.clone();
         let requests = requests.clone();
         std::thread::spawn(move || block_on(disk.read_many(&requests, 9)))
     };
-    // Small jobs of one batch run in sequence, so not every request
-    // reaches the disk; all of them are taken from the rings.
+    // All of them are taken from the rings; at least one reached the disk.
     wait_until("9 reads to be taken by the device", || {
         setup.vm.device().stats().requests() == taken_before + 9
             && gated.waiting.load(Ordering::SeqCst) >= 1
@@ -837,11 +838,11 @@ fn fallback_host(
                     };
                     match channel.handle(Request {
                         payload,
-                        ranges,
+                        ranges: &ranges,
                         transaction_id: packet.transaction_id,
                     }) {
-                        Outcome::Complete(c) => c.bytes,
-                        Outcome::Execute(job) => job.run().bytes,
+                        Outcome::Complete(c) => c.bytes.to_vec(),
+                        Outcome::Execute(job) => job.run().bytes.to_vec(),
                         other => panic!("unexpected outcome {other:?}"),
                     }
                 };

@@ -345,7 +345,7 @@ impl StorvspChannel {
         }
     }
 
-    fn execute_srb(&self, packet: &Received, ranges: Vec<GpaRange>) -> Outcome {
+    fn execute_srb(&self, packet: &Received, ranges: &[GpaRange]) -> Outcome {
         let context = SrbContext {
             config: &self.config,
             controller: &self.controller,

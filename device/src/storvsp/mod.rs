@@ -53,7 +53,7 @@ pub use config::{
     StorvspConfig,
 };
 pub use device::{SavedDevice, StorvspDevice};
-pub use packet::{Completion, Notification, ProtocolViolation, Request};
+pub use packet::{Completion, CompletionBytes, Notification, ProtocolViolation, Request};
 pub use runner::{
     DEFAULT_QUEUE_DEPTH, PendingRequest, PendingTable, StopSignal, StorvspStats,
     WORST_COMPLETION_RING_LEN,

@@ -27,23 +27,63 @@ impl crate::violation::Violation for ProtocolViolation {
 }
 
 /// One packet received on a channel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     /// The packet payload (vstor header and body).
     pub payload: &'a [u8],
     /// GPA ranges of a GPA-direct packet (empty for in-band).
-    pub ranges: Vec<GpaRange>,
+    pub ranges: &'a [GpaRange],
     /// Transaction id to echo in the completion.
     pub transaction_id: u64,
 }
 
+/// The payload of a completion: at most [`vstor::PACKET_SIZE_WIN8`] bytes,
+/// held inline so a completion needs no heap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CompletionBytes {
+    len: u8,
+    bytes: [u8; vstor::PACKET_SIZE_WIN8],
+}
+
+impl CompletionBytes {
+    /// `bytes` as a completion payload; `None` if longer than
+    /// [`vstor::PACKET_SIZE_WIN8`].
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let mut out = [0u8; vstor::PACKET_SIZE_WIN8];
+        out.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Self {
+            len: bytes.len() as u8,
+            bytes: out,
+        })
+    }
+
+    /// Mutable access to the payload bytes.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::ops::Deref for CompletionBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for CompletionBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// A completion packet to send on the request's channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
     /// Transaction id of the request.
     pub transaction_id: u64,
-    /// Payload bytes (never more than 80).
-    pub bytes: Vec<u8>,
+    /// Payload bytes (never more than 0x40).
+    pub bytes: CompletionBytes,
 }
 
 impl Completion {
@@ -64,8 +104,8 @@ pub struct Notification {
 }
 
 /// Builds a completion: header + body, cut (or zero-padded) to `len`.
-pub(super) fn completion_bytes(len: usize, status: NtStatus, body: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0u8; vstor::PACKET_SIZE_WIN8];
+pub(super) fn completion_bytes(len: usize, status: NtStatus, body: &[u8]) -> CompletionBytes {
+    let mut bytes = [0u8; vstor::PACKET_SIZE_WIN8];
     let header = PacketHeader {
         operation: Operation::COMPLETE_IO,
         flags: U32::new(0),
@@ -74,6 +114,8 @@ pub(super) fn completion_bytes(len: usize, status: NtStatus, body: &[u8]) -> Vec
     bytes[..vstor::HEADER_SIZE].copy_from_slice(header.as_bytes());
     let body_len = body.len().min(vstor::MAX_BODY_SIZE);
     bytes[vstor::HEADER_SIZE..vstor::HEADER_SIZE + body_len].copy_from_slice(&body[..body_len]);
-    bytes.truncate(len);
-    bytes
+    CompletionBytes {
+        len: len.min(vstor::PACKET_SIZE_WIN8) as u8,
+        bytes,
+    }
 }

@@ -1,46 +1,58 @@
 //! The async task serving one storvsp channel over a ring [`Endpoint`](vmbdev_ring::Endpoint).
 //!
-//! The endpoint is split: a reader half takes requests from the guest, a
-//! writer half sends completions back on the same channel. The two halves
-//! run as two futures joined into the channel task and talk over an
-//! unbounded queue whose length is bounded by *credits*:
+//! One poll loop per channel, on the channel's task:
 //!
-//! - the writer grants a credit only while the outgoing ring has room for
-//!   the worst-case completion of every credit already granted, so a
-//!   completion never has to wait in host memory for ring space;
-//! - the reader takes a credit *before* it takes a request from the ring.
+//! 1. count the completions the outgoing ring can still hold (free space
+//!    over [`WORST_COMPLETION_RING_LEN`], minus completions already owed);
+//! 2. read at most that many requests (and at most [`READ_BATCH`]) in one
+//!    batch, with one read-index publication;
+//! 3. run each through the state machine and, for all but the largest
+//!    transfers, the SRB inline, writing its completion into the space
+//!    counted in step 1;
+//! 4. publish the completions once (one signal, if the guest asked for
+//!    one), then go round again, or sleep on the doorbell when the ring is
+//!    empty (or full) with the interrupt-mask and pending-send-size
+//!    handshakes of the ring.
 //!
 //! A guest that stops reading completions therefore stops the device from
-//! taking requests (host memory stays bounded by the queue depth), and the
-//! device resumes when the guest frees ring space (the writer sleeps with
-//! `pending_send_size` set).
+//! taking requests: host memory stays bounded by the queue depth, and the
+//! device resumes when the guest frees ring space. A transfer larger than
+//! [`INLINE_TRANSFER_LIMIT`] runs on the `blocking` pool instead, so one
+//! slow read cannot hold up the channel for long; its completion comes back
+//! to this loop and is written into space reserved for it when it was
+//! taken.
 //!
-//! SRB jobs run on the `blocking` thread pool and complete out of order.
-//! Small jobs (≤ 64 KiB) taken in one ring batch run in groups of up to 8
-//! on one pool thread, each completion sent as soon as its job ends: one
-//! thread hand-off per group instead of per request raised 4 KiB QD32
-//! IOPS 1.2× (one channel) to 4× (two channels) in the benchmark, at the
-//! price of a slow read delaying the others of its group. Larger jobs get
-//! a pool thread each.
-//! Every request read but not yet answered is kept (raw packet, or the
-//! ready completion) in the channel's pending table, so a channel stopped
-//! by [`StopSignal`] can be saved and re-issued after a restore.
+//! Nothing is allocated per request in the steady state: packets are read
+//! borrowed from the reader's buffer, the state machine takes `&[u8]` and
+//! returns fixed-size completions, waits arm the doorbell without boxing,
+//! and the pending table is a slab sized to the queue depth.
+//!
+//! Save and restore: a request answered inline is read, run and written
+//! with no await in between, so it is never observable half-done. Every
+//! other request read but not answered (a job on the pool, a completion
+//! waiting for ring space) is in the channel's pending table, so a channel
+//! stopped by [`StopSignal`] can be saved and re-issued after a restore.
+//! The task stops only between batches, after the pool jobs it started
+//! have finished (they write guest memory).
 
 use std::collections::VecDeque;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
-use futures_lite::future::{or, pending};
+use futures_lite::future::poll_fn;
 use vmbdev_protocol::vstor::{self, NtStatus};
 use vmbdev_ring::{
-    GpaRange, IncomingPacket, OutgoingPacket, PacketKind, RingError, RingReader, RingWriter,
+    BorrowedKind, BorrowedPacket, GpaRange, OutgoingPacket, RingError, RingReader, RingWriter,
 };
 
-use super::{Completion, Notification, Outcome, Request, StorvspChannel};
+use super::{Completion, Notification, Outcome, Request, SrbJob, StorvspChannel};
 
 mod jobs;
 mod shared;
 
-use jobs::{JobBatch, ToWriter};
+use jobs::JobPool;
+use shared::PendingKey;
 pub use shared::{PendingRequest, PendingTable, StorvspStats};
 pub use vmbdev_ring::StopSignal;
 
@@ -49,12 +61,20 @@ pub const DEFAULT_QUEUE_DEPTH: usize = 64;
 
 /// Ring bytes of the largest completion the host ever sends (a 0x40-byte
 /// payload).
-/// (descriptor + payload, padded to 8, + trailer; equal to
-/// `in_band_ring_len(0x40)`).
-pub const WORST_COMPLETION_RING_LEN: usize = (16 + vstor::PACKET_SIZE_WIN8).next_multiple_of(8) + 8;
+pub const WORST_COMPLETION_RING_LEN: usize = vmbdev_ring::in_band_ring_len(vstor::PACKET_SIZE_WIN8);
 
-/// Most packets the reader takes from the ring in one batch.
-const READ_BATCH: usize = 32;
+/// Most packets the loop takes from the ring in one batch.
+pub const READ_BATCH: usize = 32;
+
+/// Largest data transfer an SRB runs inline on the channel task; larger
+/// ones go to the `blocking` pool. Reads of a page-cached image cost about
+/// as much as the copy, so up to this size waiting for a pool thread costs
+/// more than it saves.
+pub const INLINE_TRANSFER_LIMIT: u32 = 256 * 1024;
+
+/// Productive batches in a row after which the loop yields to the executor,
+/// so tasks sharing its thread (a guest in the same process) get to run.
+const BATCHES_BEFORE_YIELD: u32 = 8;
 
 /// Why a channel task stopped serving its ring; the device turns it into
 /// a [`ChannelError`](crate::bus::ChannelError) at the bus boundary.
@@ -131,427 +151,434 @@ pub async fn serve_channel(
     writer: RingWriter,
 ) -> Result<(), RunError> {
     let depth = ctx.queue_depth.max(1);
-    let (credit_tx, credit_rx) = async_channel::bounded::<()>(depth);
-    let (work_tx, work_rx) = async_channel::unbounded::<ToWriter>();
-    let (done_tx, done_rx) = async_channel::unbounded::<(u64, Completion)>();
-    let reissue = ctx.pending.take_all();
-    let jobs = JobBatch::new(done_tx);
-    let read_side = read_loop(
-        &ctx,
+    ctx.pending.reserve(depth);
+    let reissue: VecDeque<PendingRequest> = ctx.pending.take_all().into();
+    let mut channel = ChannelLoop {
+        ctx: &ctx,
         reader,
+        out: Outbox {
+            ctx: &ctx,
+            writer,
+            ready: VecDeque::with_capacity(depth),
+            jobs: JobPool::new(),
+            failure: None,
+        },
         reissue,
-        credit_rx,
-        credit_tx.clone(),
-        work_tx,
-        jobs,
-    );
-    let write_side = write_loop(&ctx, writer, credit_tx, work_rx, done_rx, depth);
-    let (read_result, write_result) = futures_lite::future::zip(read_side, write_side).await;
-    read_result.and(write_result)
-}
-
-/// Takes credits, then requests, and dispatches them.
-async fn read_loop(
-    ctx: &ChannelContext,
-    mut reader: RingReader,
-    reissue: Vec<PendingRequest>,
-    credits: async_channel::Receiver<()>,
-    credit_return: async_channel::Sender<()>,
-    work: async_channel::Sender<ToWriter>,
-    mut jobs: JobBatch,
-) -> Result<(), RunError> {
-    let result = read_loop_inner(
-        ctx,
-        &mut reader,
-        reissue,
-        &credits,
-        &credit_return,
-        &work,
-        &mut jobs,
-    )
-    .await;
-    jobs.finish(&work).await;
-    if result.is_err() {
-        // The writer must not wait for a stop that will never come.
-        ctx.stop.stop();
+        notice: None,
+        depth,
+    };
+    let result = channel.run().await;
+    channel.quiesce().await;
+    if !channel.reissue.is_empty() {
+        // Stopped before re-issuing everything: keep the rest, oldest first.
+        let mut all: Vec<PendingRequest> = channel.reissue.drain(..).collect();
+        all.extend(ctx.pending.take_all());
+        ctx.pending.replace(all);
     }
-    drop(work);
     result
 }
 
-async fn take_credit(ctx: &ChannelContext, credits: &async_channel::Receiver<()>) -> bool {
-    or(async { credits.recv().await.is_ok() }, async {
-        ctx.stop.wait().await;
-        false
-    })
-    .await
+/// The channel's loop state apart from the reader, so a batch callback can
+/// borrow it while the reader is busy.
+struct Outbox<'a> {
+    ctx: &'a ChannelContext,
+    writer: RingWriter,
+    /// Completions that did not fit the ring yet (each also pending).
+    ready: VecDeque<(PendingKey, Completion)>,
+    jobs: JobPool,
+    /// Set when the outgoing ring broke; the loop ends with it.
+    failure: Option<RingError>,
 }
 
-async fn read_loop_inner(
-    ctx: &ChannelContext,
-    reader: &mut RingReader,
-    reissue: Vec<PendingRequest>,
-    credits: &async_channel::Receiver<()>,
-    credit_return: &async_channel::Sender<()>,
-    work: &async_channel::Sender<ToWriter>,
-    jobs: &mut JobBatch,
-) -> Result<(), RunError> {
-    let mut reissue = VecDeque::from(reissue);
-    while let Some(request) = reissue.pop_front() {
-        if !take_credit(ctx, credits).await {
-            // Stopped again before re-issuing: keep what is left.
-            reissue.push_front(request);
-            let mut rest: Vec<_> = reissue.into_iter().collect();
-            rest.extend(ctx.pending.take_all());
-            ctx.pending.replace(rest);
-            return Ok(());
+struct ChannelLoop<'a> {
+    ctx: &'a ChannelContext,
+    reader: RingReader,
+    out: Outbox<'a>,
+    /// Requests from before a close or restore, not yet re-issued.
+    reissue: VecDeque<PendingRequest>,
+    /// ENUMERATE_BUS to send (idempotent: one queued is enough).
+    notice: Option<Notification>,
+    depth: usize,
+}
+
+/// What ended a sleep of the loop.
+enum Wake {
+    Stop,
+    Notice(Option<Notification>),
+    JobDone(Option<(PendingKey, Completion)>),
+    Ring(Result<(), RingError>),
+}
+
+impl ChannelLoop<'_> {
+    fn ring_error(&self, source: RingError) -> RunError {
+        RunError::Ring {
+            channel: self.ctx.index,
+            source,
         }
-        match request {
-            PendingRequest::Reply(completion) => {
-                let seq = ctx
-                    .pending
-                    .insert(PendingRequest::Reply(completion.clone()));
-                let _ = work.send(ToWriter::Ready(seq, completion)).await;
+    }
+
+    async fn run(&mut self) -> Result<(), RunError> {
+        let ctx = self.ctx;
+        let mut stop = pin!(ctx.stop.wait());
+        let mut notices = pin!(ctx.notifications.recv());
+        let mut notices_open = true;
+        let done = self.out.jobs.done().clone();
+        let mut job_done = pin!(done.recv());
+        let mut productive = 0u32;
+        loop {
+            if ctx.stop.is_stopped() {
+                return Ok(());
             }
-            PendingRequest::Rerun {
-                payload,
-                ranges,
-                transaction_id,
-            } => {
-                let used = dispatch(ctx, &payload, ranges, transaction_id, work, jobs).await;
-                jobs.finish(work).await;
-                if !used {
-                    let _ = credit_return.try_send(());
+            let progress = self.step()?;
+            if progress {
+                productive += 1;
+                if productive >= BATCHES_BEFORE_YIELD {
+                    productive = 0;
+                    futures_lite::future::yield_now().await;
                 }
+                continue;
+            }
+            productive = 0;
+            let capacity = self.capacity()?;
+            let space_needed = self.space_to_wait_for(capacity);
+            let ring_size = self.out.writer.half().size() as usize;
+            let wake = {
+                let reader = &mut self.reader;
+                let writer = &mut self.out.writer;
+                let ring_wait = async {
+                    if let Some(needed) = space_needed.filter(|&n| n + 8 < ring_size) {
+                        writer.wait_write_ready(needed).await
+                    } else if capacity > 0 {
+                        reader.wait_readable().await
+                    } else {
+                        // Only a pool job finishing can make progress.
+                        std::future::pending().await
+                    }
+                };
+                let mut ring_wait = pin!(ring_wait);
+                poll_fn(|cx| {
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Stop);
+                    }
+                    if notices_open {
+                        if let Poll::Ready(notice) = notices.as_mut().poll(cx) {
+                            return Poll::Ready(Wake::Notice(notice.ok()));
+                        }
+                    }
+                    if let Poll::Ready(done) = job_done.as_mut().poll(cx) {
+                        return Poll::Ready(Wake::JobDone(done.ok()));
+                    }
+                    ring_wait.as_mut().poll(cx).map(Wake::Ring)
+                })
+                .await
+            };
+            match wake {
+                Wake::Stop => return Ok(()),
+                Wake::Notice(Some(notice)) => {
+                    self.notice.get_or_insert(notice);
+                    notices.set(ctx.notifications.recv());
+                }
+                Wake::Notice(None) => notices_open = false,
+                Wake::JobDone(Some((key, completion))) => {
+                    self.out.jobs.finished();
+                    self.out.send_or_hold(key, completion, true);
+                    job_done.set(done.recv());
+                }
+                // The pool sender lives as long as the loop: never closed.
+                Wake::JobDone(None) => {}
+                Wake::Ring(result) => result.map_err(|e| self.ring_error(e))?,
             }
         }
     }
-    let mut batch: Vec<IncomingPacket> = Vec::with_capacity(READ_BATCH);
-    loop {
-        if !take_credit(ctx, credits).await {
-            return Ok(());
-        }
-        let mut held = 1usize;
-        while held < READ_BATCH && credits.try_recv().is_ok() {
-            held += 1;
-        }
-        let readable = or(async { Some(reader.wait_readable().await) }, async {
-            ctx.stop.wait().await;
-            None
-        })
-        .await;
-        match readable {
-            None => return Ok(()),
-            Some(Err(source)) => {
-                return Err(RunError::Ring {
-                    channel: ctx.index,
-                    source,
-                });
-            }
-            Some(Ok(())) => {}
-        }
-        batch.clear();
-        let read = reader.try_read_batch(held, |view| batch.push(view.to_owned()));
-        // Packets read before a framing error are still served.
-        for packet in batch.drain(..) {
-            ctx.stats.count_request();
-            if take_packet(ctx, packet, work, jobs).await {
-                held -= 1;
-            }
-        }
-        jobs.finish(work).await;
-        for _ in 0..held {
-            let _ = credit_return.try_send(());
-        }
-        if let Err(source) = read {
-            ctx.stats.violation(ctx.index, &source);
-            return Err(RunError::Ring {
-                channel: ctx.index,
-                source,
-            });
-        }
-    }
-}
 
-/// Handles one packet from the ring; `true` if it used its credit (a
-/// completion will be written).
-async fn take_packet(
-    ctx: &ChannelContext,
-    packet: IncomingPacket,
-    work: &async_channel::Sender<ToWriter>,
-    jobs: &mut JobBatch,
-) -> bool {
-    let ranges = match packet.kind {
-        PacketKind::InBand => Vec::new(),
-        PacketKind::GpaDirect(ranges) => ranges,
-        PacketKind::TransferPages { .. } => {
-            ctx.stats
-                .violation(ctx.index, &"transfer-page packet on a storvsp channel");
-            return false;
-        }
-        PacketKind::Completion => {
-            ctx.stats
-                .violation(ctx.index, &"completion packet from the guest");
-            return false;
-        }
-    };
-    if !packet.completion_requested {
-        ctx.stats
-            .violation(ctx.index, &"request without completion requested");
-        return false;
+    /// Completions the outgoing ring can take beyond those already owed
+    /// (held, or of jobs still running), capped by the queue depth.
+    fn capacity(&mut self) -> Result<usize, RunError> {
+        let free = self.out.writer.free().map_err(|e| self.ring_error(e))? as usize;
+        let fit = free.saturating_sub(1) / WORST_COMPLETION_RING_LEN;
+        let owed = self.out.owed();
+        Ok(fit.min(self.depth).saturating_sub(owed))
     }
-    dispatch(
-        ctx,
-        &packet.payload,
-        ranges,
-        packet.transaction_id,
-        work,
-        jobs,
-    )
-    .await
-}
 
-/// Runs one request through the state machine and queues its answer;
-/// `true` if a completion will be written.
-async fn dispatch(
-    ctx: &ChannelContext,
-    payload: &[u8],
-    ranges: Vec<GpaRange>,
-    transaction_id: u64,
-    work: &async_channel::Sender<ToWriter>,
-    jobs: &mut JobBatch,
-) -> bool {
-    let kept_ranges = ranges.clone();
-    let outcome = {
+    /// Ring bytes to sleep for when the ring is too full to make progress,
+    /// `None` if free space is not what is missing.
+    fn space_to_wait_for(&self, capacity: usize) -> Option<usize> {
+        let owed = self.out.owed();
+        if !self.out.ready.is_empty() {
+            // Held completions first.
+            return Some(self.out.ready.len() * WORST_COMPLETION_RING_LEN);
+        }
+        if self.notice.is_some() {
+            return Some((owed + 1) * WORST_COMPLETION_RING_LEN);
+        }
+        if capacity == 0 && owed < self.depth {
+            return Some((owed + 1) * WORST_COMPLETION_RING_LEN);
+        }
+        None
+    }
+
+    /// One pass: write held completions and notices, re-issue or take what
+    /// fits, publish. `true` if anything moved.
+    fn step(&mut self) -> Result<bool, RunError> {
+        let mut progress = self.out.flush_ready();
+        progress |= self.send_notice();
+        let capacity = self.capacity()?;
+        if capacity > 0 {
+            progress |= if self.reissue.is_empty() {
+                self.take_batch(capacity.min(READ_BATCH))?
+            } else {
+                self.reissue_some(capacity)
+            };
+        }
+        let published = self.out.writer.publish();
+        if let Some(source) = self.out.failure.take() {
+            return Err(self.ring_error(source));
+        }
+        published.map_err(|e| self.ring_error(e))?;
+        Ok(progress)
+    }
+
+    /// Reads up to `max` requests and answers them; `true` if any was read.
+    fn take_batch(&mut self, max: usize) -> Result<bool, RunError> {
+        let ctx = self.ctx;
         let mut state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.handle(Request {
+        let out = &mut self.out;
+        let read = self.reader.try_read_batch_borrowed(max, |packet| {
+            ctx.stats.count_request();
+            out.take_packet(&mut state, packet);
+        });
+        match read {
+            Ok(count) => Ok(count > 0),
+            Err(source) => {
+                // Packets read before a framing error were still served.
+                ctx.stats.violation(ctx.index, &source);
+                Err(self.ring_error(source))
+            }
+        }
+    }
+
+    /// Re-issues up to `capacity` requests from before a close or restore.
+    fn reissue_some(&mut self, capacity: usize) -> bool {
+        let ctx = self.ctx;
+        let mut state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut moved = false;
+        for _ in 0..capacity {
+            let Some(request) = self.reissue.pop_front() else {
+                break;
+            };
+            moved = true;
+            match request {
+                PendingRequest::Reply(completion) => {
+                    let key = ctx.pending.insert(PendingRequest::Reply(completion));
+                    self.out.send_or_hold(key, completion, false);
+                }
+                PendingRequest::Rerun {
+                    payload,
+                    ranges,
+                    transaction_id,
+                } => self
+                    .out
+                    .dispatch(&mut state, &payload, &ranges, transaction_id),
+            }
+        }
+        moved
+    }
+
+    /// Writes the queued notification if it fits beside what is owed.
+    fn send_notice(&mut self) -> bool {
+        let Some(notice) = &self.notice else {
+            return false;
+        };
+        let packet = OutgoingPacket::in_band(&notice.bytes);
+        let owed = self.out.owed() * WORST_COMPLETION_RING_LEN;
+        let fits = match (packet.ring_len(), self.out.writer.free()) {
+            (Ok(len), Ok(free)) => (free as usize) > len as usize + owed,
+            (Err(e), _) | (_, Err(e)) => {
+                self.out.failure.get_or_insert(e);
+                return false;
+            }
+        };
+        if !fits {
+            return false;
+        }
+        match self.out.writer.try_write_unpublished(&packet) {
+            Ok(true) => {
+                self.ctx.stats.count_notification();
+                self.notice = None;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.out.failure.get_or_insert(e);
+                false
+            }
+        }
+    }
+
+    /// Waits for the pool jobs still running (they write guest memory);
+    /// their requests stay pending, as do held completions.
+    async fn quiesce(&mut self) {
+        while self.out.jobs.running() > 0 {
+            if self.out.jobs.done().recv().await.is_err() {
+                break;
+            }
+            self.out.jobs.finished();
+        }
+        self.out.ready.clear();
+    }
+}
+
+impl Outbox<'_> {
+    /// Completions owed but not in the ring: held ones and running jobs'.
+    fn owed(&self) -> usize {
+        self.ready.len() + self.jobs.running()
+    }
+
+    /// Handles one packet from the ring.
+    fn take_packet(&mut self, state: &mut StorvspChannel, packet: BorrowedPacket<'_>) {
+        let ctx = self.ctx;
+        let list = match packet.kind {
+            BorrowedKind::InBand => None,
+            BorrowedKind::GpaDirect(list) => Some(list),
+            BorrowedKind::TransferPages { .. } => {
+                ctx.stats
+                    .violation(ctx.index, &"transfer-page packet on a storvsp channel");
+                return;
+            }
+            BorrowedKind::Completion => {
+                ctx.stats
+                    .violation(ctx.index, &"completion packet from the guest");
+                return;
+            }
+        };
+        if !packet.completion_requested {
+            ctx.stats
+                .violation(ctx.index, &"request without completion requested");
+            return;
+        }
+        let tid = packet.transaction_id;
+        match list {
+            None => self.dispatch(state, packet.payload, &[], tid),
+            // The common case, one range, stays on the stack.
+            Some(list) if list.len() == 1 => {
+                let range: Option<GpaRange> = list.iter().next();
+                self.dispatch(state, packet.payload, range.as_slice(), tid);
+            }
+            Some(list) => {
+                let ranges: Vec<GpaRange> = list.iter().collect();
+                self.dispatch(state, packet.payload, &ranges, tid);
+            }
+        }
+    }
+
+    /// Runs one request through the state machine and answers it (inline,
+    /// or later from the pool).
+    fn dispatch(
+        &mut self,
+        state: &mut StorvspChannel,
+        payload: &[u8],
+        ranges: &[GpaRange],
+        transaction_id: u64,
+    ) {
+        let ctx = self.ctx;
+        let outcome = state.handle(Request {
             payload,
             ranges,
             transaction_id,
-        })
-    };
-    match outcome {
-        Outcome::Complete(completion) => {
-            let seq = ctx
-                .pending
-                .insert(PendingRequest::Reply(completion.clone()));
-            let _ = work.send(ToWriter::Ready(seq, completion)).await;
-            true
-        }
-        Outcome::CreateSubChannels {
-            mut completion,
-            count,
-        } => {
-            if let Err(reason) = ctx.sub_channels.create_sub_channels(count) {
-                tracing::warn!(count, %reason, "sub-channels could not be offered");
-                set_status(&mut completion, NtStatus::INVALID_DEVICE_STATE);
+        });
+        match outcome {
+            Outcome::Complete(completion) => self.send(completion),
+            Outcome::CreateSubChannels {
+                mut completion,
+                count,
+            } => {
+                if let Err(reason) = ctx.sub_channels.create_sub_channels(count) {
+                    tracing::warn!(count, %reason, "sub-channels could not be offered");
+                    set_status(&mut completion, NtStatus::INVALID_DEVICE_STATE);
+                }
+                self.send(completion);
             }
-            let seq = ctx
-                .pending
-                .insert(PendingRequest::Reply(completion.clone()));
-            let _ = work.send(ToWriter::Ready(seq, completion)).await;
-            true
+            Outcome::Execute(job) if job.data_length() <= INLINE_TRANSFER_LIMIT => {
+                self.send(job.run());
+            }
+            Outcome::Execute(job) => self.offload(job, payload, ranges, transaction_id),
+            Outcome::Violation(violation) => ctx.stats.violation(ctx.index, &violation),
         }
-        Outcome::Execute(job) => {
-            let seq = ctx.pending.insert(PendingRequest::Rerun {
-                payload: payload.to_vec(),
-                ranges: kept_ranges,
-                transaction_id,
-            });
-            jobs.push(seq, job);
-            true
+    }
+
+    /// Sends a large job to the pool; the request is pending until its
+    /// completion is written.
+    fn offload(&mut self, job: SrbJob, payload: &[u8], ranges: &[GpaRange], transaction_id: u64) {
+        let key = self.ctx.pending.insert(PendingRequest::Rerun {
+            payload: payload.to_vec(),
+            ranges: ranges.to_vec(),
+            transaction_id,
+        });
+        self.jobs.spawn(key, job);
+    }
+
+    /// Writes a completion of a request that is not in the pending table;
+    /// if it does not fit (the guest moved its read index back), it is
+    /// held, and pending, until it does.
+    fn send(&mut self, completion: Completion) {
+        if self.try_write(&completion) {
+            return;
         }
-        Outcome::Violation(violation) => {
-            ctx.stats.violation(ctx.index, &violation);
-            false
+        let key = self.ctx.pending.insert(PendingRequest::Reply(completion));
+        self.ready.push_back((key, completion));
+    }
+
+    /// Writes the completion of pending request `key`, or holds it. A
+    /// completion arriving after the stop is dropped: the request stays
+    /// pending.
+    fn send_or_hold(&mut self, key: PendingKey, completion: Completion, from_job: bool) {
+        if from_job && self.ctx.stop.is_stopped() {
+            return;
+        }
+        if self.ready.is_empty() && self.try_write(&completion) {
+            self.ctx.pending.remove(key);
+        } else {
+            self.ready.push_back((key, completion));
+        }
+    }
+
+    /// Writes held completions in order; `true` if any was written.
+    fn flush_ready(&mut self) -> bool {
+        let mut moved = false;
+        while let Some((key, completion)) = self.ready.front().copied() {
+            if !self.try_write(&completion) {
+                break;
+            }
+            self.ctx.pending.remove(key);
+            self.ready.pop_front();
+            moved = true;
+        }
+        moved
+    }
+
+    /// Writes one completion unpublished; `false` if it did not fit or the
+    /// ring broke (then `failure` is set).
+    fn try_write(&mut self, completion: &Completion) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        let packet = OutgoingPacket::completion(completion.transaction_id, &completion.bytes);
+        match self.writer.try_write_unpublished(&packet) {
+            Ok(true) => {
+                self.ctx.stats.count_completion();
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.failure = Some(e);
+                false
+            }
         }
     }
 }
 
 fn set_status(completion: &mut Completion, status: NtStatus) {
-    if let Some(field) = completion.bytes.get_mut(8..12) {
+    if let Some(field) = completion.bytes.as_mut_slice().get_mut(8..12) {
         field.copy_from_slice(&status.0.to_le_bytes());
     }
-}
-
-/// What woke the writer.
-enum WriterEvent {
-    Work(Option<ToWriter>),
-    JobDone(u64, Completion),
-    Space(Result<(), RingError>),
-    Notify(Option<Notification>),
-    Stop,
-}
-
-/// Writes completions, grants credits as ring space allows, sends
-/// notifications.
-async fn write_loop(
-    ctx: &ChannelContext,
-    mut writer: RingWriter,
-    credits: async_channel::Sender<()>,
-    work: async_channel::Receiver<ToWriter>,
-    done: async_channel::Receiver<(u64, Completion)>,
-    depth: usize,
-) -> Result<(), RunError> {
-    let ring_error = |source| RunError::Ring {
-        channel: ctx.index,
-        source,
-    };
-    let ring_size = writer.half().size() as usize;
-    // Most completions the ring can ever hold at once.
-    let ring_cap = (ring_size.saturating_sub(9)) / WORST_COMPLETION_RING_LEN;
-    let depth = depth.min(ring_cap);
-    let mut granted = 0usize;
-    // Jobs the reader reported started, and job completions received (a
-    // job may finish before its start is reported).
-    let mut started_jobs = 0usize;
-    let mut finished_jobs = 0usize;
-    let mut ready: VecDeque<(u64, Completion)> = VecDeque::new();
-    let mut notices: VecDeque<Notification> = VecDeque::new();
-    let mut work_open = true;
-    let mut notify_open = true;
-    loop {
-        // Write what is ready, in one publication.
-        let written = write_ready(ctx, &mut writer, &mut ready).map_err(ring_error)?;
-        granted = granted.saturating_sub(written);
-        if ready.is_empty() {
-            write_notices(ctx, &mut writer, &mut notices, granted).map_err(ring_error)?;
-        }
-        writer.publish().map_err(ring_error)?;
-        // Grant credits while every granted completion still fits.
-        let free = writer.free().map_err(ring_error)? as usize;
-        let by_space = free.saturating_sub(1) / WORST_COMPLETION_RING_LEN;
-        while granted < depth.min(by_space) && credits.try_send(()).is_ok() {
-            granted += 1;
-        }
-        if !work_open && finished_jobs >= started_jobs {
-            // The reader is gone (stopped or failed) and no job runs.
-            return Ok(());
-        }
-        let want_space =
-            (granted < depth || !ready.is_empty() || !notices.is_empty()) && !ctx.stop.is_stopped();
-        let space_needed = if ready.is_empty() {
-            (granted + 1) * WORST_COMPLETION_RING_LEN
-        } else {
-            granted * WORST_COMPLETION_RING_LEN
-        };
-        let event = {
-            let recv = async {
-                if work_open {
-                    WriterEvent::Work(work.recv().await.ok())
-                } else {
-                    pending().await
-                }
-            };
-            let job = async {
-                match done.recv().await {
-                    Ok((seq, completion)) => WriterEvent::JobDone(seq, completion),
-                    Err(_) => pending().await,
-                }
-            };
-            let space = async {
-                if want_space && space_needed + 8 < ring_size {
-                    WriterEvent::Space(writer.wait_write_ready(space_needed).await)
-                } else {
-                    pending().await
-                }
-            };
-            let notify = async {
-                if notify_open {
-                    WriterEvent::Notify(ctx.notifications.recv().await.ok())
-                } else {
-                    pending().await
-                }
-            };
-            let stop = async {
-                if ctx.stop.is_stopped() {
-                    pending().await
-                } else {
-                    ctx.stop.wait().await;
-                    WriterEvent::Stop
-                }
-            };
-            or(or(job, recv), or(or(space, notify), stop)).await
-        };
-        match event {
-            WriterEvent::Work(Some(ToWriter::Ready(seq, completion))) => {
-                if ctx.stop.is_stopped() {
-                    continue;
-                }
-                ready.push_back((seq, completion));
-            }
-            WriterEvent::Work(Some(ToWriter::Started(count))) => started_jobs += count,
-            WriterEvent::Work(None) => work_open = false,
-            WriterEvent::JobDone(seq, completion) => {
-                let mut finished = vec![(seq, completion)];
-                // Collect whatever else finished meanwhile.
-                while let Ok(more) = done.try_recv() {
-                    finished.push(more);
-                }
-                finished_jobs += finished.len();
-                if !ctx.stop.is_stopped() {
-                    ready.extend(finished);
-                }
-            }
-            WriterEvent::Space(result) => result.map_err(ring_error)?,
-            WriterEvent::Notify(Some(notice)) => {
-                // ENUMERATE_BUS is idempotent: one queued is enough.
-                if notices.is_empty() {
-                    notices.push_back(notice);
-                }
-            }
-            WriterEvent::Notify(None) => notify_open = false,
-            WriterEvent::Stop => {
-                // Completions not yet written stay pending; running jobs
-                // are still awaited (they write guest memory).
-                ready.clear();
-                notices.clear();
-            }
-        }
-    }
-}
-
-/// Writes ready completions without publishing; returns how many.
-fn write_ready(
-    ctx: &ChannelContext,
-    writer: &mut RingWriter,
-    ready: &mut VecDeque<(u64, Completion)>,
-) -> Result<usize, RingError> {
-    let mut written = 0;
-    if ctx.stop.is_stopped() {
-        ready.clear();
-        return Ok(0);
-    }
-    while let Some((seq, completion)) = ready.front() {
-        let packet = OutgoingPacket::completion(completion.transaction_id, &completion.bytes);
-        // Space was reserved; it can only be missing if the guest moved
-        // its read index backwards. Then wait like any writer.
-        if !writer.try_write_unpublished(&packet)? {
-            break;
-        }
-        ctx.pending.remove(*seq);
-        ctx.stats.count_completion();
-        ready.pop_front();
-        written += 1;
-    }
-    Ok(written)
-}
-
-/// Writes queued notifications if they fit beside the reserved space.
-fn write_notices(
-    ctx: &ChannelContext,
-    writer: &mut RingWriter,
-    notices: &mut VecDeque<Notification>,
-    granted: usize,
-) -> Result<(), RingError> {
-    while let Some(notice) = notices.front() {
-        let packet = OutgoingPacket::in_band(&notice.bytes);
-        let needed = packet.ring_len()? as usize + granted * WORST_COMPLETION_RING_LEN;
-        if (writer.free()? as usize) <= needed || !writer.try_write_unpublished(&packet)? {
-            break;
-        }
-        ctx.stats.count_notification();
-        notices.pop_front();
-    }
-    Ok(())
 }

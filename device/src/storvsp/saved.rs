@@ -9,7 +9,7 @@ use vmbdev_protocol::vstor::ProtocolVersion;
 use vmbdev_ring::GpaRange;
 
 use super::runner::PendingRequest;
-use super::{Completion, InitState, StorvspConfig};
+use super::{Completion, CompletionBytes, InitState, StorvspConfig};
 
 /// What a channel must remember across save/restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,12 +350,13 @@ fn decode_request(c: &mut Cursor<'_>) -> Result<PendingRequest, DecodeError> {
             ranges,
             transaction_id,
         }),
-        1 if ranges.is_empty() && payload.len() <= vmbdev_protocol::vstor::MAX_HOST_PACKET_SIZE => {
-            Ok(PendingRequest::Reply(Completion {
+        1 if ranges.is_empty() => match CompletionBytes::from_slice(&payload) {
+            Some(bytes) => Ok(PendingRequest::Reply(Completion {
                 transaction_id,
-                bytes: payload,
-            }))
-        }
+                bytes,
+            })),
+            None => Err(c.bad("completion length", payload.len() as u64)),
+        },
         other => Err(c.bad("request kind", other.into())),
     }
 }

@@ -56,11 +56,24 @@ enum Target {
     ReportLuns(Vec<u8>),
 }
 
+/// The CDB of an SRB, copied out of the request.
+#[derive(Debug, Clone, Copy)]
+struct Cdb {
+    bytes: [u8; vstor::MAX_CDB_SIZE],
+    len: usize,
+}
+
+impl Cdb {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 #[derive(Debug)]
 enum Plan {
     Reject(RejectReason),
     Run {
-        cdb: Vec<u8>,
+        cdb: Cdb,
         target: Target,
         buffer: Option<GpaRange>,
         readable: bool,
@@ -118,7 +131,7 @@ impl SrbJob {
         context: &SrbContext<'_>,
         body: &[u8; vstor::MAX_BODY_SIZE],
         body_len: usize,
-        ranges: Vec<GpaRange>,
+        ranges: &[GpaRange],
         reply_to: ReplyTo,
     ) -> Self {
         // The body array is exactly the size of the WIN8 SRB.
@@ -159,7 +172,7 @@ impl SrbJob {
                 buffer,
                 readable,
             } => {
-                let result = self.run_plan(target, cdb, buffer.as_ref(), *readable);
+                let result = self.run_plan(target, cdb.as_slice(), buffer.as_ref(), *readable);
                 self.fill(&mut srb, result);
                 NtStatus::SUCCESS
             }
@@ -237,18 +250,22 @@ fn plan(
     context: &SrbContext<'_>,
     srb: &ScsiRequest,
     body_len: usize,
-    ranges: Vec<GpaRange>,
+    ranges: &[GpaRange],
 ) -> Result<Plan, RejectReason> {
     let cdb_len = check_fields(srb, body_len, context.config.max_transfer_bytes)?;
     let length = srb.data_transfer_length.get();
     let buffer = data_buffer(context.memory, ranges, length)?;
-    let cdb = srb.cdb_or_sense[..cdb_len].to_vec();
+    let mut cdb = Cdb {
+        bytes: [0; vstor::MAX_CDB_SIZE],
+        len: cdb_len,
+    };
+    cdb.bytes[..cdb_len].copy_from_slice(&srb.cdb_or_sense[..cdb_len]);
     let address = LunAddress {
         path: srb.path_id,
         target: srb.target_id,
         lun: srb.lun,
     };
-    let target = target_of(context.controller, &cdb, address);
+    let target = target_of(context.controller, cdb.as_slice(), address);
     Ok(Plan::Run {
         cdb,
         target,
@@ -285,7 +302,7 @@ fn check_fields(
 /// The guest buffer of `length` bytes, checked against guest memory.
 fn data_buffer(
     memory: &GuestMemory,
-    mut ranges: Vec<GpaRange>,
+    ranges: &[GpaRange],
     length: u32,
 ) -> Result<Option<GpaRange>, RejectReason> {
     if ranges.len() > 1 {
@@ -294,14 +311,14 @@ fn data_buffer(
     if length == 0 {
         return Ok(None);
     }
-    let range = ranges.pop().ok_or(RejectReason::Buffer)?;
+    let range = ranges.first().ok_or(RejectReason::Buffer)?;
     if range.byte_count() < length {
         return Err(RejectReason::Buffer);
     }
     let range = range.truncated(length).map_err(|_| RejectReason::Buffer)?;
     // Every page must be inside guest memory before any I/O starts.
     range
-        .segments(memory, 0, u64::from(length))
+        .check_access(memory, 0, u64::from(length))
         .map_err(|_| RejectReason::Buffer)?;
     Ok(Some(range))
 }

@@ -64,7 +64,7 @@ fn status(bytes: &[u8]) -> u32 {
 fn complete(channel: &mut StorvspChannel, payload: &[u8], ranges: Vec<GpaRange>) -> Completion {
     match channel.handle(Request {
         payload,
-        ranges,
+        ranges: &ranges,
         transaction_id: 0x1234,
     }) {
         Outcome::Complete(c) => c,
@@ -87,7 +87,7 @@ fn send(host: &mut Host, payload: &[u8]) -> Vec<u8> {
         0,
         "host flags"
     );
-    c.bytes
+    c.bytes.to_vec()
 }
 
 fn init(host: &mut Host, version: u16, size: usize) -> Vec<u8> {
@@ -249,7 +249,7 @@ fn packet_shorter_than_header_is_a_violation() {
     let mut h = host();
     let outcome = h.channel.handle(Request {
         payload: &[7, 0, 0],
-        ranges: vec![],
+        ranges: &[],
         transaction_id: 1,
     });
     assert!(matches!(
@@ -566,7 +566,7 @@ fn sub_channels() {
     }
     match h.channel.handle(Request {
         payload: &sub_channel_packet(3),
-        ranges: vec![],
+        ranges: &[],
         transaction_id: 5,
     }) {
         Outcome::CreateSubChannels { completion, count } => {
@@ -602,7 +602,7 @@ fn jobs_complete_out_of_order() {
         let r = range(&[tid], 0, 512);
         match h.channel.handle(Request {
             payload: &srb(0x40, 0, 0, &read10(lba, 1), 1, 512),
-            ranges: vec![r],
+            ranges: &[r],
             transaction_id: tid,
         }) {
             Outcome::Execute(job) => jobs.push(job),
@@ -681,7 +681,7 @@ mod fuzz {
             let offset = offset & !1;
             let pages = vmbdev_ring::gpa::pages_spanned(offset, count);
             let range = GpaRange::new(count, offset, (first_page..first_page + pages).collect()).unwrap();
-            match h.channel.handle(Request { payload: &payload, ranges: vec![range], transaction_id: 9 }) {
+            match h.channel.handle(Request { payload: &payload, ranges: &[range], transaction_id: 9 }) {
                 Outcome::Complete(c) | Outcome::CreateSubChannels { completion: c, .. } => {
                     prop_assert!(c.bytes.len() <= payload.len().min(80));
                 }

@@ -1,77 +1,49 @@
-//! Running SRB jobs on the `blocking` pool: small jobs of one ring batch
-//! are grouped onto one pool thread, larger ones get a thread each, and
-//! every completion goes to the writer as soon as its job ends.
+//! SRB jobs too large to run on the channel task: each runs on the
+//! `blocking` pool and its completion comes back to the channel loop over
+//! a queue, tagged with the request's pending-table key.
 
+use super::PendingKey;
 use crate::storvsp::{Completion, SrbJob};
 
-/// What the reader hands the writer.
-pub(super) enum ToWriter {
-    /// A completion ready to send.
-    Ready(u64, Completion),
-    /// This many jobs were started; their completions arrive on the done
-    /// queue.
-    Started(usize),
+/// The jobs a channel has on the pool.
+pub(super) struct JobPool {
+    done_tx: async_channel::Sender<(PendingKey, Completion)>,
+    done_rx: async_channel::Receiver<(PendingKey, Completion)>,
+    running: usize,
 }
 
-/// Largest transfer run together with other jobs on one pool thread;
-/// bigger ones get a thread each.
-const SMALL_JOB_BYTES: u32 = 64 * 1024;
-/// Most small jobs run in sequence on one pool thread.
-const SMALL_JOBS_PER_THREAD: usize = 8;
-
-/// Jobs taken from one ring batch, submitted together.
-pub(super) struct JobBatch {
-    small: Vec<(u64, SrbJob)>,
-    done: async_channel::Sender<(u64, Completion)>,
-    started: usize,
-}
-
-impl JobBatch {
-    /// An empty batch whose completions go to `done`.
-    pub(super) fn new(done: async_channel::Sender<(u64, Completion)>) -> Self {
+impl JobPool {
+    pub(super) fn new() -> Self {
+        let (done_tx, done_rx) = async_channel::unbounded();
         Self {
-            small: Vec::new(),
-            done,
-            started: 0,
+            done_tx,
+            done_rx,
+            running: 0,
         }
     }
 
-    pub(super) fn push(&mut self, seq: u64, job: SrbJob) {
-        self.started += 1;
-        if job.data_length() > SMALL_JOB_BYTES {
-            spawn_jobs(vec![(seq, job)], self.done.clone());
-        } else {
-            self.small.push((seq, job));
-            if self.small.len() == SMALL_JOBS_PER_THREAD {
-                self.flush_small();
-            }
-        }
+    /// Where finished jobs' completions arrive.
+    pub(super) fn done(&self) -> &async_channel::Receiver<(PendingKey, Completion)> {
+        &self.done_rx
     }
 
-    fn flush_small(&mut self) {
-        if !self.small.is_empty() {
-            spawn_jobs(std::mem::take(&mut self.small), self.done.clone());
-        }
+    /// Jobs started and not yet reported finished.
+    pub(super) fn running(&self) -> usize {
+        self.running
     }
 
-    /// Starts what is left and tells the writer how many were started.
-    pub(super) async fn finish(&mut self, work: &async_channel::Sender<ToWriter>) {
-        self.flush_small();
-        if self.started > 0 {
-            let _ = work.send(ToWriter::Started(self.started)).await;
-            self.started = 0;
-        }
+    /// Counts one completion received from [`done`](Self::done).
+    pub(super) fn finished(&mut self) {
+        self.running = self.running.saturating_sub(1);
     }
-}
 
-/// Runs `jobs` in order on one blocking-pool thread; each completion is
-/// sent as soon as its job ends, so the writer answers while later jobs
-/// still run.
-fn spawn_jobs(jobs: Vec<(u64, SrbJob)>, done: async_channel::Sender<(u64, Completion)>) {
-    blocking::unblock(move || {
-        for (seq, job) in jobs {
-            let _ = done.send_blocking((seq, job.run()));
-        }
-    })
-    .detach();
+    /// Runs `job` on a pool thread.
+    pub(super) fn spawn(&mut self, key: PendingKey, job: SrbJob) {
+        self.running += 1;
+        let done = self.done_tx.clone();
+        blocking::unblock(move || {
+            let _ = done.send_blocking((key, job.run()));
+        })
+        .detach();
+    }
 }
