@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use futures_lite::future::{block_on, or};
 use vmbdev_block::MemoryDisk;
-use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::bus::{BusError, ChannelError, NoSubChannels, OpenRequest, VmbusDevice};
+use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
 use vmbdev_protocol::scsi::Opcode;
 use vmbdev_protocol::vstor::{

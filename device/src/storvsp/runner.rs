@@ -17,7 +17,7 @@
 //! A guest that stops reading completions therefore stops the device from
 //! taking requests: host memory stays bounded by the queue depth, and the
 //! device resumes when the guest frees ring space. A transfer larger than
-//! [`INLINE_TRANSFER_LIMIT`] runs on the `blocking` pool instead, so one
+//! [`INLINE_TRANSFER_LIMIT`] runs on the I/O spawner instead, so one
 //! slow read cannot hold up the channel for long; its completion comes back
 //! to this loop and is written into space reserved for it when it was
 //! taken.
@@ -67,7 +67,7 @@ pub const WORST_COMPLETION_RING_LEN: usize = vmbdev_ring::in_band_ring_len(vstor
 pub const READ_BATCH: usize = 32;
 
 /// Largest data transfer an SRB runs inline on the channel task; larger
-/// ones go to the `blocking` pool. Reads of a page-cached image cost about
+/// ones go to the I/O spawner. Reads of a page-cached image cost about
 /// as much as the copy, so up to this size waiting for a pool thread costs
 /// more than it saves.
 pub const INLINE_TRANSFER_LIMIT: u32 = 256 * 1024;
@@ -125,10 +125,8 @@ pub struct ChannelContext {
     pub sub_channels: Arc<dyn crate::bus::SubChannelControl>,
     /// Most requests taken before any is answered.
     pub queue_depth: usize,
-    /// Where SRB jobs (blocking disk I/O) are meant to run: the VMM's
-    /// spawner or the device's own pool. Not read yet: the task still runs
-    /// its jobs on the `blocking` crate's pool (see `jobs`).
-    #[allow(dead_code)]
+    /// Where SRB jobs too large to run inline go: the VMM's spawner or
+    /// the device's own pool.
     pub io: Arc<dyn crate::bus::IoSpawner>,
 }
 
@@ -160,7 +158,7 @@ pub async fn serve_channel(
             ctx: &ctx,
             writer,
             ready: VecDeque::with_capacity(depth),
-            jobs: JobPool::new(),
+            jobs: JobPool::new(ctx.io.clone()),
             failure: None,
         },
         reissue,

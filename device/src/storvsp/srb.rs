@@ -16,7 +16,9 @@ use zerocopy::little_endian::U32;
 
 use super::packet::completion_bytes;
 use super::{Completion, Controller, LunAddress, StorvspConfig};
-use crate::scsi_disk::{self, CommandResult, CommandStatus, DataSink, ScsiDisk, SinkError};
+use crate::scsi_disk::{
+    self, CommandResult, CommandStatus, DataSink, GuestBuffer, ScsiDisk, SinkError,
+};
 
 /// What an SRB may reach: the limits, disks and memory of its channel.
 #[derive(Debug, Clone, Copy)]
@@ -90,24 +92,6 @@ pub struct SrbJob {
     sense_capacity: usize,
     plan: Plan,
     memory: GuestMemory,
-}
-
-/// Writes data-in bytes into a guest range.
-struct GuestSink<'a> {
-    memory: &'a GuestMemory,
-    range: &'a GpaRange,
-}
-
-impl DataSink for GuestSink<'_> {
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        self.range
-            .write_at(self.memory, offset, data)
-            .map_err(|e| SinkError {
-                offset,
-                len: data.len(),
-                reason: e.to_string(),
-            })
-    }
 }
 
 /// A sink for requests with no buffer; never written (the buffer length
@@ -194,10 +178,9 @@ impl SrbJob {
     ) -> Result<TargetResult, SinkError> {
         match buffer {
             Some(range) if readable => {
-                let mut sink = GuestSink {
-                    memory: &self.memory,
-                    range,
-                };
+                // Reads land in the guest's pages straight from the image
+                // file (one copy), zeros as one fill.
+                let mut sink = GuestBuffer::new(&self.memory, range);
                 run_target(target, cdb, range.byte_count() as usize, &mut sink)
             }
             _ => run_target(target, cdb, 0, &mut NoSink),
