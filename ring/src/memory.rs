@@ -41,6 +41,14 @@
 //! different sizes to overlapping bytes are outside the C++/Rust memory
 //! model's guarantees, although every supported target gives them the
 //! hardware's plain single-copy atomicity.
+//!
+//! Bulk copies and fills of at least [`BULK_MIN`] bytes on x86-64 use one
+//! `rep movsb` / `rep stosb` in an `asm!` block instead of a word loop.
+//! The block is opaque to the compiler and its effect is exactly that of
+//! a sequence of relaxed byte-sized atomic accesses in some order (the
+//! instruction's architectural definition), so the argument above holds
+//! unchanged; the CPU's fast-string microcode moves whole cache lines,
+//! which relaxed word atomics (never vectorised) cannot.
 #![allow(unsafe_code)]
 
 use std::any::Any;
@@ -1024,6 +1032,13 @@ unsafe fn words_in(dst: *mut u64, data: &[u8], store: impl Fn(*mut u64, u64)) {
 /// `src..src + dst.len()` lies in a live guest-memory mapping, which this
 /// process accesses only atomically.
 unsafe fn copy_from_guest(src: *const u8, dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if dst.len() >= BULK_MIN {
+        // SAFETY: `src..src + dst.len()` is in the mapping (caller); `dst`
+        // is host memory we hold exclusively; the string copy acts as
+        // relaxed byte atomics on the guest side (module doc).
+        return unsafe { rep_movsb(dst.as_mut_ptr(), src, dst.len()) };
+    }
     let head = head_len(src, dst.len());
     let words = (dst.len() - head) / 8;
     let (h, rest) = dst.split_at_mut(head);
@@ -1057,6 +1072,12 @@ unsafe fn copy_from_guest(src: *const u8, dst: &mut [u8]) {
 /// `dst..dst + src.len()` lies in a live, writable guest-memory mapping,
 /// which this process accesses only atomically.
 unsafe fn copy_to_guest(dst: *mut u8, src: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if src.len() >= BULK_MIN {
+        // SAFETY: `dst..dst + src.len()` is in the mapping (caller); the
+        // string copy acts as relaxed byte atomics (module doc).
+        return unsafe { rep_movsb(dst, src.as_ptr(), src.len()) };
+    }
     let head = head_len(dst, src.len());
     let words = (src.len() - head) / 8;
     let (h, rest) = src.split_at(head);
@@ -1082,6 +1103,50 @@ unsafe fn copy_to_guest(dst: *mut u8, src: &[u8]) {
     }
 }
 
+/// Copies and fills shorter than this use atomic loops: below it the
+/// string instructions' start-up cost outweighs their speed.
+const BULK_MIN: usize = 256;
+
+/// `len` bytes from `src` to `dst` with one `rep movsb`.
+///
+/// # Safety
+///
+/// Both ranges are valid for the access and do not overlap.
+#[cfg(target_arch = "x86_64")]
+unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
+    // SAFETY: the caller guarantees both ranges; the direction flag is
+    // clear by the ABI; the instruction touches no stack.
+    unsafe {
+        std::arch::asm!(
+            "rep movsb",
+            inout("rcx") len => _,
+            inout("rdi") dst => _,
+            inout("rsi") src => _,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// `len` bytes at `dst` set to `byte` with one `rep stosb`.
+///
+/// # Safety
+///
+/// The range is valid for writes.
+#[cfg(target_arch = "x86_64")]
+unsafe fn rep_stosb(dst: *mut u8, byte: u8, len: usize) {
+    // SAFETY: the caller guarantees the range; the direction flag is clear
+    // by the ABI; the instruction touches no stack.
+    unsafe {
+        std::arch::asm!(
+            "rep stosb",
+            inout("rcx") len => _,
+            inout("rdi") dst => _,
+            in("al") byte,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
 /// Sets `len` bytes of guest memory at `dst` to `byte` with relaxed atomic
 /// stores.
 ///
@@ -1089,6 +1154,12 @@ unsafe fn copy_to_guest(dst: *mut u8, src: &[u8]) {
 ///
 /// As for [`copy_to_guest`], for `dst..dst + len`.
 unsafe fn fill_guest(dst: *mut u8, len: usize, byte: u8) {
+    #[cfg(target_arch = "x86_64")]
+    if len >= BULK_MIN {
+        // SAFETY: `dst..dst + len` is in the mapping (caller); the string
+        // store acts as relaxed byte atomic stores (module doc).
+        return unsafe { rep_stosb(dst, byte, len) };
+    }
     let head = head_len(dst, len);
     let words = (len - head) / 8;
     for i in (0..head).chain(head + words * 8..len) {
