@@ -90,7 +90,7 @@ fn main() {
         .unwrap_or(5);
     let methods = [
         ("copy_nonoverlapping (old)", CopyMethod::Baseline),
-        ("sound: atomics, rep movsb in bulk (new)", CopyMethod::Atomic),
+        ("sound, rep movsb bulk (new)", CopyMethod::Atomic),
         ("read/write_volatile u64", CopyMethod::Volatile),
     ];
     println!("| payload | copy | packets/s | GB/s |");
