@@ -178,7 +178,7 @@ pub fn recv(socket: BorrowedFd<'_>) -> Result<Option<Datagram>, RemoteError> {
 /// and a text naming the field and value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed {
-    /// One of [`code`](crate::wire::code).
+    /// One of the [`crate::wire::code`] constants.
     pub code: u32,
     /// What was wrong.
     pub text: String,

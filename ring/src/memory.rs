@@ -42,7 +42,7 @@
 //! model's guarantees, although every supported target gives them the
 //! hardware's plain single-copy atomicity.
 //!
-//! Bulk copies and fills of at least [`BULK_MIN`] bytes on x86-64 use one
+//! Bulk copies and fills of at least 256 bytes (`BULK_MIN`) on x86-64 use one
 //! `rep movsb` / `rep stosb` in an `asm!` block instead of a word loop.
 //! The block is opaque to the compiler and its effect is exactly that of
 //! a sequence of relaxed byte-sized atomic accesses in some order (the

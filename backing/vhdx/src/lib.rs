@@ -2,7 +2,7 @@
 //! replay and differencing chains, and a writer for fixed, dynamic and
 //! differencing images.
 //!
-//! The reader parses through [`ReadAt`](vmbdev_block::ReadAt), so an image
+//! The reader parses through [`ReadAt`], so an image
 //! is read the same from a host file ([`Vhdx::open`]) or from memory
 //! ([`Vhdx::from_source`]); it implements
 //! [`BlockDevice`]. Image bytes are untrusted:
