@@ -120,9 +120,8 @@ fn start_device(
     .map_err(|e| e.to_string())?;
     request.sub_channels = Arc::new(NoSubChannels);
     let task = device.open(0, request).map_err(|e| e.to_string())?;
-    Ok(std::thread::spawn(move || {
-        futures_lite::future::block_on(task)
-    }))
+    // `vmbdev_ring::block_on` lets this thread poll its eventfd itself.
+    Ok(std::thread::spawn(move || vmbdev_ring::block_on(task)))
 }
 
 fn read_and_compare(driver: &Storvsc, image: &[u8]) -> Result<bool, String> {

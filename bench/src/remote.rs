@@ -55,24 +55,37 @@ impl RemoteRow {
     }
 }
 
+/// Rounds of the comparison; the medians are reported.
+pub const ROUNDS: usize = 5;
+
 /// Measures `count` random 4 KiB reads of `image` at QD32 through `remote`
 /// (a storvsp device over the same image, served elsewhere, without
-/// sub-channels) and through a local storvsp device; the local run goes
-/// first, then the remote one, then the local one again, and the better
-/// local figure is kept, so a warming page cache favours the baseline.
+/// sub-channels) and through a local storvsp device, alternating local and
+/// remote for [`ROUNDS`] rounds so both see the same page cache and the
+/// same background load, and reports the median of each.
 pub fn run(
     image: &Path,
     remote: Arc<dyn VmbusDevice>,
     count: u64,
 ) -> Result<RemoteRow, RemoteBenchError> {
     let local = build_device(DeviceKind::Storvsp, image, 0)?;
-    let first_local = iops(local.clone(), count)?;
-    let remote_iops = iops(remote, count)?;
-    let second_local = iops(local, count)?;
+    // One unmeasured run warms the page cache for both.
+    iops(local.clone(), count)?;
+    let mut local_figures = Vec::with_capacity(ROUNDS);
+    let mut remote_figures = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        local_figures.push(iops(local.clone(), count)?);
+        remote_figures.push(iops(remote.clone(), count)?);
+    }
     Ok(RemoteRow {
-        remote_iops,
-        local_iops: first_local.max(second_local),
+        remote_iops: median(&mut remote_figures),
+        local_iops: median(&mut local_figures),
     })
+}
+
+fn median(figures: &mut [f64]) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
 }
 
 fn iops(device: Arc<dyn VmbusDevice>, count: u64) -> Result<f64, RemoteBenchError> {

@@ -414,7 +414,7 @@ impl Connection {
         let thread = std::thread::Builder::new()
             .name(format!("remote-channel-{channel}"))
             .spawn(move || {
-                let result = futures_lite::future::block_on(task);
+                let result = vmbdev_ring::block_on(task);
                 let _ = gpadls.try_teardown(gpadl);
                 if let Some(connection) = weak.upgrade() {
                     // No longer open before the VMM hears of the end, so

@@ -201,7 +201,7 @@ impl EventfdVm {
         ring.task = Some(
             std::thread::Builder::new()
                 .name(format!("vmm-channel-{}", ring.index))
-                .spawn(move || futures_lite::future::block_on(task))?,
+                .spawn(move || vmbdev_ring::block_on(task))?,
         );
         Ok(())
     }

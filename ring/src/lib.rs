@@ -50,7 +50,7 @@ pub mod ring;
 mod stop;
 pub mod writer;
 
-pub use doorbell::{Armed, Doorbell, EventDoorbell, EventfdDoorbell, Wait, wait};
+pub use doorbell::{Armed, Doorbell, EventDoorbell, EventfdDoorbell, Wait, block_on, wait};
 pub use endpoint::{Endpoint, Side, split_gpadl};
 pub use error::RingError;
 pub use gpa::{GpaError, GpaRange, GpadlGuard, GpadlRegistry, INLINE_PAGES};

@@ -281,7 +281,7 @@ fn completion_thread(
     std::thread::Builder::new()
         .name(format!("storvsc-{index}"))
         .spawn(move || {
-            let result = futures_lite::future::block_on(futures_lite::future::or(
+            let result = vmbdev_ring::block_on(futures_lite::future::or(
                 async {
                     loop {
                         reader
