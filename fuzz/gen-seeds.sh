@@ -6,10 +6,11 @@
 #
 # fs_mount_read: small FAT12, FAT16, ext4 and NTFS volumes holding a few
 # files (EFI\BOOT\BOOTX64.EFI, a nested directory, an empty file, a file
-# spanning several clusters), bare and behind MBR and GPT tables.
-# The structured targets (ring_reader, vmbfs_session, storvsp_session,
-# vhdx_open_read) build their inputs with `arbitrary` and start from an
-# empty corpus; vhdx_open_read writes its base image with our own writer.
+# spanning several clusters), bare and behind MBR and GPT tables. They are
+# the images the target's inputs patch (it loads them at start), not inputs.
+# The other targets build their inputs with `arbitrary` and start from an
+# empty corpus; vhdx_open_read and vhd_open_read lay out their base images
+# themselves.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")"
