@@ -10,5 +10,6 @@
 
 pub mod cli;
 pub mod disks;
+pub mod faults;
 pub mod images;
 pub mod trees;
