@@ -297,24 +297,56 @@ pub struct SrbParams {
 
 /// Builds an EXECUTE_SRB packet of `packet_size` bytes (0x30 or 0x40).
 pub fn srb_packet(params: &SrbParams, packet_size: usize) -> Vec<u8> {
-    let mut p = header_packet(Operation::EXECUTE_SRB, packet_size);
+    let mut p = vec![0u8; packet_size];
+    write_srb_packet(
+        params.address(),
+        &params.cdb,
+        params.data_in,
+        params.data_transfer_length,
+        &mut p,
+    );
+    p
+}
+
+impl SrbParams {
+    fn address(&self) -> LunAddress {
+        LunAddress {
+            path: self.path,
+            target: self.target,
+            lun: self.lun,
+        }
+    }
+}
+
+/// Writes an EXECUTE_SRB packet filling all of `out` (0x30 or 0x40 bytes,
+/// zeroed by the caller), for a driver that keeps its packets off the heap.
+pub(crate) fn write_srb_packet(
+    address: LunAddress,
+    cdb: &[u8],
+    data_in: u8,
+    data_transfer_length: u32,
+    out: &mut [u8],
+) {
+    let packet_size = out.len();
+    let p = out;
+    p[..4].copy_from_slice(&Operation::EXECUTE_SRB.0.to_le_bytes());
+    p[4..8].copy_from_slice(&vstor::FLAG_REQUEST_COMPLETION.to_le_bytes());
     let srb_len = packet_size.saturating_sub(vstor::HEADER_SIZE) as u16;
-    let cdb_len = params.cdb.len().min(vstor::MAX_CDB_SIZE);
+    let cdb_len = cdb.len().min(vstor::MAX_CDB_SIZE);
     let sense_len = if packet_size >= vstor::PACKET_SIZE_WIN8 {
         vstor::SENSE_SIZE_WIN8
     } else {
         vstor::SENSE_SIZE_PRE_WIN8
     };
     p[12..14].copy_from_slice(&srb_len.to_le_bytes());
-    p[17] = params.path;
-    p[18] = params.target;
-    p[19] = params.lun;
+    p[17] = address.path;
+    p[18] = address.target;
+    p[19] = address.lun;
     p[20] = cdb_len as u8;
     p[21] = sense_len as u8;
-    p[22] = params.data_in;
-    p[24..28].copy_from_slice(&params.data_transfer_length.to_le_bytes());
-    p[28..28 + cdb_len].copy_from_slice(&params.cdb[..cdb_len]);
-    p
+    p[22] = data_in;
+    p[24..28].copy_from_slice(&data_transfer_length.to_le_bytes());
+    p[28..28 + cdb_len].copy_from_slice(&cdb[..cdb_len]);
 }
 
 /// A parsed SRB completion.
@@ -401,7 +433,12 @@ pub mod cdb {
 
     /// READ(10).
     pub fn read10(lba: u32, blocks: u16) -> Vec<u8> {
-        let mut c = vec![0u8; 10];
+        read10_array(lba, blocks).to_vec()
+    }
+
+    /// READ(10), on the stack.
+    pub fn read10_array(lba: u32, blocks: u16) -> [u8; 10] {
+        let mut c = [0u8; 10];
         c[0] = 0x28;
         c[2..6].copy_from_slice(&lba.to_be_bytes());
         c[7..9].copy_from_slice(&blocks.to_be_bytes());
@@ -410,7 +447,12 @@ pub mod cdb {
 
     /// READ(16).
     pub fn read16(lba: u64, blocks: u32) -> Vec<u8> {
-        let mut c = vec![0u8; 16];
+        read16_array(lba, blocks).to_vec()
+    }
+
+    /// READ(16), on the stack.
+    pub fn read16_array(lba: u64, blocks: u32) -> [u8; 16] {
+        let mut c = [0u8; 16];
         c[0] = 0x88;
         c[2..10].copy_from_slice(&lba.to_be_bytes());
         c[10..14].copy_from_slice(&blocks.to_be_bytes());

@@ -4,9 +4,8 @@
 //! by transaction id; guest data buffers from the [`PageAllocator`]; and
 //! SRBs sent over the next channel in turn.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_lock::Mutex as AsyncMutex;
@@ -16,30 +15,14 @@ use vmbdev_ring::{
     RingReader, RingWriter, gpa::pages_spanned,
 };
 
+use super::slots::{Reply, Waiters};
 use super::{DriverError, HostEvents};
-use crate::storvsc::{GuestProfile, LunAddress, SrbCompletion, SrbParams, srb_packet};
+use crate::storvsc::{GuestProfile, LunAddress, SrbCompletion, write_srb_packet};
 use vmbdev_ring::StopSignal;
-
-/// Where each request's completion payload goes, by transaction id (a
-/// one-slot channel per request).
-type WaiterMap = HashMap<u64, async_channel::Sender<Vec<u8>>>;
-
-/// Per-channel request state shared with its completion thread.
-#[derive(Debug, Default)]
-struct Waiters {
-    map: Mutex<WaiterMap>,
-}
-
-impl Waiters {
-    fn lock(&self) -> MutexGuard<'_, WaiterMap> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 struct GuestChannel {
     writer: AsyncMutex<RingWriter>,
     waiters: Arc<Waiters>,
-    next_tid: AtomicU64,
 }
 
 /// The state every handle of a connected driver shares: its channels, the
@@ -49,6 +32,7 @@ pub(super) struct Inner {
     channels: Vec<GuestChannel>,
     pub(super) memory: GuestMemory,
     pages: PageAllocator,
+    page_cache: PageCache,
     next_channel: AtomicUsize,
     pub(super) srb_size: usize,
     pub(super) profile: GuestProfile,
@@ -66,17 +50,36 @@ impl Drop for Inner {
         for thread in threads {
             let _ = thread.join();
         }
+        let cached =
+            std::mem::take(&mut *self.page_cache.lock().unwrap_or_else(|e| e.into_inner()));
+        self.pages.free(&cached);
     }
 }
+
+/// Single pages kept for reuse between requests: most requests of a
+/// running guest are one page, and the page allocator allocates on the
+/// heap for each.
+type PageCache = Arc<Mutex<Vec<u64>>>;
+
+/// Pages [`PageCache`] keeps at most.
+const CACHED_PAGES: usize = 256;
 
 /// A guest data buffer: guest pages handed back on drop.
 pub(super) struct Buffer {
     pub(super) range: GpaRange,
     pages: PageAllocator,
+    cache: PageCache,
 }
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        if let [page] = self.range.gpns() {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() < CACHED_PAGES {
+                cache.push(*page);
+                return;
+            }
+        }
         self.pages.free(self.range.gpns());
     }
 }
@@ -93,6 +96,7 @@ impl Inner {
             channels: Vec::new(),
             memory,
             pages,
+            page_cache: Arc::new(Mutex::new(Vec::with_capacity(CACHED_PAGES))),
             next_channel: AtomicUsize::new(0),
             srb_size: profile.packet_size(),
             profile,
@@ -130,7 +134,6 @@ impl Inner {
         self.channels.push(GuestChannel {
             writer: AsyncMutex::new(writer),
             waiters,
-            next_tid: AtomicU64::new(1),
         });
         Ok(())
     }
@@ -139,16 +142,44 @@ impl Inner {
     /// offset.
     pub(super) fn buffer(&self, len: u32) -> Result<Buffer, DriverError> {
         let count = pages_spanned(self.buffer_offset, len);
+        if count == 1 {
+            return self.one_page_buffer(len);
+        }
         let gpns = self.pages.alloc(count)?;
         match GpaRange::new(len, self.buffer_offset, gpns.clone()) {
-            Ok(range) => Ok(Buffer {
-                range,
-                pages: self.pages.clone(),
-            }),
+            Ok(range) => Ok(self.owned(range)),
             Err(e) => {
                 self.pages.free(&gpns);
                 Err(e.into())
             }
+        }
+    }
+
+    /// A one-page buffer, from the cache when it has a page.
+    fn one_page_buffer(&self, len: u32) -> Result<Buffer, DriverError> {
+        let cached = self
+            .page_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let page = match cached {
+            Some(page) => page,
+            None => self.pages.alloc(1)?[0],
+        };
+        match GpaRange::from_pages(len, self.buffer_offset, &[page]) {
+            Ok(range) => Ok(self.owned(range)),
+            Err(e) => {
+                self.pages.free(&[page]);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn owned(&self, range: GpaRange) -> Buffer {
+        Buffer {
+            range,
+            pages: self.pages.clone(),
+            cache: self.page_cache.clone(),
         }
     }
 
@@ -158,11 +189,10 @@ impl Inner {
         index: usize,
         payload: &[u8],
         range: Option<&GpaRange>,
-    ) -> Result<Vec<u8>, DriverError> {
+    ) -> Result<Reply, DriverError> {
         let channel = &self.channels[index % self.channels.len()];
-        let tid = channel.next_tid.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = async_channel::bounded(1);
-        channel.waiters.lock().insert(tid, tx);
+        let claim = channel.waiters.claim().await;
+        let tid = claim.tid();
         let ranges;
         let packet = match range {
             Some(range) => {
@@ -173,15 +203,12 @@ impl Inner {
         };
         let written = channel.writer.lock().await.write(&packet).await;
         if let Err(source) = written {
-            channel.waiters.lock().remove(&tid);
             return Err(DriverError::Ring {
                 channel: index,
                 source,
             });
         }
-        rx.recv()
-            .await
-            .map_err(|_| DriverError::ChannelClosed(index))
+        claim.reply().await.ok_or(DriverError::ChannelClosed(index))
     }
 
     fn pick_channel(&self) -> usize {
@@ -203,21 +230,15 @@ impl Inner {
         } else {
             direction
         };
-        let payload = srb_packet(
-            &SrbParams {
-                path: address.path,
-                target: address.target,
-                lun: address.lun,
-                cdb: cdb.to_vec(),
-                data_in: data_in.0,
-                data_transfer_length: length,
-            },
-            self.srb_size,
-        );
-        let bytes = self
-            .request(self.pick_channel(), &payload, buffer.map(|b| &b.range))
+        // On the stack: an SRB packet is at most 0x40 bytes.
+        let mut packet = [0u8; vstor::PACKET_SIZE_WIN8];
+        let payload = &mut packet[..self.srb_size.min(vstor::PACKET_SIZE_WIN8)];
+        write_srb_packet(address, cdb, data_in.0, length, payload);
+        let payload = &*payload;
+        let reply = self
+            .request(self.pick_channel(), payload, buffer.map(|b| &b.range))
             .await?;
-        let mut completion = SrbCompletion::parse(&bytes)?;
+        let mut completion = SrbCompletion::parse(reply.bytes())?;
         if self.profile == GuestProfile::Linux {
             if let Some(&opcode) = cdb.first() {
                 completion.linux_fixup(opcode);
@@ -306,7 +327,7 @@ fn completion_thread(
                 tracing::warn!(channel = index, %error, "storvsc channel failed");
             }
             // Wake every waiter with an error.
-            waiters.lock().clear();
+            waiters.close();
             result
         })
 }
@@ -315,12 +336,8 @@ fn completion_thread(
 fn deliver(waiters: &Waiters, events: &HostEvents, kind: PacketKind, tid: u64, payload: &[u8]) {
     match kind {
         PacketKind::Completion => {
-            let waiter = waiters.lock().remove(&tid);
-            match waiter {
-                Some(tx) => {
-                    let _ = tx.try_send(payload.to_vec());
-                }
-                None => events.count_unexpected(),
+            if !waiters.deliver(tid, payload) {
+                events.count_unexpected();
             }
         }
         PacketKind::InBand

@@ -25,12 +25,30 @@ impl std::fmt::Debug for Disk {
 }
 
 /// The READ CDB Linux would use for `count` blocks at `lba`.
-fn read_cdb(lba: u64, count: u32) -> Vec<u8> {
+fn read_cdb(lba: u64, count: u32) -> ReadCdb {
+    let mut bytes = [0u8; 16];
     match (u32::try_from(lba), u16::try_from(count)) {
         (Ok(lba32), Ok(count16)) if lba32.checked_add(u32::from(count16)).is_some() => {
-            cdb::read10(lba32, count16)
+            bytes[..10].copy_from_slice(&cdb::read10_array(lba32, count16));
+            ReadCdb { bytes, len: 10 }
         }
-        _ => cdb::read16(lba, count),
+        _ => ReadCdb {
+            bytes: cdb::read16_array(lba, count),
+            len: 16,
+        },
+    }
+}
+
+/// A READ(10) or READ(16) CDB, on the stack.
+struct ReadCdb {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl std::ops::Deref for ReadCdb {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 

@@ -22,7 +22,7 @@ pub(super) async fn handshake(
     let mut init = InitDriver::new(profile);
     while let Some(packet) = init.request() {
         let reply = inner.request(0, &packet, None).await?;
-        init.on_completion(&reply)?;
+        init.on_completion(reply.bytes())?;
     }
     let version = init.version().unwrap_or(0);
     let properties = init.properties();
@@ -57,7 +57,7 @@ pub(super) async fn open_linux_sub_channels(
     let reply = inner
         .request(0, &create_sub_channels_packet(count), None)
         .await?;
-    let status = completion_status(&reply)?;
+    let status = completion_status(reply.bytes())?;
     if status != NtStatus::SUCCESS {
         return Err(DriverError::SubChannels(format!(
             "CREATE_SUB_CHANNELS({count}) failed with {:#010x}",

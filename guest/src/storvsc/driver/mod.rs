@@ -16,6 +16,7 @@ mod channel;
 mod disk;
 mod init;
 mod scan;
+mod slots;
 mod window;
 
 use std::sync::Arc;
@@ -312,7 +313,8 @@ impl Storvsc {
         channel: usize,
         payload: &[u8],
     ) -> Result<Vec<u8>, DriverError> {
-        self.inner.request(channel, payload, None).await
+        let reply = self.inner.request(channel, payload, None).await?;
+        Ok(reply.bytes().to_vec())
     }
 
     /// Scans the bus again the way the profile does.

@@ -19,28 +19,41 @@ where
     F: Future<Output = T>,
 {
     let depth = depth.max(1);
-    let mut requests = requests.into_iter().enumerate();
-    let mut in_flight: Vec<(usize, Pin<Box<F>>)> = Vec::with_capacity(depth);
+    let mut requests = requests.into_iter().enumerate().fuse();
+    // One boxed slot per unit of depth, refilled in place as requests end,
+    // so a long batch allocates `depth` boxes, not one per request.
+    let mut slots: Vec<(usize, Pin<Box<Option<F>>>)> = Vec::with_capacity(depth);
     std::future::poll_fn(|cx| {
         loop {
-            while in_flight.len() < depth {
-                match requests.next() {
-                    Some((index, request)) => in_flight.push((index, Box::pin(request))),
-                    None => break,
+            let mut busy = 0;
+            for (index, slot) in slots.iter_mut() {
+                if slot.is_none() {
+                    if let Some((next, request)) = requests.next() {
+                        *index = next;
+                        slot.set(Some(request));
+                    }
                 }
+                busy += usize::from(slot.is_some());
             }
-            if in_flight.is_empty() {
+            while slots.len() < depth {
+                let Some((index, request)) = requests.next() else {
+                    break;
+                };
+                slots.push((index, Box::pin(Some(request))));
+                busy += 1;
+            }
+            if busy == 0 {
                 return Poll::Ready(Ok(()));
             }
             let mut progressed = false;
-            let mut slot = 0;
-            while slot < in_flight.len() {
-                if let Poll::Ready(output) = in_flight[slot].1.as_mut().poll(cx) {
-                    let (index, _) = in_flight.swap_remove(slot);
-                    finished(index, output)?;
+            for (index, slot) in slots.iter_mut() {
+                let Some(request) = slot.as_mut().as_pin_mut() else {
+                    continue;
+                };
+                if let Poll::Ready(output) = request.poll(cx) {
+                    slot.set(None);
+                    finished(*index, output)?;
                     progressed = true;
-                } else {
-                    slot += 1;
                 }
             }
             if !progressed {

@@ -1,0 +1,251 @@
+//! Where each in-flight request of a channel waits for its completion: a
+//! fixed table of reply slots, claimed per request and found again by the
+//! transaction id, so a request costs no heap allocation and no map
+//! lookup. The completion thread copies the reply into the slot and wakes
+//! the request; a request dropped before its reply frees its slot, and a
+//! late reply for it is then counted as unexpected, never delivered to the
+//! slot's next user (the id carries a generation).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use event_listener::Event;
+
+/// Requests in flight per channel before a new one waits for a slot.
+pub(super) const SLOTS: usize = 256;
+/// Longest completion payload kept (a VSTOR packet is well under it);
+/// longer ones are cut to it.
+pub(super) const MAX_REPLY: usize = 512;
+
+/// A completion payload, inline.
+pub(super) struct Reply {
+    len: usize,
+    bytes: [u8; MAX_REPLY],
+}
+
+impl Reply {
+    /// The payload.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+struct SlotState {
+    /// The transaction id this slot waits for; 0 while free.
+    tid: u64,
+    done: bool,
+    reply: Reply,
+}
+
+struct Slot {
+    state: Mutex<SlotState>,
+    waker: AtomicWaker,
+}
+
+/// A channel's reply slots.
+pub(super) struct Waiters {
+    slots: Box<[Slot]>,
+    free: Mutex<Vec<u16>>,
+    freed: Event,
+    generation: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Waiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiters")
+            .field("free", &lock(&self.free).len())
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Default for Waiters {
+    fn default() -> Self {
+        let slots = (0..SLOTS)
+            .map(|_| Slot {
+                state: Mutex::new(SlotState {
+                    tid: 0,
+                    done: false,
+                    reply: Reply {
+                        len: 0,
+                        bytes: [0; MAX_REPLY],
+                    },
+                }),
+                waker: AtomicWaker::new(),
+            })
+            .collect();
+        Self {
+            slots,
+            // Popped from the end: slot 0 first.
+            free: Mutex::new((0..SLOTS as u16).rev().collect()),
+            freed: Event::new(),
+            generation: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A claimed slot; frees it when dropped.
+pub(super) struct Claim<'a> {
+    waiters: &'a Waiters,
+    index: u16,
+    tid: u64,
+}
+
+impl Claim<'_> {
+    /// The transaction id to send the request with.
+    pub(super) fn tid(&self) -> u64 {
+        self.tid
+    }
+
+    /// Waits for the reply; `None` if the channel closed first.
+    pub(super) fn reply(&self) -> impl Future<Output = Option<Reply>> + '_ {
+        let slot = &self.waiters.slots[usize::from(self.index)];
+        futures_lite::future::poll_fn(move |cx| {
+            for _ in 0..2 {
+                {
+                    let mut state = lock(&slot.state);
+                    if state.done {
+                        state.done = false;
+                        let reply = &state.reply;
+                        let mut out = Reply {
+                            len: reply.len,
+                            bytes: [0; MAX_REPLY],
+                        };
+                        out.bytes[..reply.len].copy_from_slice(reply.bytes());
+                        return Poll::Ready(Some(out));
+                    }
+                }
+                if self.waiters.closed.load(Ordering::Acquire) {
+                    return Poll::Ready(None);
+                }
+                // Registered, then checked once more: a reply delivered in
+                // between is seen on the second pass.
+                slot.waker.register(cx.waker());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let slot = &self.waiters.slots[usize::from(self.index)];
+        {
+            let mut state = lock(&slot.state);
+            state.tid = 0;
+            state.done = false;
+        }
+        let _ = slot.waker.take();
+        lock(&self.waiters.free).push(self.index);
+        self.waiters.freed.notify(1);
+    }
+}
+
+impl Waiters {
+    /// Claims a slot, waiting while all are in use.
+    pub(super) async fn claim(&self) -> Claim<'_> {
+        loop {
+            if let Some(claim) = self.try_claim() {
+                return claim;
+            }
+            let freed = self.freed.listen();
+            if let Some(claim) = self.try_claim() {
+                return claim;
+            }
+            freed.await;
+        }
+    }
+
+    fn try_claim(&self) -> Option<Claim<'_>> {
+        let index = lock(&self.free).pop()?;
+        // The generation in the high bits keeps a late reply to a former
+        // user of the slot from matching.
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let tid = (generation << 16) | u64::from(index);
+        lock(&self.slots[usize::from(index)].state).tid = tid;
+        Some(Claim {
+            waiters: self,
+            index,
+            tid,
+        })
+    }
+
+    /// Hands `payload` to the request waiting for `tid`; `false` if none
+    /// is (a reply nobody asked for, or one to a request given up).
+    pub(super) fn deliver(&self, tid: u64, payload: &[u8]) -> bool {
+        let Some(slot) = self.slots.get((tid & 0xffff) as usize) else {
+            return false;
+        };
+        {
+            let mut state = lock(&slot.state);
+            if tid == 0 || state.tid != tid || state.done {
+                return false;
+            }
+            let len = payload.len().min(MAX_REPLY);
+            state.reply.bytes[..len].copy_from_slice(&payload[..len]);
+            state.reply.len = len;
+            state.done = true;
+        }
+        slot.waker.wake();
+        true
+    }
+
+    /// Ends every wait: the channel is gone.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for slot in self.slots.iter() {
+            slot.waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::{block_on, poll_once};
+
+    #[test]
+    fn a_reply_reaches_its_request_and_a_stale_one_does_not() {
+        let waiters = Waiters::default();
+        let first = block_on(waiters.claim());
+        let stale = first.tid();
+        assert!(waiters.deliver(stale, b"one"));
+        assert_eq!(block_on(first.reply()).unwrap().bytes(), b"one");
+        drop(first);
+        // The slot is reused with a new id; the old id no longer matches.
+        let second = block_on(waiters.claim());
+        assert_eq!(second.tid() & 0xffff, stale & 0xffff);
+        assert_ne!(second.tid(), stale);
+        assert!(!waiters.deliver(stale, b"late"));
+        assert!(!waiters.deliver(0, b"zero"));
+        assert!(!waiters.deliver(u64::from(u16::MAX), b"beyond"));
+        let mut wait = Box::pin(second.reply());
+        assert!(block_on(poll_once(wait.as_mut())).is_none());
+        assert!(waiters.deliver(second.tid(), &[7; MAX_REPLY + 10]));
+        let reply = block_on(wait).unwrap();
+        assert_eq!(reply.bytes(), &[7; MAX_REPLY][..], "cut to MAX_REPLY");
+    }
+
+    #[test]
+    fn closing_ends_every_wait_and_a_full_table_waits_for_a_free_slot() {
+        let waiters = Waiters::default();
+        let claims: Vec<_> = (0..SLOTS).map(|_| block_on(waiters.claim())).collect();
+        let mut next = Box::pin(waiters.claim());
+        assert!(block_on(poll_once(next.as_mut())).is_none(), "table full");
+        let tids: Vec<u64> = claims.iter().map(Claim::tid).collect();
+        drop(claims);
+        let claim = block_on(next);
+        assert!(!tids.contains(&claim.tid()), "a fresh id");
+        waiters.close();
+        assert!(block_on(claim.reply()).is_none());
+    }
+}
