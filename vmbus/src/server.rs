@@ -1253,7 +1253,8 @@ impl Server {
     }
 
     fn finish_unload(&mut self, link: Link, host: &mut dyn VmbusHost) {
-        if !self.gpadls.is_empty() {
+        // The last teardown may already have answered.
+        if !self.gpadls.is_empty() || !matches!(self.connection, Connection::Unloading(_)) {
             return;
         }
         self.disconnect();
