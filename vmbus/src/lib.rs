@@ -6,7 +6,7 @@
 //! GPADLs into the [`GpadlRegistry`](vmbdev_ring::GpadlRegistry), opening
 //! and closing channels through the device-bus contract, GPADL teardown
 //! that waits until the device released the pages, hot-remove rescinds,
-//! MODIFYCHANNEL and UNLOAD.
+//! MODIFYCHANNEL, sub-channel offers a device asks for, and UNLOAD.
 //!
 //! - [`protocol`]: the message layouts and constants, no logic.
 //! - [`server`]: the state machine. It is transport-independent and
@@ -20,8 +20,8 @@
 //!   the server, so the state machine never blocks and never owns a
 //!   thread or an executor.
 //!
-//! Not here yet: sub-channel offers, saved state of the bus, monitor pages
-//! (offers decline them), and the pre-5.0 interrupt page.
+//! Not here yet: saved state of the bus, monitor pages (offers decline
+//! them), and the pre-5.0 interrupt page.
 #![forbid(unsafe_code)]
 
 pub mod protocol;

@@ -25,6 +25,16 @@
 //! after a wait, RESCIND, UNLOAD_RESPONSE) are queued past that limit; there
 //! is at most one per GPADL or channel, both bounded by the configuration.
 //!
+//! # Sub-channels
+//!
+//! Every open hands the device a [`SubChannelControl`] that records its
+//! request (from the device's own task, any thread) and calls the hook set
+//! with [`Server::on_sub_channel_request`]; the VMM then calls
+//! [`Server::offer_sub_channels`], which gives sub-channels `1..=count` of
+//! the device relids and offers them (same instance GUID, their index in
+//! the offer). They are opened like primaries and forgotten with the
+//! connection, since a new guest asks again.
+//!
 //! # Hostile messages
 //!
 //! Every guest message has one of three outcomes: it is handled (possibly
@@ -45,9 +55,11 @@ use crate::protocol::{
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use vmbdev_device::bus::{ChannelTask, Offer, OpenRequest, PipeMode, VmbusDevice};
+use vmbdev_device::bus::{
+    BusError, ChannelTask, Offer, OpenRequest, PipeMode, SubChannelControl, VmbusDevice,
+};
 use vmbdev_ring::{Doorbell, GpaError, GpaRange, GpadlRegistry, GuestMemory};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -379,7 +391,6 @@ pub struct Server {
     registry: GpadlRegistry,
     devices: Vec<Option<(Arc<dyn VmbusDevice>, Offer)>>,
     channels: BTreeMap<u32, Channel>,
-    next_relid: u32,
     connection: Connection,
     gpadls: HashMap<u32, GuestGpadl>,
     assembling: usize,
@@ -388,6 +399,7 @@ pub struct Server {
     /// Next relid to offer while REQUESTOFFERS is being answered.
     offer_cursor: Option<u32>,
     dropped: [u64; Dropped::ALL.len()],
+    sub_channels: Arc<SubChannelRequests>,
 }
 
 impl std::fmt::Debug for Server {
@@ -417,13 +429,13 @@ impl Server {
             registry,
             devices: Vec::new(),
             channels: BTreeMap::new(),
-            next_relid: 1,
             connection: Connection::Disconnected,
             gpadls: HashMap::new(),
             assembling: 0,
             total_pages: 0,
             offer_cursor: None,
             dropped: [0; Dropped::ALL.len()],
+            sub_channels: Arc::default(),
         }
     }
 
@@ -434,30 +446,71 @@ impl Server {
         device: Arc<dyn VmbusDevice>,
         host: &mut dyn VmbusHost,
     ) -> Result<(DeviceId, u32), AddDeviceError> {
-        if self.next_relid > self.config.max_channels {
-            return Err(AddDeviceError::TooManyChannels(self.config.max_channels));
-        }
+        let relid = self
+            .free_relid()
+            .ok_or(AddDeviceError::TooManyChannels(self.config.max_channels))?;
         let id = DeviceId(self.devices.len());
         let offer = device.offer();
         self.devices.push(Some((device, offer)));
-        let relid = self.next_relid;
-        self.next_relid += 1;
+        self.add_channel(relid, id, 0, host);
+        Ok((id, relid))
+    }
+
+    /// The lowest relid not in use (a released one is reused).
+    fn free_relid(&self) -> Option<u32> {
+        (1..=self.config.max_channels).find(|relid| !self.channels.contains_key(relid))
+    }
+
+    /// Creates channel `index` of `device` as `relid` and offers it at once
+    /// if the guest already asked for offers.
+    fn add_channel(&mut self, relid: u32, device: DeviceId, index: u16, host: &mut dyn VmbusHost) {
         self.channels.insert(
             relid,
             Channel {
-                device: id,
-                index: 0,
+                device,
+                index,
                 offered: false,
                 rescinded: false,
                 state: ChannelState::Closed,
             },
         );
         if let Connection::Connected(link) = self.connection {
+            // While the cursor runs it reaches the new channel by itself.
             if link.offers_requested && self.offer_cursor.is_none() {
                 self.offer_now(relid, link, host);
             }
         }
-        Ok((id, relid))
+    }
+
+    /// Calls `notify` (from any thread) whenever a device asks for
+    /// sub-channels; the VMM answers with [`offer_sub_channels`](Self::offer_sub_channels).
+    pub fn on_sub_channel_request(&mut self, notify: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.sub_channels.notify) = Some(Arc::new(notify));
+    }
+
+    /// Creates and offers the sub-channels devices asked for; returns how
+    /// many new channels were offered.
+    pub fn offer_sub_channels(&mut self, host: &mut dyn VmbusHost) -> usize {
+        let requests = std::mem::take(&mut *lock(&self.sub_channels.pending));
+        let mut added = 0;
+        for (device, count) in requests {
+            for index in 1..=count {
+                let exists = self
+                    .channels
+                    .values()
+                    .any(|c| c.device == device && c.index == index && !c.rescinded);
+                if exists || self.devices.get(device.0).is_none_or(Option::is_none) {
+                    continue;
+                }
+                let Some(relid) = self.free_relid() else {
+                    tracing::warn!("vmbus: no relid left for a sub-channel");
+                    return added;
+                };
+                self.add_channel(relid, device, index, host);
+                added += 1;
+            }
+        }
+        added
     }
 
     /// Hot-removes `device`: its open channels are closed and offers the
@@ -689,7 +742,7 @@ impl Server {
     fn disconnect(&mut self) {
         self.connection = Connection::Disconnected;
         self.offer_cursor = None;
-        self.channels.retain(|_, c| !c.rescinded);
+        self.channels.retain(|_, c| !c.rescinded && c.index == 0);
         for channel in self.channels.values_mut() {
             channel.offered = false;
         }
@@ -1087,11 +1140,16 @@ impl Server {
         if !ring_ok || ring_taken {
             return Err(OpenRefusal::BadRing);
         }
-        let (device, _) = self
+        let (device, offer) = self
             .devices
             .get(channel.device.0)
             .and_then(Option::as_ref)
             .ok_or(OpenRefusal::Unknown)?;
+        let hook = Arc::new(SubChannelHook {
+            device: channel.device,
+            max: offer.max_sub_channels,
+            requests: self.sub_channels.clone(),
+        });
         let device = device.clone();
         let index = channel.index;
         let target_vp = message.target_vp.get();
@@ -1105,7 +1163,10 @@ impl Server {
             doorbells.guest_to_host,
             doorbells.host_to_guest,
         )
-        .and_then(|request| device.open(index, request));
+        .and_then(|mut request| {
+            request.sub_channels = hook;
+            device.open(index, request)
+        });
         let task = match opened {
             Ok(task) => task,
             Err(error) => {
@@ -1273,7 +1334,7 @@ enum OpenRefusal {
     #[error("the ring GPADL is unknown, not this channel's, or in use")]
     BadRing,
     #[error(transparent)]
-    Device(#[from] vmbdev_device::bus::BusError),
+    Device(#[from] BusError),
 }
 
 /// The wire offer of channel `index` of a device offering `offer`.
@@ -1302,5 +1363,49 @@ fn channel_offer(offer: &Offer, index: u16) -> ChannelOffer {
         user_defined,
         sub_channel_index: U16::new(index),
         reserved3: U16::ZERO,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A wake-up hook the VMM sets.
+type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// Sub-channel requests of devices, waiting for the server.
+#[derive(Default)]
+struct SubChannelRequests {
+    pending: Mutex<Vec<(DeviceId, u16)>>,
+    notify: Mutex<Option<Notify>>,
+}
+
+/// What an opened device asks for sub-channels through.
+struct SubChannelHook {
+    device: DeviceId,
+    max: u16,
+    requests: Arc<SubChannelRequests>,
+}
+
+impl SubChannelControl for SubChannelHook {
+    fn enable_sub_channels(&self, count: u16) -> Result<(), BusError> {
+        if count == 0 || count > self.max {
+            return Err(BusError::SubChannelsUnsupported { requested: count });
+        }
+        {
+            // One entry per device, so a guest repeating its request
+            // cannot grow the list.
+            let mut pending = lock(&self.requests.pending);
+            match pending.iter_mut().find(|(d, _)| *d == self.device) {
+                Some((_, asked)) => *asked = (*asked).max(count),
+                None => pending.push((self.device, count)),
+            }
+        }
+        // Called outside the list's lock: the hook may call back in.
+        let notify = lock(&self.requests.notify).clone();
+        if let Some(notify) = notify {
+            notify();
+        }
+        Ok(())
     }
 }

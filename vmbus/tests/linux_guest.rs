@@ -24,6 +24,7 @@ use vmbdev_vmbus::ServerConfig;
 use vmbdev_vmbus::protocol::{
     CHANNEL_FLAG_NAMED_PIPE, MessageType, PIPE_MODE_MESSAGE, STATUS_SUCCESS, Version,
 };
+use zerocopy::FromBytes;
 
 const FILE: &[u8] = b"served over a channel the control plane opened\n";
 
@@ -37,7 +38,7 @@ fn vmbfs_device() -> Arc<VmbfsDevice> {
 }
 
 /// A storvsp device with one 1 MiB disk of known bytes, and those bytes.
-fn storvsp_device(dir: &tempfile::TempDir) -> (Arc<StorvspDevice>, Vec<u8>) {
+fn storvsp_device(dir: &tempfile::TempDir, config: StorvspConfig) -> (Arc<StorvspDevice>, Vec<u8>) {
     let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
     let path = dir.path().join("disk.raw");
     std::fs::File::create(&path)
@@ -52,7 +53,7 @@ fn storvsp_device(dir: &tempfile::TempDir) -> (Arc<StorvspDevice>, Vec<u8>) {
         lun: 0,
     };
     controller.insert(lun, Arc::new(ScsiDisk::new(disk)));
-    let device = StorvspDevice::new(StorvspConfig::default(), controller).unwrap();
+    let device = StorvspDevice::new(config, controller).unwrap();
     (Arc::new(device), bytes)
 }
 
@@ -93,7 +94,7 @@ fn linux_sequence_opens_vmbfs_and_storvsp_and_both_drivers_do_io() {
     let dir = tempfile::tempdir().unwrap();
     let mut rig = Rig::new(4096, ServerConfig::default());
     let vmbfs = vmbfs_device();
-    let (storvsp, disk_bytes) = storvsp_device(&dir);
+    let (storvsp, disk_bytes) = storvsp_device(&dir, StorvspConfig::default());
     let fs_relid = rig.add(vmbfs.clone());
     let disk_relid = rig.add(storvsp.clone());
     assert_eq!((fs_relid, disk_relid), (1, 2), "relids start at 1");
@@ -289,4 +290,106 @@ fn a_device_added_after_the_offers_is_offered_at_once() {
     let relid = rig.add(Arc::new(Parked::default()));
     let offer = rig.expect(MessageType::OFFER_CHANNEL);
     assert_eq!(u32_at(&offer, 8 + 176), relid);
+}
+
+/// The guest's side of sub-channel opening: finds the offer of the index
+/// storvsc asks for, builds its ring GPADL and opens it, as Linux does
+/// when a sub-channel offer arrives.
+struct SubChannelOpener {
+    rig: std::sync::Mutex<Rig>,
+    instance: vmbdev_device::bus::Guid,
+    next_page: std::sync::atomic::AtomicU64,
+    offers: std::sync::Mutex<Vec<vmbdev_vmbus::protocol::OfferChannel>>,
+}
+
+impl vmbdev_guest::storvsc::driver::ChannelOpener for SubChannelOpener {
+    fn open_sub_channel(&self, index: u16) -> Result<Endpoint, String> {
+        let mut rig = self.rig.lock().unwrap();
+        let rig = &mut *rig;
+        rig.server.offer_sub_channels(&mut rig.host);
+        let mut offers = self.offers.lock().unwrap();
+        // Every offer that arrived is kept: later indices are opened later.
+        offers.extend(
+            std::iter::from_fn(|| rig.next())
+                .map(|m| vmbdev_vmbus::protocol::OfferChannel::read_from_bytes(&m).unwrap()),
+        );
+        let offer = offers
+            .iter()
+            .find(|o| {
+                o.offer.instance_id == self.instance && o.offer.sub_channel_index.get() == index
+            })
+            .ok_or(format!("no offer of sub-channel {index}"))?;
+        let relid = offer.child_relid.get();
+        let first = self
+            .next_page
+            .fetch_add(64, std::sync::atomic::Ordering::Relaxed);
+        let pages: Vec<u64> = (first..first + 10).collect();
+        let gpadl = 0x3000 + u32::from(index);
+        if rig.create_gpadl(relid, gpadl, &pages) != STATUS_SUCCESS
+            || rig.open(relid, gpadl, 5) != STATUS_SUCCESS
+        {
+            return Err(format!("sub-channel {index} refused"));
+        }
+        Ok(guest_endpoint(rig, relid, &pages, 5))
+    }
+}
+
+#[test]
+fn storvsc_opens_the_sub_channels_storvsp_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rig = Rig::new(4096, ServerConfig::default());
+    let config = StorvspConfig {
+        max_sub_channels: 2,
+        multi_channel: true,
+        ..StorvspConfig::default()
+    };
+    let (storvsp, disk_bytes) = storvsp_device(&dir, config);
+    let relid = rig.add(storvsp.clone());
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    rig.server.on_sub_channel_request(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let offers = rig.connect();
+    assert_eq!(
+        offers.len(),
+        1,
+        "sub-channels are offered only when asked for"
+    );
+    let (pages, down) = ring(storvsp.as_ref(), 100, 1);
+    assert_eq!(rig.create_gpadl(relid, 0x2000, &pages), STATUS_SUCCESS);
+    assert_eq!(rig.open(relid, 0x2000, down), STATUS_SUCCESS);
+    let endpoint = guest_endpoint(&rig, relid, &pages, down);
+    let memory = rig.memory.clone();
+    let opener = SubChannelOpener {
+        rig: std::sync::Mutex::new(rig),
+        instance: storvsp.offer().instance_id,
+        next_page: std::sync::atomic::AtomicU64::new(200),
+        offers: std::sync::Mutex::default(),
+    };
+    let config = DriverConfig {
+        cpus: 3,
+        ..DriverConfig::default()
+    };
+    let driver = block_on(Storvsc::connect(
+        endpoint,
+        memory,
+        PageAllocator::new(2048..4096, false),
+        &opener,
+        &config,
+    ))
+    .unwrap();
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(driver.channel_count(), 3);
+    let disk = driver.disk(0).unwrap();
+    let reads: Vec<(u64, u32)> = (0..12).map(|i| (i * 64, 64)).collect();
+    let data = block_on(disk.read_many(&reads, 6)).unwrap();
+    for (&(lba, count), got) in reads.iter().zip(&data) {
+        let at = lba as usize * 512;
+        assert_eq!(got[..], disk_bytes[at..at + count as usize * 512]);
+    }
+    let rig = opener.rig.into_inner().unwrap();
+    for relid in 1..=3 {
+        assert!(rig.server.is_open(relid), "relid {relid}");
+    }
 }
