@@ -20,13 +20,20 @@
 //!   the server, so the state machine never blocks and never owns a
 //!   thread or an executor.
 //!
-//! Not here yet: saved state of the bus, monitor pages (offers decline
-//! them), and the pre-5.0 interrupt page.
+//! - [`saved`]: the encoding of the bus's saved state
+//!   ([`Server::save`](server::Server::save) /
+//!   [`Server::restore`](server::Server::restore)), the devices' own
+//!   saved bytes inside it.
+//!
+//! Not here yet: monitor pages (offers decline them) and the pre-5.0
+//! interrupt page.
 #![forbid(unsafe_code)]
 
 pub mod protocol;
+pub mod saved;
 pub mod server;
 
+pub use saved::SavedStateError;
 pub use server::{
     ChannelDoorbells, ChannelSignal, DeviceId, Dropped, Released, Server, ServerConfig,
     TeardownWait, VmbusHost,

@@ -52,6 +52,9 @@ use crate::protocol::{
     OpenResult, RelidMessage, STATUS_SUCCESS, STATUS_UNSUCCESSFUL, VMBUS_SINT, Version,
     VersionResponse,
 };
+use crate::saved::{
+    SavedBus, SavedChannel, SavedGpadl, SavedGpadlState, SavedLink, SavedMessage, SavedStateError,
+};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -325,7 +328,11 @@ enum Connection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChannelState {
     Closed,
-    Open { ring_gpadl: u32, target_vp: u32 },
+    Open {
+        ring_gpadl: u32,
+        target_vp: u32,
+        downstream: u32,
+    },
 }
 
 struct Channel {
@@ -1140,6 +1147,32 @@ impl Server {
         if !ring_ok || ring_taken {
             return Err(OpenRefusal::BadRing);
         }
+        let (target_vp, downstream) = (
+            message.target_vp.get(),
+            message.downstream_page_offset.get(),
+        );
+        self.start_device(relid, ring_gpadl, target_vp, downstream, host)?;
+        if let Some(channel) = self.channels.get_mut(&relid) {
+            channel.state = ChannelState::Open {
+                ring_gpadl,
+                target_vp,
+                downstream,
+            };
+        }
+        Ok(())
+    }
+
+    /// Opens the device behind `relid` over its ring and hands its task to
+    /// the VMM.
+    fn start_device(
+        &mut self,
+        relid: u32,
+        ring_gpadl: u32,
+        target_vp: u32,
+        downstream: u32,
+        host: &mut dyn VmbusHost,
+    ) -> Result<(), OpenRefusal> {
+        let channel = self.channels.get(&relid).ok_or(OpenRefusal::Unknown)?;
         let (device, offer) = self
             .devices
             .get(channel.device.0)
@@ -1152,14 +1185,12 @@ impl Server {
         });
         let device = device.clone();
         let index = channel.index;
-        let target_vp = message.target_vp.get();
-        let signal = self.signal(relid, target_vp);
-        let doorbells = host.open_doorbells(&signal);
+        let doorbells = host.open_doorbells(&self.signal(relid, target_vp));
         let opened = OpenRequest::from_gpadl(
             self.memory.clone(),
             self.registry.clone(),
             ring_gpadl,
-            message.downstream_page_offset.get(),
+            downstream,
             doorbells.guest_to_host,
             doorbells.host_to_guest,
         )
@@ -1167,21 +1198,16 @@ impl Server {
             request.sub_channels = hook;
             device.open(index, request)
         });
-        let task = match opened {
-            Ok(task) => task,
+        match opened {
+            Ok(task) => {
+                host.start_channel(relid, task);
+                Ok(())
+            }
             Err(error) => {
                 host.close_doorbells(relid);
-                return Err(OpenRefusal::Device(error));
+                Err(OpenRefusal::Device(error))
             }
-        };
-        host.start_channel(relid, task);
-        if let Some(channel) = self.channels.get_mut(&relid) {
-            channel.state = ChannelState::Open {
-                ring_gpadl,
-                target_vp,
-            };
         }
-        Ok(())
     }
 
     fn signal(&self, relid: u32, target_vp: u32) -> ChannelSignal {
@@ -1405,6 +1431,366 @@ impl SubChannelControl for SubChannelHook {
         let notify = lock(&self.requests.notify).clone();
         if let Some(notify) = notify {
             notify();
+        }
+        Ok(())
+    }
+}
+
+/// Saved state: [`suspend`](Server::suspend), wait for the device tasks,
+/// [`save`](Server::save); later [`restore`](Server::restore) and
+/// [`resume`](Server::resume). The guest's view (connection, offers, open
+/// channels, GPADLs, replies not yet delivered) survives unchanged.
+impl Server {
+    /// Stops every device task and keeps the guest's view: open channels
+    /// stay open. The VMM waits until the tasks it ran have ended, then
+    /// calls [`save`](Self::save) or [`resume`](Self::resume).
+    pub fn suspend(&mut self) {
+        for channel in self.channels.values() {
+            if channel.state == ChannelState::Closed {
+                continue;
+            }
+            if let Some(Some((device, _))) = self.devices.get(channel.device.0) {
+                if let Err(error) = device.close(channel.index) {
+                    tracing::debug!(%error, "vmbus: suspend");
+                }
+            }
+        }
+    }
+
+    /// Starts the device task of every open channel again (after
+    /// [`suspend`](Self::suspend) or [`restore`](Self::restore)). A channel
+    /// its device refuses is closed; the first refusal is returned.
+    pub fn resume(&mut self, host: &mut dyn VmbusHost) -> Result<(), SavedStateError> {
+        let open: Vec<(u32, ChannelState, usize)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.state != ChannelState::Closed)
+            .map(|(&relid, c)| (relid, c.state, c.device.0))
+            .collect();
+        let mut first = None;
+        for (relid, state, device) in open {
+            let ChannelState::Open {
+                ring_gpadl,
+                target_vp,
+                downstream,
+            } = state
+            else {
+                continue;
+            };
+            if let Err(refusal) = self.start_device(relid, ring_gpadl, target_vp, downstream, host)
+            {
+                tracing::warn!(relid, %refusal, "vmbus: channel not resumed");
+                if let Some(channel) = self.channels.get_mut(&relid) {
+                    channel.state = ChannelState::Closed;
+                }
+                let source = match refusal {
+                    OpenRefusal::Device(error) => error,
+                    _ => BusError::NotOpen(relid as u16),
+                };
+                first.get_or_insert(SavedStateError::Device {
+                    index: device,
+                    source,
+                });
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// The whole bus's state, the devices' own included. Refused while an
+    /// UNLOAD or a GPADL teardown is still waiting for a device.
+    pub fn save(&self) -> Result<Vec<u8>, SavedStateError> {
+        if matches!(self.connection, Connection::Unloading(_)) {
+            return Err(SavedStateError::Busy("an UNLOAD is being completed"));
+        }
+        let mut saved = SavedBus {
+            link: match self.connection {
+                Connection::Connected(link) => Some(SavedLink {
+                    version: link.version.0,
+                    target_vp: link.target_vp,
+                    sint: link.sint,
+                    offers_requested: link.offers_requested,
+                }),
+                _ => None,
+            },
+            offer_cursor: self.offer_cursor,
+            ..SavedBus::default()
+        };
+        for (&relid, c) in &self.channels {
+            saved.channels.push(SavedChannel {
+                relid,
+                device: c.device.0 as u32,
+                index: c.index,
+                offered: c.offered,
+                rescinded: c.rescinded,
+                open: match c.state {
+                    ChannelState::Open {
+                        ring_gpadl,
+                        target_vp,
+                        downstream,
+                    } => Some((ring_gpadl, target_vp, downstream)),
+                    ChannelState::Closed => None,
+                },
+            });
+        }
+        for (&id, g) in &self.gpadls {
+            saved.gpadls.push(self.save_gpadl(id, g)?);
+        }
+        for m in &self.queue {
+            saved.queue.push(SavedMessage {
+                vp: m.vp,
+                sint: m.sint,
+                bytes: m.bytes().to_vec(),
+            });
+        }
+        for (index, device) in self.devices.iter().enumerate() {
+            let state = match device {
+                Some((device, _)) => Some(
+                    device
+                        .save()
+                        .map_err(|source| SavedStateError::Device { index, source })?,
+                ),
+                None => None,
+            };
+            saved.devices.push(state);
+        }
+        Ok(saved.encode())
+    }
+
+    fn save_gpadl(&self, id: u32, g: &GuestGpadl) -> Result<SavedGpadl, SavedStateError> {
+        let state = match &g.state {
+            GpadlState::Created { .. } => SavedGpadlState::Created(
+                self.registry
+                    .get(id)
+                    .map_err(|source| SavedStateError::Gpadl { gpadl: id, source })?
+                    .to_vec(),
+            ),
+            GpadlState::Assembling {
+                range_count,
+                expected,
+                bytes,
+            } => SavedGpadlState::Assembling {
+                range_count: *range_count,
+                expected: *expected as u32,
+                bytes: bytes.clone(),
+            },
+            GpadlState::TearingDown { .. } => {
+                return Err(SavedStateError::Busy("a GPADL teardown waits for a device"));
+            }
+        };
+        Ok(SavedGpadl {
+            id,
+            relid: g.relid,
+            state,
+        })
+    }
+
+    /// A server rebuilt from [`save`](Self::save) bytes over the same guest
+    /// memory, with `devices` built as before (same order); each device gets
+    /// its own saved bytes. The GPADLs are registered in `registry` again.
+    /// The bytes are checked like guest input. Call
+    /// [`resume`](Self::resume) to restart the open channels.
+    pub fn restore(
+        memory: GuestMemory,
+        registry: GpadlRegistry,
+        config: ServerConfig,
+        devices: Vec<Arc<dyn VmbusDevice>>,
+        saved: &[u8],
+    ) -> Result<Self, SavedStateError> {
+        let saved = SavedBus::decode(saved)?;
+        if saved.devices.len() != devices.len() {
+            return Err(SavedStateError::DeviceCount {
+                saved: saved.devices.len(),
+                given: devices.len(),
+            });
+        }
+        let mut server = Self::new(memory, registry, config);
+        let result = server.load(saved, devices);
+        if result.is_err() {
+            // Nothing half-restored stays registered.
+            for &id in server.gpadls.keys() {
+                let _ = server.registry.try_teardown(id);
+            }
+        }
+        result.map(|()| server)
+    }
+
+    fn load(
+        &mut self,
+        saved: SavedBus,
+        devices: Vec<Arc<dyn VmbusDevice>>,
+    ) -> Result<(), SavedStateError> {
+        for (index, (device, state)) in devices.into_iter().zip(saved.devices).enumerate() {
+            let Some(state) = state else {
+                self.devices.push(None);
+                continue;
+            };
+            device
+                .restore(&state)
+                .map_err(|source| SavedStateError::Device { index, source })?;
+            let offer = device.offer();
+            self.devices.push(Some((device, offer)));
+        }
+        self.load_link(saved.link, saved.offer_cursor)?;
+        for gpadl in saved.gpadls {
+            self.load_gpadl(gpadl)?;
+        }
+        for channel in saved.channels {
+            self.load_channel(channel)?;
+        }
+        self.load_queue(saved.queue)
+    }
+
+    fn load_link(
+        &mut self,
+        link: Option<SavedLink>,
+        cursor: Option<u32>,
+    ) -> Result<(), SavedStateError> {
+        let bad = |field, value: u64| SavedStateError::BadField { field, value };
+        if let Some(link) = link {
+            if !Version::SUPPORTED.contains(&Version(link.version)) {
+                return Err(bad("version", link.version.into()));
+            }
+            if link.sint >= 16 {
+                return Err(bad("sint", link.sint.into()));
+            }
+            self.connection = Connection::Connected(Link {
+                version: Version(link.version),
+                target_vp: link.target_vp,
+                sint: link.sint,
+                offers_requested: link.offers_requested,
+            });
+        }
+        if let Some(cursor) = cursor {
+            if link.is_none() || cursor > self.config.max_channels + 1 {
+                return Err(bad("offer cursor", cursor.into()));
+            }
+        }
+        self.offer_cursor = cursor;
+        Ok(())
+    }
+
+    fn load_gpadl(&mut self, g: SavedGpadl) -> Result<(), SavedStateError> {
+        let bad = |field, value: u64| SavedStateError::BadField { field, value };
+        if self.gpadls.len() >= self.config.max_gpadls || self.gpadls.contains_key(&g.id) {
+            return Err(bad("GPADL id", g.id.into()));
+        }
+        let state = match g.state {
+            SavedGpadlState::Created(pages) => {
+                let count = pages.len() as u64;
+                if count > u64::from(self.config.max_gpadl_pages)
+                    || self.total_pages + count > self.config.max_total_gpadl_pages
+                {
+                    return Err(bad("GPADL pages", count));
+                }
+                self.registry
+                    .register(&self.memory, g.id, pages)
+                    .map_err(|source| SavedStateError::Gpadl {
+                        gpadl: g.id,
+                        source,
+                    })?;
+                self.total_pages += count;
+                GpadlState::Created { pages: count }
+            }
+            SavedGpadlState::Assembling {
+                range_count,
+                expected,
+                bytes,
+            } => {
+                // The same bounds a GPADL_HEADER is held to.
+                let pages = expected.saturating_sub(8 * u32::from(range_count)) / 8;
+                if expected > u32::from(u16::MAX)
+                    || bytes.len() >= expected as usize
+                    || pages > self.config.max_gpadl_pages
+                    || self.assembling >= self.config.max_assembling
+                {
+                    return Err(bad("GPADL assembly", expected.into()));
+                }
+                self.assembling += 1;
+                GpadlState::Assembling {
+                    range_count,
+                    expected: expected as usize,
+                    bytes,
+                }
+            }
+        };
+        self.gpadls.insert(
+            g.id,
+            GuestGpadl {
+                relid: g.relid,
+                state,
+            },
+        );
+        Ok(())
+    }
+
+    fn load_channel(&mut self, c: SavedChannel) -> Result<(), SavedStateError> {
+        let bad = |field, value: u64| SavedStateError::BadField { field, value };
+        if c.relid == 0
+            || c.relid > self.config.max_channels
+            || self.channels.contains_key(&c.relid)
+        {
+            return Err(bad("relid", c.relid.into()));
+        }
+        let present = self
+            .devices
+            .get(c.device as usize)
+            .is_some_and(Option::is_some);
+        if c.device as usize >= self.devices.len() || (!present && !c.rescinded) {
+            return Err(bad("channel device", c.device.into()));
+        }
+        let state = match c.open {
+            None => ChannelState::Closed,
+            Some((ring_gpadl, target_vp, downstream)) => {
+                let ring_ok = present
+                    && self.gpadls.get(&ring_gpadl).is_some_and(|g| {
+                        g.relid == c.relid && matches!(g.state, GpadlState::Created { .. })
+                    });
+                if !ring_ok {
+                    return Err(bad("ring GPADL", ring_gpadl.into()));
+                }
+                ChannelState::Open {
+                    ring_gpadl,
+                    target_vp,
+                    downstream,
+                }
+            }
+        };
+        self.channels.insert(
+            c.relid,
+            Channel {
+                device: DeviceId(c.device as usize),
+                index: c.index,
+                offered: c.offered,
+                rescinded: c.rescinded,
+                state,
+            },
+        );
+        Ok(())
+    }
+
+    fn load_queue(&mut self, queue: Vec<SavedMessage>) -> Result<(), SavedStateError> {
+        let limit = self.config.queue_limit + self.gpadls.len() + self.channels.len() + 1;
+        if queue.len() > limit {
+            return Err(SavedStateError::BadField {
+                field: "queue length",
+                value: queue.len() as u64,
+            });
+        }
+        for m in queue {
+            if m.bytes.len() < size_of::<MessageHeader>() || m.bytes.len() > MAX_MESSAGE_LEN {
+                return Err(SavedStateError::BadField {
+                    field: "queued message length",
+                    value: m.bytes.len() as u64,
+                });
+            }
+            let mut message = HostMessage {
+                vp: m.vp,
+                sint: m.sint,
+                len: m.bytes.len() as u8,
+                bytes: [0; MAX_MESSAGE_LEN],
+            };
+            message.bytes[..m.bytes.len()].copy_from_slice(&m.bytes);
+            self.queue.push_back(message);
         }
         Ok(())
     }

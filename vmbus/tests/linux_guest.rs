@@ -393,3 +393,117 @@ fn storvsc_opens_the_sub_channels_storvsp_asked_for() {
         assert!(rig.server.is_open(relid), "relid {relid}");
     }
 }
+
+#[test]
+fn saved_state_carries_an_open_channel_to_a_new_server() {
+    let mut rig = Rig::new(512, ServerConfig::default());
+    let relid = rig.add(vmbfs_device());
+    rig.connect();
+    let (pages, down) = ring(vmbfs_device().as_ref(), 10, 1);
+    assert_eq!(rig.create_gpadl(relid, 1, &pages), STATUS_SUCCESS);
+    assert_eq!(rig.open(relid, 1, down), STATUS_SUCCESS);
+    let mut fs = guest_endpoint(&rig, relid, &pages, down);
+    block_on(async {
+        let reply = vmbfs_request(&mut fs, &client::version_request()).await;
+        client::parse_version_response(&reply).unwrap();
+    });
+    // A data GPADL half sent when the VM is saved.
+    let data: Vec<u64> = (100..140).collect();
+    let mut pieces = gpadl_messages(relid, 2, &data).into_iter();
+    rig.post(&pieces.next().unwrap()).unwrap();
+
+    rig.server.suspend();
+    rig.join(relid).unwrap();
+    let saved = rig.server.save().unwrap();
+    drop(fs);
+
+    // A new VMM: new registry, new devices built the same way.
+    let registry = vmbdev_ring::GpadlRegistry::new();
+    let server = vmbdev_vmbus::Server::restore(
+        rig.memory.clone(),
+        registry.clone(),
+        ServerConfig::default(),
+        vec![vmbfs_device() as Arc<dyn VmbusDevice>],
+        &saved,
+    )
+    .unwrap();
+    let mut rig = Rig {
+        server,
+        host: TestHost::default(),
+        memory: rig.memory.clone(),
+        registry,
+    };
+    rig.server.resume(&mut rig.host).unwrap();
+    assert!(rig.server.is_open(relid));
+    assert_eq!(&*rig.registry.get(1).unwrap(), &pages[..]);
+    // The channel goes on where it was: no new version exchange.
+    let mut fs = guest_endpoint(&rig, relid, &pages, down);
+    block_on(async {
+        let path = client::child_path(
+            &client::child_path(&client::root_path(), "EFI"),
+            "hello.txt",
+        );
+        let (request, count) = client::read_request(&path, 0, 4096).unwrap();
+        let reply = vmbfs_request(&mut fs, &request).await;
+        assert_eq!(client::parse_read_response(&reply, count).unwrap(), FILE);
+    });
+    // The half-sent GPADL completes.
+    for piece in pieces {
+        rig.post(&piece).unwrap();
+    }
+    assert_eq!(
+        created_status(&rig.expect(MessageType::GPADL_CREATED), relid, 2),
+        0
+    );
+    assert_eq!(&*rig.registry.get(2).unwrap(), &data[..]);
+    rig.post(&header(MessageType::UNLOAD)).unwrap();
+    rig.join(relid).unwrap();
+    rig.finish_teardowns();
+    rig.expect(MessageType::UNLOAD_RESPONSE);
+}
+
+#[test]
+fn damaged_saved_state_is_refused_without_leaving_gpadls_behind() {
+    let mut rig = Rig::new(512, ServerConfig::default());
+    let relid = rig.add(Arc::new(Parked::default()));
+    rig.connect();
+    assert_eq!(rig.create_gpadl(relid, 1, &[8, 9, 10, 11]), STATUS_SUCCESS);
+    assert_eq!(rig.open(relid, 1, 2), STATUS_SUCCESS);
+    rig.server.suspend();
+    rig.join(relid).unwrap();
+    let saved = rig.server.save().unwrap();
+    let restore = |bytes: &[u8], devices: usize| {
+        let registry = vmbdev_ring::GpadlRegistry::new();
+        let devices = (0..devices)
+            .map(|_| Arc::new(Parked::default()) as Arc<dyn VmbusDevice>)
+            .collect();
+        let result = vmbdev_vmbus::Server::restore(
+            rig.memory.clone(),
+            registry.clone(),
+            ServerConfig::default(),
+            devices,
+            bytes,
+        );
+        (result, registry)
+    };
+    assert!(restore(&saved, 1).0.is_ok());
+    assert!(matches!(
+        restore(&saved, 2).0,
+        Err(vmbdev_vmbus::SavedStateError::DeviceCount { saved: 1, given: 2 })
+    ));
+    for len in 0..saved.len() {
+        let (result, registry) = restore(&saved[..len], 1);
+        assert!(result.is_err(), "a prefix of {len} bytes");
+        assert!(registry.get(1).is_err());
+    }
+    for at in 0..saved.len() {
+        for value in [0x00, 0xff, 0x7f] {
+            let mut bytes = saved.clone();
+            bytes[at] = value;
+            let (result, registry) = restore(&bytes, 1);
+            if result.is_err() {
+                assert!(registry.get(1).is_err(), "byte {at} = {value:#x}");
+            }
+        }
+    }
+}
