@@ -414,3 +414,49 @@ fn a_guest_that_never_clears_its_slot_keeps_host_queues_bounded() {
     rig.expect(MessageType::ALL_OFFERS_DELIVERED);
     rig.expect_none();
 }
+
+#[test]
+fn sub_channel_requests_are_bounded_by_the_offer_and_forgotten_with_the_connection() {
+    let mut rig = Rig::new(64, ServerConfig::default());
+    let device = Arc::new(Parked {
+        max_sub_channels: 2,
+        ..Parked::default()
+    });
+    rig.add(device.clone());
+    rig.connect();
+    assert_eq!(rig.create_gpadl(1, 1, &[8, 9, 10, 11]), STATUS_SUCCESS);
+    assert_eq!(rig.open(1, 1, 2), STATUS_SUCCESS);
+    let control = device.sub_channels.lock().unwrap().clone().unwrap();
+    assert!(control.enable_sub_channels(3).is_err(), "more than offered");
+    assert!(control.enable_sub_channels(0).is_err());
+    // A guest repeating CREATE_SUB_CHANNELS leaves one request behind.
+    for _ in 0..1000 {
+        control.enable_sub_channels(2).unwrap();
+    }
+    assert_eq!(rig.server.offer_sub_channels(&mut rig.host), 2);
+    assert_eq!(rig.server.offer_sub_channels(&mut rig.host), 0);
+    for index in 1..=2u32 {
+        let offer = rig.expect(MessageType::OFFER_CHANNEL);
+        assert_eq!(u32_at(&offer, 8 + 176), 1 + index, "next free relid");
+        // sub_channel_index is at byte 172 of the offer.
+        assert_eq!(
+            u16::from_le_bytes([offer[8 + 172], offer[8 + 173]]),
+            index as u16
+        );
+    }
+    control.enable_sub_channels(1).unwrap();
+    assert_eq!(
+        rig.server.offer_sub_channels(&mut rig.host),
+        0,
+        "already offered"
+    );
+    rig.post(&header(MessageType::UNLOAD)).unwrap();
+    rig.join(1).unwrap();
+    rig.finish_teardowns();
+    rig.expect(MessageType::UNLOAD_RESPONSE);
+    assert_eq!(
+        rig.connect().len(),
+        1,
+        "a new connection starts with the primary"
+    );
+}

@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 
 use futures_lite::future::{block_on, poll_once};
 use vmbdev_device::bus::{
-    BusError, ChannelError, ChannelTask, Guid, Offer, OpenRequest, PipeMode, VmbusDevice,
+    BusError, ChannelError, ChannelTask, Guid, Offer, OpenRequest, PipeMode, SubChannelControl,
+    VmbusDevice,
 };
 use vmbdev_ring::{Doorbell, EventDoorbell, GpadlRegistry, GuestMemory, PAGE_SIZE, StopSignal};
 use vmbdev_vmbus::protocol::{
@@ -209,8 +210,12 @@ impl Rig {
 /// A device that serves nothing: its task holds the ring until closed.
 #[derive(Default)]
 pub struct Parked {
-    stops: Mutex<HashMap<u16, Arc<StopSignal>>>,
+    pub stops: Mutex<HashMap<u16, Arc<StopSignal>>>,
     pub opens: Mutex<u32>,
+    /// Sub-channels it offers beside the primary.
+    pub max_sub_channels: u16,
+    /// The sub-channel control of its last open.
+    pub sub_channels: Mutex<Option<Arc<dyn SubChannelControl>>>,
 }
 
 impl VmbusDevice for Parked {
@@ -221,7 +226,7 @@ impl VmbusDevice for Parked {
             pipe_mode: PipeMode::None,
             incoming_ring_pages: 1,
             outgoing_ring_pages: 1,
-            max_sub_channels: 0,
+            max_sub_channels: self.max_sub_channels,
             name: "parked".into(),
         }
     }
@@ -234,6 +239,7 @@ impl VmbusDevice for Parked {
         }
         stops.insert(index, stop.clone());
         *self.opens.lock().unwrap() += 1;
+        *self.sub_channels.lock().unwrap() = Some(request.sub_channels.clone());
         Ok(Box::pin(async move {
             stop.wait().await;
             drop(request);
