@@ -1769,7 +1769,12 @@ impl Server {
     }
 
     fn load_queue(&mut self, queue: Vec<SavedMessage>) -> Result<(), SavedStateError> {
-        let limit = self.config.queue_limit + self.gpadls.len() + self.channels.len() + 1;
+        // The bound the queue keeps while running: replies, one TORNDOWN per
+        // GPADL, one RESCIND per channel, one UNLOAD_RESPONSE.
+        let limit = self.config.queue_limit
+            + self.config.max_gpadls
+            + self.config.max_channels as usize
+            + 1;
         if queue.len() > limit {
             return Err(SavedStateError::BadField {
                 field: "queue length",
