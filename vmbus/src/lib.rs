@@ -12,7 +12,7 @@
 //! - [`server`]: the state machine. It is transport-independent and
 //!   synchronous: guest message bytes go in through
 //!   [`Server::post_message`](server::Server::post_message), host messages
-//!   and actions come out through the [`VmbusHost`](server::VmbusHost)
+//!   and actions come out through the [`VmbusHost`]
 //!   trait the VMM implements (post into a vCPU's SINT slot, build and
 //!   route a channel's doorbells, run a device task, drive a teardown
 //!   wait). Work that has to wait (a teardown until the device lets go of
