@@ -15,8 +15,8 @@ use vmbdev_block::{BlockDevice, BlockError, RawFile};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{ConfigError, Controller, LunAddress, StorvspConfig, StorvspDevice};
 
-use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, Storvsc};
-use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig, VmError};
+use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile};
+use vmbdev_loopback::storvsp::{StartError, StorvspVm, StorvspVmConfig, VmError};
 
 /// One workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,26 +166,23 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             },
             controller,
         )?);
-        let (vm, primary) = StorvspVm::start(
+        let (vm, driver) = StorvspVm::start_with_storvsc(
             device,
             StorvspVmConfig {
                 ring_pages: 32,
                 buffer_pages: 16384,
                 ..StorvspVmConfig::default()
             },
-        )?;
-        let opener = vm.opener();
-        let driver = block_on(Storvsc::connect(
-            primary,
-            vm.memory(),
-            vm.pages(),
-            opener.as_ref(),
             &DriverConfig {
                 profile: GuestProfile::Linux,
                 cpus: channels,
                 buffer_offset: 0,
             },
-        ))?;
+        )
+        .map_err(|e| match e {
+            StartError::Vm(e) => BenchError::Vm(e),
+            StartError::Driver(e) => BenchError::Driver(e),
+        })?;
         let disk = driver.disk(0).ok_or(BenchError::TooSmall(size))?;
         let block_size = u64::from(disk.capacity().1);
         for &workload in &config.workloads {

@@ -54,7 +54,7 @@ fn storvsc_driver_reads_allocate_nothing_per_request_once_warm() {
     use vmbdev_block::{BlockDevice, MemoryDisk};
     use vmbdev_device::scsi_disk::ScsiDisk;
     use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
-    use vmbdev_guest::storvsc::{DriverConfig, GuestProfile, Storvsc};
+    use vmbdev_guest::storvsc::{DriverConfig, GuestProfile};
     use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig};
 
     let controller = Arc::new(Controller::new());
@@ -67,20 +67,13 @@ fn storvsc_driver_reads_allocate_nothing_per_request_once_warm() {
     };
     controller.insert(lun, Arc::new(ScsiDisk::new(disk)));
     let device = Arc::new(StorvspDevice::new(StorvspConfig::default(), controller).unwrap());
-    let (vm, primary) = StorvspVm::start(device, StorvspVmConfig::default()).unwrap();
-    let opener = vm.opener();
-    let driver = block_on(Storvsc::connect(
-        primary,
-        vm.memory(),
-        vm.pages(),
-        opener.as_ref(),
-        &DriverConfig {
-            profile: GuestProfile::Linux,
-            cpus: 1,
-            buffer_offset: 0,
-        },
-    ))
-    .unwrap();
+    let config = DriverConfig {
+        profile: GuestProfile::Linux,
+        cpus: 1,
+        buffer_offset: 0,
+    };
+    let (_vm, driver) =
+        StorvspVm::start_with_storvsc(device, StorvspVmConfig::default(), &config).unwrap();
     let disk = driver.disk(0).unwrap();
     let reads = |count: u64| (0..count).map(|i| ((i * 8) % 8000, 8u32));
     for depth in [1usize, 4, 32] {

@@ -16,7 +16,7 @@ use vmbdev_ring::{
     PageAllocator, RingError, Side, loopback,
 };
 
-use vmbdev_guest::storvsc::ChannelOpener;
+use vmbdev_guest::storvsc::{ChannelOpener, DriverConfig, DriverError, Storvsc};
 
 /// Shape of the loopback VM.
 #[derive(Debug, Clone)]
@@ -57,6 +57,17 @@ pub enum VmError {
     /// A thread could not be started.
     #[error("cannot start a channel thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// Why [`StorvspVm::start_with_storvsc`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The VM could not be built.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The guest driver failed to connect.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
 }
 
 /// One channel's ring and doorbells, kept to reopen the host side.
@@ -172,6 +183,26 @@ impl<D: VmbusDevice + ?Sized + 'static> StorvspVm<D> {
         });
         spawn_host(&shared, 0, lb.host)?;
         Ok((Self { shared }, lb.guest))
+    }
+
+    /// [`start`](Self::start), then a storvsc driver connected over the
+    /// primary channel (and the sub-channels it asks for): what every
+    /// harness driving storvsp through the guest driver begins with.
+    pub fn start_with_storvsc(
+        device: Arc<D>,
+        config: StorvspVmConfig,
+        driver: &DriverConfig,
+    ) -> Result<(Self, Storvsc), StartError> {
+        let (vm, primary) = Self::start(device, config)?;
+        let opener = vm.opener();
+        let storvsc = futures_lite::future::block_on(Storvsc::connect(
+            primary,
+            vm.memory(),
+            vm.pages(),
+            opener.as_ref(),
+            driver,
+        ))?;
+        Ok((vm, storvsc))
     }
 
     /// The guest memory.

@@ -58,21 +58,12 @@ fn storvsp(disks: Vec<Arc<dyn BlockDevice>>) -> (StorvspVm, Storvsc) {
         ..StorvspConfig::default()
     };
     let device = Arc::new(StorvspDevice::new(config, controller).unwrap());
-    let (vm, primary) = StorvspVm::start(device, StorvspVmConfig::default()).unwrap();
-    let opener = vm.opener();
-    let driver = block_on(Storvsc::connect(
-        primary,
-        vm.memory(),
-        vm.pages(),
-        opener.as_ref(),
-        &DriverConfig {
-            profile: GuestProfile::Linux,
-            cpus: 2,
-            buffer_offset: 0,
-        },
-    ))
-    .unwrap();
-    (vm, driver)
+    let driver = DriverConfig {
+        profile: GuestProfile::Linux,
+        cpus: 2,
+        buffer_offset: 0,
+    };
+    StorvspVm::start_with_storvsc(device, StorvspVmConfig::default(), &driver).unwrap()
 }
 
 fn assert_medium_error(result: Result<Vec<u8>, DriverError>, what: &str) {

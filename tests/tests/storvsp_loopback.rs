@@ -69,16 +69,7 @@ fn connect(
     driver: DriverConfig,
 ) -> Setup {
     let device = Arc::new(StorvspDevice::new(config, controller).unwrap());
-    let (vm, primary) = StorvspVm::start(device, vm_config).unwrap();
-    let opener = vm.opener();
-    let driver = block_on(Storvsc::connect(
-        primary,
-        vm.memory(),
-        vm.pages(),
-        opener.as_ref(),
-        &driver,
-    ))
-    .unwrap();
+    let (vm, driver) = StorvspVm::start_with_storvsc(device, vm_config, &driver).unwrap();
     Setup { vm, driver }
 }
 
