@@ -14,8 +14,8 @@ use vmbdev_block::{BlockDevice, BlockError, Extent};
 use crate::dump_storvsp::{StorvscDumpError, dump_through_storvsc};
 use crate::error::CliError;
 use crate::image::{self, FormatChoice, about};
-use crate::output::{Output, OutputError};
-use crate::sparse::{DiskSink, SparseWriter};
+use crate::output::Output;
+use crate::sparse::{Pipe, PipeError, SparseWriter, pipelined};
 
 /// Arguments of `vmbdev dump`.
 #[derive(Debug, clap::Args)]
@@ -75,59 +75,66 @@ pub fn run(args: &DumpArgs) -> Result<(), CliError> {
 }
 
 /// Copies the device's bytes to `out`, extent by extent: zero extents are
-/// never read (the device's map says what they hold).
+/// never read (the device's map says what they hold). Reads run on this
+/// thread while the previous chunk is written on another.
 fn direct(device: &dyn BlockDevice, image: &Path, out: &mut SparseWriter) -> Result<(), CliError> {
+    let failed = |lba: u64, e: BlockError| about(image, format!("{e} at sector {lba}"));
+    pipelined(out, BUFFERS, CHUNK as usize, |pipe| walk(device, pipe)).map_err(|e| match e {
+        PipeError::Produce((lba, e)) => failed(lba, e),
+        PipeError::Write(e) => e.into(),
+    })
+}
+
+/// Buffers going round between reading and writing.
+const BUFFERS: usize = 3;
+
+/// Hands the device's extents to `pipe` in order; stops early (with
+/// success) when the writer has stopped.
+fn walk(device: &dyn BlockDevice, pipe: &Pipe) -> Result<(), (u64, BlockError)> {
     let sector = u64::from(device.logical_sector_size());
     let sectors = device.sector_count();
-    let failed = |lba: u64, e: BlockError| about(image, format!("{e} at sector {lba}"));
-    let mut buf = vec![0u8; CHUNK as usize];
     let mut lba = 0u64;
     while lba < sectors {
         let left = sectors - lba;
-        let extent = device.locate(lba, left).map_err(|e| failed(lba, e))?;
+        let extent = device.locate(lba, left).map_err(|e| (lba, e))?;
         // A device's answer is at least one sector and at most what was
         // asked; clamp it anyway so a wrong one cannot stall or overrun.
         let run = extent.sectors().clamp(1, left);
-        match extent {
-            Extent::Zero { .. } => out.zeros(run * sector)?,
-            Extent::Memory { bytes, .. } if bytes.len() as u64 == run * sector => {
-                out.data(bytes)?
-            }
-            _ => copy_run(device, lba, run, &mut buf, out).map_err(|e| match e {
-                Copy::Read(at, e) => failed(at, e),
-                Copy::Write(e) => e.into(),
-            })?,
+        let going = match extent {
+            Extent::Zero { .. } => pipe.zeros(run * sector),
+            _ => copy_run(device, lba, run, pipe)?,
+        };
+        if !going {
+            return Ok(());
         }
         lba += run;
     }
     Ok(())
 }
 
-/// Why copying a run failed.
-enum Copy {
-    Read(u64, BlockError),
-    Write(OutputError),
-}
-
-/// Reads `count` sectors at `lba` through `buf` into `out`.
+/// Reads `count` sectors at `lba` into the pipe's buffers; false when the
+/// writer has stopped.
 fn copy_run(
     device: &dyn BlockDevice,
     lba: u64,
     count: u64,
-    buf: &mut [u8],
-    out: &mut SparseWriter,
-) -> Result<(), Copy> {
+    pipe: &Pipe,
+) -> Result<bool, (u64, BlockError)> {
     let sector = u64::from(device.logical_sector_size());
-    let per = buf.len() as u64 / sector;
     let mut at = lba;
     while at < lba + count {
-        let n = (lba + count - at).min(per);
-        let bytes = &mut buf[..(n * sector) as usize];
+        let Some(mut buf) = pipe.take() else {
+            return Ok(false);
+        };
+        let n = (lba + count - at).min(buf.len() as u64 / sector);
+        let len = (n * sector) as usize;
         device
-            .read_sectors(at, bytes)
-            .map_err(|e| Copy::Read(at, e))?;
-        out.data(bytes).map_err(Copy::Write)?;
+            .read_sectors(at, &mut buf[..len])
+            .map_err(|e| (at, e))?;
+        if !pipe.data(buf, len) {
+            return Ok(false);
+        }
         at += n;
     }
-    Ok(())
+    Ok(true)
 }

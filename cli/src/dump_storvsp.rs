@@ -14,7 +14,7 @@ use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig, VmError};
 
 use crate::messages::sense_text;
 use crate::output::OutputError;
-use crate::sparse::DiskSink;
+use crate::sparse::{DiskSink, Pipe, PipeError, pipelined};
 
 /// Why reading through storvsc failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,7 @@ const DEPTH: usize = 16;
 /// disk's map would.
 pub fn dump_through_storvsc(
     device: Arc<dyn BlockDevice>,
-    out: &mut dyn DiskSink,
+    out: &mut (dyn DiskSink + Send),
 ) -> Result<u64, StorvscDumpError> {
     let size = device.size_bytes();
     if size == 0 {
@@ -157,25 +157,49 @@ pub fn dump_through_storvsc(
             bytes: size,
         });
     }
-    let mut batch = Batch::new(&disk, BATCH_BYTES);
+    let batch = Batch::new(&disk, BATCH_BYTES);
+    let bytes = (batch.capacity * u64::from(block_size)) as usize;
+    pipelined(out, BUFFERS, bytes, |pipe| {
+        read_disk(device.as_ref(), &disk, batch, pipe)
+    })
+    .map_err(|e| match e {
+        PipeError::Produce(e) => e,
+        PipeError::Write(e) => StorvscDumpError::Write(e),
+    })?;
+    drop(driver);
+    drop(vm);
+    Ok(size)
+}
+
+/// Buffers going round between the guest's reads and the writer.
+const BUFFERS: usize = 3;
+
+/// Reads the disk's allocated runs through the guest driver into `pipe`,
+/// and hands over the zero runs the device maps without reading them.
+fn read_disk(
+    device: &dyn BlockDevice,
+    disk: &Disk,
+    mut batch: Batch,
+    pipe: &Pipe,
+) -> Result<(), StorvscDumpError> {
+    let (blocks, block_size) = disk.capacity();
     let mut lba = 0u64;
     while lba < blocks {
         let left = blocks - lba;
         let extent = device.locate(lba, left).map_err(StorvscDumpError::Map)?;
         let run = extent.sectors().clamp(1, left);
-        if let Extent::Zero { .. } = extent {
-            batch.flush(&disk, out)?;
-            out.zeros(run * u64::from(block_size))
-                .map_err(StorvscDumpError::Write)?;
+        let going = if let Extent::Zero { .. } = extent {
+            batch.flush(disk, pipe)? && pipe.zeros(run * u64::from(block_size))
         } else {
-            batch.add(&disk, lba, run, out)?;
+            batch.add(disk, lba, run, pipe)?
+        };
+        if !going {
+            return Ok(());
         }
         lba += run;
     }
-    batch.flush(&disk, out)?;
-    drop(driver);
-    drop(vm);
-    Ok(size)
+    batch.flush(disk, pipe)?;
+    Ok(())
 }
 
 /// Guest reads gathered into one window of requests in flight, and the
@@ -189,7 +213,6 @@ struct Batch {
     capacity: u64,
     /// Most blocks per request.
     per: u64,
-    buf: Vec<u8>,
 }
 
 impl Batch {
@@ -202,19 +225,18 @@ impl Batch {
             blocks: 0,
             capacity,
             per,
-            buf: vec![0; (capacity * u64::from(block_size)) as usize],
         }
     }
 
     /// Adds the reads of `count` blocks at `lba`, sending the batch each
-    /// time it is full.
+    /// time it is full; false when the writer has stopped.
     fn add(
         &mut self,
         disk: &Disk,
         lba: u64,
         count: u64,
-        out: &mut dyn DiskSink,
-    ) -> Result<(), StorvscDumpError> {
+        pipe: &Pipe,
+    ) -> Result<bool, StorvscDumpError> {
         let mut at = lba;
         let end = lba + count;
         while at < end {
@@ -231,31 +253,33 @@ impl Batch {
             }
             self.blocks += n;
             at += n;
-            if self.blocks == self.capacity {
-                self.flush(disk, out)?;
+            if self.blocks == self.capacity && !self.flush(disk, pipe)? {
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Sends the gathered reads and writes their data to `out` in order.
-    fn flush(&mut self, disk: &Disk, out: &mut dyn DiskSink) -> Result<(), StorvscDumpError> {
+    /// Sends the gathered reads and hands their data to the writer, in
+    /// order; false when the writer has stopped.
+    fn flush(&mut self, disk: &Disk, pipe: &Pipe) -> Result<bool, StorvscDumpError> {
         let Some(&(first, _)) = self.requests.first() else {
-            return Ok(());
+            return Ok(true);
+        };
+        let Some(mut buf) = pipe.take() else {
+            return Ok(false);
         };
         let (_, block_size) = disk.capacity();
         let len = (self.blocks * u64::from(block_size)) as usize;
-        let data = &mut self.buf[..len];
-        block_on(disk.read_many_into(&self.requests, DEPTH, data)).map_err(|source| {
-            StorvscDumpError::Read {
+        block_on(disk.read_many_into(&self.requests, DEPTH, &mut buf[..len])).map_err(
+            |source| StorvscDumpError::Read {
                 first,
                 last: first + self.blocks - 1,
                 source,
-            }
-        })?;
-        out.data(data).map_err(StorvscDumpError::Write)?;
+            },
+        )?;
         self.requests.clear();
         self.blocks = 0;
-        Ok(())
+        Ok(pipe.data(buf, len))
     }
 }

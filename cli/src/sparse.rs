@@ -6,12 +6,14 @@
 //! [`ZERO_BLOCK`] (told by the device, or found in the data) as a hole:
 //! the writer seeks past it, positionally, and sets the length at the end
 //! so trailing holes count. Standard output, pipes and devices get the
-//! zeros written out. It also owns the progress bar of long copies,
-//! shown only when stderr is a terminal.
+//! zeros written out. It also owns [`pipelined`], which writes on one
+//! thread while the disk is read on another, and the progress bar of long
+//! copies, shown only when stderr is a terminal.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -158,6 +160,91 @@ impl DiskSink for Vec<u8> {
         self.extend_from_slice(data);
         Ok(())
     }
+}
+
+/// Why a pipelined copy failed: reading (the producer's error) or writing.
+#[derive(Debug)]
+pub enum PipeError<E> {
+    /// The producer failed.
+    Produce(E),
+    /// The sink failed.
+    Write(OutputError),
+}
+
+/// A piece of the disk, in order.
+enum Piece {
+    /// This many zero bytes.
+    Zeros(u64),
+    /// The first `len` bytes of a buffer from [`Pipe::take`].
+    Data(Vec<u8>, usize),
+}
+
+/// The producer's end of [`pipelined`]: buffers to fill and the way to
+/// hand them, and zero runs, to the writer.
+pub struct Pipe {
+    pieces: SyncSender<Piece>,
+    free: Receiver<Vec<u8>>,
+}
+
+impl Pipe {
+    /// A buffer to fill, once the writer is done with it; `None` when the
+    /// writer stopped (on an error it reports).
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.free.recv().ok()
+    }
+
+    /// Hands the first `len` bytes of `buf` to the writer; false when it
+    /// stopped.
+    pub fn data(&self, buf: Vec<u8>, len: usize) -> bool {
+        self.pieces.send(Piece::Data(buf, len)).is_ok()
+    }
+
+    /// The next `len` bytes are zeros; false when the writer stopped.
+    pub fn zeros(&self, len: u64) -> bool {
+        self.pieces.send(Piece::Zeros(len)).is_ok()
+    }
+}
+
+/// Runs `produce` (reading the disk) on this thread while another writes
+/// what it hands over to `sink`, so reads and writes overlap; `buffers`
+/// buffers of `size` bytes are allocated once and go round. A producer
+/// that finds the pipe closed should stop: the writer's error is then
+/// what is returned.
+pub fn pipelined<E>(
+    sink: &mut (dyn DiskSink + Send),
+    buffers: usize,
+    size: usize,
+    produce: impl FnOnce(&Pipe) -> Result<(), E>,
+) -> Result<(), PipeError<E>> {
+    let (pieces, incoming) = sync_channel::<Piece>(buffers + 1);
+    let (recycle, free) = sync_channel::<Vec<u8>>(buffers);
+    for _ in 0..buffers {
+        // Cannot fail: the channel has room for every buffer.
+        let _ = recycle.send(vec![0u8; size]);
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<(), OutputError> {
+            for piece in incoming {
+                match piece {
+                    Piece::Zeros(len) => sink.zeros(len)?,
+                    Piece::Data(buf, len) => {
+                        sink.data(buf.get(..len).unwrap_or(&buf))?;
+                        let _ = recycle.send(buf);
+                    }
+                }
+            }
+            Ok(())
+        });
+        let pipe = Pipe { pieces, free };
+        let produced = produce(&pipe);
+        // Closing the pipe ends the writer's loop.
+        drop(pipe);
+        let written = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written.map_err(PipeError::Write)?;
+        produced.map_err(PipeError::Produce)
+    })
 }
 
 /// A progress bar of `total` bytes, when stderr is a terminal.
