@@ -91,21 +91,18 @@ fn allocated(path: &Path) -> u64 {
 /// by qemu-io: data in a few blocks (one of them with a zero 64 KiB stretch
 /// inside), the rest never written, and a last block written with zeros.
 fn half_empty_vhdx(dir: &Path) -> std::path::PathBuf {
-    let img = dir.join("half.vhdx");
-    qemu_img(&[
-        "create",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1048576",
-        path_str(&img),
-        "64M",
-    ]);
+    half_empty(dir, "vhdx", "block_size=1048576")
+}
+
+/// The same in qemu-img's format `format` (`vhdx`, or `vpc` for VHD).
+fn half_empty(dir: &Path, format: &str, options: &str) -> std::path::PathBuf {
+    let img = dir.join(format!("half.{format}"));
+    qemu_img(&["create", "-f", format, "-o", options, path_str(&img), "64M"]);
     tool(
         "qemu-io",
         &[
             "-f",
-            "vhdx",
+            format,
             "-c",
             "write -P 0xa5 1M 3M",
             "-c",
@@ -125,19 +122,26 @@ fn half_empty_vhdx(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn dump_of_a_half_empty_image_is_as_sparse_as_qemu_convert() {
     let dir = tempfile::tempdir().unwrap();
-    let img = half_empty_vhdx(dir.path());
-    let theirs = dir.path().join("theirs.raw");
-    qemu_img(&["convert", "-O", "raw", path_str(&img), path_str(&theirs)]);
+    dumps_as_sparse_as_qemu(dir.path(), &half_empty_vhdx(dir.path()));
+    let vhd = half_empty(dir.path(), "vpc", "subformat=dynamic,force_size=on");
+    dumps_as_sparse_as_qemu(dir.path(), &vhd);
+}
+
+/// Dumps `img` both ways and compares bytes and allocation with
+/// `qemu-img convert -O raw`.
+fn dumps_as_sparse_as_qemu(dir: &Path, img: &Path) {
+    let theirs = dir.join("theirs.raw");
+    qemu_img(&["convert", "-O", "raw", path_str(img), path_str(&theirs)]);
     let want = std::fs::read(&theirs).unwrap();
     for direct in [true, false] {
-        let ours = dir.path().join(format!("ours-{direct}.raw"));
+        let ours = dir.join(format!("ours-{direct}.raw"));
         let mut cmd = vmbdev();
         cmd.arg("dump");
         if direct {
             cmd.arg("--direct");
         }
         let out = cmd
-            .args([path_str(&img), "-o", path_str(&ours)])
+            .args([path_str(img), "-o", path_str(&ours)])
             .output()
             .unwrap();
         assert!(
@@ -156,7 +160,7 @@ fn dump_of_a_half_empty_image_is_as_sparse_as_qemu_convert() {
         let slack = 64 << 10;
         assert!(
             allocated(&ours) <= allocated(&theirs) + slack,
-            "direct={direct}: ours takes {} bytes, qemu-img's {}",
+            "{img:?} direct={direct}: ours takes {} bytes, qemu-img's {}",
             allocated(&ours),
             allocated(&theirs)
         );
