@@ -2,17 +2,20 @@
 //! one partition) and writes its bytes to a file (or standard output with
 //! `-o -`), through the storvsc guest driver (default) or straight from the
 //! block device (`--direct`). The output is never one of the images read,
-//! and appears only when the dump is complete.
+//! and appears only when the dump is complete. Both paths ask the device
+//! where its zeros are and never read them; a regular-file output gets
+//! them, and zero blocks found in the data, as holes.
 
-use std::io::{BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
-use vmbdev_block::BlockDevice;
+use vmbdev_block::{BlockDevice, BlockError, Extent};
 
 use crate::dump_storvsp::{StorvscDumpError, dump_through_storvsc};
 use crate::error::CliError;
 use crate::image::{self, FormatChoice, about};
-use crate::output::{Output, OutputError, stdout_error};
+use crate::output::Output;
+use crate::sparse::{Pipe, PipeError, SparseWriter, pipelined};
 
 /// Arguments of `vmbdev dump`.
 #[derive(Debug, clap::Args)]
@@ -36,18 +39,6 @@ pub struct DumpArgs {
 /// Bytes read per request with `--direct`.
 const CHUNK: u64 = 4 << 20;
 
-/// A write error on the output, as the command reports it.
-fn write_error(args: &DumpArgs, e: std::io::Error) -> CliError {
-    if crate::output::is_stdout(&args.output) {
-        CliError::from(stdout_error(e))
-    } else {
-        CliError::from(OutputError::Io {
-            path: args.output.clone(),
-            source: e,
-        })
-    }
-}
-
 /// Runs the dump.
 pub fn run(args: &DumpArgs) -> Result<(), CliError> {
     let opened = image::open(&args.image, args.format)?;
@@ -69,37 +60,81 @@ pub fn run(args: &DumpArgs) -> Result<(), CliError> {
         ));
     }
     let output = Output::create(&args.output, &opened.guard.files)?;
-    let mut out = BufWriter::with_capacity(1 << 20, output);
+    let mut out = SparseWriter::new(output, device.size_bytes())?;
     if args.direct {
-        direct(device.as_ref(), args, &mut out)?;
+        direct(device.as_ref(), &args.image, &mut out)?;
     } else {
         dump_through_storvsc(device, &mut out).map_err(|e| match e {
-            StorvscDumpError::Write(e) => write_error(args, e),
+            StorvscDumpError::Write(e) => CliError::from(e),
             other => about(&args.image, other),
         })?;
     }
-    let output = out
-        .into_inner()
-        .map_err(|e| write_error(args, e.into_error()))?;
-    output.finish()?;
+    out.finish()?;
     drop(opened.guard);
     Ok(())
 }
 
-fn direct(device: &dyn BlockDevice, args: &DumpArgs, out: &mut dyn Write) -> Result<(), CliError> {
+/// Copies the device's bytes to `out`, extent by extent: zero extents are
+/// never read (the device's map says what they hold). Reads run on this
+/// thread while the previous chunk is written on another.
+fn direct(device: &dyn BlockDevice, image: &Path, out: &mut SparseWriter) -> Result<(), CliError> {
+    let failed = |lba: u64, e: BlockError| about(image, format!("{e} at sector {lba}"));
+    pipelined(out, BUFFERS, CHUNK as usize, |pipe| walk(device, pipe)).map_err(|e| match e {
+        PipeError::Produce((lba, e)) => failed(lba, e),
+        PipeError::Write(e) => e.into(),
+    })
+}
+
+/// Buffers going round between reading and writing.
+const BUFFERS: usize = 3;
+
+/// Hands the device's extents to `pipe` in order; stops early (with
+/// success) when the writer has stopped.
+fn walk(device: &dyn BlockDevice, pipe: &Pipe) -> Result<(), (u64, BlockError)> {
     let sector = u64::from(device.logical_sector_size());
-    let size = device.size_bytes();
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut at = 0u64;
-    while at < size {
-        let len = (size - at).min(CHUNK) as usize;
-        let lba = at / sector;
-        device
-            .read_sectors(lba, &mut buf[..len])
-            .map_err(|e| about(&args.image, format!("{e} at sector {lba}")))?;
-        out.write_all(&buf[..len])
-            .map_err(|e| write_error(args, e))?;
-        at += len as u64;
+    let sectors = device.sector_count();
+    let mut lba = 0u64;
+    while lba < sectors {
+        let left = sectors - lba;
+        let extent = device.locate(lba, left).map_err(|e| (lba, e))?;
+        // A device's answer is at least one sector and at most what was
+        // asked; clamp it anyway so a wrong one cannot stall or overrun.
+        let run = extent.sectors().clamp(1, left);
+        let going = match extent {
+            Extent::Zero { .. } => pipe.zeros(run * sector),
+            _ => copy_run(device, lba, run, pipe)?,
+        };
+        if !going {
+            return Ok(());
+        }
+        lba += run;
     }
     Ok(())
+}
+
+/// Reads `count` sectors at `lba` into the pipe's buffers; false when the
+/// writer has stopped.
+fn copy_run(
+    device: &dyn BlockDevice,
+    lba: u64,
+    count: u64,
+    pipe: &Pipe,
+) -> Result<bool, (u64, BlockError)> {
+    let sector = u64::from(device.logical_sector_size());
+    let mut at = lba;
+    while at < lba + count {
+        let Some(mut buf) = pipe.take() else {
+            return Ok(false);
+        };
+        let n = (lba + count - at).min(buf.len() as u64 / sector);
+        let len = (n * sector) as usize;
+        device
+            .read_sectors(at, &mut buf[..len])
+            .map_err(|e| (at, e))?;
+        if !pipe.data(buf, len) {
+            return Ok(false);
+        }
+        at += n;
+    }
+    Ok(true)
 }

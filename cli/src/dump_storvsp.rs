@@ -1,19 +1,20 @@
 //! `vmbdev dump` without `--direct`: reads the whole virtual disk the way a
 //! guest does, through the storvsc driver over a loopback ring to the
-//! storvsp device serving the image, and writes the bytes to a file.
+//! storvsp device serving the image, and writes the bytes to a file. The
+//! runs the device maps as zeros are not read through the guest.
 
-use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
 use futures_lite::future::block_on;
-use indicatif::{ProgressBar, ProgressStyle};
-use vmbdev_block::BlockDevice;
+use vmbdev_block::{BlockDevice, BlockError, Extent};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
-use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, Storvsc};
+use vmbdev_guest::storvsc::{Disk, DriverConfig, DriverError, GuestProfile, Storvsc};
 use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig, VmError};
 
 use crate::messages::sense_text;
+use crate::output::OutputError;
+use crate::sparse::{DiskSink, Pipe, PipeError, pipelined};
 
 /// Why reading through storvsc failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +54,12 @@ pub enum StorvscDumpError {
         /// Image size.
         bytes: u64,
     },
+    /// The device's map could not be read.
+    #[error("{0}")]
+    Map(BlockError),
     /// Writing the output failed.
     #[error("writing the output: {0}")]
-    Write(std::io::Error),
+    Write(OutputError),
 }
 
 /// A driver error in words: a failed SCSI command by its name and sense
@@ -105,11 +109,12 @@ const BATCH_BYTES: u64 = 16 << 20;
 const DEPTH: usize = 16;
 
 /// Reads all of `device` through storvsc → ring → storvsp and writes it to
-/// `out`; returns the bytes written. Shows a progress bar when stderr is a
-/// terminal.
+/// `out`; returns the bytes written. Runs the device says are zeros are
+/// not read: the guest reads what is allocated, as a guest that knows the
+/// disk's map would.
 pub fn dump_through_storvsc(
     device: Arc<dyn BlockDevice>,
-    out: &mut dyn Write,
+    out: &mut (dyn DiskSink + Send),
 ) -> Result<u64, StorvscDumpError> {
     let size = device.size_bytes();
     if size == 0 {
@@ -121,7 +126,7 @@ pub fn dump_through_storvsc(
         target: 0,
         lun: 0,
     };
-    controller.insert(lun, Arc::new(ScsiDisk::new(device)));
+    controller.insert(lun, Arc::new(ScsiDisk::new(device.clone())));
     let config = StorvspConfig {
         max_sub_channels: 1,
         multi_channel: true,
@@ -143,53 +148,138 @@ pub fn dump_through_storvsc(
     ))?;
     let disk = driver.disk(0).ok_or(StorvscDumpError::NoDisk)?;
     let (blocks, block_size) = disk.capacity();
-    if blocks.saturating_mul(u64::from(block_size)) != size {
+    if blocks.saturating_mul(u64::from(block_size)) != size
+        || block_size != device.logical_sector_size()
+    {
         return Err(StorvscDumpError::Capacity {
             blocks,
             block_size,
             bytes: size,
         });
     }
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = ProgressBar::new(size);
-        if let Ok(style) =
-            ProgressStyle::with_template("{bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec} {eta}")
-        {
-            bar.set_style(style);
-        }
-        bar
-    });
-    let per = u64::from(disk.max_blocks_per_request());
-    let batch_blocks = (BATCH_BYTES / u64::from(block_size)).max(per);
-    let mut lba = 0u64;
-    while lba < blocks {
-        let end = (lba + batch_blocks).min(blocks);
-        let mut requests = Vec::new();
-        let mut at = lba;
-        while at < end {
-            let count = (end - at).min(per);
-            requests.push((at, count as u32));
-            at += count;
-        }
-        let chunks = block_on(disk.read_many(&requests, DEPTH)).map_err(|source| {
-            StorvscDumpError::Read {
-                first: lba,
-                last: end - 1,
-                source,
-            }
-        })?;
-        for chunk in &chunks {
-            out.write_all(chunk).map_err(StorvscDumpError::Write)?;
-            if let Some(bar) = &bar {
-                bar.inc(chunk.len() as u64);
-            }
-        }
-        lba = end;
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let batch = Batch::new(&disk, BATCH_BYTES);
+    let bytes = (batch.capacity * u64::from(block_size)) as usize;
+    pipelined(out, BUFFERS, bytes, |pipe| {
+        read_disk(device.as_ref(), &disk, batch, pipe)
+    })
+    .map_err(|e| match e {
+        PipeError::Produce(e) => e,
+        PipeError::Write(e) => StorvscDumpError::Write(e),
+    })?;
     drop(driver);
     drop(vm);
     Ok(size)
+}
+
+/// Buffers going round between the guest's reads and the writer.
+const BUFFERS: usize = 3;
+
+/// Reads the disk's allocated runs through the guest driver into `pipe`,
+/// and hands over the zero runs the device maps without reading them.
+fn read_disk(
+    device: &dyn BlockDevice,
+    disk: &Disk,
+    mut batch: Batch,
+    pipe: &Pipe,
+) -> Result<(), StorvscDumpError> {
+    let (blocks, block_size) = disk.capacity();
+    let mut lba = 0u64;
+    while lba < blocks {
+        let left = blocks - lba;
+        let extent = device.locate(lba, left).map_err(StorvscDumpError::Map)?;
+        let run = extent.sectors().clamp(1, left);
+        let going = if let Extent::Zero { .. } = extent {
+            batch.flush(disk, pipe)? && pipe.zeros(run * u64::from(block_size))
+        } else {
+            batch.add(disk, lba, run, pipe)?
+        };
+        if !going {
+            return Ok(());
+        }
+        lba += run;
+    }
+    batch.flush(disk, pipe)?;
+    Ok(())
+}
+
+/// Guest reads gathered into one window of requests in flight, and the
+/// buffer their data lands in (allocated once).
+struct Batch {
+    /// `(lba, blocks)` of each request, each at most the disk's maximum.
+    requests: Vec<(u64, u32)>,
+    /// Blocks the requests cover.
+    blocks: u64,
+    /// Most blocks a batch holds.
+    capacity: u64,
+    /// Most blocks per request.
+    per: u64,
+}
+
+impl Batch {
+    fn new(disk: &Disk, bytes: u64) -> Self {
+        let (_, block_size) = disk.capacity();
+        let per = u64::from(disk.max_blocks_per_request());
+        let capacity = (bytes / u64::from(block_size)).max(per);
+        Self {
+            requests: Vec::with_capacity(capacity.div_ceil(per) as usize + 1),
+            blocks: 0,
+            capacity,
+            per,
+        }
+    }
+
+    /// Adds the reads of `count` blocks at `lba`, sending the batch each
+    /// time it is full; false when the writer has stopped.
+    fn add(
+        &mut self,
+        disk: &Disk,
+        lba: u64,
+        count: u64,
+        pipe: &Pipe,
+    ) -> Result<bool, StorvscDumpError> {
+        let mut at = lba;
+        let end = lba + count;
+        while at < end {
+            let room = self.capacity - self.blocks;
+            let n = (end - at).min(self.per).min(room);
+            // Runs that meet are one request, as a block layer merges them.
+            match self.requests.last_mut() {
+                Some((first, blocks))
+                    if *first + u64::from(*blocks) == at && u64::from(*blocks) + n <= self.per =>
+                {
+                    *blocks += n as u32;
+                }
+                _ => self.requests.push((at, n as u32)),
+            }
+            self.blocks += n;
+            at += n;
+            if self.blocks == self.capacity && !self.flush(disk, pipe)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends the gathered reads and hands their data to the writer, in
+    /// order; false when the writer has stopped.
+    fn flush(&mut self, disk: &Disk, pipe: &Pipe) -> Result<bool, StorvscDumpError> {
+        let Some(&(first, _)) = self.requests.first() else {
+            return Ok(true);
+        };
+        let Some(mut buf) = pipe.take() else {
+            return Ok(false);
+        };
+        let (_, block_size) = disk.capacity();
+        let len = (self.blocks * u64::from(block_size)) as usize;
+        block_on(disk.read_many_into(&self.requests, DEPTH, &mut buf[..len])).map_err(
+            |source| StorvscDumpError::Read {
+                first,
+                last: first + self.blocks - 1,
+                source,
+            },
+        )?;
+        self.requests.clear();
+        self.blocks = 0;
+        Ok(pipe.data(buf, len))
+    }
 }

@@ -1,8 +1,10 @@
 //! `vmbdev info`: describes a disk image — format, geometry, VHDX state
 //! (BAT, log, parent chain), VHD state (type, CHS geometry, creator, blocks,
-//! parent), partitions and the file system on each — as
-//! aligned key/value lines or, with `--json`, one JSON object.
+//! parent), host file size and allocated bytes, partitions and the file
+//! system on each — as aligned key/value lines or, with `--json`, one JSON
+//! object.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use vmbdev_vhdx::{BatCounts, Guid, LogState, Vhdx};
 
 use crate::error::{CliError, print_stdout};
 use crate::image::{self, Disk, FormatChoice, about};
-use crate::messages::escape_name;
+use crate::messages::{escape_name, os_error};
 
 /// Arguments of `vmbdev info`.
 #[derive(Debug, clap::Args)]
@@ -40,6 +42,11 @@ pub struct ImageReport {
     pub format: &'static str,
     /// Virtual disk size in bytes.
     pub virtual_size: u64,
+    /// Length of the image file on the host, in bytes.
+    pub file_size: u64,
+    /// Host storage the image file takes (`st_blocks` × 512): less than
+    /// its length when it is sparse.
+    pub allocated_bytes: u64,
     /// Logical sector size in bytes.
     pub logical_sector_size: u32,
     /// Physical sector size in bytes.
@@ -203,6 +210,9 @@ pub fn inspect(path: &Path, format: FormatChoice) -> Result<ImageReport, CliErro
             Arc::new(raw)
         }
     };
+    let meta = std::fs::metadata(path).map_err(|e| about(path, os_error(&e)))?;
+    report.file_size = meta.len();
+    report.allocated_bytes = meta.blocks().saturating_mul(512);
     tracing::debug!(path = %path.display(), format = report.format, size = report.virtual_size, "opened image");
     let parts = survey(device.clone()).map_err(|e| about(path, e))?;
     report.partitions = parts
@@ -219,6 +229,8 @@ fn device_report(path: &Path, format: &'static str, device: &dyn BlockDevice) ->
         path: path.display().to_string(),
         format,
         virtual_size: device.size_bytes(),
+        file_size: 0,
+        allocated_bytes: 0,
         logical_sector_size: device.logical_sector_size(),
         physical_sector_size: device.physical_sector_size(),
         block_size: None,
@@ -409,6 +421,8 @@ fn render(r: &ImageReport) -> String {
         ("image".into(), escape_name(&r.path)),
         ("format".into(), r.format.to_uppercase()),
         ("virtual size".into(), size_text(r.virtual_size)),
+        ("file size".into(), size_text(r.file_size)),
+        ("allocated".into(), size_text(r.allocated_bytes)),
         (
             "logical sector size".into(),
             r.logical_sector_size.to_string(),

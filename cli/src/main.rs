@@ -24,6 +24,7 @@ mod output;
 mod pack;
 mod serve;
 mod signals;
+mod sparse;
 
 use std::process::ExitCode;
 

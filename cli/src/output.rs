@@ -296,6 +296,42 @@ impl Output {
         }
     }
 
+    /// The open temporary of a regular-file output (which takes holes and
+    /// positional writes); none for standard output and special files.
+    pub fn staged_file(&self) -> Option<&File> {
+        match self {
+            Output::Staged { file, .. } => file.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// A second handle on a stream output's descriptor (standard output or
+    /// a special file), for writes that bypass standard output's line
+    /// buffering.
+    pub fn stream_file(&self) -> std::io::Result<File> {
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Output::Stdout(out) => out.as_fd().try_clone_to_owned()?,
+            Output::InPlace { file, .. } => file.as_fd().try_clone_to_owned()?,
+            Output::Staged { file, .. } => match file {
+                Some(f) => f.as_fd().try_clone_to_owned()?,
+                None => return Err(std::io::Error::other("already finished")),
+            },
+        };
+        Ok(File::from(fd))
+    }
+
+    /// An I/O error on this output, naming it.
+    pub fn error(&self, source: std::io::Error) -> OutputError {
+        match self {
+            Output::Stdout(_) => stdout_error(source),
+            Output::InPlace { path, .. } | Output::Staged { path, .. } => OutputError::Io {
+                path: path.clone(),
+                source,
+            },
+        }
+    }
+
     /// Writes `data`, naming the output in an error.
     pub fn write_all(&mut self, data: &[u8]) -> Result<(), OutputError> {
         match self {

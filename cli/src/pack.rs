@@ -3,8 +3,11 @@
 
 use std::path::PathBuf;
 
-use vmbdev_pack::PackFs;
-use vmbdev_pack::{PackOptions, pack_directory};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use vmbdev_pack::{PackFs, PackOptions, PackStep, Progress, pack_directory};
 
 use crate::error::{CliError, print_stdout};
 use crate::image::about;
@@ -100,6 +103,47 @@ fn check_output(args: &PackArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Work shorter than this shows no progress bar.
+const QUIET_FOR: Duration = Duration::from_millis(700);
+
+/// A progress bar for the pack's long steps, when stderr is a terminal:
+/// it appears only once a step has run for [`QUIET_FOR`], so a quick pack
+/// prints nothing but its summary.
+fn progress() -> Progress {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return Progress::default();
+    }
+    let state: Mutex<Option<(PackStep, Instant, Option<ProgressBar>)>> = Mutex::new(None);
+    Progress::new(move |step, done, total| {
+        let Ok(mut state) = state.lock() else {
+            return;
+        };
+        if state.as_ref().is_none_or(|(s, ..)| *s != step) {
+            if let Some((_, _, Some(bar))) = state.take() {
+                bar.finish_and_clear();
+            }
+            *state = Some((step, Instant::now(), None));
+        }
+        let Some((_, started, bar)) = state.as_mut() else {
+            return;
+        };
+        if bar.is_none() && started.elapsed() >= QUIET_FOR && done < total {
+            let shown = crate::sparse::progress_bar(total).unwrap_or_else(ProgressBar::hidden);
+            shown.set_message(match step {
+                PackStep::Files => "copying files",
+                PackStep::Image => "writing the VHDX",
+            });
+            *bar = Some(shown);
+        }
+        if let Some(bar) = bar {
+            bar.set_position(done);
+            if done >= total {
+                bar.finish_and_clear();
+            }
+        }
+    })
+}
+
 /// Runs the pack and prints a one-line summary.
 pub fn run(args: &PackArgs) -> Result<(), CliError> {
     let FsChoice::Fat32 = args.fs;
@@ -115,6 +159,7 @@ pub fn run(args: &PackArgs) -> Result<(), CliError> {
         block_size: args.block_size,
         label: args.label.clone(),
         timestamp: None,
+        progress: progress(),
     };
     let report = pack_directory(&args.dir, &args.out, &options)?;
     print_stdout(&format!(

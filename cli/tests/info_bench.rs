@@ -1,6 +1,7 @@
 //! `vmbdev info` against images made by qemu-img, sgdisk, mkfs.vfat and
 //! mke2fs, checked against what those tools report; hostile files exit 1
-//! with one line; `vmbdev bench --quick --json` yields positive figures.
+//! with one line; host file size and allocated bytes are what `stat`
+//! says; `vmbdev bench --quick --json` yields positive figures.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -521,6 +522,55 @@ fn quick_bench_json_has_positive_figures() {
         assert!(
             (ratio - value / baseline).abs() <= 1e-9 * ratio.max(1.0),
             "{r}"
+        );
+    }
+}
+
+/// `stat -c FORMAT path` as a number.
+fn stat(format: &str, path: &Path) -> u64 {
+    tool("stat", &["-L", "-c", format, path_str(path)])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn host_file_size_and_allocated_bytes_are_what_stat_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhdx = dir.path().join("d.vhdx");
+    qemu_img(&["create", "-f", "vhdx", path_str(&vhdx), "1G"]);
+    tool(
+        "qemu-io",
+        &["-f", "vhdx", "-c", "write -P 0x61 5M 3M", path_str(&vhdx)],
+    );
+    // A sparse raw disk: 64 MiB long, a few KiB allocated.
+    let raw = dir.path().join("sparse.img");
+    let file = std::fs::File::create(&raw).unwrap();
+    file.set_len(64 * MIB).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x55; 8192], 10 * MIB).unwrap();
+    drop(file);
+    for image in [&vhdx, &raw] {
+        let size = stat("%s", image);
+        let allocated = stat("%b", image) * stat("%B", image);
+        assert!(allocated < size, "{image:?} is not sparse");
+        let json = info_json(image);
+        assert_eq!(u(&json["file_size"]), size, "{image:?}");
+        assert_eq!(u(&json["allocated_bytes"]), allocated, "{image:?}");
+        let text = vmbdev(&["info", path_str(image)]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        let line = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or_else(|| panic!("no {key:?} line in {text}"))
+                .to_owned()
+        };
+        assert!(
+            line("file size").contains(&format!(" {size} bytes")),
+            "{text}"
+        );
+        assert!(
+            line("allocated").contains(&format!(" {allocated} bytes")),
+            "{text}"
         );
     }
 }

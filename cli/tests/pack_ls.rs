@@ -1,7 +1,10 @@
 //! `vmbdev pack` and `vmbdev ls`: a packed tree lists exactly the source
 //! tree (compared with a walk of the source directory), also for an image
 //! made by mkfs.vfat + mcopy and converted by qemu-img; hostile images and
-//! missing paths exit 1 with one message line, usage errors exit 2.
+//! missing paths exit 1 with one message line, usage errors exit 2. A
+//! 1 TiB pack of a small tree takes little host storage and lists right;
+//! disk and block sizes it cannot honour are refused before anything is
+//! written.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -322,4 +325,66 @@ fn bad_sources_and_paths_exit_1_and_usage_errors_exit_2() {
             .code(),
         Some(2)
     );
+}
+
+#[test]
+fn a_one_tib_pack_of_a_small_tree_is_small_and_lists_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let vhdx = tmp.path().join("big.vhdx");
+    let out = vmbdev(&["pack", path_str(&src), path_str(&vhdx), "--size", "1T"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["info", "--output=json", path_str(&vhdx)])).unwrap();
+    assert_eq!(info["virtual-size"].as_u64(), Some(1 << 40));
+    qemu_img(&["check", path_str(&vhdx)]);
+    // Boot sector, the used heads of both FATs, the root directory, the
+    // files and the two GPTs: a few MiB at most, not the FATs' 2 x 128 MiB
+    // nor the disk's terabyte.
+    let taken = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&vhdx).unwrap()) * 512;
+    assert!(taken < 8 * MIB, "the image takes {taken} bytes");
+    assert_eq!(ls_json(&vhdx, &[]), walk(&src));
+}
+
+#[test]
+fn sizes_pack_cannot_honour_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let out = tmp.path().join("o.vhdx");
+    let pack = |extra: &[&str]| {
+        let mut args = vec!["pack", path_str(&src), path_str(&out)];
+        args.extend_from_slice(extra);
+        vmbdev(&args)
+    };
+    for (extra, says) in [
+        (&["--size", "3T"][..], "too large"),
+        (&["--size", "100000001"], "not a multiple of 512"),
+        (&["--size", "1K"], "too small"),
+        (&["--size", "64M", "--block-size", "128M"], "larger than"),
+    ] {
+        let run = pack(extra);
+        assert_fails_with_one_line(&run, 1);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?} left an output");
+    }
+    for extra in [
+        &["--size", "1.5G"][..],
+        &["--size", "99999999999T"],
+        &["--block-size", "0"],
+        &["--block-size", "512M"],
+    ] {
+        assert_eq!(pack(extra).status.code(), Some(2), "{extra:?}");
+    }
+    let names: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["src"], "scratch files were left behind");
 }

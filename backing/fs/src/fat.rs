@@ -429,13 +429,19 @@ impl FatTree {
             })?;
             at += 1;
         }
+        self.remember(first, index, cluster);
+        Ok(cluster)
+    }
+
+    /// Notes that cluster `index` of the chain from `first` is `cluster`,
+    /// so the next seek along it starts there.
+    fn remember(&self, first: u32, index: u64, cluster: u32) {
         if let Ok(mut handles) = self.handles.lock() {
             if handles.len() >= HANDLE_CACHE && !handles.contains_key(&first) {
                 handles.clear();
             }
             handles.insert(first, (index, cluster));
         }
-        Ok(cluster)
     }
 }
 
@@ -480,9 +486,20 @@ impl FileTree for FatTree {
         let mut done = 0usize;
         while done < want {
             let at = offset + done as u64;
-            let cluster = self.seek_cluster(entry.first_cluster, at / self.cluster_bytes)?;
+            let index = at / self.cluster_bytes;
+            let cluster = self.seek_cluster(entry.first_cluster, index)?;
             let within = at % self.cluster_bytes;
-            let n = ((self.cluster_bytes - within) as usize).min(want - done);
+            let mut n = ((self.cluster_bytes - within) as usize).min(want - done);
+            // Clusters that follow each other on the volume are read in one
+            // request, not one each.
+            let mut last = cluster;
+            while done + n < want && self.next_cluster(last)? == Some(last + 1) {
+                last += 1;
+                n = (n + self.cluster_bytes as usize).min(want - done);
+            }
+            if last != cluster {
+                self.remember(entry.first_cluster, index + u64::from(last - cluster), last);
+            }
             read_bytes(
                 &*self.device,
                 self.cluster_offset(cluster) + within,

@@ -16,11 +16,12 @@ mod fat_names;
 pub mod fat_writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fat_writer::{
     FatLayout, FatOptions, FatSource, FatWriteError, OffsetWriter, WriteAt, min_fat32_sectors,
 };
-use vmbdev_block::{BlockDevice, BlockError, RawFile, check_request};
+use vmbdev_block::{BlockDevice, BlockError, Extent, RawFile, check_request, check_sectors};
 use vmbdev_fs::{FileTree, HostDirTree, TreeError};
 use vmbdev_partition::{
     BASIC_DATA_PARTITION, GptPartition, GptWriteError, build_gpt, gpt_usable_range,
@@ -59,6 +60,70 @@ pub struct PackOptions {
     /// Timestamp of every entry (Unix seconds); `None` uses the current
     /// time.
     pub timestamp: Option<u64>,
+    /// Told how far the pack has come.
+    pub progress: Progress,
+}
+
+/// The steps of a pack that take time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackStep {
+    /// Writing the volume: the tree's file bytes (counted in bytes of the
+    /// tree's files).
+    Files,
+    /// Writing the VHDX (counted in bytes of the virtual disk looked at;
+    /// its unwritten parts are passed over without reading).
+    Image,
+}
+
+/// A function told `(step, done, total)` as a pack goes; none by default.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<ProgressFn>>);
+
+/// What a [`Progress`] calls.
+pub type ProgressFn = dyn Fn(PackStep, u64, u64) + Send + Sync;
+
+impl Progress {
+    /// Calls `f` as the pack goes.
+    pub fn new(f: impl Fn(PackStep, u64, u64) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    fn tell(&self, step: PackStep, done: u64, total: u64) {
+        if let Some(f) = &self.0 {
+            f(step, done.min(total), total);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress(set)"
+        } else {
+            "Progress(none)"
+        })
+    }
+}
+
+/// The scratch disk as the volume writer sees it, counting the bytes
+/// written (nearly all of them the files' bytes) for the progress.
+struct Counting<'a> {
+    file: &'a std::fs::File,
+    written: std::sync::atomic::AtomicU64,
+    total: u64,
+    progress: &'a Progress,
+}
+
+impl WriteAt for Counting<'_> {
+    fn write_all_at(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self.file, bytes, offset)?;
+        let done = self
+            .written
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.progress
+            .tell(PackStep::Files, done + bytes.len() as u64, self.total);
+        Ok(())
+    }
 }
 
 /// What was packed.
@@ -117,6 +182,25 @@ pub enum PackError {
         /// Smallest disk that works.
         min_disk: u64,
     },
+    /// The disk size is more than a FAT32 volume can fill.
+    #[error(
+        "a disk of {disk_size} bytes is too large: a FAT32 volume of {SECTOR_SIZE}-byte sectors counts at most {} sectors, so the disk may be at most {max_disk} bytes",
+        u32::MAX
+    )]
+    DiskTooLarge {
+        /// Disk size asked for.
+        disk_size: u64,
+        /// Largest disk that works.
+        max_disk: u64,
+    },
+    /// The VHDX block size is larger than the disk.
+    #[error("a VHDX block size of {block_size} bytes is larger than the {disk_size}-byte disk")]
+    BlockLargerThanDisk {
+        /// Block size asked for.
+        block_size: u32,
+        /// Disk size.
+        disk_size: u64,
+    },
     /// The disk size is not a whole number of sectors.
     #[error("disk size {0} is not a multiple of {SECTOR_SIZE}")]
     UnalignedDiskSize(u64),
@@ -144,6 +228,7 @@ pub struct PackedDisk {
     file: tempfile::NamedTempFile,
     device: RawFile,
     report: PackReport,
+    progress: Progress,
 }
 
 impl PackedDisk {
@@ -177,11 +262,36 @@ impl BlockDevice for PackedDisk {
     }
     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         let offset = check_request(self, lba, buf.len())?;
+        let end = offset + buf.len() as u64;
+        self.progress.tell(PackStep::Image, end, self.size_bytes());
         if self.is_hole(offset, buf.len() as u64) {
             buf.fill(0);
             return Ok(());
         }
         self.device.read_sectors(lba, buf)
+    }
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        check_sectors(self.sector_count(), SECTOR_SIZE, lba, count)?;
+        let ss = u64::from(SECTOR_SIZE);
+        let (offset, len) = (lba * ss, count * ss);
+        // Holes are what was never written: the free clusters, the unused
+        // tail of each FAT, the gaps around the partition.
+        let hole = match rustix::fs::seek(self.file.as_file(), rustix::fs::SeekFrom::Data(offset)) {
+            Ok(next_data) => next_data.saturating_sub(offset).min(len) / ss,
+            Err(rustix::io::Errno::NXIO) => count,
+            Err(_) => 0,
+        };
+        if hole > 0 {
+            let end = offset + hole * ss;
+            self.progress.tell(PackStep::Image, end, self.size_bytes());
+            return Ok(Extent::Zero { sectors: hole });
+        }
+        let data_end =
+            match rustix::fs::seek(self.file.as_file(), rustix::fs::SeekFrom::Hole(offset)) {
+                Ok(end) => end.saturating_sub(offset).div_ceil(ss).clamp(1, count),
+                Err(_) => count,
+            };
+        self.device.locate(lba, data_end)
     }
 }
 
@@ -216,6 +326,12 @@ pub fn pack_tree(
     let block_size = options
         .block_size
         .unwrap_or_else(|| default_block_size(report.disk_size));
+    if u64::from(block_size) > report.disk_size {
+        return Err(PackError::BlockLargerThanDisk {
+            block_size,
+            disk_size: report.disk_size,
+        });
+    }
     report.block_size = block_size;
     let opts = WriteOptions {
         block_size,
@@ -289,6 +405,13 @@ pub fn build_disk(
     }
     let last_lba = end - 1;
     let volume_sectors = end - first_lba;
+    // The boot sector counts the volume's sectors in 32 bits.
+    if volume_sectors > u64::from(u32::MAX) {
+        return Err(PackError::DiskTooLarge {
+            disk_size,
+            max_disk: disk_bytes_for_volume(u64::from(u32::MAX) / (ALIGN / ss) * (ALIGN / ss)),
+        });
+    }
     if volume_sectors < min_fat32_sectors(SECTOR_SIZE) {
         return Err(too_small());
     }
@@ -335,10 +458,16 @@ pub fn build_disk(
         .map_err(scratch_err(&path))?;
     disk.write_all_at(tables.backup_lba * ss, &tables.backup)
         .map_err(scratch_err(&path))?;
+    let counting = Counting {
+        file: disk,
+        written: 0.into(),
+        total: layout.source().file_bytes(),
+        progress: &options.progress,
+    };
     layout.write(
         tree,
         &OffsetWriter {
-            inner: disk,
+            inner: &counting,
             base: first_lba * ss,
         },
     )?;
@@ -359,6 +488,7 @@ pub fn build_disk(
         file,
         device,
         report,
+        progress: options.progress.clone(),
     })
 }
 

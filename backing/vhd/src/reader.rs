@@ -16,7 +16,9 @@ use crate::parent::{
     MAX_LOCATOR_BYTES, ParentLocator, candidates, code_text, decode_path, locator_entries,
     parent_name,
 };
-use vmbdev_block::{BlockDevice, BlockError, ReadAt, check_request, read_exact_at};
+use vmbdev_block::{
+    BlockDevice, BlockError, Extent, ReadAt, check_request, check_sectors, read_exact_at,
+};
 
 /// Deepest differencing chain accepted (child plus parents).
 pub const MAX_CHAIN_DEPTH: usize = 16;
@@ -772,6 +774,45 @@ impl BlockDevice for Vhd {
     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         let offset = check_request(self, lba, buf.len())?;
         self.read_bytes(offset, buf)
+    }
+    fn locate(&self, lba: u64, count: u64) -> Result<Extent<'_>, BlockError> {
+        check_sectors(self.sector_count(), SECTOR as u32, lba, count)?;
+        let Some(sparse) = &self.sparse else {
+            // A fixed disk's bytes are the file's, from offset 0.
+            return Ok(match self.file.host_fd() {
+                Some(fd) => Extent::File {
+                    fd,
+                    offset: lba * SECTOR,
+                    sectors: count,
+                },
+                None => Extent::Copy { sectors: count },
+            });
+        };
+        if count == 0 {
+            return Ok(Extent::Copy { sectors: 0 });
+        }
+        let (offset, len) = (lba * SECTOR, count * SECTOR);
+        let block = offset / sparse.block_size;
+        let here = (sparse.block_size - offset % sparse.block_size).min(len);
+        // Without a parent an unallocated block reads as zeros; runs of
+        // them are one extent.
+        let zero = |b: u64| {
+            self.parent.is_none() && matches!(sparse.bat.get(b as usize), Some(&UNALLOCATED) | None)
+        };
+        if !zero(block) {
+            return Ok(Extent::Copy {
+                sectors: here / SECTOR,
+            });
+        }
+        let mut run = here;
+        let mut next = block + 1;
+        while run < len && zero(next) {
+            run += sparse.block_size.min(len - run);
+            next += 1;
+        }
+        Ok(Extent::Zero {
+            sectors: run / SECTOR,
+        })
     }
 }
 

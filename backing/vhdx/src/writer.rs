@@ -27,7 +27,7 @@ use crate::format::{
 };
 use crate::parent::encode_locator;
 use crate::reader::Vhdx;
-use vmbdev_block::{BlockDevice, BlockError};
+use vmbdev_block::{BlockDevice, BlockError, Extent};
 
 /// Log placement and size in written images.
 const LOG_OFFSET: u64 = MIB;
@@ -109,6 +109,27 @@ impl Output<'_> {
                 source,
             })
     }
+
+    /// Writes a payload block's `bytes` at `offset` of the new file,
+    /// leaving its all-zero 4 KiB pieces as holes (they read as zeros; the
+    /// file's length is set at the end), so a block holding a few sectors
+    /// of data takes a few sectors of the host disk.
+    fn write_block(&self, offset: u64, bytes: &[u8]) -> Result<(), WriteError> {
+        const PIECE: usize = 4096;
+        let zero = |piece: &[u8]| piece.iter().fold(0u8, |a, &b| a | b) == 0;
+        let mut start = 0;
+        while start < bytes.len() {
+            let mut end = start;
+            while end < bytes.len() && !zero(&bytes[end..(end + PIECE).min(bytes.len())]) {
+                end = (end + PIECE).min(bytes.len());
+            }
+            if end > start {
+                self.write(offset + start as u64, &bytes[start..end])?;
+            }
+            start = (end + PIECE).min(bytes.len());
+        }
+        Ok(())
+    }
 }
 
 fn random_guid() -> Guid {
@@ -158,6 +179,15 @@ pub fn write_vhdx(
     let content = |block: u64| -> Result<BlockContent, WriteError> {
         let start = block * block_size;
         let len = block_size.min(disk_size - start);
+        // A block the source maps as zeros is left out unread, so a large,
+        // mostly empty source costs time for its data only.
+        if !opts.fixed
+            && let Extent::Zero { sectors } =
+                source.locate(start / source_sector, len / source_sector)?
+            && sectors * source_sector >= len
+        {
+            return Ok(BlockContent::Absent(bat_state::ZERO));
+        }
         let mut data = vec![0u8; block_size as usize];
         source.read_sectors(start / source_sector, &mut data[..len as usize])?;
         if !opts.fixed && data.iter().all(|b| *b == 0) {
@@ -310,12 +340,12 @@ fn write_image(
         match content(block)? {
             BlockContent::Absent(state) => bat[index] = u64::from(state),
             BlockContent::Present(data) => {
-                output.write(next, &data)?;
+                output.write_block(next, &data)?;
                 bat[index] = next | u64::from(bat_state::FULLY_PRESENT);
                 next += block_size;
             }
             BlockContent::Partial(data, present) => {
-                output.write(next, &data)?;
+                output.write_block(next, &data)?;
                 bat[index] = next | u64::from(bat_state::PARTIALLY_PRESENT);
                 next += block_size;
                 let bitmap = bitmaps

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use vmbdev_protocol::scsi::Opcode;
 use vmbdev_protocol::vstor::DataDirection;
 
-use super::channel::{Inner, good, srb_error};
+use super::channel::{Buffer, Inner, good, srb_error};
 use super::window::run_windowed;
 use super::{DiskInfo, DriverError};
 use crate::storvsc::{InquiryInfo, SrbCompletion, cdb};
@@ -137,6 +137,44 @@ impl Disk {
         Ok(chunks)
     }
 
+    /// Reads each `(lba, count)` (each at most
+    /// [`max_blocks_per_request`](Self::max_blocks_per_request)) with up
+    /// to `depth` requests in flight, copying the data into `out` in
+    /// request order (`out` is exactly as long as the requests): the
+    /// caller's buffer, so a long copy allocates nothing per request.
+    pub async fn read_many_into(
+        &self,
+        requests: &[(u64, u32)],
+        depth: usize,
+        out: &mut [u8],
+    ) -> Result<(), DriverError> {
+        let block = u64::from(self.info.block_size);
+        let total = requests.iter().fold(0u64, |sum, &(_, count)| {
+            sum.saturating_add(u64::from(count).saturating_mul(block))
+        });
+        if total != out.len() as u64 {
+            return Err(DriverError::BufferLength {
+                wanted: total,
+                given: out.len(),
+            });
+        }
+        let mut rest = out;
+        let reads = requests.iter().map(|&(lba, count)| {
+            let (dst, tail) =
+                std::mem::take(&mut rest).split_at_mut((u64::from(count) * block) as usize);
+            rest = tail;
+            self.read_into(lba, count, dst)
+        });
+        run_windowed(reads, depth, |_, result| result.map(drop)).await
+    }
+
+    /// One READ SRB whose data is copied into `dst`.
+    async fn read_into(&self, lba: u64, count: u32, dst: &mut [u8]) -> Result<(), DriverError> {
+        let (_, buffer) = self.read_srb(lba, count).await?;
+        buffer.range.read_at(&self.inner.memory, 0, dst)?;
+        Ok(())
+    }
+
     /// Reads each `(lba, count)` with up to `depth` in flight, leaving the
     /// data in guest memory (as a guest whose DMA lands in its page cache);
     /// returns the bytes moved.
@@ -165,6 +203,18 @@ impl Disk {
         count: u32,
         copy: bool,
     ) -> Result<(u64, Vec<u8>), DriverError> {
+        let (len, buffer) = self.read_srb(lba, count).await?;
+        if !copy {
+            return Ok((u64::from(len), Vec::new()));
+        }
+        let mut data = vec![0u8; len as usize];
+        buffer.range.read_at(&self.inner.memory, 0, &mut data)?;
+        Ok((u64::from(len), data))
+    }
+
+    /// Sends one READ SRB and checks its completion; returns the length
+    /// and the guest buffer holding the data.
+    async fn read_srb(&self, lba: u64, count: u32) -> Result<(u32, Buffer), DriverError> {
         self.check(lba, u64::from(count))?;
         let wanted = u64::from(count) * u64::from(self.info.block_size);
         let len = u32::try_from(wanted).map_err(|_| DriverError::OutOfRange {
@@ -188,12 +238,7 @@ impl Disk {
                 moved: completion.transferred,
             });
         }
-        if !copy {
-            return Ok((u64::from(len), Vec::new()));
-        }
-        let mut data = vec![0u8; len as usize];
-        buffer.range.read_at(&self.inner.memory, 0, &mut data)?;
-        Ok((u64::from(len), data))
+        Ok((len, buffer))
     }
 
     /// Sends a WRITE(10) of `data` (whole blocks) at `lba`; the completion

@@ -123,6 +123,14 @@ pub enum DriverError {
         /// Bytes moved.
         moved: u32,
     },
+    /// A caller's buffer is not as long as the reads it is to receive.
+    #[error("a buffer of {given} bytes for reads of {wanted} bytes")]
+    BufferLength {
+        /// Bytes the reads return (saturated at `u64::MAX`).
+        wanted: u64,
+        /// Bytes of the buffer.
+        given: usize,
+    },
     /// A read outside the disk or of zero blocks.
     #[error("read of {count} blocks at LBA {lba} is outside a disk of {blocks} blocks")]
     OutOfRange {
