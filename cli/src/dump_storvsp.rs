@@ -9,8 +9,8 @@ use futures_lite::future::block_on;
 use vmbdev_block::{BlockDevice, BlockError, Extent};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
-use vmbdev_guest::storvsc::{Disk, DriverConfig, DriverError, GuestProfile, Storvsc};
-use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig, VmError};
+use vmbdev_guest::storvsc::{Disk, DriverConfig, DriverError, GuestProfile};
+use vmbdev_loopback::storvsp::{StartError, StorvspVm, StorvspVmConfig, VmError};
 
 use crate::messages::sense_text;
 use crate::output::OutputError;
@@ -133,19 +133,16 @@ pub fn dump_through_storvsc(
         ..StorvspConfig::default()
     };
     let storvsp = Arc::new(StorvspDevice::new(config, controller)?);
-    let (vm, primary) = StorvspVm::start(storvsp, StorvspVmConfig::default())?;
-    let opener = vm.opener();
-    let driver = block_on(Storvsc::connect(
-        primary,
-        vm.memory(),
-        vm.pages(),
-        opener.as_ref(),
-        &DriverConfig {
-            profile: GuestProfile::Linux,
-            cpus: 2,
-            buffer_offset: 0,
-        },
-    ))?;
+    let config = DriverConfig {
+        profile: GuestProfile::Linux,
+        cpus: 2,
+        buffer_offset: 0,
+    };
+    let (vm, driver) = StorvspVm::start_with_storvsc(storvsp, StorvspVmConfig::default(), &config)
+        .map_err(|e| match e {
+            StartError::Vm(e) => StorvscDumpError::Vm(e),
+            StartError::Driver(e) => StorvscDumpError::Driver(e),
+        })?;
     let disk = driver.disk(0).ok_or(StorvscDumpError::NoDisk)?;
     let (blocks, block_size) = disk.capacity();
     if blocks.saturating_mul(u64::from(block_size)) != size
