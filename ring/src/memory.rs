@@ -780,6 +780,22 @@ impl GuestMemory {
         self.atomic_u64(gpa)?.store(value.to_le(), order);
         Ok(())
     }
+
+    /// Atomically ORs `bits` into the little-endian `u64` at `gpa`
+    /// (8-aligned); returns the previous value.
+    pub fn fetch_or_u64(&self, gpa: u64, bits: u64, order: Ordering) -> Result<u64, MemoryError> {
+        Ok(u64::from_le(
+            self.atomic_u64(gpa)?.fetch_or(bits.to_le(), order),
+        ))
+    }
+
+    /// Atomically ANDs `mask` into the little-endian `u64` at `gpa`
+    /// (8-aligned); returns the previous value.
+    pub fn fetch_and_u64(&self, gpa: u64, mask: u64, order: Ordering) -> Result<u64, MemoryError> {
+        Ok(u64::from_le(
+            self.atomic_u64(gpa)?.fetch_and(mask.to_le(), order),
+        ))
+    }
 }
 
 impl Mapping {
