@@ -279,8 +279,9 @@ impl<H: VmbusHost> SynicHost<H> {
         Self { synic, inner }
     }
 
-    /// The guest wrote EOM on `vp`: the server sends what waits for a slot.
-    /// The queue is the server's, bounded by its
+    /// The guest wrote EOM (on any vCPU): the server posts what waits for
+    /// a slot, oldest first, until a slot is full again. The queue is the
+    /// server's, bounded by its
     /// [`ServerConfig::queue_limit`](crate::ServerConfig::queue_limit).
     pub fn eom(&mut self, server: &mut Server) {
         server.slot_freed(self);

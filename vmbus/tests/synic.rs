@@ -202,7 +202,7 @@ fn hostile_page_addresses_are_refused() {
         Err(SynicError::Memory { .. })
     ));
     assert!(matches!(
-        synic.set_siefp(0, Some(u64::MAX & !(PAGE_SIZE as u64 - 1))),
+        synic.set_siefp(0, Some(!(PAGE_SIZE as u64 - 1))),
         Err(SynicError::Memory { .. })
     ));
     assert_eq!(synic.set_simp(1, Some(SIMP)), Err(SynicError::NoVp(1)));
