@@ -1295,6 +1295,20 @@ mod tests {
         );
         mem.store_u64(16, 1 << 40, Ordering::Relaxed).unwrap();
         assert_eq!(mem.load_u64(16, Ordering::Relaxed).unwrap(), 1 << 40);
+        assert_eq!(mem.fetch_or_u64(16, 1, Ordering::SeqCst).unwrap(), 1 << 40);
+        let mut raw = [0u8; 8];
+        mem.read(16, &mut raw).unwrap();
+        assert_eq!(raw, [1, 0, 0, 0, 0, 1, 0, 0], "little-endian in memory");
+        assert_eq!(
+            mem.fetch_and_u64(16, !1, Ordering::SeqCst).unwrap(),
+            (1 << 40) | 1
+        );
+        assert_eq!(mem.load_u64(16, Ordering::Relaxed).unwrap(), 1 << 40);
+        assert_eq!(
+            mem.fetch_or_u64(12, 1, Ordering::SeqCst).unwrap_err(),
+            MemoryError::Unaligned { gpa: 12, align: 8 }
+        );
+        assert!(mem.fetch_and_u64(!7, 0, Ordering::SeqCst).is_err());
     }
 
     #[test]
