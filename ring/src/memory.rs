@@ -780,6 +780,22 @@ impl GuestMemory {
         self.atomic_u64(gpa)?.store(value.to_le(), order);
         Ok(())
     }
+
+    /// Atomically ORs `bits` into the little-endian `u64` at `gpa`
+    /// (8-aligned); returns the previous value.
+    pub fn fetch_or_u64(&self, gpa: u64, bits: u64, order: Ordering) -> Result<u64, MemoryError> {
+        Ok(u64::from_le(
+            self.atomic_u64(gpa)?.fetch_or(bits.to_le(), order),
+        ))
+    }
+
+    /// Atomically ANDs `mask` into the little-endian `u64` at `gpa`
+    /// (8-aligned); returns the previous value.
+    pub fn fetch_and_u64(&self, gpa: u64, mask: u64, order: Ordering) -> Result<u64, MemoryError> {
+        Ok(u64::from_le(
+            self.atomic_u64(gpa)?.fetch_and(mask.to_le(), order),
+        ))
+    }
 }
 
 impl Mapping {
@@ -1279,6 +1295,20 @@ mod tests {
         );
         mem.store_u64(16, 1 << 40, Ordering::Relaxed).unwrap();
         assert_eq!(mem.load_u64(16, Ordering::Relaxed).unwrap(), 1 << 40);
+        assert_eq!(mem.fetch_or_u64(16, 1, Ordering::SeqCst).unwrap(), 1 << 40);
+        let mut raw = [0u8; 8];
+        mem.read(16, &mut raw).unwrap();
+        assert_eq!(raw, [1, 0, 0, 0, 0, 1, 0, 0], "little-endian in memory");
+        assert_eq!(
+            mem.fetch_and_u64(16, !1, Ordering::SeqCst).unwrap(),
+            (1 << 40) | 1
+        );
+        assert_eq!(mem.load_u64(16, Ordering::Relaxed).unwrap(), 1 << 40);
+        assert_eq!(
+            mem.fetch_or_u64(12, 1, Ordering::SeqCst).unwrap_err(),
+            MemoryError::Unaligned { gpa: 12, align: 8 }
+        );
+        assert!(mem.fetch_and_u64(!7, 0, Ordering::SeqCst).is_err());
     }
 
     #[test]

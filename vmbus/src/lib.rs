@@ -20,6 +20,10 @@
 //!   the server, so the state machine never blocks and never owns a
 //!   thread or an executor.
 //!
+//! - [`synic`]: a software SynIC (SIMP message slots, SIEFP event flags,
+//!   SINT interrupts as doorbells) and [`SynicHost`], which posts the
+//!   server's messages through it, for VMMs without an in-kernel one.
+//!
 //! - [`saved`]: the encoding of the bus's saved state
 //!   ([`Server::save`](server::Server::save) /
 //!   [`Server::restore`](server::Server::restore)), the devices' own
@@ -32,9 +36,11 @@
 pub mod protocol;
 pub mod saved;
 pub mod server;
+pub mod synic;
 
 pub use saved::SavedStateError;
 pub use server::{
     ChannelDoorbells, ChannelSignal, DeviceId, Dropped, Released, Server, ServerConfig,
     TeardownWait, VmbusHost,
 };
+pub use synic::{Synic, SynicError, SynicHost};
