@@ -81,7 +81,7 @@ fn short_name(rng: &mut SmallRng, code_page: u32) -> String {
     };
     let mut name = match rng.random_range(0..3) {
         0 => name.to_uppercase(),
-        1 => name.to_lowercase(),
+        1 => lower(&name),
         _ => name,
     };
     if rng.random_bool(0.2) {
@@ -107,6 +107,13 @@ fn long_name(rng: &mut SmallRng, extra: &str) -> String {
     name
 }
 
+/// `text` in lower case letter by letter: `str::to_lowercase` turns a
+/// final Σ into ς, which no OEM code page holds and no file system's
+/// case folding produces.
+pub fn lower(text: &str) -> String {
+    text.chars().flat_map(char::to_lowercase).collect()
+}
+
 /// A name for `family` not yet used in the directory (`taken` holds the
 /// names as the family compares them).
 fn fresh_name(rng: &mut SmallRng, family: Family, taken: &mut BTreeSet<String>) -> String {
@@ -118,7 +125,7 @@ fn fresh_name(rng: &mut SmallRng, family: Family, taken: &mut BTreeSet<String>) 
         };
         let key = match family {
             Family::Ext4 => name.clone(),
-            _ => name.to_lowercase(),
+            _ => lower(&name),
         };
         if taken.insert(key) {
             return name;
@@ -128,7 +135,7 @@ fn fresh_name(rng: &mut SmallRng, family: Family, taken: &mut BTreeSet<String>) 
 
 /// The other-case spellings of `name` (ext4 keeps them all as siblings).
 fn case_siblings(name: &str) -> Vec<String> {
-    let mut out = vec![name.to_uppercase(), name.to_lowercase()];
+    let mut out = vec![name.to_uppercase(), lower(name)];
     out.retain(|n| n != name);
     out.dedup();
     out
