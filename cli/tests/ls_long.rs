@@ -143,7 +143,13 @@ fn info_names_the_fat_type_and_free_space() {
 
 /// The label `mlabel -s` reads with mtools set to `code_page`.
 fn mlabel_label(img: &Path, conf: &Path) -> String {
-    let text = run_output(mtools("mlabel", conf).arg("-s").arg("-i").arg(img).arg("::"));
+    let text = run_output(
+        mtools("mlabel", conf)
+            .arg("-s")
+            .arg("-i")
+            .arg(img)
+            .arg("::"),
+    );
     text.trim()
         .strip_prefix("Volume label is ")
         .unwrap_or_else(|| panic!("no label in {text:?}"))
@@ -174,7 +180,10 @@ fn info_codepage_reads_the_fat_label_like_mlabel() {
         assert_eq!(label.as_str(), Some(want.as_str()), "{args:?}: {json}");
         argv.remove(1);
         let text = stdout(&vmbdev_in(tmp.path(), &argv));
-        assert!(text.contains(&format!("label \"{want}\"")), "{args:?}: {text}");
+        assert!(
+            text.contains(&format!("label \"{want}\"")),
+            "{args:?}: {text}"
+        );
     }
     assert_eq!(
         mlabel_label(&img, &mtools_config(tmp.path(), 437)),

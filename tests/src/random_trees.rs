@@ -54,7 +54,16 @@ fn e5_letter(code_page: u32) -> char {
 /// Pieces of long names: spaces, punctuation FAT and NTFS accept in long
 /// names, and characters outside every OEM code page.
 const LONG_PIECES: [&str; 10] = [
-    " ", "日本語", "ディレクトリ", "Grüße", "–", "résumé", "a,b;c", "[x]", "+=", "Ωmega",
+    " ",
+    "日本語",
+    "ディレクトリ",
+    "Grüße",
+    "–",
+    "résumé",
+    "a,b;c",
+    "[x]",
+    "+=",
+    "Ωmega",
 ];
 
 fn pick(rng: &mut SmallRng, letters: &str) -> char {
@@ -219,7 +228,14 @@ fn special(rng: &mut SmallRng, path: &Path) {
             std::os::unix::fs::symlink(target, path).unwrap();
         }
         1 => {
-            let target = format!("../{}", word(rng, ASCII, 60..300));
+            // Components of at most 255 bytes: the reader cannot decode
+            // a target with a longer one (it lists such a link without
+            // its target).
+            let target = format!(
+                "../{}/{}",
+                word(rng, ASCII, 60..256),
+                word(rng, ASCII, 1..256)
+            );
             std::os::unix::fs::symlink(target, path).unwrap();
         }
         _ => run(std::process::Command::new("mkfifo").arg(path)),
