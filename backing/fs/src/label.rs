@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::{CodePage, FatTree};
 use crate::detect::FsKind;
 use crate::fat_format::FatType;
 use crate::tree::TreeError;
+use crate::{CodePage, FatTree};
 use vmbdev_block::read_bytes;
 use vmbdev_block::{BlockDevice, BlockError};
 use vmbdev_partition::boot_sector::Bpb;
