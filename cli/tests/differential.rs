@@ -18,9 +18,10 @@
 //! ext4 and NTFS store names as given, so the source tree is the reference
 //! there; FAT short names go through the code page, so their listing is
 //! also compared with `mdir`'s. The stress set (a 10,000-entry directory,
-//! 255-character names, 40 levels of nesting, a 5 GiB sparse ext4 file)
-//! builds one image per file system instead of the matrix, and reads a
-//! sample of the 10,000 files; files over `READ_LIMIT` are listed only.
+//! 255-character names, 40 levels of nesting (20 on FAT), a 5 GiB sparse
+//! ext4 file) builds one image per file system instead of the matrix, and
+//! reads a sample of the 10,000 files; files over `READ_LIMIT` are listed
+//! only.
 //! `VMBDEV_TEST_SEED=N` draws other random trees.
 
 use std::collections::{BTreeMap, BTreeSet};
