@@ -16,8 +16,9 @@
 //! directories.
 //!
 //! ext4 and NTFS store names as given, so the source tree is the reference
-//! there; FAT short names go through the code page, so their listing is
-//! also compared with `mdir`'s. The stress set (a 10,000-entry directory,
+//! there (and what `debugfs` and `ntfsls` list must equal it too); FAT
+//! short names go through the code page, so their listing is also
+//! compared with `mdir`'s. The stress set (a 10,000-entry directory,
 //! 255-character names, 40 levels of nesting (20 on FAT), a 5 GiB sparse
 //! ext4 file) builds one image per file system instead of the matrix, and
 //! reads a sample of the 10,000 files; files over `READ_LIMIT` are listed
@@ -182,6 +183,87 @@ fn mdir_entry(line: &str) -> Option<(String, String)> {
     Some((name, kind.to_owned()))
 }
 
+/// `kind`, or only `dir` and `file` when the tool tells no more.
+fn kind_or_dir(kind: &str, keep_kind: bool) -> String {
+    match kind {
+        "dir" => "dir".into(),
+        _ if !keep_kind => "file".into(),
+        other => other.into(),
+    }
+}
+
+/// Paths and kinds `debugfs -R "ls -p DIR"` lists for each directory of
+/// `source` (lost+found left out): `/inode/mode/uid/gid/name/size/` lines.
+fn debugfs_listing(img: &Path, source: &[Listed], dir: &Path) -> BTreeSet<(String, String)> {
+    let dirs: Vec<&str> = std::iter::once("/")
+        .chain(
+            source
+                .iter()
+                .filter(|e| e.kind == "dir")
+                .map(|e| e.path.as_str()),
+        )
+        .collect();
+    let commands = dir.join("debugfs.cmds");
+    let script: String = dirs.iter().map(|d| format!("ls -p \"{d}\"\n")).collect();
+    fs::write(&commands, script).unwrap();
+    let text = run_output(
+        std::process::Command::new("debugfs")
+            .arg("-f")
+            .arg(&commands)
+            .arg(img),
+    );
+    let mut out = BTreeSet::new();
+    let mut parent = "";
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("debugfs: ls -p \"") {
+            parent = d.trim_end_matches('"').trim_end_matches('/');
+            continue;
+        }
+        let fields: Vec<&str> = line.split('/').collect();
+        let [_, _, mode, _, _, name, _, _] = fields[..] else {
+            continue;
+        };
+        if name == "." || name == ".." || (parent.is_empty() && name == "lost+found") {
+            continue;
+        }
+        let kind = match u32::from_str_radix(mode, 8).unwrap() >> 12 {
+            0o04 => "dir",
+            0o10 => "file",
+            0o12 => "link",
+            0o01 => "fifo",
+            other => panic!("{name}: type {other:o}"),
+        };
+        out.insert((format!("{parent}/{name}"), kind.to_owned()));
+    }
+    out
+}
+
+/// Paths and kinds (`dir` or `file`) `ntfsls -R -F` lists: a `/DIR/:`
+/// header before each directory's names, a `/` after directory names.
+fn ntfsls_listing(img: &Path) -> BTreeSet<(String, String)> {
+    let text = run_output(
+        std::process::Command::new("ntfsls")
+            .args(["-R", "-F"])
+            .arg(img),
+    );
+    let mut out = BTreeSet::new();
+    let mut parent = String::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(d) = line.strip_suffix(":").filter(|d| d.starts_with('/')) {
+            parent = d.trim_end_matches('/').to_owned();
+            continue;
+        }
+        let (name, kind) = match line.strip_suffix('/') {
+            Some(name) => (name, "dir"),
+            None => (line, "file"),
+        };
+        if name != "." && name != ".." {
+            out.insert((format!("{parent}/{name}"), kind.to_owned()));
+        }
+    }
+    out
+}
+
 /// The same path with every letter whose other case is one character
 /// swapped (a lookup that must succeed where case is folded).
 fn swap_case(path: &str) -> String {
@@ -260,6 +342,17 @@ fn run_case(case: Case, pairs: &[(&str, &str)]) {
             case.name(),
             seed(case)
         );
+    }
+    let kinds = |keep_kind: bool| -> BTreeSet<(String, String)> {
+        source
+            .iter()
+            .map(|e| (e.path.clone(), kind_or_dir(&e.kind, keep_kind)))
+            .collect()
+    };
+    match case.family {
+        Family::Ext4 => assert_eq!(debugfs_listing(&fs_image, &source, dir), kinds(true)),
+        Family::Ntfs => assert_eq!(ntfsls_listing(&fs_image), kinds(false)),
+        Family::Fat(_) => {}
     }
     for &pair in pairs {
         let image = disk(case, &fs_image, pair);
