@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use vmbdev_block::BlockDevice;
-use vmbdev_fs::{FatType, FsKind, PartitionSummary, details, survey, usage};
+use vmbdev_fs::{CodePage, FatType, FsKind, PartitionSummary, details_with, survey, usage};
 use vmbdev_partition::PartitionDevice;
 use vmbdev_partition::{PartitionScheme, PartitionType};
 use vmbdev_vhd::{DiskType, Vhd};
@@ -31,6 +31,9 @@ pub struct InfoArgs {
     /// How to read the image (default: by its signatures).
     #[arg(long, value_enum, default_value = "auto")]
     format: FormatChoice,
+    /// OEM code page of FAT labels: 437 (default) or 850.
+    #[arg(long, default_value = "437")]
+    codepage: CodePage,
 }
 
 /// Everything `info` reports about an image.
@@ -177,7 +180,7 @@ pub struct FsReport {
 
 /// Runs `info`.
 pub fn run(args: &InfoArgs) -> Result<(), CliError> {
-    let report = inspect(&args.image, args.format)?;
+    let report = inspect(&args.image, args.format, args.codepage)?;
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -186,8 +189,13 @@ pub fn run(args: &InfoArgs) -> Result<(), CliError> {
     print_stdout(&text)
 }
 
-/// Opens the image and gathers the report.
-pub fn inspect(path: &Path, format: FormatChoice) -> Result<ImageReport, CliError> {
+/// Opens the image and gathers the report, reading FAT labels in
+/// `code_page`.
+pub fn inspect(
+    path: &Path,
+    format: FormatChoice,
+    code_page: CodePage,
+) -> Result<ImageReport, CliError> {
     let opened = image::open(path, format)?;
     let mut report;
     let device: Arc<dyn BlockDevice> = match opened.disk {
@@ -217,7 +225,7 @@ pub fn inspect(path: &Path, format: FormatChoice) -> Result<ImageReport, CliErro
     let parts = survey(device.clone()).map_err(|e| about(path, e))?;
     report.partitions = parts
         .into_iter()
-        .map(|p| partition_report(&device, p))
+        .map(|p| partition_report(&device, p, code_page))
         .collect();
     drop(opened.guard);
     Ok(report)
@@ -332,7 +340,11 @@ fn log_report(log: LogState) -> LogReport {
     }
 }
 
-fn partition_report(device: &Arc<dyn BlockDevice>, summary: PartitionSummary) -> PartitionReport {
+fn partition_report(
+    device: &Arc<dyn BlockDevice>,
+    summary: PartitionSummary,
+    code_page: CodePage,
+) -> PartitionReport {
     let info = &summary.info;
     let (type_guid, mbr_type) = match info.partition_type {
         PartitionType::Guid(g) => (Some(Guid(g).to_string()), None),
@@ -344,7 +356,7 @@ fn partition_report(device: &Arc<dyn BlockDevice>, summary: PartitionSummary) ->
         // be read again still shows its file-system type.
         let extra = PartitionDevice::for_partition(device.clone(), info)
             .map_err(|e| e.to_string())
-            .and_then(|view| details(&view, kind).map_err(|e| e.to_string()))
+            .and_then(|view| details_with(&view, kind, code_page).map_err(|e| e.to_string()))
             .unwrap_or_else(|e| {
                 tracing::warn!(partition = info.number, error = %e, "reading file-system details");
                 Default::default()

@@ -7,76 +7,20 @@
 //! in the other letter case follow the file system's rules.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use vmbdev_tests::cli::{path_str, run_vmbdev};
+use vmbdev_tests::cli::ls_json;
 use vmbdev_tests::images::{
-    ext4_image, fat_image, gpt_disk, make_source_tree, mbr_disk, ntfs_image, run,
+    ext4_image, fat_image, gpt_disk, make_source_tree, mbr_disk, ntfs_image, to_vhd, to_vhdx,
 };
+use vmbdev_tests::random_trees::source_listing;
 
-fn vmbdev(args: &[&str]) -> Output {
-    run_vmbdev(env!("CARGO_BIN_EXE_vmbdev"), args)
-}
-
-/// (absolute path, type, size) of everything under `root`.
-fn walk(root: &Path) -> Vec<(String, String, u64)> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for entry in std::fs::read_dir(root.join(&rel)).unwrap() {
-            let entry = entry.unwrap();
-            let child = rel.join(entry.file_name());
-            let meta = entry.metadata().unwrap();
-            let path = format!("/{}", child.to_str().unwrap());
-            if meta.is_dir() {
-                out.push((path, "dir".to_owned(), 0));
-                stack.push(child);
-            } else {
-                out.push((path, "file".to_owned(), meta.len()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// What `vmbdev ls IMAGE / -r --json` lists.
-fn listing(image: &Path) -> Vec<(String, String, u64)> {
-    let out = vmbdev(&["ls", path_str(image), "/", "-r", "--json"]);
-    assert!(
-        out.status.success(),
-        "ls: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut entries: Vec<_> = value
-        .as_array()
-        .expect("a JSON array")
-        .iter()
-        .map(|e| {
-            (
-                e["path"].as_str().unwrap().to_owned(),
-                e["type"].as_str().unwrap().to_owned(),
-                e["size"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    entries.sort();
-    entries
-}
+const VMBDEV: &str = env!("CARGO_BIN_EXE_vmbdev");
 
 /// `vmbdev cat IMAGE PATH [--rdma]`: the bytes, or the failed output.
 fn cat(image: &Path, path: &str, rdma: bool) -> Result<Vec<u8>, Output> {
-    let mut args = vec!["cat", path_str(image), path];
-    if rdma {
-        args.push("--rdma");
-    }
-    let out = vmbdev(&args);
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(out)
-    }
+    let extra: &[&str] = if rdma { &["--rdma"] } else { &[] };
+    vmbdev_tests::cli::cat(VMBDEV, image, path, extra)
 }
 
 /// Which file systems fold letter case in lookups.
@@ -87,13 +31,14 @@ enum Case {
 }
 
 fn check_image(src: &Path, image: &Path, case: Case) {
-    let source = walk(src);
-    let mut listed = listing(image);
+    let source = source_listing(src);
+    let mut listed = ls_json(VMBDEV, image, &[]);
     // mke2fs adds lost+found to every ext4 volume: not part of the source.
-    listed.retain(|(path, _, _)| !path.starts_with("/lost+found"));
+    listed.retain(|e| !e.path.starts_with("/lost+found"));
     assert_eq!(listed, source, "{}: listing", image.display());
     let mut rdma = false;
-    for (path, kind, _) in source.iter().filter(|(_, kind, _)| kind == "file") {
+    for e in source.iter().filter(|e| e.kind == "file") {
+        let (path, kind) = (&e.path, &e.kind);
         let want = std::fs::read(src.join(&path[1..])).unwrap();
         let got = cat(image, path, rdma)
             .unwrap_or_else(|out| panic!("cat {path}: {}", String::from_utf8_lossy(&out.stderr)));
@@ -117,15 +62,6 @@ fn check_image(src: &Path, image: &Path, case: Case) {
             );
         }
     }
-}
-
-fn to_vhdx(raw: &Path) -> PathBuf {
-    let vhdx = raw.with_extension("vhdx");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "vhdx"])
-        .arg(raw)
-        .arg(&vhdx));
-    vhdx
 }
 
 #[test]
@@ -171,19 +107,6 @@ fn every_file_of_every_file_system_in_gpt_and_mbr_vhdx_images() {
         mbr_disk(&fs_image, &mbr, mbr_type);
         check_image(&src, &to_vhdx(&mbr), case);
     }
-}
-
-fn to_vhd(raw: &Path, options: &str) -> PathBuf {
-    let name = format!("{}.vhd", options.replace([',', '='], "-"));
-    let vhd = raw.with_file_name(format!(
-        "{}-{name}",
-        raw.file_stem().unwrap().to_str().unwrap()
-    ));
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "vpc", "-o", options])
-        .arg(raw)
-        .arg(&vhd));
-    vhd
 }
 
 /// The same trees served from VHDs: fixed and dynamic, with and without

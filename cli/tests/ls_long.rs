@@ -140,3 +140,56 @@ fn info_names_the_fat_type_and_free_space() {
         "{json}"
     );
 }
+
+/// The label `mlabel -s` reads with mtools set to `code_page`.
+fn mlabel_label(img: &Path, conf: &Path) -> String {
+    let text = run_output(
+        mtools("mlabel", conf)
+            .arg("-s")
+            .arg("-i")
+            .arg(img)
+            .arg("::"),
+    );
+    text.trim()
+        .strip_prefix("Volume label is ")
+        .unwrap_or_else(|| panic!("no label in {text:?}"))
+        .trim_end()
+        .to_owned()
+}
+
+#[test]
+fn info_codepage_reads_the_fat_label_like_mlabel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let img = fat_image_in_code_page(tmp.path(), "label.img", &src, 12, 1440, 850);
+    let conf = mtools_config(tmp.path(), 850);
+    // Õ is byte 0xE5 in code page 850 (σ in 437); É is 0x90 in both.
+    run(mtools("mlabel", &conf).arg("-i").arg(&img).arg("::ÉTÉ Õ"));
+    for (code_page, args) in [
+        (850, &["--codepage", "850"][..]),
+        (437, &["--codepage", "437"][..]),
+        (437, &[][..]),
+    ] {
+        let want = mlabel_label(&img, &mtools_config(tmp.path(), code_page));
+        let mut argv = vec!["info", "--json", "label.img"];
+        argv.extend_from_slice(args);
+        let json = stdout(&vmbdev_in(tmp.path(), &argv));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let label = &value["partitions"][0]["file_system"]["label"];
+        assert_eq!(label.as_str(), Some(want.as_str()), "{args:?}: {json}");
+        argv.remove(1);
+        let text = stdout(&vmbdev_in(tmp.path(), &argv));
+        assert!(
+            text.contains(&format!("label \"{want}\"")),
+            "{args:?}: {text}"
+        );
+    }
+    assert_eq!(
+        mlabel_label(&img, &mtools_config(tmp.path(), 437)),
+        "ÉTÉ σ",
+        "the two pages differ for this label"
+    );
+    let bad = vmbdev_in(tmp.path(), &["info", "--codepage", "1252", "label.img"]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+}

@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use vmbdev_tests::cli::{path_str, qemu_img, run_vmbdev, tool};
+use vmbdev_tests::random_trees::{Listed, source_listing};
 
 fn vmbdev(args: &[&str]) -> Output {
     run_vmbdev(env!("CARGO_BIN_EXE_vmbdev"), args)
@@ -43,50 +44,22 @@ fn make_tree(root: &Path) {
 
 /// (absolute path, type, size) of everything under `root`, by walking it.
 fn walk(root: &Path) -> Vec<(String, String, u64)> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in fs::read_dir(root.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let child = rel.join(e.file_name());
-            let meta = e.metadata().unwrap();
-            let path = format!("/{}", child.to_str().unwrap());
-            if meta.is_dir() {
-                out.push((path, "dir".to_owned(), 0));
-                stack.push(child);
-            } else {
-                out.push((path, "file".to_owned(), meta.len()));
-            }
-        }
-    }
-    out.sort();
-    out
+    triples(source_listing(root))
 }
 
 fn ls_json(source: &Path, extra: &[&str]) -> Vec<(String, String, u64)> {
-    let mut args = vec!["ls", path_str(source), "/", "-r", "--json"];
-    args.extend_from_slice(extra);
-    let out = vmbdev(&args);
-    assert!(
-        out.status.success(),
-        "ls {source:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut entries: Vec<(String, String, u64)> = value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["path"].as_str().unwrap().to_owned(),
-                e["type"].as_str().unwrap().to_owned(),
-                e["size"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    entries.sort();
-    entries
+    triples(vmbdev_tests::cli::ls_json(
+        env!("CARGO_BIN_EXE_vmbdev"),
+        source,
+        extra,
+    ))
+}
+
+fn triples(listing: Vec<Listed>) -> Vec<(String, String, u64)> {
+    listing
+        .into_iter()
+        .map(|e| (e.path, e.kind, e.size))
+        .collect()
 }
 
 fn assert_fails_with_one_line(out: &Output, code: i32) {

@@ -280,3 +280,29 @@ pub fn fat_image_in_code_page(
     }
     img
 }
+
+/// Converts a raw disk to a dynamic VHDX next to it (`qemu-img convert
+/// -O vhdx`).
+pub fn to_vhdx(raw: &Path) -> PathBuf {
+    let vhdx = raw.with_extension("vhdx");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vhdx"])
+        .arg(raw)
+        .arg(&vhdx));
+    vhdx
+}
+
+/// Converts a raw disk to a VHD next to it (`qemu-img convert -O vpc -o
+/// OPTIONS`), named after the options so several can sit side by side.
+pub fn to_vhd(raw: &Path, options: &str) -> PathBuf {
+    let name = format!("{}.vhd", options.replace([',', '='], "-"));
+    let vhd = raw.with_file_name(format!(
+        "{}-{name}",
+        raw.file_stem().unwrap().to_str().unwrap()
+    ));
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vpc", "-o", options])
+        .arg(raw)
+        .arg(&vhd));
+    vhd
+}

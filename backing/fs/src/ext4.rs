@@ -205,20 +205,26 @@ impl State {
             .map_err(|e| map_error(path, e))?;
         let mut out = metadata_of(&meta);
         if out.kind == EntryKind::Symlink {
-            out.link_target = Some(self.link_target(path)?);
+            out.link_target = self.link_target(path)?;
         }
         Ok(out)
     }
 
     /// The stored target of the link at `path` (fast links keep it in the
     /// inode, slow ones in a data block; the crate reads both). Bytes that
-    /// are not UTF-8 are shown replaced.
-    fn link_target(&self, path: &TreePath) -> Result<String, TreeError> {
-        let target = self
-            .fs
-            .read_link(ext4_path(path).as_str())
-            .map_err(|e| map_error(path, e))?;
-        Ok(String::from_utf8_lossy(target.as_ref()).into_owned())
+    /// are not UTF-8 are shown replaced. `None` when the crate refuses the
+    /// target as corrupt: it also refuses targets Linux stores, such as one
+    /// with a component over 255 bytes, and one such link must not make
+    /// its whole directory unlistable.
+    fn link_target(&self, path: &TreePath) -> Result<Option<String>, TreeError> {
+        match self.fs.read_link(ext4_path(path).as_str()) {
+            Ok(target) => Ok(Some(String::from_utf8_lossy(target.as_ref()).into_owned())),
+            Err(Ext4Error::Corrupt(e)) => {
+                tracing::warn!(%path, error = %e, "symbolic link target not readable");
+                Ok(None)
+            }
+            Err(e) => Err(map_error(path, e)),
+        }
     }
 }
 
@@ -327,7 +333,7 @@ impl FileTree for Ext4Tree {
                 let inode = entry.metadata().map_err(|e| map_error(&path, e))?;
                 let mut meta = metadata_of(&inode);
                 if meta.kind == EntryKind::Symlink {
-                    meta.link_target = Some(state.link_target(&path.join(&name))?);
+                    meta.link_target = state.link_target(&path.join(&name))?;
                 }
                 out.push((name, meta));
             }

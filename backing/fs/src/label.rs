@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::FatTree;
 use crate::detect::FsKind;
 use crate::fat_format::FatType;
 use crate::tree::TreeError;
+use crate::{CodePage, FatTree};
 use vmbdev_block::read_bytes;
 use vmbdev_block::{BlockDevice, BlockError};
 use vmbdev_partition::boot_sector::Bpb;
@@ -36,10 +36,22 @@ pub struct FsDetails {
     pub size_bytes: Option<u64>,
 }
 
-/// Reads the label and recorded size of the `kind` file system on `device`.
+/// Reads the label and recorded size of the `kind` file system on `device`
+/// (a FAT label read in code page 437, like [`details_with`]'s default).
 pub fn details(device: &dyn BlockDevice, kind: FsKind) -> Result<FsDetails, BlockError> {
+    details_with(device, kind, CodePage::default())
+}
+
+/// Reads the label and recorded size of the `kind` file system on
+/// `device`; a FAT label's bytes above 0x7F are read in `code_page` (the
+/// boot sector stores it in the OEM code page, like short names).
+pub fn details_with(
+    device: &dyn BlockDevice,
+    kind: FsKind,
+    code_page: CodePage,
+) -> Result<FsDetails, BlockError> {
     match kind {
-        FsKind::Fat => fat_details(device),
+        FsKind::Fat => fat_details(device, code_page),
         FsKind::Ntfs => ntfs_details(device),
         FsKind::Ext4 => ext_details(device),
     }
@@ -110,7 +122,7 @@ fn trimmed_label(text: String) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_owned())
 }
 
-fn fat_details(device: &dyn BlockDevice) -> Result<FsDetails, BlockError> {
+fn fat_details(device: &dyn BlockDevice, code_page: CodePage) -> Result<FsDetails, BlockError> {
     let mut sector = [0u8; 512];
     read_bytes(device, 0, &mut sector)?;
     let Ok(bpb) = Bpb::parse(&sector) else {
@@ -125,8 +137,7 @@ fn fat_details(device: &dyn BlockDevice) -> Result<FsDetails, BlockError> {
     };
     let raw_label = &sector[label_at..label_at + 11];
     let label = if sector[signature_at] == 0x29 && raw_label != FAT_NO_NAME {
-        // OEM code page bytes: ASCII is exact; others shown as Latin-1.
-        trimmed_label(raw_label.iter().map(|&b| char::from(b)).collect())
+        trimmed_label(raw_label.iter().map(|&b| code_page.decode(b)).collect())
     } else {
         None
     };

@@ -39,7 +39,7 @@ pub use detect::{FsKind, detect};
 pub use ext4::Ext4Tree;
 pub use fat::FatTree;
 pub use fat_format::FatType;
-pub use label::{FsDetails, FsUsage, details, usage};
+pub use label::{FsDetails, FsUsage, details, details_with, usage};
 pub use ntfs::NtfsTree;
 pub use open::{
     MountOptions, OpenTreeError, PartitionSummary, mount, mount_with, open_tree, open_tree_with,

@@ -184,7 +184,8 @@ pub struct Metadata {
     /// directory 0x10, archive 0x20, ...), where the file system keeps them
     /// (FAT, NTFS).
     pub attributes: Option<u32>,
-    /// Where a symbolic link points, as stored (never resolved).
+    /// Where a symbolic link points, as stored (never resolved); `None`
+    /// for a link when the reader cannot decode its target.
     pub link_target: Option<String>,
     /// Names of alternate data streams (NTFS), listed but not served.
     pub streams: Vec<String>,

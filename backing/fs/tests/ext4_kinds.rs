@@ -282,3 +282,38 @@ fn a_directory_of_10000_entries_lists_every_name_once() {
         assert_eq!(meta.size, (i % 10) as u64, "{name}");
     }
 }
+
+#[test]
+fn a_link_whose_target_has_a_component_over_255_bytes_is_still_listed() {
+    // Linux stores any target up to 4095 bytes; the ext4 crate refuses
+    // targets with a component longer than a file name may be.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let long = format!("../{}", "x".repeat(300));
+    std::os::unix::fs::symlink(&long, src.join("long-link")).unwrap();
+    std::os::unix::fs::symlink("short/target", src.join("short-link")).unwrap();
+    fs::write(src.join("file.txt"), b"next to the links").unwrap();
+    let img = ext4_image(tmp.path(), &src, 16);
+    // The target is stored whole, as debugfs shows.
+    let stat = tool("debugfs", &["-R", "stat /long-link", path_str(&img)]);
+    assert!(stat.contains("Size: 303"), "{stat}");
+    let tree = mount(&img);
+    let listing = tree.read_dir(&TreePath::root()).unwrap();
+    let names: Vec<&str> = listing.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"long-link") && names.contains(&"file.txt"),
+        "{names:?}"
+    );
+    let meta = lookup(&tree, "/long-link");
+    assert_eq!((meta.kind, meta.size), (EntryKind::Symlink, 303));
+    assert_eq!(
+        lookup(&tree, "/short-link").link_target.as_deref(),
+        Some("short/target")
+    );
+    let mut buf = [0u8; 64];
+    let n = tree
+        .read_at(&TreePath::parse("/file.txt"), 0, &mut buf)
+        .unwrap();
+    assert_eq!(&buf[..n], b"next to the links");
+}
