@@ -225,3 +225,36 @@ fn demo_refuses_a_throughput_file_size_it_cannot_hold() {
         );
     }
 }
+
+#[test]
+fn an_image_cut_short_is_refused_naming_the_block_and_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let vhdx = ext4_vhdx(dir.path(), &[("big.bin", &data)]);
+    // Cut in half, as after a failed copy or a full disk: a data block now
+    // ends past the end of the file.
+    let len = std::fs::metadata(&vhdx).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&vhdx)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    for args in [
+        &["ls", "IMG.vhdx"][..],
+        &["cat", "IMG.vhdx", "/big.bin", "-o", "out.bin"],
+        &["extract", "IMG.vhdx", "-C", "out"],
+        &["dump", "IMG.vhdx", "-o", "out.raw"],
+    ] {
+        let out = vmbdev_in(dir.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let text = stderr(&out);
+        assert!(
+            text.starts_with("vmbdev: IMG.vhdx: BAT entry ")
+                && text.contains("extends beyond end of file 0x")
+                && text.lines().count() == 1,
+            "{args:?}: {text}"
+        );
+    }
+    assert_eq!(names(dir.path()), ["IMG.vhdx"], "no output left behind");
+}
