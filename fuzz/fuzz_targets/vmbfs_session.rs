@@ -191,6 +191,10 @@ enum Expect {
     Rdma {
         entry: Entry,
         handle: u32,
+        /// Which registration of `handle` the request named: a reply
+        /// checked after the guest tore the buffer down and registered
+        /// the handle again must not be compared with the new pages.
+        epoch: Option<u64>,
         offset: u64,
         count: u32,
         token: u64,
@@ -205,6 +209,10 @@ struct Session {
     oracle: HashMap<Vec<u8>, Expect>,
     /// Buffers the guest registered, as it believes (valid ranges only).
     buffers: BTreeMap<u32, Vec<GpaRange>>,
+    /// The registration each buffer handle holds now (bumped on every
+    /// registration).
+    epochs: BTreeMap<u32, u64>,
+    next_epoch: u64,
     /// Replies sent and not yet received by the guest.
     sent: VecDeque<Vec<u8>>,
 }
@@ -460,6 +468,7 @@ impl Session {
             Expect::Rdma {
                 entry,
                 handle,
+                epoch,
                 offset,
                 count,
                 token,
@@ -481,8 +490,12 @@ impl Session {
                 if self.channel.tampered || count > MAX_READ_SIZE {
                     return;
                 }
-                // The bytes landed in the guest buffer at the token offset.
-                if let Some(ranges) = self.buffers.get(&handle) {
+                // The bytes landed in the guest buffer at the token offset
+                // (if the guest still holds the registration it named).
+                if epoch.is_some()
+                    && self.epochs.get(&handle).copied() == epoch
+                    && let Some(ranges) = self.buffers.get(&handle)
+                {
                     let got = read_buffer(&self.channel, ranges, token, written);
                     if let Some(got) = got {
                         assert_eq!(got, want_data, "RDMA bytes in guest memory");
@@ -571,6 +584,8 @@ fuzz_target!(|input: Input| {
         rdma_enabled: input.rdma_enabled,
         oracle: HashMap::new(),
         buffers: BTreeMap::new(),
+        epochs: BTreeMap::new(),
+        next_epoch: 0,
         sent: VecDeque::new(),
     };
     for action in input.actions.iter().take(96) {
@@ -632,9 +647,11 @@ fuzz_target!(|input: Input| {
                 msg.extend_from_slice(&offset.to_le_bytes());
                 msg.extend_from_slice(&token.to_le_bytes());
                 msg.extend_from_slice(&path);
+                let epoch = s.epochs.get(&handle).copied();
                 let expect = entry.map(|entry| Expect::Rdma {
                     entry,
                     handle,
+                    epoch,
                     offset,
                     count,
                     token,
@@ -687,7 +704,13 @@ fuzz_target!(|input: Input| {
                     && !wire.is_empty()
                     && let Some(valid) = valid
                 {
-                    s.buffers.entry(handle).or_insert(valid);
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        s.buffers.entry(handle)
+                    {
+                        slot.insert(valid);
+                        s.next_epoch += 1;
+                        s.epochs.insert(handle, s.next_epoch);
+                    }
                 }
                 let mut payload = PIPE_SETUP_GPA_DIRECT.to_le_bytes().to_vec();
                 payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -697,6 +720,7 @@ fuzz_target!(|input: Input| {
             Action::Teardown(handle) => {
                 let handle = u32::from(*handle % 4);
                 s.buffers.remove(&handle);
+                s.epochs.remove(&handle);
                 let mut payload = PIPE_TEARDOWN_GPA_DIRECT.to_le_bytes().to_vec();
                 payload.extend_from_slice(&4u32.to_le_bytes());
                 payload.extend_from_slice(&handle.to_le_bytes());
@@ -708,6 +732,7 @@ fuzz_target!(|input: Input| {
                 s.host.reset();
                 s.sent.clear();
                 s.buffers.clear();
+                s.epochs.clear();
             }
             Action::Drain => s.drain(),
             Action::Pump => s.pump(),
