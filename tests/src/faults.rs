@@ -1,6 +1,7 @@
 //! A fault-injecting [`BlockDevice`] for failing-media tests: I/O errors
 //! and short reads at chosen byte ranges, latency spikes, and counts of
-//! what was hit. It never reports where its sectors live (no
+//! what was hit and of the bytes read through it (with no faults, it is
+//! the byte counter the readers' cost tests use). It never reports where its sectors live (no
 //! [`locate`](BlockDevice::locate) override), so every read goes through
 //! it and the devices above take their copying path.
 
@@ -29,6 +30,7 @@ pub struct FaultyDevice {
     inner: Arc<dyn BlockDevice>,
     faults: Vec<(Range<u64>, Fault)>,
     hits: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl FaultyDevice {
@@ -38,7 +40,13 @@ impl FaultyDevice {
             inner,
             faults,
             hits: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Bytes asked for through this device so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Reads that met a fault so far.
@@ -69,6 +77,7 @@ impl BlockDevice for FaultyDevice {
         self.inner.disk_id()
     }
     fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         let offset = lba * u64::from(self.logical_sector_size());
         let Some(fault) = self.fault_for(offset, buf.len() as u64) else {
             return self.inner.read_sectors(lba, buf);

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use vmbdev_block::{BlockDevice, BlockError, MemoryDisk};
+use vmbdev_block::{BlockDevice, MemoryDisk};
 use vmbdev_fs::{EntryKind, FileTree, TreeError, TreePath};
 
 /// Reads a whole file through the tree in chunks of varying size, starting
@@ -163,33 +163,5 @@ pub fn walk_everything(tree: &dyn FileTree) {
                 _ => {}
             }
         }
-    }
-}
-
-/// A device that counts the bytes read through it.
-pub struct CountingDevice {
-    /// The device read from.
-    pub inner: Arc<dyn BlockDevice>,
-    /// Bytes read so far.
-    pub bytes: std::sync::atomic::AtomicU64,
-}
-
-impl BlockDevice for CountingDevice {
-    fn logical_sector_size(&self) -> u32 {
-        self.inner.logical_sector_size()
-    }
-    fn physical_sector_size(&self) -> u32 {
-        self.inner.physical_sector_size()
-    }
-    fn sector_count(&self) -> u64 {
-        self.inner.sector_count()
-    }
-    fn disk_id(&self) -> [u8; 16] {
-        self.inner.disk_id()
-    }
-    fn read_sectors(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.bytes
-            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.inner.read_sectors(lba, buf)
     }
 }

@@ -10,6 +10,7 @@ use vmbdev_block::{BlockDevice, RawFile};
 use vmbdev_fs::{FileTree, open_tree};
 use vmbdev_partition::list_partitions;
 use vmbdev_partition::{PartitionScheme, PartitionType};
+use vmbdev_tests::faults::FaultyDevice;
 use vmbdev_tests::images::*;
 use vmbdev_tests::trees::*;
 
@@ -303,7 +304,6 @@ fn whole_disk_volumes_on_4k_sector_devices() {
 /// beginning of the file.
 #[test]
 fn reads_at_an_offset_do_not_reread_the_file() {
-    use std::sync::atomic::Ordering;
     use vmbdev_fs::TreePath;
     let tmp = tempfile::tempdir().unwrap();
     let src = source(tmp.path(), 13, true);
@@ -316,30 +316,27 @@ fn reads_at_an_offset_do_not_reread_the_file() {
     let want = std::fs::read(src.join("docs/big file.bin")).unwrap();
     let size = want.len() as u64;
     for img in images {
-        let counter = Arc::new(CountingDevice {
-            inner: open_disk(&img),
-            bytes: 0.into(),
-        });
+        let counter = Arc::new(FaultyDevice::new(open_disk(&img), Vec::new()));
         let tree = open_tree(counter.clone(), None).unwrap();
         assert_eq!(tree.lookup(&path).unwrap().size, size);
 
-        let before = counter.bytes.load(Ordering::Relaxed);
+        let before = counter.bytes_read();
         let mut tail = vec![0u8; 4096];
         assert_eq!(tree.read_at(&path, size - 4096, &mut tail).unwrap(), 4096);
         assert_eq!(tail, want[want.len() - 4096..]);
-        let tail_cost = counter.bytes.load(Ordering::Relaxed) - before;
+        let tail_cost = counter.bytes_read() - before;
         assert!(
             tail_cost < size / 8,
             "{img:?}: reading the last 4 KiB read {tail_cost} bytes"
         );
 
-        let before = counter.bytes.load(Ordering::Relaxed);
+        let before = counter.bytes_read();
         let mut chunk = vec![0u8; 65536];
         let mut offset = 0;
         while offset < size {
             offset += tree.read_at(&path, offset, &mut chunk).unwrap() as u64;
         }
-        let whole_cost = counter.bytes.load(Ordering::Relaxed) - before;
+        let whole_cost = counter.bytes_read() - before;
         assert!(
             whole_cost < size * 2,
             "{img:?}: reading {size} bytes read {whole_cost} bytes"
