@@ -35,6 +35,7 @@ use vmbdev_tests::images::{
     run_output, to_vhd, to_vhdx,
 };
 use vmbdev_tests::random_trees::{Family, Listed, lower, make_random_tree, source_listing};
+use vmbdev_tests::trees::swap_case;
 
 const VMBDEV: &str = env!("CARGO_BIN_EXE_vmbdev");
 
@@ -262,21 +263,6 @@ fn ntfsls_listing(img: &Path) -> BTreeSet<(String, String)> {
         }
     }
     out
-}
-
-/// The same path with every letter whose other case is one character
-/// swapped (a lookup that must succeed where case is folded).
-fn swap_case(path: &str) -> String {
-    path.chars()
-        .map(|c| {
-            let other: Vec<char> = if c.is_lowercase() {
-                c.to_uppercase().collect()
-            } else {
-                c.to_lowercase().collect()
-            };
-            if other.len() == 1 { other[0] } else { c }
-        })
-        .collect()
 }
 
 /// Files larger than this are listed but not read (`cat` holds a whole

@@ -91,6 +91,22 @@ fn assert_dir_matches(tree: &dyn FileTree, path: &TreePath, src: &Path) -> usize
     files
 }
 
+/// The same path with every letter whose other case is one character
+/// swapped (not 'ß' → "SS"): a lookup that must succeed where case is
+/// folded.
+pub fn swap_case(path: &str) -> String {
+    path.chars()
+        .map(|c| {
+            let other: Vec<char> = if c.is_lowercase() {
+                c.to_uppercase().collect()
+            } else {
+                c.to_lowercase().collect()
+            };
+            if other.len() == 1 { other[0] } else { c }
+        })
+        .collect()
+}
+
 /// Checks lookups in the other letter case: found (same entry) on a
 /// case-insensitive file system, not found on a case-sensitive one.
 pub fn assert_case_behaviour(tree: &dyn FileTree, case_insensitive: bool) {
@@ -101,19 +117,7 @@ pub fn assert_case_behaviour(tree: &dyn FileTree, case_insensitive: bool) {
         "docs/block.bin",
     ] {
         let exact = tree.lookup(&TreePath::parse(name)).unwrap();
-        let swapped: String = name
-            .chars()
-            .map(|c| {
-                // Only swap letters whose other case is one character
-                // (not 'ß' → "SS").
-                let other: Vec<char> = if c.is_lowercase() {
-                    c.to_uppercase().collect()
-                } else {
-                    c.to_lowercase().collect()
-                };
-                if other.len() == 1 { other[0] } else { c }
-            })
-            .collect();
+        let swapped = swap_case(name);
         let other = tree.lookup(&TreePath::parse(&swapped));
         if case_insensitive {
             assert_eq!(other.unwrap(), exact, "{swapped}");
