@@ -703,14 +703,12 @@ fuzz_target!(|input: Input| {
                 if trailing.is_empty()
                     && !wire.is_empty()
                     && let Some(valid) = valid
-                {
-                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                    && let std::collections::btree_map::Entry::Vacant(slot) =
                         s.buffers.entry(handle)
-                    {
-                        slot.insert(valid);
-                        s.next_epoch += 1;
-                        s.epochs.insert(handle, s.next_epoch);
-                    }
+                {
+                    slot.insert(valid);
+                    s.next_epoch += 1;
+                    s.epochs.insert(handle, s.next_epoch);
                 }
                 let mut payload = PIPE_SETUP_GPA_DIRECT.to_le_bytes().to_vec();
                 payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
