@@ -482,9 +482,14 @@ impl Server {
             },
         );
         if let Connection::Connected(link) = self.connection {
-            // While the cursor runs it reaches the new channel by itself.
-            if link.offers_requested && self.offer_cursor.is_none() {
-                self.offer_now(relid, link, host);
+            match self.offer_cursor {
+                // A reused relid below a running cursor: the cursor goes
+                // back to it, or it would never be offered.
+                Some(cursor) if relid < cursor => self.offer_cursor = Some(relid),
+                // A running cursor reaches a relid above it by itself.
+                Some(_) => {}
+                None if link.offers_requested => self.offer_now(relid, link, host),
+                None => {}
             }
         }
     }

@@ -292,6 +292,44 @@ fn a_device_added_after_the_offers_is_offered_at_once() {
     assert_eq!(u32_at(&offer, 8 + 176), relid);
 }
 
+#[test]
+fn a_reused_relid_below_a_stalled_offer_cursor_is_still_offered() {
+    let mut rig = Rig::new(64, ServerConfig::default());
+    let (first, one) = rig
+        .server
+        .add_device(Arc::new(Parked::default()), &mut rig.host)
+        .unwrap();
+    for _ in 0..2 {
+        rig.add(Arc::new(Parked::default()));
+    }
+    assert_eq!(rig.contact(Version::V5_3), 1);
+    // The guest takes one offer, then stops draining: the cursor stalls
+    // past relid 1.
+    rig.host.room = Some(1);
+    rig.post(&header(MessageType::REQUEST_OFFERS)).unwrap();
+    let offer = rig.expect(MessageType::OFFER_CHANNEL);
+    assert_eq!(u32_at(&offer, 8 + 176), one);
+    // While the cursor is stalled, relid 1 goes (its RESCIND waits in
+    // the queue), is released, and a new device takes it.
+    rig.server.remove_device(first, &mut rig.host);
+    rig.post(&relid_message(MessageType::RELID_RELEASED, one))
+        .unwrap();
+    let again = rig.add(Arc::new(Parked::default()));
+    assert_eq!(again, one, "the lowest free relid is reused");
+    rig.host.room = None;
+    rig.server.slot_freed(&mut rig.host);
+    let mut offered = Vec::new();
+    while let Some(message) = rig.next() {
+        if message_type(&message) == MessageType::OFFER_CHANNEL {
+            offered.push(u32_at(&message, 8 + 176));
+        }
+    }
+    assert!(
+        offered.contains(&one),
+        "relid {one} offered again: {offered:?}"
+    );
+}
+
 /// The guest's side of sub-channel opening: finds the offer of the index
 /// storvsc asks for, builds its ring GPADL and opens it, as Linux does
 /// when a sub-channel offer arrives.

@@ -29,6 +29,9 @@ use zerocopy::{FromBytes, IntoBytes};
 pub struct TestHost {
     /// While set, the guest's slot is full and every post is refused.
     pub slot_full: bool,
+    /// When set, posts taken before the slot counts as full (a guest that
+    /// stops draining after this many messages).
+    pub room: Option<usize>,
     /// Messages the guest has received, oldest first, with the vCPU.
     pub inbox: VecDeque<(u32, Vec<u8>)>,
     /// Doorbells per relid: (guest→host, host→guest).
@@ -45,8 +48,11 @@ pub struct TestHost {
 
 impl VmbusHost for TestHost {
     fn post_message(&mut self, vp: u32, _sint: u8, message: &[u8]) -> bool {
-        if self.slot_full {
+        if self.slot_full || self.room == Some(0) {
             return false;
+        }
+        if let Some(room) = &mut self.room {
+            *room -= 1;
         }
         self.inbox.push_back((vp, message.to_vec()));
         true
