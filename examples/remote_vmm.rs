@@ -205,6 +205,7 @@ pub fn run(launch: Launch) -> Result<Report, String> {
             profile: GuestProfile::Linux,
             cpus: 1,
             buffer_offset: 0,
+            ..DriverConfig::default()
         },
     ))
     .map_err(|e| e.to_string())?;

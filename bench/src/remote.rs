@@ -100,6 +100,7 @@ fn iops(device: Arc<dyn VmbusDevice>, count: u64) -> Result<f64, RemoteBenchErro
             profile: GuestProfile::Linux,
             cpus: 1,
             buffer_offset: 0,
+            ..DriverConfig::default()
         },
     ))?;
     let disk = driver.disk(0).ok_or(RemoteBenchError::NoDisk)?;

@@ -1,8 +1,17 @@
 //! Read benchmarks through the whole stack — storvsc → ring → storvsp →
-//! SCSI disk → image file — against `pread` of the same file in the same
-//! run: 4 KiB random reads at queue depth 1 and 32, and 1 MiB sequential
-//! reads, with one and two channels. Results are ratios to the baseline,
-//! so they mean the same on any machine.
+//! SCSI disk → image — against `pread` of a raw file with the same bytes
+//! in the same run: 4 KiB random reads at queue depth 1 and 32, and 1 MiB
+//! sequential reads, with one and two channels, served from the raw file
+//! or from a dynamic VHDX of it. Results are ratios to the baseline, so
+//! they mean the same on any machine; rounds alternate the baseline and
+//! the stack, and the medians count.
+//!
+//! Two layouts: [`Layout::Threads`] (a thread per device channel, a
+//! completion thread per guest channel: every request crosses threads
+//! twice, the cost of a VMM whose device threads sleep while the guest
+//! runs) and [`Layout::OneThread`] (the guest driver reads its own
+//! completions and the channel tasks run on the guest's thread, as in
+//! OpenVMM's `ioperf`: what the device and the driver themselves cost).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -14,8 +23,9 @@ use futures_lite::future::block_on;
 use vmbdev_block::{BlockDevice, BlockError, RawFile};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{ConfigError, Controller, LunAddress, StorvspConfig, StorvspDevice};
+use vmbdev_vhdx::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
 
-use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile};
+use vmbdev_guest::storvsc::{Completions, DriverConfig, DriverError, GuestProfile};
 use vmbdev_loopback::storvsp::{StartError, StorvspVm, StorvspVmConfig, VmError};
 
 /// One workload.
@@ -29,13 +39,45 @@ pub struct Workload {
     pub random: bool,
 }
 
+/// Where the guest driver and the device channels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A thread per device channel and a completion thread per guest
+    /// channel; doorbells wake sleeping threads.
+    Threads,
+    /// The guest driver and every device channel on the calling thread.
+    OneThread,
+}
+
+impl Layout {
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Threads => "threads",
+            Self::OneThread => "one thread",
+        }
+    }
+}
+
+/// What the device serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// The raw file itself.
+    Raw,
+    /// A dynamic VHDX written from it (next to it, `.vhdx` added).
+    Vhdx,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// The image (raw, should be in the page cache).
+    /// The raw image (should be in the page cache); the `pread` baseline
+    /// always reads it.
     pub image: PathBuf,
-    /// Channel counts to try (1 = primary only).
-    pub channels: Vec<u16>,
+    /// What the device serves.
+    pub format: ImageFormat,
+    /// Layouts and channel counts to try (1 = primary only).
+    pub runs: Vec<(Layout, u16)>,
     /// Workloads to run.
     pub workloads: Vec<Workload>,
     /// Minimum bytes each measurement reads (more for small blocks).
@@ -44,11 +86,17 @@ pub struct BenchConfig {
 
 impl BenchConfig {
     /// The standard set: 4 KiB random at QD1 and QD32, 1 MiB sequential
-    /// at QD8, with 1 and 2 channels.
+    /// at QD8, from a VHDX, on one thread and with threads (1 and 2
+    /// channels).
     pub fn standard(image: PathBuf) -> Self {
         Self {
             image,
-            channels: vec![1, 2],
+            format: ImageFormat::Vhdx,
+            runs: vec![
+                (Layout::OneThread, 1),
+                (Layout::Threads, 1),
+                (Layout::Threads, 2),
+            ],
             workloads: vec![
                 Workload {
                     block: 4096,
@@ -76,6 +124,8 @@ impl BenchConfig {
 pub struct BenchRow {
     /// The workload.
     pub workload: Workload,
+    /// Where the driver and the channels ran.
+    pub layout: Layout,
     /// Channels used.
     pub channels: u16,
     /// Reads per second through storvsc.
@@ -94,6 +144,12 @@ pub enum BenchError {
     /// The image could not be opened or read.
     #[error("image: {0}")]
     Image(#[from] BlockError),
+    /// The VHDX could not be written.
+    #[error("writing the VHDX: {0}")]
+    WriteVhdx(#[from] WriteError),
+    /// The VHDX could not be opened.
+    #[error("opening the VHDX: {0}")]
+    OpenVhdx(#[from] VhdxError),
     /// pread failed.
     #[error("pread: {0}")]
     Io(#[from] std::io::Error),
@@ -140,24 +196,57 @@ fn pread_rate(file: &File, block: u32, offsets: &[u64]) -> Result<f64, BenchErro
     Ok(offsets.len() as f64 / secs(start.elapsed()))
 }
 
+/// Alternating rounds of each measurement.
+const ROUNDS: usize = 5;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64().max(1e-9)
 }
 
-/// Runs every workload with every channel count.
+/// The device the benchmark serves: the raw file or a VHDX written from
+/// it.
+fn served_image(config: &BenchConfig) -> Result<Arc<dyn BlockDevice>, BenchError> {
+    let raw = RawFile::open(&config.image)?;
+    Ok(match config.format {
+        ImageFormat::Raw => Arc::new(raw),
+        ImageFormat::Vhdx => {
+            let mut path = config.image.clone().into_os_string();
+            path.push(".vhdx");
+            let path = PathBuf::from(path);
+            write_vhdx(&raw, &path, &WriteOptions::default())?;
+            let vhdx = Vhdx::open(&path)?;
+            // Into the page cache, as the raw file is.
+            let mut buf = vec![0u8; 1 << 20];
+            let sector = u64::from(vhdx.logical_sector_size());
+            let mut at = 0;
+            while at + buf.len() as u64 <= vhdx.size_bytes() {
+                vhdx.read_sectors(at / sector, &mut buf)?;
+                at += buf.len() as u64;
+            }
+            Arc::new(vhdx)
+        }
+    })
+}
+
+/// Runs every workload in every layout and channel count.
 pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
     let file = File::open(&config.image)?;
-    let raw: Arc<dyn BlockDevice> = Arc::new(RawFile::open(&config.image)?);
-    let size = raw.size_bytes();
+    let served = served_image(config)?;
+    let size = served.size_bytes();
     let mut rows = Vec::new();
-    for &channels in &config.channels {
+    for &(layout, channels) in &config.runs {
         let controller = Arc::new(Controller::new());
         let lun = LunAddress {
             path: 0,
             target: 0,
             lun: 0,
         };
-        controller.insert(lun, Arc::new(ScsiDisk::new(raw.clone())));
+        controller.insert(lun, Arc::new(ScsiDisk::new(served.clone())));
         let device = Arc::new(StorvspDevice::new(
             StorvspConfig {
                 max_sub_channels: channels.saturating_sub(1),
@@ -166,17 +255,25 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             },
             controller,
         )?);
+        let executor =
+            (layout == Layout::OneThread).then(|| Arc::new(async_executor::Executor::new()));
+        let completions = match layout {
+            Layout::Threads => Completions::Thread,
+            Layout::OneThread => Completions::Polled,
+        };
         let (vm, driver) = StorvspVm::start_with_storvsc(
             device,
             StorvspVmConfig {
                 ring_pages: 32,
                 buffer_pages: 16384,
+                executor: executor.clone(),
                 ..StorvspVmConfig::default()
             },
             &DriverConfig {
                 profile: GuestProfile::Linux,
                 cpus: channels,
                 buffer_offset: 0,
+                completions,
             },
         )
         .map_err(|e| match e {
@@ -189,24 +286,36 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             if size < u64::from(workload.block) {
                 return Err(BenchError::TooSmall(size));
             }
-            let count = (config.bytes_per_run / u64::from(workload.block)).clamp(2000, 200_000);
+            let count = (config.bytes_per_run / u64::from(workload.block)).clamp(400, 40_000);
             let count = if workload.block <= 4096 {
-                count.min(50_000)
+                count.min(20_000)
             } else {
                 count
             };
             let offsets = offsets(workload, size, count);
-            let pread_iops = pread_rate(&file, workload.block, &offsets)?;
             let blocks = (u64::from(workload.block) / block_size) as u32;
-            let start = Instant::now();
-            block_on(disk.read_discard(
-                offsets.iter().map(|&at| (at / block_size, blocks)),
-                workload.depth,
-            ))?;
-            let elapsed = secs(start.elapsed());
-            let iops = offsets.len() as f64 / elapsed;
+            // Rounds alternate the baseline and the device so both see the
+            // same machine; the medians count.
+            let mut pread = Vec::with_capacity(ROUNDS);
+            let mut device = Vec::with_capacity(ROUNDS);
+            for _ in 0..ROUNDS {
+                pread.push(pread_rate(&file, workload.block, &offsets)?);
+                let reads = disk.read_discard(
+                    offsets.iter().map(|&at| (at / block_size, blocks)),
+                    workload.depth,
+                );
+                let start = Instant::now();
+                match &executor {
+                    Some(executor) => block_on(executor.run(reads)),
+                    None => block_on(reads),
+                }?;
+                device.push(offsets.len() as f64 / secs(start.elapsed()));
+            }
+            let pread_iops = median(&mut pread);
+            let iops = median(&mut device);
             rows.push(BenchRow {
                 workload,
+                layout,
                 channels,
                 iops,
                 mb_per_s: iops * f64::from(workload.block) / 1e6,
@@ -223,7 +332,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
 /// Formats rows as a table.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "workload                 ch  storvsc IOPS   storvsc MB/s    pread IOPS     pread MB/s  ratio\n",
+        "workload                 layout      ch  storvsc IOPS   storvsc MB/s    pread IOPS     pread MB/s  ratio\n",
     );
     for r in rows {
         let w = r.workload;
@@ -238,7 +347,8 @@ pub fn table(rows: &[BenchRow]) -> String {
             w.depth
         );
         out.push_str(&format!(
-            "{name:<24} {:>3} {:>13.0} {:>14.1} {:>13.0} {:>14.1} {:>6.2}\n",
+            "{name:<24} {:<10} {:>3} {:>13.0} {:>14.1} {:>13.0} {:>14.1} {:>6.2}\n",
+            r.layout.name(),
             r.channels,
             r.iops,
             r.mb_per_s,

@@ -3,6 +3,7 @@
 //! straight into guest pages), with the in-band figure as the baseline of
 //! the same run. Used by `vmbdev demo` and `vmbdev bench`.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmbdev_device::bus::VmbusDevice;
@@ -160,4 +161,248 @@ pub fn measure_throughput_with(
     let rdma = timed_read(&mut client, path, &data, "RDMA")?;
     futures_lite::future::block_on(client.close())?;
     Ok(ThroughputReport { in_band, rdma })
+}
+
+/// Where the client and the device task run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The device task on an executor thread of the VM, file reads on the
+    /// blocking pool; the client on the calling thread.
+    Threads,
+    /// Client and device task on the calling thread, file reads inline.
+    OneThread,
+}
+
+/// How the client reads the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// READ_FILE round trips, the data copied out of the ring.
+    InBand,
+    /// RDMA chunks into buffers of the client's, then copied into the
+    /// caller's host buffer.
+    RdmaCopied,
+    /// RDMA chunks straight into the caller's guest pages (a loader's
+    /// destination), no guest-side copy.
+    RdmaToGuest,
+}
+
+/// One measured way of reading the file beside `pread` of the same bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreadRow {
+    /// How the client read.
+    pub mode: Mode,
+    /// Where client and device ran.
+    pub layout: Layout,
+    /// Throughput through vmbfs, MB/s (median of the rounds).
+    pub mb_per_s: f64,
+    /// `pread` throughput of the same bytes from a page-cached file into
+    /// a buffer of the file's size, MB/s (median of the rounds).
+    pub pread_mb_per_s: f64,
+}
+
+impl PreadRow {
+    /// A name for tables.
+    pub fn name(&self) -> String {
+        let mode = match self.mode {
+            Mode::InBand => "in-band",
+            Mode::RdmaCopied => "RDMA, copied out",
+            Mode::RdmaToGuest => "RDMA into guest pages",
+        };
+        let layout = match self.layout {
+            Layout::Threads => "threads",
+            Layout::OneThread => "one thread",
+        };
+        format!("{mode}, {layout}")
+    }
+
+    /// vmbfs over `pread`.
+    pub fn ratio(&self) -> f64 {
+        self.mb_per_s / self.pread_mb_per_s.max(1e-9)
+    }
+}
+
+/// Alternating rounds per mode against `pread`.
+const PREAD_ROUNDS: usize = 5;
+
+/// What [`compare_with_pread`] can fail with besides the reads.
+#[derive(Debug, thiserror::Error)]
+pub enum PreadBenchError {
+    /// The vmbfs side failed.
+    #[error(transparent)]
+    Vmbfs(#[from] BenchError),
+    /// The baseline file could not be written or read.
+    #[error("pread baseline: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads a `file_size`-byte file over vmbfs in every mode and layout, in
+/// rounds alternating with `pread` of the same bytes from a file written
+/// to `dir` (in 1 MiB calls into a buffer of the file's size, as the
+/// client fills one); every read is checked against the file.
+pub fn compare_with_pread(dir: &Path, file_size: usize) -> Result<Vec<PreadRow>, PreadBenchError> {
+    let data = contents(file_size);
+    let path = dir.join("vmbfs-pread-baseline.bin");
+    std::fs::write(&path, &data)?;
+    let file = std::fs::File::open(&path)?;
+    let mut host_buf = vec![0xA5u8; file_size];
+    let pread = |buf: &mut [u8]| -> std::io::Result<f64> {
+        use std::os::unix::fs::FileExt;
+        let start = Instant::now();
+        for (i, chunk) in buf.chunks_mut(1 << 20).enumerate() {
+            file.read_exact_at(chunk, (i << 20) as u64)?;
+        }
+        Ok(mb_per_s(buf.len(), start.elapsed()))
+    };
+    let runs = [
+        (Mode::InBand, Layout::Threads),
+        (Mode::RdmaCopied, Layout::Threads),
+        (Mode::InBand, Layout::OneThread),
+        (Mode::RdmaToGuest, Layout::OneThread),
+    ];
+    let mut rows = Vec::new();
+    for (mode, layout) in runs {
+        let mut rig = PreadRig::new(&data, mode, layout)?;
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..PREAD_ROUNDS {
+            theirs.push(pread(&mut host_buf)?);
+            ours.push(rig.read(&data, &mut host_buf)?);
+        }
+        if host_buf != data && mode != Mode::RdmaToGuest {
+            return Err(BenchError::Mismatch { mode: "pread" }.into());
+        }
+        rows.push(PreadRow {
+            mode,
+            layout,
+            mb_per_s: median(&mut ours),
+            pread_mb_per_s: median(&mut theirs),
+        });
+        rig.close()?;
+    }
+    Ok(rows)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
+}
+
+/// A client with the bench file open, in one mode and layout.
+struct PreadRig {
+    client: VmbfsClient,
+    vm: LoopbackVm,
+    file: Option<vmbdev_guest::vmbfs::UefiFile>,
+    mode: Mode,
+    layout: Layout,
+    /// The guest destination of [`Mode::RdmaToGuest`].
+    dest: Option<vmbdev_ring::GpaRange>,
+}
+
+impl PreadRig {
+    const PATH: &'static str = "bench/file.bin";
+
+    fn new(data: &[u8], mode: Mode, layout: Layout) -> Result<Self, BenchError> {
+        let mut builder = MemoryTree::builder();
+        builder
+            .add_file(Self::PATH, data.to_vec())
+            .map_err(BenchError::Tree)?;
+        let io = match layout {
+            Layout::Threads => IoPolicy::BlockingPool,
+            Layout::OneThread => IoPolicy::Inline,
+        };
+        let device: Arc<dyn VmbusDevice> = Arc::new(
+            VmbfsDevice::new(VmbfsConfig {
+                tree: Arc::new(builder.build()),
+                rdma_enabled: true,
+            })
+            .with_io_policy(io),
+        );
+        let vm = LoopbackVm::new(&VmConfig {
+            memory_pages: 8192 + data.len().div_ceil(vmbdev_ring::PAGE_SIZE) as u64,
+            executor_threads: match layout {
+                Layout::Threads => 1,
+                Layout::OneThread => 0,
+            },
+        })?;
+        let client = VmbfsClient::new(VmbfsLoopback::new(vm.clone(), device), mode != Mode::InBand);
+        let dest = match mode {
+            Mode::RdmaToGuest => Some(
+                vm.pages()
+                    .alloc_range(data.len() as u32)
+                    .map_err(|e| BenchError::Vm(e.into()))?,
+            ),
+            _ => None,
+        };
+        let mut rig = Self {
+            client,
+            vm,
+            file: None,
+            mode,
+            layout,
+            dest,
+        };
+        let client = &mut rig.client;
+        let open = async move {
+            client.open_volume().await?;
+            client.open_path(Self::PATH).await
+        };
+        rig.file = Some(drive(&rig.vm, layout, open)?);
+        // A first read warms guest pages, caches and pools.
+        let mut buf = vec![0u8; data.len()];
+        rig.read(data, &mut buf)?;
+        Ok(rig)
+    }
+
+    /// One timed read of the whole file (MB/s), checked against `data`.
+    fn read(&mut self, data: &[u8], buf: &mut [u8]) -> Result<f64, BenchError> {
+        let file = self
+            .file
+            .clone()
+            .ok_or(BenchError::Mismatch { mode: "open" })?;
+        let dest = self.dest.clone();
+        buf.fill(0xA5);
+        let start = Instant::now();
+        let (vm, layout, client) = (&self.vm, self.layout, &mut self.client);
+        let n = match (self.mode, dest) {
+            (Mode::RdmaToGuest, Some(dest)) => {
+                drive(vm, layout, client.read_file_to_guest(&file, 0, &dest))?
+            }
+            _ => drive(vm, layout, client.read_file(&file, 0, buf))?,
+        };
+        let elapsed = start.elapsed();
+        if let (Mode::RdmaToGuest, Some(dest)) = (self.mode, &self.dest) {
+            dest.read_at(self.vm.memory(), 0, buf)
+                .map_err(|_| BenchError::Mismatch { mode: "RDMA" })?;
+        }
+        if n != data.len() || buf != data {
+            return Err(BenchError::Mismatch {
+                mode: match self.mode {
+                    Mode::InBand => "in-band",
+                    _ => "RDMA",
+                },
+            });
+        }
+        Ok(mb_per_s(n, elapsed))
+    }
+
+    fn close(mut self) -> Result<(), BenchError> {
+        drive(&self.vm, self.layout, self.client.close())
+    }
+}
+
+/// Runs a client future to its end: on the calling thread, with the VM's
+/// executor (and so the device task) beside it in the one-thread layout.
+fn drive<T>(
+    vm: &LoopbackVm,
+    layout: Layout,
+    work: impl Future<Output = Result<T, VmbfsClientError>>,
+) -> Result<T, BenchError> {
+    Ok(match layout {
+        Layout::Threads => futures_lite::future::block_on(work),
+        Layout::OneThread => futures_lite::future::block_on(vm.executor().run(work)),
+    }?)
 }

@@ -78,12 +78,12 @@ pub fn suites() -> Vec<Suite> {
         },
         Suite {
             name: "vmbfs",
-            baseline: "pread of the same bytes from a file",
+            baseline: "pread of the same bytes from a page-cached file into a buffer of its size",
             run: vmbfs_suite,
         },
         Suite {
             name: "storvsp",
-            baseline: "pread of the same offsets from the image",
+            baseline: "pread of the same offsets from the raw image (the device serves a VHDX of it)",
             run: storvsp_suite,
         },
         Suite {
@@ -198,55 +198,26 @@ fn row(name: String, value: f64, unit: &'static str, baseline: f64) -> Row {
     }
 }
 
-/// Best-of-three `pread` throughput (MB/s) of a `size`-byte file written
-/// to `scratch`, read whole in 1 MiB chunks.
-fn pread_mb_per_s(scratch: &Path, size: usize) -> Result<f64, CliError> {
-    use std::os::unix::fs::FileExt;
-    let path = scratch.join("pread-baseline.bin");
-    let fail = |e: std::io::Error| CliError::new(format!("{}: {e}", path.display()));
-    let data: Vec<u8> = (0..size).map(|i| (i as u8) ^ (i >> 12) as u8).collect();
-    std::fs::write(&path, &data).map_err(fail)?;
-    let file = std::fs::File::open(&path).map_err(fail)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let start = std::time::Instant::now();
-        let mut at = 0;
-        while at < size {
-            let len = (size - at).min(buf.len());
-            file.read_exact_at(&mut buf[..len], at as u64)
-                .map_err(fail)?;
-            at += len;
-        }
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    Ok(size as f64 / best.max(1e-9) / 1e6)
-}
-
 fn vmbfs_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
     let size = if ctx.quick { 8 << 20 } else { 64 << 20 };
-    let report = vmbdev_bench::vmbfs::measure_throughput(size)
+    let rows = vmbdev_bench::vmbfs::compare_with_pread(ctx.scratch, size)
         .map_err(|e| CliError::new(format!("vmbfs benchmark: {e}")))?;
-    let baseline = pread_mb_per_s(ctx.scratch, size)?;
     let mib = size >> 20;
-    Ok(vec![
-        row(
-            format!("vmbfs in-band read {mib} MiB"),
-            report.in_band.mb_per_s(),
-            "MB/s",
-            baseline,
-        ),
-        row(
-            format!("vmbfs RDMA read {mib} MiB"),
-            report.rdma.mb_per_s(),
-            "MB/s",
-            baseline,
-        ),
-    ])
+    Ok(rows
+        .iter()
+        .map(|r| {
+            row(
+                format!("vmbfs {mib} MiB {}", r.name()),
+                r.mb_per_s,
+                "MB/s",
+                r.pread_mb_per_s,
+            )
+        })
+        .collect())
 }
 
 fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
-    use vmbdev_bench::storvsp::{BenchConfig, make_image, run};
+    use vmbdev_bench::storvsp::{BenchConfig, Layout, make_image, run};
     let image = ctx.scratch.join("storvsp-bench.raw");
     let (image_size, bytes_per_run) = if ctx.quick {
         (32 << 20, 8 << 20)
@@ -258,7 +229,7 @@ fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
     };
     make_image(&image, image_size).map_err(fail)?;
     let mut config = BenchConfig::standard(image.clone());
-    config.channels = vec![1];
+    config.runs = vec![(Layout::OneThread, 1), (Layout::Threads, 1)];
     config.bytes_per_run = bytes_per_run;
     let rows = run(&config).map_err(fail)?;
     Ok(rows
@@ -267,7 +238,12 @@ fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
             let w = r.workload;
             if w.random {
                 row(
-                    format!("storvsp {} KiB random QD{}", w.block >> 10, w.depth),
+                    format!(
+                        "storvsp {} KiB random QD{}, {}",
+                        w.block >> 10,
+                        w.depth,
+                        r.layout.name()
+                    ),
                     r.iops,
                     "IOPS",
                     r.pread_iops,
@@ -275,7 +251,12 @@ fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
             } else {
                 let bytes = f64::from(w.block) / 1e6;
                 row(
-                    format!("storvsp {} MiB sequential QD{}", w.block >> 20, w.depth),
+                    format!(
+                        "storvsp {} MiB sequential QD{}, {}",
+                        w.block >> 20,
+                        w.depth,
+                        r.layout.name()
+                    ),
                     r.mb_per_s,
                     "MB/s",
                     r.pread_iops * bytes,

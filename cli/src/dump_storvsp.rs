@@ -137,6 +137,7 @@ pub fn dump_through_storvsc(
         profile: GuestProfile::Linux,
         cpus: 2,
         buffer_offset: 0,
+        ..DriverConfig::default()
     };
     let (vm, driver) = StorvspVm::start_with_storvsc(storvsp, StorvspVmConfig::default(), &config)
         .map_err(|e| match e {

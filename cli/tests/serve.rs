@@ -81,6 +81,7 @@ fn serve_hands_a_disk_to_a_vmm_in_another_process() {
             profile: GuestProfile::Linux,
             cpus: 1,
             buffer_offset: 0,
+            ..DriverConfig::default()
         },
     ))
     .unwrap();

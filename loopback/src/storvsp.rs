@@ -1,7 +1,10 @@
 //! An in-process multi-channel "VM" for a storvsp device (or any
 //! [`VmbusDevice`] with sub-channels): one guest memory holding the
 //! primary ring, the sub-channel rings and the guest's data pages; each
-//! host channel task on its own thread; event doorbells. It plays the
+//! host channel task on its own thread, or all of them on an executor the
+//! caller runs (with a polled guest driver, guest and device then share
+//! one thread, as a VMM that serves the device on the vCPU's exit does);
+//! event doorbells. It plays the
 //! VMM's part of the bus contract only: channels are opened with
 //! [`VmbusDevice::open`], sub-channels come through the
 //! [`SubChannelControl`] it hands the device, and closing, saving and
@@ -29,6 +32,11 @@ pub struct StorvspVmConfig {
     pub scatter_buffers: bool,
     /// Most sub-channels the VM can host.
     pub max_sub_channels: u16,
+    /// Runs the host channel tasks on this executor instead of a thread
+    /// each; the caller runs it (e.g. `executor.run(work)` on the thread
+    /// that drives the guest). [`StorvspVm::start_with_storvsc`] and
+    /// [`StorvspVm::close_all`] run it themselves while they wait.
+    pub executor: Option<Arc<async_executor::Executor<'static>>>,
 }
 
 impl Default for StorvspVmConfig {
@@ -38,6 +46,7 @@ impl Default for StorvspVmConfig {
             buffer_pages: 4096,
             scatter_buffers: true,
             max_sub_channels: 4,
+            executor: None,
         }
     }
 }
@@ -85,11 +94,42 @@ struct ChannelRing {
 /// How a channel's task ended.
 type TaskResult = Result<(), ChannelError>;
 
+/// Where a host channel task runs.
+enum HostTask {
+    /// A thread of its own.
+    Thread(JoinHandle<TaskResult>),
+    /// The configured executor.
+    Spawned(async_executor::Task<TaskResult>),
+}
+
+impl HostTask {
+    fn is_finished(&self) -> bool {
+        match self {
+            Self::Thread(thread) => thread.is_finished(),
+            Self::Spawned(task) => task.is_finished(),
+        }
+    }
+
+    /// Waits for the task (running `executor` meanwhile, for a spawned
+    /// one) and returns how it ended.
+    fn join(self, index: u16, executor: Option<&async_executor::Executor<'static>>) -> TaskResult {
+        match (self, executor) {
+            (Self::Thread(thread), _) => thread
+                .join()
+                .unwrap_or(Err(ChannelError::Panicked { channel: index })),
+            (Self::Spawned(task), Some(executor)) => {
+                futures_lite::future::block_on(executor.run(task))
+            }
+            (Self::Spawned(task), None) => futures_lite::future::block_on(task),
+        }
+    }
+}
+
 struct VmState<D: ?Sized> {
     device: Arc<D>,
     rings: Vec<ChannelRing>,
     offered: u16,
-    threads: Vec<(u16, JoinHandle<TaskResult>)>,
+    threads: Vec<(u16, HostTask)>,
     next_gpadl: u32,
 }
 
@@ -193,15 +233,16 @@ impl<D: VmbusDevice + ?Sized + 'static> StorvspVm<D> {
         config: StorvspVmConfig,
         driver: &DriverConfig,
     ) -> Result<(Self, Storvsc), StartError> {
+        let executor = config.executor.clone();
         let (vm, primary) = Self::start(device, config)?;
         let opener = vm.opener();
-        let storvsc = futures_lite::future::block_on(Storvsc::connect(
-            primary,
-            vm.memory(),
-            vm.pages(),
-            opener.as_ref(),
-            driver,
-        ))?;
+        let memory = vm.memory();
+        let pages = vm.pages();
+        let connect = Storvsc::connect(primary, memory, pages, opener.as_ref(), driver);
+        let storvsc = match &executor {
+            Some(executor) => futures_lite::future::block_on(executor.run(connect)),
+            None => futures_lite::future::block_on(connect),
+        }?;
         Ok((vm, storvsc))
     }
 
@@ -249,14 +290,10 @@ impl<D: VmbusDevice + ?Sized + 'static> StorvspVm<D> {
         for (index, _) in &threads {
             let _ = device.close(*index);
         }
+        let executor = self.shared.config.executor.as_deref();
         threads
             .into_iter()
-            .map(|(index, thread)| {
-                let result = thread
-                    .join()
-                    .unwrap_or(Err(ChannelError::Panicked { channel: index }));
-                (index, result)
-            })
+            .map(|(index, task)| (index, task.join(index, executor)))
             .collect()
     }
 
@@ -269,8 +306,9 @@ impl<D: VmbusDevice + ?Sized + 'static> StorvspVm<D> {
             .partition(|(_, t)| t.is_finished());
         state.threads = running;
         drop(state);
+        let executor = self.shared.config.executor.as_deref();
         done.into_iter()
-            .filter_map(|(index, thread)| thread.join().ok().map(|r| (index, r)))
+            .map(|(index, task)| (index, task.join(index, executor)))
             .collect()
     }
 
@@ -321,11 +359,16 @@ fn spawn_host<D: VmbusDevice + ?Sized + 'static>(
         sub_channels: Arc::new(Offer(Arc::downgrade(shared))),
     };
     let task = device.open(index, request)?;
-    let thread = std::thread::Builder::new()
-        .name(format!("storvsp-{index}"))
-        .spawn(move || futures_lite::future::block_on(task))
-        .map_err(VmError::Thread)?;
-    shared.lock().threads.push((index, thread));
+    let task = match &shared.config.executor {
+        Some(executor) => HostTask::Spawned(executor.spawn(task)),
+        None => HostTask::Thread(
+            std::thread::Builder::new()
+                .name(format!("storvsp-{index}"))
+                .spawn(move || futures_lite::future::block_on(task))
+                .map_err(VmError::Thread)?,
+        ),
+    };
+    shared.lock().threads.push((index, task));
     Ok(())
 }
 

@@ -47,7 +47,9 @@ pub enum VmError {
 pub struct VmConfig {
     /// Guest memory in pages.
     pub memory_pages: u64,
-    /// Executor threads running device tasks.
+    /// Executor threads running device tasks. With 0 there are none: the
+    /// caller runs [`LoopbackVm::executor`] (for example around the guest's
+    /// work, so guest and device share its thread).
     pub executor_threads: usize,
 }
 
@@ -148,7 +150,7 @@ impl LoopbackVm {
         let executor = Arc::new(async_executor::Executor::new());
         let (shutdown, stopped) = async_channel::bounded::<()>(1);
         let mut threads = Vec::new();
-        for i in 0..config.executor_threads.max(1) {
+        for i in 0..config.executor_threads {
             let executor = executor.clone();
             let stopped = stopped.clone();
             let thread = std::thread::Builder::new()
@@ -175,6 +177,11 @@ impl LoopbackVm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemory {
         &self.inner.memory
+    }
+
+    /// The executor the device tasks run on.
+    pub fn executor(&self) -> &Arc<async_executor::Executor<'static>> {
+        &self.inner.executor
     }
 
     /// The allocator of free guest pages (drivers take buffers here).

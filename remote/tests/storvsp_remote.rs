@@ -50,6 +50,7 @@ fn connect(vm: &Arc<EventfdVm>, primary: Endpoint, cpus: u16) -> Storvsc {
             profile: GuestProfile::Linux,
             cpus,
             buffer_offset: 0,
+            ..DriverConfig::default()
         },
     ))
     .expect("hang guard")

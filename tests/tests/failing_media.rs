@@ -62,6 +62,7 @@ fn storvsp(disks: Vec<Arc<dyn BlockDevice>>) -> (StorvspVm, Storvsc) {
         profile: GuestProfile::Linux,
         cpus: 2,
         buffer_offset: 0,
+        ..DriverConfig::default()
     };
     StorvspVm::start_with_storvsc(device, StorvspVmConfig::default(), &driver).unwrap()
 }

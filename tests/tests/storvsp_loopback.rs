@@ -15,7 +15,9 @@ use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{
     Controller, LunAddress as HostLun, StorvspConfig, StorvspDevice, WORST_COMPLETION_RING_LEN,
 };
-use vmbdev_guest::storvsc::{DriverConfig, DriverError, GuestProfile, LunAddress, Storvsc};
+use vmbdev_guest::storvsc::{
+    Completions, DriverConfig, DriverError, GuestProfile, LunAddress, Storvsc,
+};
 use vmbdev_loopback::storvsp::{StorvspVm, StorvspVmConfig};
 use vmbdev_ring::{Endpoint, GpaRange, OutgoingPacket, PacketKind};
 
@@ -78,6 +80,7 @@ fn linux(cpus: u16) -> DriverConfig {
         profile: GuestProfile::Linux,
         cpus,
         buffer_offset: 0,
+        ..DriverConfig::default()
     }
 }
 
@@ -150,6 +153,53 @@ fn linux_reads_equal_the_image_512_and_4096_over_sub_channels() {
             assert!(data[..] == bytes[at..at + *count as usize * s]);
         }
         assert_eq!(setup.vm.device().stats().violations(), 0);
+    }
+}
+
+/// The driver reading its own completions, with every device channel on
+/// the driver's thread (no completion or channel threads): the same bytes
+/// over sub-channels, small reads run inline and large ones (past the
+/// inline limit) through the device's I/O pool.
+#[test]
+fn one_thread_layout_reads_equal_the_image_over_sub_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes) = random_image(dir.path(), "disk.raw", 5 << 20, 7);
+    let controller = Arc::new(Controller::new());
+    controller.insert(host(LUN0), disk(&path, 512));
+    let executor = Arc::new(async_executor::Executor::new());
+    let setup = connect(
+        controller,
+        multi_channel(3),
+        StorvspVmConfig {
+            executor: Some(executor.clone()),
+            ..StorvspVmConfig::default()
+        },
+        DriverConfig {
+            completions: Completions::Polled,
+            ..linux(3)
+        },
+    );
+    let driver = &setup.driver;
+    assert_eq!(driver.channel_count(), 3);
+    let disk = driver.disk(0).unwrap();
+    let blocks = bytes.len() as u64 / 512;
+    for (lba, count) in [(0, 1), (blocks - 1, 1), (3, 2048), (17, blocks - 17)] {
+        let data = block_on(executor.run(disk.read(lba, count))).unwrap();
+        let want = &bytes[lba as usize * 512..(lba + count) as usize * 512];
+        assert!(data == want, "read of {count} at {lba} differs");
+    }
+    let requests: Vec<(u64, u32)> = (0..200u64)
+        .map(|i| ((i * 7919) % (blocks - 8), 1 + (i % 8) as u32))
+        .collect();
+    let results = block_on(executor.run(disk.read_many(&requests, 64))).unwrap();
+    for ((lba, count), data) in requests.iter().zip(&results) {
+        let at = *lba as usize * 512;
+        assert!(data[..] == bytes[at..at + *count as usize * 512]);
+    }
+    assert_eq!(setup.vm.device().stats().violations(), 0);
+    drop(setup.driver);
+    for (index, result) in setup.vm.close_all() {
+        assert!(result.is_ok(), "channel {index}: {result:?}");
     }
 }
 
@@ -241,6 +291,7 @@ fn uefi_profile_finds_disks_with_report_luns_and_reads() {
             profile: GuestProfile::Uefi,
             cpus: 4,
             buffer_offset: 0,
+            ..DriverConfig::default()
         },
     );
     let driver = &setup.driver;

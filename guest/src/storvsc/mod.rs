@@ -562,7 +562,8 @@ pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u8>, StorvscError> {
 pub mod driver;
 
 pub use driver::{
-    ChannelOpener, Disk, DiskInfo, DriverConfig, DriverError, HostEvents, ProbeRecord, Storvsc,
+    ChannelOpener, Completions, Disk, DiskInfo, DriverConfig, DriverError, HostEvents, ProbeRecord,
+    Storvsc,
 };
 
 #[cfg(test)]

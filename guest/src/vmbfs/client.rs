@@ -105,6 +105,10 @@ pub enum VmbfsClientError {
     /// A file larger than [`MAX_READ_ALL`] or this address space.
     #[error("file of {0} bytes is too large to read into memory")]
     TooLarge(u64),
+    /// A read into guest pages was asked of a file or a buffer it cannot
+    /// serve.
+    #[error("cannot read into guest pages: {0}")]
+    NotRdma(&'static str),
 }
 
 impl VmbfsClientError {
@@ -315,10 +319,40 @@ impl<B: VmbfsBus> VmbfsClient<B> {
     ) -> Result<usize> {
         let len = left.min(MAX_RDMA_READ_SIZE as usize) as u32;
         let buffer = self.bus.pages().alloc_range(len)?;
-        let chunk = match rdma_chunk(path, offset, &buffer) {
+        let written = self.rdma_into(path, offset, &buffer, true).await?;
+        let out = buf
+            .get_mut(..written as usize)
+            .ok_or(VmbfsClientError::Protocol(ClientError::BadHost {
+                what: "more bytes written than the buffer holds",
+                len: written as usize,
+                message_type: 0,
+            }))?;
+        if written > 0 {
+            read_range(self.bus.memory(), &buffer, out)?;
+        }
+        Ok(written as usize)
+    }
+
+    /// One RDMA chunk into `buffer`: its setup (after the previous
+    /// chunk's deferred teardown), the READ_FILE_RDMA, and this chunk's
+    /// teardown deferred in turn. With `owned`, the buffer's pages came
+    /// from the bus's allocator and go back to it after their teardown.
+    async fn rdma_into(
+        &mut self,
+        path: &[u16],
+        offset: u64,
+        buffer: &GpaRange,
+        owned: bool,
+    ) -> Result<u32> {
+        let free_owned = |client: &Self| {
+            if owned {
+                client.bus.pages().free(buffer.gpns());
+            }
+        };
+        let chunk = match rdma_chunk(path, offset, buffer) {
             Ok(chunk) => chunk,
             Err(e) => {
-                self.bus.pages().free(buffer.gpns());
+                free_owned(self);
                 return Err(e.into());
             }
         };
@@ -333,24 +367,95 @@ impl<B: VmbfsBus> VmbfsClient<B> {
         }
         self.pending_teardown = Some(PendingTeardown {
             handle: RDMA_HANDLE,
-            pages: buffer.gpns().to_vec(),
+            pages: if owned {
+                buffer.gpns().to_vec()
+            } else {
+                Vec::new()
+            },
         });
         sent?;
         let reply = self.request(&chunk.request).await?;
         let written = parse_rdma_response(&reply, chunk.requested)?;
-        let out = buf
-            .get_mut(..written as usize)
-            .ok_or(VmbfsClientError::Protocol(ClientError::BadHost {
-                what: "more bytes written than the buffer holds",
-                len: written as usize,
-                message_type: 0,
-            }))?;
-        if written > 0 {
-            read_range(self.bus.memory(), &buffer, out)?;
-        }
         self.stats.rdma_bytes += u64::from(written);
         self.stats.rdma_chunks += 1;
-        Ok(written as usize)
+        Ok(written)
+    }
+
+    /// Reads `file` from `offset` by RDMA straight into the guest pages of
+    /// `dest`, the way the firmware reads into its caller's buffer: one
+    /// setup and READ_FILE_RDMA per chunk of at most
+    /// [`MAX_RDMA_READ_SIZE`] over the next pages of `dest`, and no copy
+    /// on the guest side. Fills `dest` or reads to the end of the file;
+    /// returns the bytes read. The last chunk's buffer is torn down before
+    /// this returns, so the host holds none of `dest` afterwards.
+    ///
+    /// `dest` must start on a page boundary; the file must be RDMA
+    /// capable and the client set to use RDMA.
+    pub async fn read_file_to_guest(
+        &mut self,
+        file: &UefiFile,
+        offset: u64,
+        dest: &GpaRange,
+    ) -> Result<usize> {
+        if file.info.directory {
+            return Err(VmbfsClientError::IsADirectory(String::from_utf16_lossy(
+                &file.path,
+            )));
+        }
+        if !(self.use_rdma && file.info.rdma_capable) {
+            return Err(VmbfsClientError::NotRdma(
+                "the file is not RDMA capable or RDMA is off",
+            ));
+        }
+        if dest.byte_offset() != 0 {
+            return Err(VmbfsClientError::NotRdma(
+                "the buffer does not start on a page boundary",
+            ));
+        }
+        let mut read = FileRead::new(file.info.size, offset, dest.byte_count() as usize);
+        let result = async {
+            while let Some((at, done, left)) = read.next_chunk() {
+                if done % PAGE_SIZE != 0 {
+                    // A short chunk before the end: the next one would not
+                    // start on a page.
+                    break;
+                }
+                let len = left.min(MAX_RDMA_READ_SIZE as usize);
+                let first = done / PAGE_SIZE;
+                let pages = dest
+                    .gpns()
+                    .get(first..first + len.div_ceil(PAGE_SIZE))
+                    .ok_or(VmbfsClientError::NotRdma("the buffer has too few pages"))?;
+                let range = GpaRange::from_pages(len as u32, 0, pages)
+                    .map_err(|_| VmbfsClientError::NotRdma("the buffer cannot be described"))?;
+                let written = self.rdma_into(&file.path, at, &range, false).await?;
+                read.advance(written as usize)?;
+            }
+            Ok::<_, VmbfsClientError>(read.bytes_read())
+        }
+        .await;
+        let teardown = self.flush_teardown().await;
+        let bytes = result?;
+        teardown?;
+        Ok(bytes)
+    }
+
+    /// Sends the deferred teardown now, if one is pending.
+    async fn flush_teardown(&mut self) -> Result<()> {
+        let Some(pending) = self.pending_teardown.take() else {
+            return Ok(());
+        };
+        let channel = self
+            .channel
+            .as_mut()
+            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
+        let sent = channel
+            .endpoint()
+            .writer
+            .send_teardown(pending.handle)
+            .await;
+        self.bus.pages().free(&pending.pages);
+        Ok(sent?)
     }
 
     async fn send_setup_after_teardown(

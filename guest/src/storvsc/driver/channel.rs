@@ -1,8 +1,9 @@
 //! Channel plumbing: the driver's channels, each a ring writer used from
-//! the caller's task and a completion thread (the guest's interrupt
-//! handler) that reads the host→guest ring and wakes the waiting request
-//! by transaction id; guest data buffers from the [`PageAllocator`]; and
-//! SRBs sent over the next channel in turn.
+//! the caller's task and a reader of the host→guest ring that wakes the
+//! waiting request by transaction id — a completion thread of its own (the
+//! guest's interrupt handler), or, with [`Completions::Polled`], whichever
+//! waiting request holds the reader at the time; guest data buffers from
+//! the [`PageAllocator`]; and SRBs sent over the next channel in turn.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,13 +17,16 @@ use vmbdev_ring::{
 };
 
 use super::slots::{Reply, Waiters};
-use super::{DriverError, HostEvents};
+use super::{Completions, DriverError, HostEvents};
 use crate::storvsc::{GuestProfile, LunAddress, SrbCompletion, write_srb_packet};
 use vmbdev_ring::StopSignal;
 
 struct GuestChannel {
     writer: AsyncMutex<RingWriter>,
     waiters: Arc<Waiters>,
+    /// The host→guest ring, read by the waiting requests themselves
+    /// ([`Completions::Polled`]); `None` when a thread reads it.
+    reader: Option<AsyncMutex<RingReader>>,
 }
 
 /// The state every handle of a connected driver shares: its channels, the
@@ -37,6 +41,7 @@ pub(super) struct Inner {
     pub(super) srb_size: usize,
     pub(super) profile: GuestProfile,
     buffer_offset: u32,
+    completions: Completions,
     pub(super) max_transfer: u32,
     stop: Arc<StopSignal>,
     threads: Mutex<Vec<JoinHandle<Result<(), RingError>>>>,
@@ -91,6 +96,7 @@ impl Inner {
         pages: PageAllocator,
         profile: GuestProfile,
         buffer_offset: u32,
+        completions: Completions,
     ) -> Self {
         Self {
             channels: Vec::new(),
@@ -101,6 +107,7 @@ impl Inner {
             srb_size: profile.packet_size(),
             profile,
             buffer_offset,
+            completions,
             max_transfer: 0,
             stop: Arc::new(StopSignal::new()),
             threads: Mutex::new(Vec::new()),
@@ -113,12 +120,20 @@ impl Inner {
         self.channels.len()
     }
 
-    /// Adds `endpoint` as the next channel and starts its completion
-    /// thread.
+    /// Adds `endpoint` as the next channel and, unless requests read their
+    /// own completions, starts its completion thread.
     pub(super) fn add_channel(&mut self, endpoint: Endpoint) -> Result<(), DriverError> {
         let index = self.channels.len();
         let (reader, writer) = endpoint.split();
         let waiters = Arc::new(Waiters::default());
+        if self.completions == Completions::Polled {
+            self.channels.push(GuestChannel {
+                writer: AsyncMutex::new(writer),
+                waiters,
+                reader: Some(AsyncMutex::new(reader)),
+            });
+            return Ok(());
+        }
         let thread = completion_thread(
             index,
             reader,
@@ -134,6 +149,7 @@ impl Inner {
         self.channels.push(GuestChannel {
             writer: AsyncMutex::new(writer),
             waiters,
+            reader: None,
         });
         Ok(())
     }
@@ -208,7 +224,17 @@ impl Inner {
                 source,
             });
         }
-        claim.reply().await.ok_or(DriverError::ChannelClosed(index))
+        let reply = match &channel.reader {
+            None => claim.reply().await,
+            Some(reader) => {
+                futures_lite::future::or(
+                    claim.reply(),
+                    read_completions(index, reader, &channel.waiters, &self.events),
+                )
+                .await
+            }
+        };
+        reply.ok_or(DriverError::ChannelClosed(index))
     }
 
     fn pick_channel(&self) -> usize {
@@ -330,6 +356,39 @@ fn completion_thread(
             waiters.close();
             result
         })
+}
+
+/// Reads channel `index`'s host→guest ring for as long as this request
+/// waits, handing every completion to its waiter: the work of a completion
+/// thread, done by the waiting request itself so a reply needs no thread
+/// hand-off. Whoever holds `reader` reads for all; the others wait for
+/// their reply or for the reader, whichever comes first. Ends (`None`) only
+/// when the ring fails, after waking every waiter.
+async fn read_completions<T>(
+    index: usize,
+    reader: &AsyncMutex<RingReader>,
+    waiters: &Waiters,
+    events: &HostEvents,
+) -> Option<T> {
+    let mut reader = reader.lock().await;
+    loop {
+        let read = reader
+            .read_batch(64, |view| {
+                deliver(
+                    waiters,
+                    events,
+                    view.kind,
+                    view.transaction_id,
+                    view.payload,
+                )
+            })
+            .await;
+        if let Err(error) = read {
+            tracing::warn!(channel = index, %error, "storvsc channel failed");
+            waiters.close();
+            return None;
+        }
+    }
 }
 
 /// Hands one host→guest packet to its waiter, or counts it as an event.

@@ -47,6 +47,19 @@ impl ChannelOpener for NoSubChannels {
     }
 }
 
+/// Who reads a channel's host→guest ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Completions {
+    /// A thread per channel, as a guest's interrupt handler: completions
+    /// and host notifications are taken as they arrive.
+    #[default]
+    Thread,
+    /// The waiting requests themselves, one at a time: no thread and no
+    /// hand-off per reply, so guest and device can share one thread.
+    /// Host packets are read only while a request waits.
+    Polled,
+}
+
 /// How the driver behaves.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -57,6 +70,8 @@ pub struct DriverConfig {
     /// First-page byte offset of data buffers (even, below 4096), as a
     /// guest buffer that does not start on a page boundary.
     pub buffer_offset: u32,
+    /// Who reads the host→guest rings.
+    pub completions: Completions,
 }
 
 impl Default for DriverConfig {
@@ -65,6 +80,7 @@ impl Default for DriverConfig {
             profile: GuestProfile::Linux,
             cpus: 1,
             buffer_offset: 0,
+            completions: Completions::Thread,
         }
     }
 }
@@ -248,7 +264,13 @@ impl Storvsc {
         opener: &dyn ChannelOpener,
         config: &DriverConfig,
     ) -> Result<Self, DriverError> {
-        let mut inner = Inner::new(memory, pages, config.profile, config.buffer_offset);
+        let mut inner = Inner::new(
+            memory,
+            pages,
+            config.profile,
+            config.buffer_offset,
+            config.completions,
+        );
         inner.add_channel(primary)?;
         let (version, properties) = init::handshake(&mut inner, config.profile).await?;
         if config.profile == GuestProfile::Linux {
