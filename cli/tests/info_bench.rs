@@ -506,7 +506,7 @@ fn quick_bench_json_has_positive_figures() {
             names.iter().any(|n| n.starts_with(words[0])
                 && words[1..]
                     .iter()
-                    .all(|w| n.split(' ').any(|part| part == *w))),
+                    .all(|w| n.split([' ', ',']).any(|part| part == *w))),
             "no result named with {words:?} in {names:?}"
         );
     }
