@@ -19,11 +19,14 @@ use vmbdev_device::bus::{
 use vmbdev_ring::{EventDoorbell, GpadlRegistry, GuestMemory, PAGE_SIZE};
 use vmbdev_vmbus::protocol::MessageType;
 use vmbdev_vmbus::{
-    ChannelDoorbells, ChannelSignal, DeviceId, Server, ServerConfig, TeardownWait, VmbusHost,
+    ChannelDoorbells, ChannelSignal, DeviceId, PostResult, Server, ServerConfig, TeardownWait,
+    VmbusHost,
 };
 
 const PAGES: u64 = 64;
 const QUEUE_LIMIT: usize = 8;
+/// vCPUs whose SIMP takes messages; posts to others are undeliverable.
+const VPS: u32 = 2;
 
 /// A device whose task holds the ring until it is dropped.
 #[derive(Default)]
@@ -75,7 +78,7 @@ struct Host {
 }
 
 impl VmbusHost for Host {
-    fn post_message(&mut self, _vp: u32, _sint: u8, message: &[u8]) -> bool {
+    fn post_message(&mut self, vp: u32, _sint: u8, message: &[u8]) -> PostResult {
         assert!(
             (8..=240).contains(&message.len()),
             "{} bytes",
@@ -83,7 +86,13 @@ impl VmbusHost for Host {
         );
         let kind = MessageType(u32::from_le_bytes(message[..4].try_into().unwrap()));
         assert!(HOST_TYPES.contains(&kind), "{kind:?}");
-        !self.slot_full
+        if vp >= VPS {
+            PostResult::Undeliverable
+        } else if self.slot_full {
+            PostResult::SlotFull
+        } else {
+            PostResult::Posted
+        }
     }
 
     fn open_doorbells(&mut self, _signal: &ChannelSignal) -> ChannelDoorbells {

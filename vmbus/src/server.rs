@@ -15,9 +15,14 @@
 //!
 //! # Bounded output
 //!
-//! [`VmbusHost::post_message`] refuses while the guest's SIMP slot is full;
-//! the message then waits in the server's queue until the VMM calls
-//! [`Server::slot_freed`] (on the guest's EOM). Offers are not queued but
+//! [`VmbusHost::post_message`] answers [`PostResult::SlotFull`] while the
+//! guest's SIMP slot is full; the message then waits in the server's queue
+//! until the VMM calls [`Server::slot_freed`] (on the guest's EOM). A
+//! message that can never arrive ([`PostResult::Undeliverable`]: no such
+//! vCPU, a disabled SIMP) gets no EOM either, so it is dropped and counted
+//! ([`Server::undelivered`]) instead of blocking everything behind it. A
+//! new connection (INITIATE_CONTACT, the end of an UNLOAD) starts with an
+//! empty queue: what waits there was meant for the guest that left. Offers are not queued but
 //! produced one at a time from a cursor, so a guest that never drains its
 //! slot costs at most the queue limit ([`ServerConfig::queue_limit`]) in
 //! replies: from there on its requests are dropped unanswered
@@ -206,13 +211,27 @@ pub struct ChannelDoorbells {
     pub host_to_guest: Arc<dyn Doorbell>,
 }
 
+/// What became of a message handed to [`VmbusHost::post_message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostResult {
+    /// In the guest's slot, and the SINT was raised.
+    Posted,
+    /// The slot still holds a message; its message-pending flag is now set,
+    /// so the guest's EOM will come and the server tries again then.
+    SlotFull,
+    /// It can never arrive (no such vCPU or SINT, the SIMP is disabled, the
+    /// payload does not fit a slot): no EOM will follow, so the server
+    /// drops it.
+    Undeliverable,
+}
+
 /// What the VMM provides the control plane.
 pub trait VmbusHost {
     /// Writes `message` into the guest's SIMP slot for `sint` on vCPU `vp`
-    /// and raises the SINT. Returns `false` (and sets the slot's
-    /// message-pending flag) if the slot still holds a message; the server
-    /// keeps it and tries again on [`Server::slot_freed`].
-    fn post_message(&mut self, vp: u32, sint: u8, message: &[u8]) -> bool;
+    /// and raises the SINT. If the slot still holds a message, sets its
+    /// message-pending flag and returns [`PostResult::SlotFull`]: the server
+    /// keeps the message and tries again on [`Server::slot_freed`].
+    fn post_message(&mut self, vp: u32, sint: u8, message: &[u8]) -> PostResult;
 
     /// Builds the doorbells of a channel being opened and routes
     /// HvSignalEvent on `signal.connection_id` to `guest_to_host`.
@@ -406,6 +425,8 @@ pub struct Server {
     /// Next relid to offer while REQUESTOFFERS is being answered.
     offer_cursor: Option<u32>,
     dropped: [u64; Dropped::ALL.len()],
+    /// Host messages dropped because they could never be delivered.
+    undelivered: u64,
     sub_channels: Arc<SubChannelRequests>,
 }
 
@@ -442,6 +463,7 @@ impl Server {
             total_pages: 0,
             offer_cursor: None,
             dropped: [0; Dropped::ALL.len()],
+            undelivered: 0,
             sub_channels: Arc::default(),
         }
     }
@@ -581,6 +603,17 @@ impl Server {
         self.queue.len()
     }
 
+    /// Host messages dropped because the VMM could never deliver them
+    /// ([`PostResult::Undeliverable`]).
+    pub fn undelivered(&self) -> u64 {
+        self.undelivered
+    }
+
+    fn count_undelivered(&mut self, vp: u32, sint: u8) {
+        self.undelivered += 1;
+        tracing::debug!(vp, sint, "vmbus: host message undeliverable, dropped");
+    }
+
     /// GPADLs the guest created that are not fully torn down.
     pub fn gpadl_count(&self) -> usize {
         self.gpadls.len()
@@ -613,8 +646,11 @@ impl Server {
     /// The guest freed its message slot (EOM): send what waits.
     pub fn slot_freed(&mut self, host: &mut dyn VmbusHost) {
         while let Some(message) = self.queue.front() {
-            if !host.post_message(message.vp, message.sint, message.bytes()) {
-                return;
+            let (vp, sint) = (message.vp, message.sint);
+            match host.post_message(vp, sint, message.bytes()) {
+                PostResult::SlotFull => return,
+                PostResult::Posted => {}
+                PostResult::Undeliverable => self.count_undelivered(vp, sint),
             }
             self.queue.pop_front();
         }
@@ -644,14 +680,17 @@ impl Server {
             return Err(Dropped::TooLong);
         }
         let (header, _) = parse::<MessageHeader>(bytes)?;
+        let kind = MessageType(header.message_type.get());
+        // Checked before the queue: a contact that is taken empties the
+        // queue, so a guest that stopped draining and started again is
+        // not locked out by what its predecessor left.
+        if kind == MessageType::INITIATE_CONTACT {
+            return self.initiate_contact(connection_id, bytes, host);
+        }
         // Every guest message has at most one reply; refusing new ones once
         // the queue is full is what keeps it bounded.
         if self.queue.len() >= self.config.queue_limit {
             return Err(Dropped::QueueFull);
-        }
-        let kind = MessageType(header.message_type.get());
-        if kind == MessageType::INITIATE_CONTACT {
-            return self.initiate_contact(connection_id, bytes, host);
         }
         let link = match self.connection {
             Connection::Connected(link) => link,
@@ -722,6 +761,11 @@ impl Server {
         };
         let vp = message.target_vcpu.get();
         let busy = self.busy();
+        // A refused contact keeps the queue, so it is bounded like any
+        // other reply; otherwise the queue is emptied below.
+        if busy && self.queue.len() >= self.config.queue_limit {
+            return Err(Dropped::QueueFull);
+        }
         let accepted = !busy && sint < 16 && Version::SUPPORTED.contains(&version);
         if accepted {
             self.connect(Link {
@@ -750,10 +794,12 @@ impl Server {
         self.connection = Connection::Connected(link);
     }
 
-    /// Forgets the connection: offers are sent afresh on the next one.
+    /// Forgets the connection: offers are sent afresh on the next one, and
+    /// nothing queued for the old one is delivered.
     fn disconnect(&mut self) {
         self.connection = Connection::Disconnected;
         self.offer_cursor = None;
+        self.queue.clear();
         self.channels.retain(|_, c| !c.rescinded && c.index == 0);
         for channel in self.channels.values_mut() {
             channel.offered = false;
@@ -794,16 +840,24 @@ impl Server {
                         self.offer_cursor = Some(relid + 1);
                         continue;
                     };
-                    if !host.post_message(link.target_vp, link.sint, message.as_bytes()) {
-                        return;
+                    match host.post_message(link.target_vp, link.sint, message.as_bytes()) {
+                        PostResult::SlotFull => return,
+                        PostResult::Posted => self.mark_offered(relid),
+                        // Not offered: the guest never saw it.
+                        PostResult::Undeliverable => {
+                            self.count_undelivered(link.target_vp, link.sint);
+                        }
                     }
-                    self.mark_offered(relid);
                     self.offer_cursor = Some(relid + 1);
                 }
                 None => {
                     let done = MessageHeader::new(MessageType::ALL_OFFERS_DELIVERED);
-                    if !host.post_message(link.target_vp, link.sint, done.as_bytes()) {
-                        return;
+                    match host.post_message(link.target_vp, link.sint, done.as_bytes()) {
+                        PostResult::SlotFull => return,
+                        PostResult::Posted => {}
+                        PostResult::Undeliverable => {
+                            self.count_undelivered(link.target_vp, link.sint);
+                        }
                     }
                     self.offer_cursor = None;
                 }
@@ -847,11 +901,15 @@ impl Server {
         message: &(impl IntoBytes + Immutable),
         host: &mut dyn VmbusHost,
     ) {
-        if self.queue.is_empty()
-            && self.offer_cursor.is_none()
-            && host.post_message(vp, sint, message.as_bytes())
-        {
-            return;
+        if self.queue.is_empty() && self.offer_cursor.is_none() {
+            match host.post_message(vp, sint, message.as_bytes()) {
+                PostResult::Posted => return,
+                PostResult::Undeliverable => {
+                    self.count_undelivered(vp, sint);
+                    return;
+                }
+                PostResult::SlotFull => {}
+            }
         }
         self.queue.push_back(HostMessage::new(vp, sint, message));
     }

@@ -20,7 +20,9 @@ use std::sync::atomic::Ordering;
 use vmbdev_device::bus::ChannelTask;
 use vmbdev_ring::{Doorbell, GuestMemory, MemoryError, PAGE_SIZE};
 
-use crate::server::{ChannelDoorbells, ChannelSignal, Server, TeardownWait, VmbusHost};
+use crate::server::{
+    ChannelDoorbells, ChannelSignal, PostResult, Server, TeardownWait, VmbusHost,
+};
 
 /// SINTs per vCPU.
 pub const SINT_COUNT: usize = 16;
@@ -151,15 +153,16 @@ impl Synic {
 
     /// Writes `payload` as a VMBus message into the slot of `sint` on `vp`
     /// and raises the SINT. If the slot still holds a message, sets its
-    /// message-pending flag instead and returns `false`: the guest's EOM
-    /// says when to try again. Also `false` when the SIMP is disabled or the
-    /// payload is longer than a slot.
-    pub fn post_message(&self, vp: u32, sint: u8, payload: &[u8]) -> bool {
+    /// message-pending flag instead and returns [`PostResult::SlotFull`]:
+    /// the guest's EOM says when to try again. A message that no EOM will
+    /// ever make room for (no such vCPU or SINT, the SIMP disabled, a
+    /// payload longer than a slot) is [`PostResult::Undeliverable`].
+    pub fn post_message(&self, vp: u32, sint: u8, payload: &[u8]) -> PostResult {
         let Some(slot) = self.slot(vp, sint) else {
-            return false;
+            return PostResult::Undeliverable;
         };
         if payload.len() > PAYLOAD_MAX {
-            return false;
+            return PostResult::Undeliverable;
         }
         // Setting the pending bit and seeing whether the slot is taken is
         // one atomic step: a guest that clears the slot after it sees the
@@ -168,15 +171,15 @@ impl Synic {
             .memory
             .fetch_or_u64(slot, PENDING_BIT, Ordering::SeqCst)
         else {
-            return false;
+            return PostResult::Undeliverable;
         };
         if old as u32 != 0 {
-            return false;
+            return PostResult::SlotFull;
         }
         if self.memory.write(slot + 8, &[0; 8]).is_err()
             || self.memory.write(slot + PAYLOAD_OFFSET, payload).is_err()
         {
-            return false;
+            return PostResult::Undeliverable;
         }
         // The type goes last (with the size, flags cleared): the guest
         // reads a slot once its type is not 0.
@@ -186,10 +189,10 @@ impl Synic {
             .store_u64(slot, head, Ordering::Release)
             .is_err()
         {
-            return false;
+            return PostResult::Undeliverable;
         }
         self.interrupt(vp, sint);
-        true
+        PostResult::Posted
     }
 
     /// Sets event flag `flag` of `sint` on `vp` and raises the SINT.
@@ -289,7 +292,7 @@ impl<H: VmbusHost> SynicHost<H> {
 }
 
 impl<H: VmbusHost> VmbusHost for SynicHost<H> {
-    fn post_message(&mut self, vp: u32, sint: u8, message: &[u8]) -> bool {
+    fn post_message(&mut self, vp: u32, sint: u8, message: &[u8]) -> PostResult {
         self.synic.post_message(vp, sint, message)
     }
 

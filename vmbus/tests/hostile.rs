@@ -460,3 +460,60 @@ fn sub_channel_requests_are_bounded_by_the_offer_and_forgotten_with_the_connecti
         "a new connection starts with the primary"
     );
 }
+
+#[test]
+fn a_reply_that_cannot_be_delivered_is_dropped_and_counted_not_queued() {
+    let mut rig = Rig::new(64, ServerConfig::default());
+    rig.add(Arc::new(Parked::default()));
+    // vCPU 0 exists but its SIMP is disabled: no EOM will ever come.
+    rig.host.unreachable_vps = vec![0];
+    rig.post_on(4, &initiate_contact(Version::V5_3, 0)).unwrap();
+    assert_eq!(rig.server.queued(), 0, "nothing waits for an EOM");
+    assert_eq!(rig.server.undelivered(), 1);
+    rig.expect_none();
+    // The guest enables its SIMP and tries again: the answer arrives and
+    // nothing stale comes before it.
+    rig.host.unreachable_vps.clear();
+    assert_eq!(rig.connect().len(), 1);
+    rig.expect_none();
+    assert_eq!(rig.server.undelivered(), 1);
+}
+
+#[test]
+fn undeliverable_messages_in_the_queue_do_not_block_the_ones_behind_them() {
+    let (mut rig, _) = connected(ServerConfig::default());
+    rig.host.slot_full = true;
+    rig.post(&modify(1, 0)).unwrap();
+    rig.post(&modify(1, 0)).unwrap();
+    assert_eq!(rig.server.queued(), 2);
+    // The guest's vCPU goes away while the replies wait; a new reply for
+    // it is dropped at once, those queued when their turn comes.
+    rig.host.slot_full = false;
+    rig.host.unreachable_vps = vec![0];
+    rig.server.slot_freed(&mut rig.host);
+    assert_eq!(rig.server.queued(), 0);
+    assert_eq!(rig.server.undelivered(), 2);
+    rig.expect_none();
+}
+
+#[test]
+fn a_new_contact_is_answered_even_when_the_old_queue_is_full() {
+    let config = ServerConfig {
+        queue_limit: 4,
+        ..ServerConfig::default()
+    };
+    let (mut rig, _) = connected(config);
+    rig.host.slot_full = true;
+    while rig.post(&modify(1, 0)).is_ok() {}
+    assert_eq!(rig.server.queued(), 4);
+    // A new kernel (kexec without UNLOAD) starts with a fresh slot and
+    // contacts the host: it is answered first, and none of the old
+    // kernel's replies follow.
+    rig.host.slot_full = false;
+    assert_eq!(rig.contact(Version::V5_3), 1);
+    rig.expect_none();
+    assert_eq!(rig.server.queued(), 0);
+    rig.server.slot_freed(&mut rig.host);
+    rig.expect_none();
+    assert_eq!(rig.connect_offers(), 1);
+}

@@ -12,7 +12,7 @@ use common::*;
 use vmbdev_ring::{EventDoorbell, GuestMemory, PAGE_SIZE};
 use vmbdev_vmbus::protocol::{MessageType, STATUS_SUCCESS, Version};
 use vmbdev_vmbus::synic::{PAYLOAD_MAX, SLOT_SIZE};
-use vmbdev_vmbus::{Server, ServerConfig, Synic, SynicError, SynicHost};
+use vmbdev_vmbus::{PostResult, Server, ServerConfig, Synic, SynicError, SynicHost};
 
 const SIMP: u64 = 4 * PAGE_SIZE as u64;
 const SIEFP: u64 = 5 * PAGE_SIZE as u64;
@@ -212,16 +212,42 @@ fn hostile_page_addresses_are_refused() {
         Err(SynicError::NoSint(16))
     );
     // Nothing was enabled: posts and signals go nowhere.
-    assert!(!synic.post_message(0, SINT, &[1; 16]));
+    assert_eq!(
+        synic.post_message(0, SINT, &[1; 16]),
+        PostResult::Undeliverable
+    );
     assert!(!synic.signal_event(0, SINT, 1));
     synic.set_simp(0, Some(SIMP)).unwrap();
-    assert!(
-        !synic.post_message(0, SINT, &[1; PAYLOAD_MAX + 1]),
+    assert_eq!(
+        synic.post_message(0, SINT, &[1; PAYLOAD_MAX + 1]),
+        PostResult::Undeliverable,
         "too long"
     );
-    assert!(synic.post_message(0, SINT, &[1; PAYLOAD_MAX]));
+    assert_eq!(
+        synic.post_message(1, SINT, &[1; 16]),
+        PostResult::Undeliverable,
+        "no such vCPU"
+    );
+    assert_eq!(
+        synic.post_message(0, 16, &[1; 16]),
+        PostResult::Undeliverable,
+        "no such SINT"
+    );
+    assert_eq!(
+        synic.post_message(0, SINT, &[1; PAYLOAD_MAX]),
+        PostResult::Posted
+    );
+    assert_eq!(
+        synic.post_message(0, SINT, &[1; 16]),
+        PostResult::SlotFull,
+        "the slot is taken"
+    );
     synic.set_simp(0, None).unwrap();
-    assert!(!synic.post_message(0, SINT, &[1; 16]), "disabled again");
+    assert_eq!(
+        synic.post_message(0, SINT, &[1; 16]),
+        PostResult::Undeliverable,
+        "disabled again"
+    );
 }
 
 #[test]

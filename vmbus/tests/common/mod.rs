@@ -19,7 +19,8 @@ use vmbdev_vmbus::protocol::{
     ModifyChannel, OfferChannel, OpenChannel, RelidMessage, Version,
 };
 use vmbdev_vmbus::{
-    ChannelDoorbells, ChannelSignal, Dropped, Server, ServerConfig, TeardownWait, VmbusHost,
+    ChannelDoorbells, ChannelSignal, Dropped, PostResult, Server, ServerConfig, TeardownWait,
+    VmbusHost,
 };
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
@@ -32,6 +33,8 @@ pub struct TestHost {
     /// When set, posts taken before the slot counts as full (a guest that
     /// stops draining after this many messages).
     pub room: Option<usize>,
+    /// vCPUs whose SIMP is disabled: posts to them are undeliverable.
+    pub unreachable_vps: Vec<u32>,
     /// Messages the guest has received, oldest first, with the vCPU.
     pub inbox: VecDeque<(u32, Vec<u8>)>,
     /// Doorbells per relid: (guest→host, host→guest).
@@ -47,15 +50,18 @@ pub struct TestHost {
 }
 
 impl VmbusHost for TestHost {
-    fn post_message(&mut self, vp: u32, _sint: u8, message: &[u8]) -> bool {
+    fn post_message(&mut self, vp: u32, _sint: u8, message: &[u8]) -> PostResult {
+        if self.unreachable_vps.contains(&vp) {
+            return PostResult::Undeliverable;
+        }
         if self.slot_full || self.room == Some(0) {
-            return false;
+            return PostResult::SlotFull;
         }
         if let Some(room) = &mut self.room {
             *room -= 1;
         }
         self.inbox.push_back((vp, message.to_vec()));
-        true
+        PostResult::Posted
     }
 
     fn open_doorbells(&mut self, signal: &ChannelSignal) -> ChannelDoorbells {
@@ -164,6 +170,17 @@ impl Rig {
             }
             offers.push(OfferChannel::read_from_bytes(&message).unwrap());
         }
+    }
+
+    /// REQUESTOFFERS on a connection already made; returns how many offers
+    /// came before ALLOFFERS_DELIVERED.
+    pub fn connect_offers(&mut self) -> usize {
+        self.post(&header(MessageType::REQUEST_OFFERS)).unwrap();
+        let mut offers = 0;
+        while message_type(&self.next().expect("offers")) != MessageType::ALL_OFFERS_DELIVERED {
+            offers += 1;
+        }
+        offers
     }
 
     /// Creates a GPADL over `pages` split as Linux splits it; returns the
