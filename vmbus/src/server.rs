@@ -68,7 +68,7 @@ use std::task::{Context, Poll};
 use vmbdev_device::bus::{
     BusError, ChannelTask, Offer, OpenRequest, PipeMode, SubChannelControl, VmbusDevice,
 };
-use vmbdev_ring::{Doorbell, GpaError, GpaRange, GpadlRegistry, GuestMemory};
+use vmbdev_ring::{Doorbell, GpaError, GpaRange, GpadlRegistry, GuestMemory, PAGE_SIZE};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -406,6 +406,10 @@ enum GpadlRefusal {
     TooManyPfns,
     #[error("ranges take {used} of {buflen} bytes")]
     LengthMismatch { used: usize, buflen: usize },
+    #[error("{0} ranges; only single-range GPADLs are taken")]
+    NotOneRange(u16),
+    #[error("byte_offset {byte_offset} and byte_count {byte_count} do not cover whole pages")]
+    NotWholePages { byte_offset: u32, byte_count: u32 },
     #[error(transparent)]
     Gpa(#[from] GpaError),
 }
@@ -958,9 +962,15 @@ impl Server {
         }
         let buflen = usize::from(message.range_buflen.get());
         let count = message.range_count.get();
+        // The registry holds a GPADL as one run of whole pages, so only a
+        // GPADL that is exactly that can be registered without granting
+        // the device bytes the guest did not describe (see `register`).
+        if count != 1 {
+            return Err(GpadlRefusal::NotOneRange(count));
+        }
         // Each range is 8 bytes of lengths and at least one page number.
         let headers = 8 * usize::from(count);
-        if count == 0 || buflen < 2 * headers || buflen % 8 != 0 {
+        if buflen < 2 * headers || buflen % 8 != 0 {
             return Err(GpadlRefusal::BadRangeLength { buflen, count });
         }
         let pages = (buflen - headers) / 8;
@@ -1067,10 +1077,20 @@ impl Server {
                 buflen: bytes.len(),
             });
         }
-        let pages: Vec<u64> = ranges
-            .iter()
-            .flat_map(|r| r.gpns().iter().copied())
-            .collect();
+        // Linux sends a ring GPADL as one range at offset 0 whose
+        // byte_count is a whole number of pages; a partial page would be
+        // widened to the whole page here, so it is refused.
+        let [range] = &ranges[..] else {
+            return Err(GpadlRefusal::NotOneRange(count));
+        };
+        let (byte_offset, byte_count) = (range.byte_offset(), range.byte_count());
+        if byte_offset != 0 || byte_count as usize % PAGE_SIZE != 0 {
+            return Err(GpadlRefusal::NotWholePages {
+                byte_offset,
+                byte_count,
+            });
+        }
+        let pages = range.gpns().to_vec();
         let count = pages.len() as u64;
         if self.total_pages + count > self.config.max_total_gpadl_pages {
             return Err(GpadlRefusal::TooMany);

@@ -517,3 +517,32 @@ fn a_new_contact_is_answered_even_when_the_old_queue_is_full() {
     rig.expect_none();
     assert_eq!(rig.connect_offers(), 1);
 }
+
+#[test]
+fn a_gpadl_over_part_of_its_pages_is_refused() {
+    let (mut rig, _) = connected(ServerConfig::default());
+    // Two pages named, 100 bytes in and 200 bytes short of their end: the
+    // registry holds whole pages, so it would grant the device 300 bytes
+    // more than the guest described.
+    let messages = gpadl_messages_raw(1, 7, 8 + 16, 1, 2 * 4096 - 300, 100, &[8, 9]);
+    assert_ne!(gpadl_status(&mut rig, 7, &messages), STATUS_SUCCESS);
+    // A whole first page and part of the second.
+    let messages = gpadl_messages_raw(1, 8, 8 + 16, 1, 4096 + 1, 0, &[8, 9]);
+    assert_ne!(gpadl_status(&mut rig, 8, &messages), STATUS_SUCCESS);
+    assert!(rig.registry.get(7).is_err() && rig.registry.get(8).is_err());
+    assert_eq!(rig.server.gpadl_count(), 0);
+    // The same pages whole are taken.
+    let messages = gpadl_messages_raw(1, 9, 8 + 16, 1, 2 * 4096, 0, &[8, 9]);
+    assert_eq!(gpadl_status(&mut rig, 9, &messages), STATUS_SUCCESS);
+}
+
+#[test]
+fn a_gpadl_of_several_ranges_is_refused() {
+    let (mut rig, _) = connected(ServerConfig::default());
+    // Two one-page ranges: (4096, 0, [8]) and (4096, 0, [20]); the second
+    // range's lengths are the u64 4096 in the page-number stream.
+    let messages = gpadl_messages_raw(1, 7, 2 * 16, 2, 4096, 0, &[8, 4096, 20]);
+    assert_ne!(gpadl_status(&mut rig, 7, &messages), STATUS_SUCCESS);
+    assert!(rig.registry.get(7).is_err());
+    assert_eq!(rig.server.gpadl_count(), 0);
+}
