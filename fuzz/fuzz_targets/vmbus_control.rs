@@ -285,6 +285,8 @@ fn config() -> ServerConfig {
         max_gpadls: 16,
         max_assembling: 4,
         max_channels: 16,
+        // More than take messages: the rest are undeliverable.
+        vp_count: 2 * VPS,
         ..ServerConfig::default()
     }
 }

@@ -91,6 +91,10 @@ pub struct ServerConfig {
     pub queue_limit: usize,
     /// Most channels (relids 1..=this).
     pub max_channels: u32,
+    /// vCPUs of the VM (0..this): a guest naming another one as the target
+    /// of messages or interrupts is refused. The default, 1, suits a VM
+    /// with one vCPU; set it to the VM's count.
+    pub vp_count: u32,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +108,7 @@ impl Default for ServerConfig {
             max_assembling: 16,
             queue_limit: 32,
             max_channels: 2047,
+            vp_count: 1,
         }
     }
 }
@@ -155,10 +160,14 @@ pub enum Dropped {
     /// RELID_RELEASED of a channel that was not rescinded.
     #[error("relid not rescinded")]
     NotRescinded,
+    /// A target vCPU at or past [`ServerConfig::vp_count`] where no status
+    /// can report it (INITIATE_CONTACT, MODIFYCHANNEL before 5.3).
+    #[error("target vCPU the VM does not have")]
+    BadVp,
 }
 
 impl Dropped {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::TooShort,
         Self::TooLong,
         Self::UnknownType,
@@ -173,6 +182,7 @@ impl Dropped {
         Self::GpadlComplete,
         Self::GpadlNotCreated,
         Self::NotRescinded,
+        Self::BadVp,
     ];
 
     fn index(self) -> usize {
@@ -764,6 +774,10 @@ impl Server {
             VMBUS_SINT
         };
         let vp = message.target_vcpu.get();
+        // No vCPU to answer on: the contact changes nothing.
+        if vp >= self.config.vp_count {
+            return Err(Dropped::BadVp);
+        }
         let busy = self.busy();
         // A refused contact keeps the queue, so it is bounded like any
         // other reply; otherwise the queue is emptied below.
@@ -1234,6 +1248,9 @@ impl Server {
             message.target_vp.get(),
             message.downstream_page_offset.get(),
         );
+        if target_vp >= self.config.vp_count {
+            return Err(OpenRefusal::BadVp(target_vp));
+        }
         self.start_device(relid, ring_gpadl, target_vp, downstream, host)?;
         if let Some(channel) = self.channels.get_mut(&relid) {
             channel.state = ChannelState::Open {
@@ -1353,29 +1370,33 @@ impl Server {
     ) -> Result<(), Dropped> {
         let (message, _) = parse::<ModifyChannel>(bytes)?;
         let relid = message.child_relid.get();
+        let new_vp = message.target_vp.get();
+        let vp_ok = new_vp < self.config.vp_count;
         let channel = self
             .channels
             .get_mut(&relid)
             .filter(|c| c.offered && !c.rescinded)
             .ok_or(Dropped::UnknownRelid)?;
-        let status = match &mut channel.state {
-            ChannelState::Open { target_vp, .. } => {
-                *target_vp = message.target_vp.get();
-                STATUS_SUCCESS
+        let outcome = match &mut channel.state {
+            ChannelState::Open { target_vp, .. } if vp_ok => {
+                *target_vp = new_vp;
+                Ok(())
             }
-            ChannelState::Closed => STATUS_UNSUCCESSFUL,
+            ChannelState::Open { .. } => Err(Dropped::BadVp),
+            ChannelState::Closed => Err(Dropped::NotOpen),
         };
-        if status == STATUS_SUCCESS {
-            host.retarget(&self.signal(relid, message.target_vp.get()));
+        if outcome.is_ok() {
+            host.retarget(&self.signal(relid, new_vp));
         }
         // Only 5.3 guests wait for an answer; older ones get none.
         if link.version < Version::V5_3 {
-            return if status == STATUS_SUCCESS {
-                Ok(())
-            } else {
-                Err(Dropped::NotOpen)
-            };
+            return outcome;
         }
+        let status = if outcome.is_ok() {
+            STATUS_SUCCESS
+        } else {
+            STATUS_UNSUCCESSFUL
+        };
         let reply = ModifyChannelResponse {
             header: MessageHeader::new(MessageType::MODIFY_CHANNEL_RESPONSE),
             child_relid: U32::new(relid),
@@ -1442,6 +1463,8 @@ enum OpenRefusal {
     AlreadyOpen,
     #[error("the ring GPADL is unknown, not this channel's, or in use")]
     BadRing,
+    #[error("target vCPU {0} is not one of the VM's")]
+    BadVp(u32),
     #[error(transparent)]
     Device(#[from] BusError),
 }

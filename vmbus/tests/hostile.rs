@@ -546,3 +546,64 @@ fn a_gpadl_of_several_ranges_is_refused() {
     assert!(rig.registry.get(7).is_err());
     assert_eq!(rig.server.gpadl_count(), 0);
 }
+
+#[test]
+fn target_vcpus_the_vm_does_not_have_are_refused() {
+    let config = ServerConfig {
+        vp_count: 2,
+        ..ServerConfig::default()
+    };
+    let mut rig = Rig::new(64, config);
+    let device = Arc::new(Parked::default());
+    rig.add(device.clone());
+    // No vCPU to answer on: dropped, and the guest is not connected.
+    for vp in [2, u32::MAX] {
+        assert_eq!(
+            rig.post_on(4, &initiate_contact(Version::V5_3, vp)),
+            Err(Dropped::BadVp)
+        );
+    }
+    rig.expect_none();
+    assert_eq!(rig.server.version(), None);
+    assert_eq!(rig.connect().len(), 1);
+
+    assert_eq!(rig.create_gpadl(1, 1, &[8, 9, 10, 11]), STATUS_SUCCESS);
+    rig.post(&open_channel(1, 7, 1, 2, 2)).unwrap();
+    let reply = rig.expect(MessageType::OPEN_CHANNEL_RESULT);
+    assert_ne!(u32_at(&reply, 16), STATUS_SUCCESS);
+    assert!(!rig.server.is_open(1));
+    assert_eq!(*device.opens.lock().unwrap(), 0);
+    assert!(rig.host.doorbells.is_empty(), "nothing was routed");
+    rig.post(&open_channel(1, 7, 1, 2, 1)).unwrap();
+    let reply = rig.expect(MessageType::OPEN_CHANNEL_RESULT);
+    assert_eq!(u32_at(&reply, 16), STATUS_SUCCESS);
+
+    for vp in [2, u32::MAX] {
+        rig.post(&modify(1, vp)).unwrap();
+        let reply = rig.expect(MessageType::MODIFY_CHANNEL_RESPONSE);
+        assert_ne!(u32_at(&reply, 12), STATUS_SUCCESS, "vp {vp}");
+    }
+    assert!(rig.host.retargets.is_empty());
+    rig.post(&modify(1, 0)).unwrap();
+    let reply = rig.expect(MessageType::MODIFY_CHANNEL_RESPONSE);
+    assert_eq!(u32_at(&reply, 12), STATUS_SUCCESS);
+    assert_eq!(rig.host.retargets.len(), 1);
+    assert_eq!(rig.server.dropped(Dropped::BadVp), 2);
+}
+
+#[test]
+fn modify_to_a_missing_vcpu_before_5_3_is_dropped() {
+    let config = ServerConfig {
+        vp_count: 2,
+        ..ServerConfig::default()
+    };
+    let mut rig = Rig::new(64, config);
+    rig.add(Arc::new(Parked::default()));
+    assert_eq!(rig.contact(Version::V5_2), 1);
+    assert_eq!(rig.connect_offers(), 1);
+    assert_eq!(rig.create_gpadl(1, 1, &[8, 9, 10, 11]), STATUS_SUCCESS);
+    assert_eq!(rig.open(1, 1, 2), STATUS_SUCCESS);
+    assert_eq!(rig.post(&modify(1, 2)), Err(Dropped::BadVp));
+    assert!(rig.host.retargets.is_empty());
+    rig.expect_none();
+}

@@ -200,7 +200,11 @@ fn teardown_of_an_open_ring_waits_until_the_device_released_it() {
 
 #[test]
 fn version_negotiation_walks_down_like_linux() {
-    let mut rig = Rig::new(64, ServerConfig::default());
+    let four_vps = ServerConfig {
+        vp_count: 4,
+        ..ServerConfig::default()
+    };
+    let mut rig = Rig::new(64, four_vps);
     rig.add(Arc::new(Parked::default()));
     // Newer than any host knows, then the oldest, both refused.
     assert_eq!(rig.contact(Version(0x0006_0000)), 0);
@@ -264,7 +268,11 @@ fn hot_remove_rescinds_and_the_relid_is_released() {
 
 #[test]
 fn modify_channel_retargets_and_is_acknowledged_on_5_3() {
-    let mut rig = Rig::new(64, ServerConfig::default());
+    let four_vps = ServerConfig {
+        vp_count: 4,
+        ..ServerConfig::default()
+    };
+    let mut rig = Rig::new(64, four_vps);
     let relid = rig.add(Arc::new(Parked::default()));
     rig.connect();
     assert_eq!(rig.create_gpadl(relid, 1, &[8, 9, 10, 11]), STATUS_SUCCESS);

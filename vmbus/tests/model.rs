@@ -312,7 +312,9 @@ proptest! {
             Op::RequestOffers,
         ];
         ops.extend(tail);
-        let mut rig = Rig::new(MEMORY_PAGES, ServerConfig::default());
+        // Two vCPUs: MODIFYCHANNEL moves channels to vCPU 1.
+        let config = ServerConfig { vp_count: 2, ..ServerConfig::default() };
+        let mut rig = Rig::new(MEMORY_PAGES, config);
         for _ in CHANNELS {
             rig.add(Arc::new(Parked::default()));
         }
