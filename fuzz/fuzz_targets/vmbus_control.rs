@@ -294,7 +294,7 @@ fn config() -> ServerConfig {
 fuzz_target!(|actions: Vec<Action>| {
     let memory = GuestMemory::new(PAGES * PAGE_SIZE as u64).unwrap();
     let mut bus = Bus {
-        server: Server::new(memory.clone(), GpadlRegistry::new(), config()),
+        server: Server::new(memory.clone(), GpadlRegistry::new(), config()).unwrap(),
         memory,
         host: Host::default(),
         devices: Vec::new(),

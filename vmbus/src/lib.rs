@@ -40,7 +40,7 @@ pub mod synic;
 
 pub use saved::SavedStateError;
 pub use server::{
-    ChannelDoorbells, ChannelSignal, DeviceId, Dropped, PostResult, Released, Server,
+    ChannelDoorbells, ChannelSignal, ConfigError, DeviceId, Dropped, PostResult, Released, Server,
     ServerConfig, TeardownWait, VmbusHost,
 };
 pub use synic::{Synic, SynicError, SynicHost};

@@ -64,6 +64,9 @@ pub enum SavedStateError {
     /// Something is still in flight; finish it first.
     #[error("cannot save while {0}")]
     Busy(&'static str),
+    /// The configuration given to restore is out of bounds.
+    #[error(transparent)]
+    Config(#[from] crate::server::ConfigError),
 }
 
 /// A saved connection.

@@ -76,7 +76,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// they never collide with the message connection ids (1 and 4).
 pub const CHANNEL_CONNECTION_BASE: u32 = 0x1_0000;
 
-/// Limits on what a guest can make the server hold.
+/// Limits on what a guest can make the server hold. [`Server::new`]
+/// checks them ([`ServerConfig::validate`]).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Most pages in one GPADL (the wire allows about 8190).
@@ -87,9 +88,10 @@ pub struct ServerConfig {
     pub max_gpadls: usize,
     /// Most GPADLs being built (header seen, bodies missing) at once.
     pub max_assembling: usize,
-    /// Replies held while the guest's message slot is full.
+    /// Replies held while the guest's message slot is full, 1 to
+    /// [`MAX_QUEUE_LIMIT`].
     pub queue_limit: usize,
-    /// Most channels (relids 1..=this).
+    /// Most channels (relids 1..=this), at most [`MAX_CHANNELS`].
     pub max_channels: u32,
     /// vCPUs of the VM (0..this): a guest naming another one as the target
     /// of messages or interrupts is refused. The default, 1, suits a VM
@@ -110,6 +112,77 @@ impl Default for ServerConfig {
             max_channels: 2047,
             vp_count: 1,
         }
+    }
+}
+
+/// The most channels a server can have: a channel's relid is its event
+/// flag, and a SINT has 2048 of them with flag 0 unused.
+pub const MAX_CHANNELS: u32 = 2047;
+
+/// The largest [`ServerConfig::queue_limit`]: the queue is allocated up
+/// front, a slot's worth of bytes per message.
+pub const MAX_QUEUE_LIMIT: usize = 4096;
+
+/// A [`ServerConfig`] field outside the bounds the server relies on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ServerConfig::{field} is {value}; it must be {bound}")]
+pub struct ConfigError {
+    /// The field.
+    pub field: &'static str,
+    /// Its value.
+    pub value: u64,
+    /// What it must be.
+    pub bound: &'static str,
+}
+
+impl ServerConfig {
+    /// Checks every bound the server relies on; the error names the first
+    /// field out of bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, field, value: u64, bound| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError {
+                    field,
+                    value,
+                    bound,
+                })
+            }
+        };
+        let channels = self.max_channels;
+        check(
+            (1..=MAX_CHANNELS).contains(&channels),
+            "max_channels",
+            channels.into(),
+            "1 to 2047 (a relid is an event-flag number)",
+        )?;
+        let queue = self.queue_limit;
+        check(
+            (1..=MAX_QUEUE_LIMIT).contains(&queue),
+            "queue_limit",
+            queue as u64,
+            "1 to 4096 (with 0 no reply could wait for the slot)",
+        )?;
+        check(
+            self.vp_count >= 1,
+            "vp_count",
+            self.vp_count.into(),
+            "at least 1",
+        )?;
+        // GPADL handles are u32; the queue bound adds this count up.
+        check(
+            self.max_gpadls as u64 <= u64::from(u32::MAX),
+            "max_gpadls",
+            self.max_gpadls as u64,
+            "at most 2^32 - 1 (GPADL handles are 32-bit)",
+        )?;
+        check(
+            self.max_assembling <= self.max_gpadls,
+            "max_assembling",
+            self.max_assembling as u64,
+            "at most max_gpadls (a GPADL being built is a GPADL)",
+        )
     }
 }
 
@@ -462,9 +535,15 @@ fn parse<T: FromBytes + KnownLayout + Immutable>(bytes: &[u8]) -> Result<(T, &[u
 
 impl Server {
     /// A server over guest memory `memory`, registering guest GPADLs in
-    /// `registry` (the one the devices' open requests use).
-    pub fn new(memory: GuestMemory, registry: GpadlRegistry, config: ServerConfig) -> Self {
-        Self {
+    /// `registry` (the one the devices' open requests use). Refused if
+    /// `config` is out of bounds ([`ServerConfig::validate`]).
+    pub fn new(
+        memory: GuestMemory,
+        registry: GpadlRegistry,
+        config: ServerConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
             queue: VecDeque::with_capacity(config.queue_limit),
             config,
             memory,
@@ -479,7 +558,7 @@ impl Server {
             dropped: [0; Dropped::ALL.len()],
             undelivered: 0,
             sub_channels: Arc::default(),
-        }
+        })
     }
 
     /// Registers `device` and gives its primary channel the next relid. A
@@ -1702,6 +1781,7 @@ impl Server {
         devices: Vec<Arc<dyn VmbusDevice>>,
         saved: &[u8],
     ) -> Result<Self, SavedStateError> {
+        config.validate()?;
         let saved = SavedBus::decode(saved)?;
         if saved.devices.len() != devices.len() {
             return Err(SavedStateError::DeviceCount {
@@ -1709,7 +1789,7 @@ impl Server {
                 given: devices.len(),
             });
         }
-        let mut server = Self::new(memory, registry, config);
+        let mut server = Self::new(memory, registry, config)?;
         let result = server.load(saved, devices);
         if result.is_err() {
             // Nothing half-restored stays registered.

@@ -20,9 +20,7 @@ use std::sync::atomic::Ordering;
 use vmbdev_device::bus::ChannelTask;
 use vmbdev_ring::{Doorbell, GuestMemory, MemoryError, PAGE_SIZE};
 
-use crate::server::{
-    ChannelDoorbells, ChannelSignal, PostResult, Server, TeardownWait, VmbusHost,
-};
+use crate::server::{ChannelDoorbells, ChannelSignal, PostResult, Server, TeardownWait, VmbusHost};
 
 /// SINTs per vCPU.
 pub const SINT_COUNT: usize = 16;

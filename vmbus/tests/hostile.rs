@@ -607,3 +607,89 @@ fn modify_to_a_missing_vcpu_before_5_3_is_dropped() {
     assert!(rig.host.retargets.is_empty());
     rig.expect_none();
 }
+
+#[test]
+fn a_server_config_out_of_bounds_is_refused_naming_the_field() {
+    let memory = vmbdev_ring::GuestMemory::new(16 * 4096).unwrap();
+    let new = |config: ServerConfig| {
+        vmbdev_vmbus::Server::new(memory.clone(), vmbdev_ring::GpadlRegistry::new(), config)
+            .map(|_| ())
+            .map_err(|e| (e.field, e.value))
+    };
+    let d = ServerConfig::default;
+    assert_eq!(new(d()), Ok(()));
+    let bad = [
+        (
+            ServerConfig {
+                max_channels: 2048,
+                ..d()
+            },
+            ("max_channels", 2048),
+        ),
+        (
+            ServerConfig {
+                max_channels: 0,
+                ..d()
+            },
+            ("max_channels", 0),
+        ),
+        (
+            ServerConfig {
+                queue_limit: 0,
+                ..d()
+            },
+            ("queue_limit", 0),
+        ),
+        (
+            ServerConfig {
+                queue_limit: 1 << 40,
+                ..d()
+            },
+            ("queue_limit", 1 << 40),
+        ),
+        (ServerConfig { vp_count: 0, ..d() }, ("vp_count", 0)),
+        (
+            ServerConfig {
+                max_gpadls: 1 << 33,
+                max_assembling: 1,
+                ..d()
+            },
+            ("max_gpadls", 1 << 33),
+        ),
+        (
+            ServerConfig {
+                max_gpadls: 4,
+                max_assembling: 5,
+                ..d()
+            },
+            ("max_assembling", 5),
+        ),
+    ];
+    for (config, expected) in bad {
+        assert_eq!(new(config), Err(expected));
+    }
+    // The limits themselves are taken.
+    let edge = ServerConfig {
+        max_channels: 2047,
+        queue_limit: 1,
+        vp_count: 1,
+        max_gpadls: 4,
+        max_assembling: 4,
+        ..d()
+    };
+    assert_eq!(new(edge), Ok(()));
+    // restore checks the configuration it is given too.
+    let restored = vmbdev_vmbus::Server::restore(
+        memory.clone(),
+        vmbdev_ring::GpadlRegistry::new(),
+        ServerConfig {
+            queue_limit: 0,
+            ..d()
+        },
+        Vec::new(),
+        b"VMBS",
+    );
+    assert!(
+        matches!(restored, Err(vmbdev_vmbus::SavedStateError::Config(e)) if e.field == "queue_limit")
+    );
+}

@@ -108,7 +108,7 @@ impl Rig {
         let memory = GuestMemory::new(pages * PAGE_SIZE as u64).unwrap();
         let registry = GpadlRegistry::new();
         Self {
-            server: Server::new(memory.clone(), registry.clone(), config),
+            server: Server::new(memory.clone(), registry.clone(), config).unwrap(),
             host: TestHost::default(),
             memory,
             registry,
