@@ -332,8 +332,9 @@ fuzz_target!(|actions: Vec<Action>| {
             _ => {}
         }
         bus.settle();
-        // Replies, one TORNDOWN per GPADL, one RESCIND per channel, UNLOAD.
-        let bound = QUEUE_LIMIT + 16 + 16 + 1;
+        // Replies, one TORNDOWN per GPADL, an offer and a RESCIND per
+        // channel, UNLOAD.
+        let bound = QUEUE_LIMIT + 16 + 2 * 16 + 1;
         assert!(
             bus.server.queued() <= bound,
             "queue {}",

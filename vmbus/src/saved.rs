@@ -384,3 +384,307 @@ fn decode_gpadl(r: &mut Reader<'_>) -> Result<SavedGpadl, SavedStateError> {
     };
     Ok(SavedGpadl { id, relid, state })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Saved state the running server could never have produced is
+    //! refused, and nothing of it stays registered.
+
+    use super::*;
+    use crate::server::{Server, ServerConfig};
+    use std::sync::Arc;
+    use vmbdev_device::bus::{ChannelTask, Guid, Offer, OpenRequest, PipeMode, VmbusDevice};
+    use vmbdev_ring::{GpadlRegistry, GuestMemory, PAGE_SIZE};
+
+    struct Idle;
+
+    impl VmbusDevice for Idle {
+        fn offer(&self) -> Offer {
+            Offer {
+                interface_id: Guid::from_u128(1),
+                instance_id: Guid::from_u128(2),
+                pipe_mode: PipeMode::None,
+                incoming_ring_pages: 1,
+                outgoing_ring_pages: 1,
+                max_sub_channels: 1,
+                name: "idle".into(),
+            }
+        }
+        fn open(&self, index: u16, _request: OpenRequest) -> Result<ChannelTask, BusError> {
+            Err(BusError::NotOpen(index))
+        }
+        fn close(&self, _index: u16) -> Result<(), BusError> {
+            Ok(())
+        }
+        fn save(&self) -> Result<Vec<u8>, BusError> {
+            Ok(Vec::new())
+        }
+        fn restore(&self, _saved: &[u8]) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            vp_count: 2,
+            queue_limit: 2,
+            max_gpadls: 4,
+            max_assembling: 2,
+            max_channels: 4,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// A connected guest with relid 1 open on GPADL 1 and a data GPADL 2
+    /// half built for it.
+    fn good() -> SavedBus {
+        SavedBus {
+            link: Some(SavedLink {
+                version: 0x0005_0003,
+                target_vp: 1,
+                sint: 2,
+                offers_requested: true,
+            }),
+            offer_cursor: None,
+            channels: vec![
+                SavedChannel {
+                    relid: 1,
+                    device: 0,
+                    index: 0,
+                    offered: true,
+                    rescinded: false,
+                    open: Some((1, 1, 2)),
+                },
+                SavedChannel {
+                    relid: 2,
+                    device: 1,
+                    index: 0,
+                    offered: true,
+                    rescinded: false,
+                    open: None,
+                },
+            ],
+            gpadls: vec![
+                SavedGpadl {
+                    id: 1,
+                    relid: 1,
+                    state: SavedGpadlState::Created(vec![8, 9, 10, 11]),
+                },
+                SavedGpadl {
+                    id: 2,
+                    relid: 1,
+                    state: SavedGpadlState::Assembling {
+                        range_count: 1,
+                        expected: 8 + 8 * 40,
+                        bytes: vec![0; 8 + 8 * 26],
+                    },
+                },
+                SavedGpadl {
+                    id: 3,
+                    relid: 2,
+                    state: SavedGpadlState::Created(vec![20, 21, 22, 23]),
+                },
+            ],
+            queue: vec![SavedMessage {
+                vp: 1,
+                sint: 2,
+                bytes: vec![12, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0],
+            }],
+            devices: vec![Some(Vec::new()), Some(Vec::new())],
+        }
+    }
+
+    /// Restores `saved`; on failure checks that no GPADL stayed behind and
+    /// returns the field named.
+    fn restore(saved: &SavedBus) -> Result<(), &'static str> {
+        let memory = GuestMemory::new(64 * PAGE_SIZE as u64).unwrap();
+        let registry = GpadlRegistry::new();
+        let devices: Vec<Arc<dyn VmbusDevice>> = vec![Arc::new(Idle), Arc::new(Idle)];
+        match Server::restore(memory, registry.clone(), config(), devices, &saved.encode()) {
+            Ok(_) => {
+                for g in &saved.gpadls {
+                    let created = matches!(g.state, SavedGpadlState::Created(_));
+                    assert_eq!(registry.get(g.id).is_ok(), created, "GPADL {}", g.id);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for id in 1..=3 {
+                    assert!(registry.get(id).is_err(), "GPADL {id} left behind");
+                }
+                match error {
+                    SavedStateError::BadField { field, .. } => Err(field),
+                    other => panic!("unexpected error {other}"),
+                }
+            }
+        }
+    }
+
+    fn damaged(change: impl FnOnce(&mut SavedBus)) -> Result<(), &'static str> {
+        let mut saved = good();
+        change(&mut saved);
+        restore(&saved)
+    }
+
+    #[test]
+    fn what_the_server_could_have_saved_restores() {
+        assert_eq!(restore(&good()), Ok(()));
+        // A cursor in the middle of the offers, a rescinded channel keeping
+        // its GPADL, a sub-channel within the offer: all possible.
+        assert_eq!(
+            damaged(|s| {
+                s.offer_cursor = Some(2);
+                s.channels[1].rescinded = true;
+                s.channels.push(SavedChannel {
+                    relid: 3,
+                    index: 1,
+                    ..s.channels[1]
+                });
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn two_opens_on_one_ring_are_refused() {
+        assert_eq!(
+            damaged(|s| s.channels[1].open = Some((1, 0, 2))),
+            Err("ring GPADL")
+        );
+    }
+
+    #[test]
+    fn open_channels_and_gpadls_without_a_connection_are_refused() {
+        assert!(damaged(|s| s.link = None).is_err());
+        // Without GPADLs the open channel alone is refused too.
+        assert_eq!(
+            damaged(|s| {
+                s.link = None;
+                s.gpadls.clear();
+                s.queue.clear();
+            }),
+            Err("channel state without a connection")
+        );
+        assert_eq!(
+            damaged(|s| {
+                s.link = None;
+                s.queue.clear();
+                s.channels[0].offered = false;
+                s.channels[1].offered = false;
+            }),
+            Err("GPADL without a connection")
+        );
+    }
+
+    #[test]
+    fn an_open_channel_that_was_rescinded_or_never_offered_is_refused() {
+        assert_eq!(
+            damaged(|s| s.channels[0].rescinded = true),
+            Err("open channel")
+        );
+        assert_eq!(
+            damaged(|s| {
+                s.channels[0].offered = false;
+                s.gpadls.retain(|g| g.relid != 1);
+                s.channels[0].open = None;
+            }),
+            Ok(()),
+            "an unoffered closed channel is fine"
+        );
+        assert_eq!(
+            damaged(|s| s.channels[1].offered = false),
+            Err("GPADL channel")
+        );
+    }
+
+    #[test]
+    fn an_offer_cursor_without_request_offers_is_refused() {
+        assert_eq!(
+            damaged(|s| {
+                s.offer_cursor = Some(1);
+                if let Some(link) = &mut s.link {
+                    link.offers_requested = false;
+                }
+            }),
+            Err("offer cursor")
+        );
+        assert_eq!(damaged(|s| s.offer_cursor = Some(0)), Err("offer cursor"));
+    }
+
+    #[test]
+    fn a_queue_past_its_bound_or_to_a_missing_sint_or_vcpu_is_refused() {
+        let bound = 2 + 4 + 2 * 4 + 1;
+        let message = good().queue[0].clone();
+        assert_eq!(damaged(|s| s.queue = vec![message.clone(); bound]), Ok(()));
+        assert_eq!(
+            damaged(|s| s.queue = vec![message.clone(); bound + 1]),
+            Err("queue length")
+        );
+        assert_eq!(
+            damaged(|s| s.queue[0].sint = 16),
+            Err("queued message SINT")
+        );
+        assert_eq!(damaged(|s| s.queue[0].vp = 2), Err("queued message vCPU"));
+        // Disconnected, at most the answer to the last contact waits.
+        let disconnected = |s: &mut SavedBus| {
+            s.link = None;
+            s.gpadls.clear();
+            for c in &mut s.channels {
+                (c.offered, c.open) = (false, None);
+            }
+        };
+        assert_eq!(damaged(disconnected), Ok(()));
+        assert_eq!(
+            damaged(|s| {
+                disconnected(s);
+                s.queue.push(message.clone());
+            }),
+            Err("queue length")
+        );
+    }
+
+    #[test]
+    fn sints_and_vcpus_out_of_range_are_refused() {
+        assert_eq!(
+            damaged(|s| {
+                if let Some(link) = &mut s.link {
+                    link.sint = 16;
+                }
+            }),
+            Err("sint")
+        );
+        assert_eq!(
+            damaged(|s| {
+                if let Some(link) = &mut s.link {
+                    link.target_vp = 2;
+                }
+            }),
+            Err("link vCPU")
+        );
+        assert_eq!(
+            damaged(|s| s.channels[0].open = Some((1, 2, 2))),
+            Err("channel vCPU")
+        );
+    }
+
+    #[test]
+    fn gpadls_being_built_are_held_to_the_header_bounds() {
+        let assembling = |range_count, expected, len| {
+            move |s: &mut SavedBus| {
+                s.gpadls[1].state = SavedGpadlState::Assembling {
+                    range_count,
+                    expected,
+                    bytes: vec![0; len],
+                }
+            }
+        };
+        assert_eq!(damaged(assembling(1, 336, 216)), Ok(()));
+        assert_eq!(damaged(assembling(2, 336, 216)), Err("GPADL assembly"));
+        assert_eq!(damaged(assembling(1, 336, 215)), Err("GPADL assembly"));
+        assert_eq!(damaged(assembling(1, 337, 216)), Err("GPADL assembly"));
+        assert_eq!(
+            damaged(|s| s.channels[0].index = 2),
+            Err("sub-channel index")
+        );
+    }
+}

@@ -27,8 +27,10 @@
 //! slot costs at most the queue limit ([`ServerConfig::queue_limit`]) in
 //! replies: from there on its requests are dropped unanswered
 //! ([`Dropped::QueueFull`]). Messages the host sends on its own (TORNDOWN
-//! after a wait, RESCIND, UNLOAD_RESPONSE) are queued past that limit; there
-//! is at most one per GPADL or channel, both bounded by the configuration.
+//! after a wait, an offer of a device added later and its RESCIND,
+//! UNLOAD_RESPONSE) are queued past that limit; there is at most one
+//! TORNDOWN per GPADL and an offer and a RESCIND per channel, all bounded
+//! by the configuration ([`ServerConfig::queue_bound`]).
 //!
 //! # Sub-channels
 //!
@@ -136,6 +138,16 @@ pub struct ConfigError {
 }
 
 impl ServerConfig {
+    /// The most host messages the queue holds: replies up to
+    /// [`queue_limit`](Self::queue_limit), one TORNDOWN per GPADL, an offer
+    /// and a RESCIND per channel, one UNLOAD_RESPONSE.
+    pub fn queue_bound(&self) -> usize {
+        self.queue_limit
+            .saturating_add(self.max_gpadls)
+            .saturating_add(2 * self.max_channels as usize)
+            .saturating_add(1)
+    }
+
     /// Checks every bound the server relies on; the error names the first
     /// field out of bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -619,6 +631,11 @@ impl Server {
     /// many new channels were offered.
     pub fn offer_sub_channels(&mut self, host: &mut dyn VmbusHost) -> usize {
         let requests = std::mem::take(&mut *lock(&self.sub_channels.pending));
+        // Sub-channels belong to a connection; a request that outlived it
+        // is forgotten, since a new guest asks again.
+        if !matches!(self.connection, Connection::Connected(_)) {
+            return 0;
+        }
         let mut added = 0;
         for (device, count) in requests {
             for index in 1..=count {
@@ -1823,6 +1840,15 @@ impl Server {
         for channel in saved.channels {
             self.load_channel(channel)?;
         }
+        // A GPADL is made for an offered channel and goes with it.
+        for (&id, g) in &self.gpadls {
+            if self.channels.get(&g.relid).is_none_or(|c| !c.offered) {
+                return Err(SavedStateError::BadField {
+                    field: "GPADL channel",
+                    value: id.into(),
+                });
+            }
+        }
         self.load_queue(saved.queue)
     }
 
@@ -1839,6 +1865,9 @@ impl Server {
             if link.sint >= 16 {
                 return Err(bad("sint", link.sint.into()));
             }
+            if link.target_vp >= self.config.vp_count {
+                return Err(bad("link vCPU", link.target_vp.into()));
+            }
             self.connection = Connection::Connected(Link {
                 version: Version(link.version),
                 target_vp: link.target_vp,
@@ -1847,7 +1876,10 @@ impl Server {
             });
         }
         if let Some(cursor) = cursor {
-            if link.is_none() || cursor > self.config.max_channels + 1 {
+            // The cursor runs only between REQUEST_OFFERS and
+            // ALLOFFERS_DELIVERED of a connection.
+            let requested = link.is_some_and(|l| l.offers_requested);
+            if !requested || cursor == 0 || cursor > self.config.max_channels + 1 {
                 return Err(bad("offer cursor", cursor.into()));
             }
         }
@@ -1859,6 +1891,10 @@ impl Server {
         let bad = |field, value: u64| SavedStateError::BadField { field, value };
         if self.gpadls.len() >= self.config.max_gpadls || self.gpadls.contains_key(&g.id) {
             return Err(bad("GPADL id", g.id.into()));
+        }
+        // GPADLs are made over a connection and all gone when it ends.
+        if !matches!(self.connection, Connection::Connected(_)) {
+            return Err(bad("GPADL without a connection", g.id.into()));
         }
         let state = match g.state {
             SavedGpadlState::Created(pages) => {
@@ -1882,9 +1918,13 @@ impl Server {
                 expected,
                 bytes,
             } => {
-                // The same bounds a GPADL_HEADER is held to.
+                // The same bounds a GPADL_HEADER and its bodies are held to.
                 let pages = expected.saturating_sub(8 * u32::from(range_count)) / 8;
-                if expected > u32::from(u16::MAX)
+                if range_count != 1
+                    || expected > u32::from(u16::MAX)
+                    || expected < 16
+                    || expected % 8 != 0
+                    || bytes.len() % 8 != 0
                     || bytes.len() >= expected as usize
                     || pages > self.config.max_gpadl_pages
                     || self.assembling >= self.config.max_assembling
@@ -1924,14 +1964,40 @@ impl Server {
         if c.device as usize >= self.devices.len() || (!present && !c.rescinded) {
             return Err(bad("channel device", c.device.into()));
         }
+        let max_index = match self.devices.get(c.device as usize) {
+            Some(Some((_, offer))) => offer.max_sub_channels,
+            _ => u16::MAX,
+        };
+        if c.index > max_index {
+            return Err(bad("sub-channel index", c.index.into()));
+        }
+        // Without a connection nothing is offered: offers, rescinds and
+        // sub-channels are forgotten with it.
+        let connected = matches!(self.connection, Connection::Connected(_));
+        if !connected && (c.offered || c.rescinded || c.index != 0) {
+            return Err(bad("channel state without a connection", c.relid.into()));
+        }
+        if c.rescinded && !c.offered {
+            return Err(bad("rescinded channel never offered", c.relid.into()));
+        }
         let state = match c.open {
             None => ChannelState::Closed,
             Some((ring_gpadl, target_vp, downstream)) => {
-                let ring_ok = present
-                    && self.gpadls.get(&ring_gpadl).is_some_and(|g| {
-                        g.relid == c.relid && matches!(g.state, GpadlState::Created { .. })
-                    });
-                if !ring_ok {
+                // Only an offered, live channel of a connection is open
+                // (a rescind closes it).
+                if !c.offered || c.rescinded || !present {
+                    return Err(bad("open channel", c.relid.into()));
+                }
+                if target_vp >= self.config.vp_count {
+                    return Err(bad("channel vCPU", target_vp.into()));
+                }
+                let ring_ok = self.gpadls.get(&ring_gpadl).is_some_and(|g| {
+                    g.relid == c.relid && matches!(g.state, GpadlState::Created { .. })
+                });
+                let ring_taken = self.channels.values().any(|other| {
+                    matches!(other.state, ChannelState::Open { ring_gpadl: r, .. } if r == ring_gpadl)
+                });
+                if !ring_ok || ring_taken {
                     return Err(bad("ring GPADL", ring_gpadl.into()));
                 }
                 ChannelState::Open {
@@ -1955,12 +2021,12 @@ impl Server {
     }
 
     fn load_queue(&mut self, queue: Vec<SavedMessage>) -> Result<(), SavedStateError> {
-        // The bound the queue keeps while running: replies, one TORNDOWN per
-        // GPADL, one RESCIND per channel, one UNLOAD_RESPONSE.
-        let limit = self.config.queue_limit
-            + self.config.max_gpadls
-            + self.config.max_channels as usize
-            + 1;
+        // The bound the queue keeps while running; without a connection it
+        // holds at most the answer to the last contact or UNLOAD.
+        let limit = match self.connection {
+            Connection::Connected(_) => self.config.queue_bound(),
+            _ => 1,
+        };
         if queue.len() > limit {
             return Err(SavedStateError::BadField {
                 field: "queue length",
@@ -1972,6 +2038,18 @@ impl Server {
                 return Err(SavedStateError::BadField {
                     field: "queued message length",
                     value: m.bytes.len() as u64,
+                });
+            }
+            if m.sint >= 16 {
+                return Err(SavedStateError::BadField {
+                    field: "queued message SINT",
+                    value: m.sint.into(),
+                });
+            }
+            if m.vp >= self.config.vp_count {
+                return Err(SavedStateError::BadField {
+                    field: "queued message vCPU",
+                    value: m.vp.into(),
                 });
             }
             let mut message = HostMessage {

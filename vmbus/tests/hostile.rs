@@ -693,3 +693,35 @@ fn a_server_config_out_of_bounds_is_refused_naming_the_field() {
         matches!(restored, Err(vmbdev_vmbus::SavedStateError::Config(e)) if e.field == "queue_limit")
     );
 }
+
+#[test]
+fn a_sub_channel_request_that_outlives_its_connection_is_forgotten() {
+    let mut rig = Rig::new(64, ServerConfig::default());
+    let device = Arc::new(Parked {
+        max_sub_channels: 2,
+        ..Parked::default()
+    });
+    rig.add(device.clone());
+    rig.connect();
+    assert_eq!(rig.create_gpadl(1, 1, &[8, 9, 10, 11]), STATUS_SUCCESS);
+    assert_eq!(rig.open(1, 1, 2), STATUS_SUCCESS);
+    let control = device.sub_channels.lock().unwrap().clone().unwrap();
+    rig.post(&header(MessageType::UNLOAD)).unwrap();
+    rig.join(1).unwrap();
+    rig.finish_teardowns();
+    rig.expect(MessageType::UNLOAD_RESPONSE);
+    // The device asks after the guest left: nothing is created, and the
+    // bus saves and restores as a disconnected one.
+    control.enable_sub_channels(2).unwrap();
+    assert_eq!(rig.server.offer_sub_channels(&mut rig.host), 0);
+    let saved = rig.server.save().unwrap();
+    let restored = vmbdev_vmbus::Server::restore(
+        rig.memory.clone(),
+        vmbdev_ring::GpadlRegistry::new(),
+        ServerConfig::default(),
+        vec![device.clone() as Arc<dyn vmbdev_device::bus::VmbusDevice>],
+        &saved,
+    );
+    assert!(restored.is_ok(), "{:?}", restored.err());
+    assert_eq!(rig.connect().len(), 1);
+}
