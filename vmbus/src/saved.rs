@@ -668,6 +668,24 @@ mod tests {
     }
 
     #[test]
+    fn a_gpadl_being_built_for_a_rescinded_channel_is_refused() {
+        // Created GPADLs stay with a rescinded channel until RELID_RELEASED;
+        // one being built is discarded at the rescind.
+        let rescind = |s: &mut SavedBus| {
+            s.channels[0].rescinded = true;
+            s.channels[0].open = None;
+        };
+        assert_eq!(damaged(rescind), Err("GPADL channel"));
+        assert_eq!(
+            damaged(|s| {
+                rescind(s);
+                s.gpadls.remove(1);
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn gpadls_being_built_are_held_to_the_header_bounds() {
         let assembling = |range_count, expected, len| {
             move |s: &mut SavedBus| {

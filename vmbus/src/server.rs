@@ -679,6 +679,14 @@ impl Server {
             match link {
                 Some(link) if channel.offered => {
                     channel.rescinded = true;
+                    // A GPADL still being built for the channel would be
+                    // created for a device that is gone: it is discarded,
+                    // and its remaining bodies are dropped as unknown.
+                    for gpadl in self.gpadls_of(|g| {
+                        g.relid == relid && matches!(g.state, GpadlState::Assembling { .. })
+                    }) {
+                        self.abandon_gpadl(gpadl);
+                    }
                     let message = RelidMessage {
                         header: MessageHeader::new(MessageType::RESCIND_CHANNEL_OFFER),
                         child_relid: U32::new(relid),
@@ -1118,8 +1126,13 @@ impl Server {
     ) -> Result<(), Dropped> {
         let (message, pfns) = parse::<GpadlBody>(bytes)?;
         let gpadl = message.gpadl.get();
+        let relid = self.gpadls.get(&gpadl).ok_or(Dropped::UnknownGpadl)?.relid;
+        if self.offered_channel(relid).is_none() {
+            // Its channel went away while it was being built.
+            self.abandon_gpadl(gpadl);
+            return Err(Dropped::UnknownGpadl);
+        }
         let entry = self.gpadls.get_mut(&gpadl).ok_or(Dropped::UnknownGpadl)?;
-        let relid = entry.relid;
         let GpadlState::Assembling {
             expected, bytes, ..
         } = &mut entry.state
@@ -1840,9 +1853,15 @@ impl Server {
         for channel in saved.channels {
             self.load_channel(channel)?;
         }
-        // A GPADL is made for an offered channel and goes with it.
+        // A GPADL is made for an offered channel and goes with it; one
+        // still being built is discarded when the channel is rescinded.
         for (&id, g) in &self.gpadls {
-            if self.channels.get(&g.relid).is_none_or(|c| !c.offered) {
+            let building = matches!(g.state, GpadlState::Assembling { .. });
+            if self
+                .channels
+                .get(&g.relid)
+                .is_none_or(|c| !c.offered || (building && c.rescinded))
+            {
                 return Err(SavedStateError::BadField {
                     field: "GPADL channel",
                     value: id.into(),

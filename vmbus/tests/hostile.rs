@@ -725,3 +725,29 @@ fn a_sub_channel_request_that_outlives_its_connection_is_forgotten() {
     assert!(restored.is_ok(), "{:?}", restored.err());
     assert_eq!(rig.connect().len(), 1);
 }
+
+#[test]
+fn a_gpadl_half_built_when_its_channel_is_rescinded_cannot_complete() {
+    let mut rig = Rig::new(64, ServerConfig::default());
+    let (id, relid) = rig
+        .server
+        .add_device(Arc::new(Parked::default()), &mut rig.host)
+        .unwrap();
+    rig.connect();
+    let pfns: Vec<u64> = (8..48).collect();
+    let mut messages = gpadl_messages(relid, 4, &pfns).into_iter();
+    rig.post(&messages.next().unwrap()).unwrap();
+    rig.server.remove_device(id, &mut rig.host);
+    rig.expect(MessageType::RESCIND_CHANNEL_OFFER);
+    assert_eq!(rig.server.gpadl_count(), 0, "discarded with the channel");
+    for body in messages {
+        assert_eq!(rig.post(&body), Err(Dropped::UnknownGpadl));
+    }
+    rig.expect_none();
+    assert!(rig.registry.get(4).is_err());
+    // The guest releases the relid; nothing of the GPADL is left to wait.
+    rig.post(&relid_message(MessageType::RELID_RELEASED, relid))
+        .unwrap();
+    assert_eq!(rig.settle_teardowns(), 0);
+    rig.expect_none();
+}
