@@ -249,10 +249,14 @@ pub enum Dropped {
     /// can report it (INITIATE_CONTACT, MODIFYCHANNEL before 5.3).
     #[error("target vCPU the VM does not have")]
     BadVp,
+    /// INITIATE_CONTACT naming a SINT past 15: there is no slot to answer
+    /// in.
+    #[error("message SINT past 15")]
+    BadSint,
 }
 
 impl Dropped {
-    const ALL: [Self; 15] = [
+    const ALL: [Self; 16] = [
         Self::TooShort,
         Self::TooLong,
         Self::UnknownType,
@@ -268,6 +272,7 @@ impl Dropped {
         Self::GpadlNotCreated,
         Self::NotRescinded,
         Self::BadVp,
+        Self::BadSint,
     ];
 
     fn index(self) -> usize {
@@ -872,11 +877,18 @@ impl Server {
         if connection_id != expected {
             return Err(Dropped::WrongConnection);
         }
-        let sint = if version >= Version::V5_0 {
-            message.interrupt_page_or_sint.get() as u8
+        // From 5.0 the field is the message SINT (u8) and seven bytes of
+        // padding, which Linux sends as zero; before 5.0 it is the
+        // interrupt page, which this host does not use.
+        let (sint, padding_clear) = if version >= Version::V5_0 {
+            let field = message.interrupt_page_or_sint.get();
+            (field as u8, field >> 8 == 0)
         } else {
-            VMBUS_SINT
+            (VMBUS_SINT, true)
         };
+        if sint >= 16 {
+            return Err(Dropped::BadSint);
+        }
         let vp = message.target_vcpu.get();
         // No vCPU to answer on: the contact changes nothing.
         if vp >= self.config.vp_count {
@@ -888,7 +900,7 @@ impl Server {
         if busy && self.queue.len() >= self.config.queue_limit {
             return Err(Dropped::QueueFull);
         }
-        let accepted = !busy && sint < 16 && Version::SUPPORTED.contains(&version);
+        let accepted = !busy && padding_clear && Version::SUPPORTED.contains(&version);
         if accepted {
             self.connect(Link {
                 version,
@@ -907,7 +919,7 @@ impl Server {
             padding: U16::ZERO,
             message_connection_id: U32::new(MESSAGE_CONNECTION_ID),
         };
-        self.send(vp, sint.min(15), &reply, host);
+        self.send(vp, sint, &reply, host);
         Ok(())
     }
 

@@ -751,3 +751,33 @@ fn a_gpadl_half_built_when_its_channel_is_rescinded_cannot_complete() {
     assert_eq!(rig.settle_teardowns(), 0);
     rig.expect_none();
 }
+
+#[test]
+fn initiate_contact_with_a_bad_sint_field_is_refused() {
+    let mut rig = Rig::new(64, ServerConfig::default());
+    rig.add(Arc::new(Parked::default()));
+    let contact = |field: u64| {
+        let mut bytes = initiate_contact(Version::V5_3, 0);
+        bytes[16..24].copy_from_slice(&field.to_le_bytes());
+        bytes
+    };
+    // msg_sint is one byte; the seven after it are padding Linux zeroes.
+    for field in [0x0000_0000_0000_0102, 0x0000_0001_0000_0002, 1 << 63 | 2] {
+        rig.post_on(4, &contact(field)).unwrap();
+        let reply = rig.expect(MessageType::VERSION_RESPONSE);
+        assert_eq!(reply[8], 0, "field {field:#x}");
+        assert_eq!(rig.server.version(), None);
+    }
+    // A SINT past 15 has no slot to answer in.
+    assert_eq!(rig.post_on(4, &contact(16)), Err(Dropped::BadSint));
+    assert_eq!(rig.post_on(4, &contact(0xff)), Err(Dropped::BadSint));
+    rig.expect_none();
+    rig.post_on(4, &contact(2)).unwrap();
+    assert_eq!(rig.expect(MessageType::VERSION_RESPONSE)[8], 1);
+    // Before 5.0 the field is an interrupt page address: any value.
+    let mut rig = Rig::new(64, ServerConfig::default());
+    let mut old = initiate_contact(Version::WIN10, 0);
+    old[16..24].copy_from_slice(&0x1234_5000u64.to_le_bytes());
+    rig.post_on(1, &old).unwrap();
+    assert_eq!(rig.expect(MessageType::VERSION_RESPONSE)[8], 1);
+}
