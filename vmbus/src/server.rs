@@ -302,6 +302,7 @@ pub struct ChannelSignal {
 }
 
 /// The doorbells of one open channel.
+#[derive(Clone)]
 pub struct ChannelDoorbells {
     /// Rung by the guest (HvSignalEvent on the channel's connection id);
     /// the device waits on it.
@@ -460,6 +461,12 @@ struct Channel {
     offered: bool,
     rescinded: bool,
     state: ChannelState,
+    /// The doorbells the VMM routes for the open channel, kept while its
+    /// device task is stopped by [`Server::suspend`].
+    doorbells: Option<ChannelDoorbells>,
+    /// Open, but its device task was stopped by a suspend (or it was
+    /// restored): [`Server::resume`] starts it again.
+    suspended: bool,
 }
 
 /// A guest GPADL's progress.
@@ -611,6 +618,8 @@ impl Server {
                 offered: false,
                 rescinded: false,
                 state: ChannelState::Closed,
+                doorbells: None,
+                suspended: false,
             },
         );
         if let Connection::Connected(link) = self.connection {
@@ -1406,7 +1415,15 @@ impl Server {
         });
         let device = device.clone();
         let index = channel.index;
-        let doorbells = host.open_doorbells(&self.signal(relid, target_vp));
+        // A channel resumed after a suspend keeps the doorbells the VMM
+        // still routes; only a new open (or a restored one) asks for them.
+        let doorbells = match &channel.doorbells {
+            Some(doorbells) => doorbells.clone(),
+            None => host.open_doorbells(&self.signal(relid, target_vp)),
+        };
+        if let Some(channel) = self.channels.get_mut(&relid) {
+            channel.doorbells = Some(doorbells.clone());
+        }
         let opened = OpenRequest::from_gpadl(
             self.memory.clone(),
             self.registry.clone(),
@@ -1425,6 +1442,9 @@ impl Server {
                 Ok(())
             }
             Err(error) => {
+                if let Some(channel) = self.channels.get_mut(&relid) {
+                    channel.doorbells = None;
+                }
                 host.close_doorbells(relid);
                 Err(OpenRefusal::Device(error))
             }
@@ -1474,6 +1494,8 @@ impl Server {
             return;
         }
         channel.state = ChannelState::Closed;
+        channel.doorbells = None;
+        channel.suspended = false;
         let index = channel.index;
         if let Some(Some((device, _))) = self.devices.get(channel.device.0) {
             if let Err(error) = device.close(index) {
@@ -1669,13 +1691,15 @@ impl SubChannelControl for SubChannelHook {
 /// channels, GPADLs, replies not yet delivered) survives unchanged.
 impl Server {
     /// Stops every device task and keeps the guest's view: open channels
-    /// stay open. The VMM waits until the tasks it ran have ended, then
-    /// calls [`save`](Self::save) or [`resume`](Self::resume).
+    /// stay open and their doorbells stay routed. The VMM waits until the
+    /// tasks it ran have ended, then calls [`save`](Self::save) or
+    /// [`resume`](Self::resume).
     pub fn suspend(&mut self) {
-        for channel in self.channels.values() {
-            if channel.state == ChannelState::Closed {
+        for channel in self.channels.values_mut() {
+            if channel.state == ChannelState::Closed || channel.suspended {
                 continue;
             }
+            channel.suspended = true;
             if let Some(Some((device, _))) = self.devices.get(channel.device.0) {
                 if let Err(error) = device.close(channel.index) {
                     tracing::debug!(%error, "vmbus: suspend");
@@ -1684,15 +1708,20 @@ impl Server {
         }
     }
 
-    /// Starts the device task of every open channel again (after
-    /// [`suspend`](Self::suspend) or [`restore`](Self::restore)). A channel
-    /// its device refuses is closed; the first refusal is returned.
+    /// Starts again the device task of every channel
+    /// [`suspend`](Self::suspend) stopped or [`restore`](Self::restore)
+    /// brought back, over the doorbells it had (a restored channel gets
+    /// new ones); a channel opened since runs on untouched. A channel its
+    /// device refuses is closed; the first refusal is returned.
     pub fn resume(&mut self, host: &mut dyn VmbusHost) -> Result<(), SavedStateError> {
         let open: Vec<(u32, ChannelState, usize)> = self
             .channels
-            .iter()
-            .filter(|(_, c)| c.state != ChannelState::Closed)
-            .map(|(&relid, c)| (relid, c.state, c.device.0))
+            .iter_mut()
+            .filter(|(_, c)| c.state != ChannelState::Closed && c.suspended)
+            .map(|(&relid, c)| {
+                c.suspended = false;
+                (relid, c.state, c.device.0)
+            })
             .collect();
         let mut first = None;
         for (relid, state, device) in open {
@@ -2046,6 +2075,10 @@ impl Server {
                 offered: c.offered,
                 rescinded: c.rescinded,
                 state,
+                // Its task starts on resume, with doorbells routed afresh
+                // by the VMM restored into.
+                doorbells: None,
+                suspended: state != ChannelState::Closed,
             },
         );
         Ok(())

@@ -553,3 +553,42 @@ fn damaged_saved_state_is_refused_without_leaving_gpadls_behind() {
         }
     }
 }
+
+#[test]
+fn resume_restarts_only_what_suspend_stopped_over_the_same_doorbells() {
+    let mut rig = Rig::new(64, ServerConfig::default());
+    let first = Arc::new(Parked::default());
+    let second = Arc::new(Parked::default());
+    let one = rig.add(first.clone());
+    let two = rig.add(second.clone());
+    rig.connect();
+    assert_eq!(rig.create_gpadl(one, 1, &[8, 9, 10, 11]), STATUS_SUCCESS);
+    assert_eq!(rig.open(one, 1, 2), STATUS_SUCCESS);
+    let bells = rig.host.doorbells[&one].clone();
+    rig.server.suspend();
+    rig.join(one).unwrap();
+    // A channel opened while suspended runs from its open on.
+    assert_eq!(rig.create_gpadl(two, 2, &[20, 21, 22, 23]), STATUS_SUCCESS);
+    assert_eq!(rig.open(two, 2, 2), STATUS_SUCCESS);
+    rig.server.resume(&mut rig.host).unwrap();
+    assert_eq!(*first.opens.lock().unwrap(), 2, "the stopped one restarted");
+    assert_eq!(
+        *second.opens.lock().unwrap(),
+        1,
+        "the running one untouched"
+    );
+    assert!(rig.server.is_open(one) && rig.server.is_open(two));
+    // Suspend closed no doorbells, so resume opened none.
+    assert_eq!(rig.host.opened, [one, two]);
+    assert!(rig.host.closed.is_empty());
+    assert!(Arc::ptr_eq(&rig.host.doorbells[&one].0, &bells.0));
+    // A resume with nothing suspended does nothing.
+    rig.server.resume(&mut rig.host).unwrap();
+    assert_eq!(*first.opens.lock().unwrap(), 2);
+    assert_eq!(rig.host.opened, [one, two]);
+    // A close after a resume closes the doorbells once.
+    rig.post(&relid_message(MessageType::CLOSE_CHANNEL, one))
+        .unwrap();
+    rig.join(one).unwrap();
+    assert_eq!(rig.host.closed, [one]);
+}

@@ -45,6 +45,8 @@ pub struct TestHost {
     pub waits: Vec<TeardownWait>,
     /// Every retarget asked for.
     pub retargets: Vec<ChannelSignal>,
+    /// Relids whose doorbells were opened, in order.
+    pub opened: Vec<u32>,
     /// Relids whose doorbells were closed, in order.
     pub closed: Vec<u32>,
 }
@@ -70,6 +72,7 @@ impl VmbusHost for TestHost {
             Arc::new(EventDoorbell::new()),
         );
         self.doorbells.insert(signal.relid, pair.clone());
+        self.opened.push(signal.relid);
         ChannelDoorbells {
             guest_to_host: pair.0,
             host_to_guest: pair.1,
