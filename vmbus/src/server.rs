@@ -641,6 +641,13 @@ impl Server {
         *lock(&self.sub_channels.notify) = Some(Arc::new(notify));
     }
 
+    /// Devices whose sub-channel requests wait for
+    /// [`offer_sub_channels`](Self::offer_sub_channels) (a device asking
+    /// again is still one).
+    pub fn sub_channel_requests(&self) -> usize {
+        lock(&self.sub_channels.pending).len()
+    }
+
     /// Creates and offers the sub-channels devices asked for; returns how
     /// many new channels were offered.
     pub fn offer_sub_channels(&mut self, host: &mut dyn VmbusHost) -> usize {

@@ -205,6 +205,66 @@ fn a_range_buflen_too_short_for_its_range_count_is_refused() {
 }
 
 #[test]
+fn a_gpadl_of_no_ranges_is_refused_at_its_header() {
+    let (mut rig, _) = connected(ServerConfig::default());
+    // range_count 0 with a range_buflen that leaves bodies to come: the
+    // header alone is answered, nothing waits for the bodies.
+    let pfns: Vec<u64> = (8..8 + HEADER_PFNS as u64).collect();
+    let header = gpadl_messages_raw(1, 7, 8 + 8 * 40, 0, 40 * 4096, 0, &pfns);
+    assert_eq!(header.len(), 1);
+    assert_ne!(gpadl_status(&mut rig, 7, &header), STATUS_SUCCESS);
+    assert_eq!(rig.server.gpadl_count(), 0);
+    assert_eq!(
+        rig.post(&gpadl_body(1, 7, &[8])),
+        Err(Dropped::UnknownGpadl)
+    );
+}
+
+#[test]
+fn more_gpadls_than_max_gpadls_are_refused() {
+    let config = ServerConfig {
+        max_gpadls: 3,
+        max_assembling: 3,
+        ..ServerConfig::default()
+    };
+    let (mut rig, _) = connected(config);
+    for gpadl in 1..=3 {
+        assert_eq!(
+            rig.create_gpadl(1, gpadl, &[8 + gpadl as u64]),
+            STATUS_SUCCESS
+        );
+    }
+    assert_ne!(rig.create_gpadl(1, 4, &[20]), STATUS_SUCCESS);
+    assert!(rig.registry.get(4).is_err());
+    assert_eq!(rig.server.gpadl_count(), 3);
+    // One torn down makes room for one more.
+    rig.post(&teardown(1, 2)).unwrap();
+    rig.expect(MessageType::GPADL_TORNDOWN);
+    assert_eq!(rig.create_gpadl(1, 4, &[20]), STATUS_SUCCESS);
+    assert_ne!(rig.create_gpadl(1, 5, &[21]), STATUS_SUCCESS);
+}
+
+#[test]
+fn gpadls_past_max_total_gpadl_pages_are_refused() {
+    let config = ServerConfig {
+        max_total_gpadl_pages: 10,
+        ..ServerConfig::default()
+    };
+    let (mut rig, _) = connected(config);
+    assert_eq!(rig.create_gpadl(1, 1, &[8, 9, 10, 11]), STATUS_SUCCESS);
+    assert_eq!(rig.create_gpadl(1, 2, &[12, 13, 14, 15]), STATUS_SUCCESS);
+    // 8 of 10 pages taken: three more are refused, two fit.
+    assert_ne!(rig.create_gpadl(1, 3, &[16, 17, 18]), STATUS_SUCCESS);
+    assert!(rig.registry.get(3).is_err());
+    assert_eq!(rig.create_gpadl(1, 4, &[16, 17]), STATUS_SUCCESS);
+    assert_ne!(rig.create_gpadl(1, 5, &[18]), STATUS_SUCCESS);
+    // A teardown gives its pages back.
+    rig.post(&teardown(1, 1)).unwrap();
+    rig.expect(MessageType::GPADL_TORNDOWN);
+    assert_eq!(rig.create_gpadl(1, 5, &[18, 19, 20, 21]), STATUS_SUCCESS);
+}
+
+#[test]
 fn a_gpadl_body_for_an_unknown_gpadl_is_dropped() {
     let (mut rig, _) = connected(ServerConfig::default());
     assert_eq!(
@@ -294,20 +354,36 @@ fn open_of_an_unknown_relid_is_dropped() {
 #[test]
 fn a_second_open_fails_and_the_first_stays() {
     let (mut rig, device) = opened();
+    let (to_host, to_guest) = rig.host.doorbells[&1].clone();
     assert_eq!(rig.create_gpadl(1, 2, &[20, 21, 22, 23]), STATUS_SUCCESS);
     assert_ne!(rig.open(1, 2, 2), STATUS_SUCCESS);
     assert_ne!(rig.open(1, 1, 2), STATUS_SUCCESS);
     assert!(rig.server.is_open(1));
     assert_eq!(*device.opens.lock().unwrap(), 1);
+    // The live channel's routing is untouched: nothing opened, closed or
+    // replaced.
+    assert_eq!(rig.host.opened, [1]);
+    assert!(rig.host.closed.is_empty());
+    let (now_to_host, now_to_guest) = &rig.host.doorbells[&1];
+    assert!(Arc::ptr_eq(&to_host, now_to_host) && Arc::ptr_eq(&to_guest, now_to_guest));
+    assert!(!device.stops.lock().unwrap()[&0].is_stopped());
 }
 
 #[test]
 fn open_with_an_unknown_gpadl_fails() {
-    let (mut rig, device) = connected(ServerConfig::default());
+    let mut rig = Rig::new(64, ServerConfig::default());
+    let device = Arc::new(Parked::default());
+    rig.add(device.clone());
+    rig.add(Arc::new(Parked::default()));
+    assert_eq!(rig.connect().len(), 2);
     assert_ne!(rig.open(1, 9, 2), STATUS_SUCCESS);
+    // A GPADL the guest made for another channel is not this one's ring.
+    assert_eq!(rig.create_gpadl(2, 5, &[8, 9, 10, 11]), STATUS_SUCCESS);
+    assert_ne!(rig.open(1, 5, 2), STATUS_SUCCESS);
     assert!(!rig.server.is_open(1));
     assert_eq!(*device.opens.lock().unwrap(), 0);
     assert!(rig.host.tasks.is_empty());
+    assert!(rig.host.opened.is_empty());
 }
 
 #[test]
@@ -429,11 +505,16 @@ fn sub_channel_requests_are_bounded_by_the_offer_and_forgotten_with_the_connecti
     let control = device.sub_channels.lock().unwrap().clone().unwrap();
     assert!(control.enable_sub_channels(3).is_err(), "more than offered");
     assert!(control.enable_sub_channels(0).is_err());
-    // A guest repeating CREATE_SUB_CHANNELS leaves one request behind.
+    // A guest repeating CREATE_SUB_CHANNELS leaves one request behind,
+    // the largest it asked for.
+    control.enable_sub_channels(1).unwrap();
     for _ in 0..1000 {
         control.enable_sub_channels(2).unwrap();
     }
+    control.enable_sub_channels(1).unwrap();
+    assert_eq!(rig.server.sub_channel_requests(), 1);
     assert_eq!(rig.server.offer_sub_channels(&mut rig.host), 2);
+    assert_eq!(rig.server.sub_channel_requests(), 0);
     assert_eq!(rig.server.offer_sub_channels(&mut rig.host), 0);
     for index in 1..=2u32 {
         let offer = rig.expect(MessageType::OFFER_CHANNEL);
