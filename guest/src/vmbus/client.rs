@@ -320,6 +320,12 @@ impl<T: VmbusTransport> VmbusClient<T> {
         self.gpadls.len()
     }
 
+    /// Whether `gpadl` was created and not torn down (nor forgotten with a
+    /// rescinded channel).
+    pub fn has_gpadl(&self, gpadl: u32) -> bool {
+        self.gpadls.contains_key(&gpadl)
+    }
+
     /// What was sent and received so far, if tracing is on.
     pub fn trace(&self) -> &[TraceEntry] {
         &self.trace
