@@ -30,4 +30,4 @@ pub use client::{
     ClientConfig, FIRST_GPADL_HANDLE, LINUX_VERSIONS, OfferedChannel, TransportError, VmbusClient,
     VmbusError, VmbusTransport,
 };
-pub use trace::{Direction, TraceEntry, describe};
+pub use trace::{Direction, TraceEntry, describe, type_name};
