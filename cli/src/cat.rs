@@ -1,6 +1,8 @@
 //! `vmbdev cat SOURCE PATH`: reads one file the way a guest would, through
 //! the vmbfs client over a loopback channel to a vmbfs device serving
-//! SOURCE (a host directory, or a raw disk image's file system).
+//! SOURCE (a host directory, or a raw disk image's file system). The device
+//! sits behind the VMBus control plane of a loopback VM ([`BusVm`]): the
+//! guest's VMBus client finds its offer and opens the channel first.
 
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,7 @@ use crate::messages::{count, escape_name};
 use crate::output::Output;
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
-use vmbdev_loopback::vm::{LoopbackVm, VmConfig};
-use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
+use vmbdev_loopback::bus::{BusVm, BusVmConfig, BusVmbfsClient};
 
 /// Arguments of `vmbdev cat`.
 #[derive(Debug, Args)]
@@ -137,8 +138,10 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
         tree: source.tree,
         rdma_enabled: args.rdma,
     }));
-    let vm = LoopbackVm::new(&VmConfig::default())?;
-    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm, device), args.rdma);
+    let vm = BusVm::new(BusVmConfig::default())?;
+    let relid = vm.add_device(device)?;
+    vm.connect()?;
+    let mut client = BusVmbfsClient::new(vm.vmbfs_bus(relid), args.rdma);
     let data = match futures_lite::future::block_on(client.read_all(&args.path)) {
         Ok(data) => data,
         Err(e) if e.is_not_found() => {
@@ -152,6 +155,8 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
         }
     };
     let _ = futures_lite::future::block_on(client.close());
+    drop(client);
+    let _ = vm.unload();
     out.write_all(&data)?;
     out.finish()?;
     Ok(())

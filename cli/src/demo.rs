@@ -1,13 +1,17 @@
-//! `vmbdev demo`: vmbfs end to end over a loopback channel on a built-in
-//! sample image. A sample boot tree is packed into a dynamic VHDX (GPT, one
-//! FAT32 partition), opened again through the VHDX reader, the partition
-//! table and the FAT reader, and served over vmbfs. The guest client
-//! behaves like the UEFI firmware: it opens the volume, looks the files up
-//! and reads them, once in-band and once by RDMA, checking every byte
-//! against the sample; then the same image is served as a SCSI disk over
-//! storvsp and read whole by a Linux-like storvsc, every sector checked
-//! against the block device; last, the in-band vs RDMA throughput of a
-//! large file is measured.
+//! `vmbdev demo`: vmbfs and storvsp end to end on a built-in sample image,
+//! behind a VMBus control plane. A sample boot tree is packed into a
+//! dynamic VHDX (GPT, one FAT32 partition), opened again through the VHDX
+//! reader, the partition table and the FAT reader, and served over vmbfs;
+//! the same image is served as a SCSI disk over storvsp. Both devices sit
+//! behind the real control-plane server in a loopback VM ([`BusVm`]); a
+//! Linux-like guest VMBus client negotiates the version, collects the
+//! offers and opens each channel (GPADL, OPENCHANNEL), and the handshake is
+//! printed message by message before the reads. The vmbfs client behaves
+//! like the UEFI firmware: it opens the volume, looks the files up and
+//! reads them, once in-band and once by RDMA, checking every byte against
+//! the sample; a Linux-like storvsc reads the disk whole, every sector
+//! checked against the block device; then the guest unloads the bus. Last,
+//! the in-band vs RDMA throughput of a large file is measured.
 
 use clap::Args;
 use std::sync::Arc;
@@ -17,15 +21,14 @@ use vmbdev_fs::{MemoryTree, open_tree};
 use vmbdev_pack::{PackOptions, pack_tree};
 use vmbdev_vhdx::open_image;
 
-use crate::dump_storvsp::dump_through_storvsc;
+use crate::dump_storvsp::{bus_config, dump_on_bus, storvsp_device};
 use crate::error::CliError;
 use vmbdev_bench::vmbfs::{
     BENCH_FILE_SIZE, measure_throughput, measure_throughput_with, sample_bytes,
 };
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
-use vmbdev_loopback::vm::{LoopbackVm, VmConfig};
-use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
+use vmbdev_loopback::bus::{BusVm, BusVmbfsClient};
 
 /// Arguments of `vmbdev demo`.
 #[derive(Debug, Args)]
@@ -54,16 +57,33 @@ fn sample_files() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Prints the control-plane messages traced since the last call.
+struct TracePrinter {
+    printed: usize,
+}
+
+impl TracePrinter {
+    fn print_new(&mut self, vm: &BusVm) {
+        let trace = vm.trace();
+        for entry in trace.iter().skip(self.printed) {
+            println!("  vmbus: {entry}");
+        }
+        self.printed = trace.len();
+    }
+}
+
 fn read_all_files(
-    device: &Arc<dyn VmbusDevice>,
+    vm: &BusVm,
+    relid: u32,
+    trace: &mut TracePrinter,
     files: &[(&'static str, Vec<u8>)],
     rdma: bool,
 ) -> Result<(u64, f64, u64), String> {
-    let vm = LoopbackVm::new(&VmConfig::default()).map_err(|e| e.to_string())?;
-    let mut client = VmbfsClient::new(VmbfsLoopback::new(vm, device.clone()), rdma);
+    let mut client = BusVmbfsClient::new(vm.vmbfs_bus(relid), rdma);
     let start = Instant::now();
     futures_lite::future::block_on(async {
         client.open_volume().await.map_err(|e| e.to_string())?;
+        trace.print_new(vm);
         for (path, data) in files {
             let got = client
                 .read_all(path)
@@ -128,6 +148,29 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         offer.incoming_ring_pages,
         offer.outgoing_ring_pages
     );
+    let vm = BusVm::new(bus_config(true)).map_err(|e| e.to_string())?;
+    let fs_relid = vm.add_device(device.clone()).map_err(|e| e.to_string())?;
+    let storvsp = storvsp_device(disk.clone()).map_err(|e| e.to_string())?;
+    let disk_relid = vm.add_device(storvsp).map_err(|e| e.to_string())?;
+    println!("control plane: VMBus server behind a software SynIC, Linux-like guest client:");
+    let (version, offers) = vm.connect().map_err(|e| e.to_string())?;
+    let mut trace = TracePrinter { printed: 0 };
+    trace.print_new(&vm);
+    println!(
+        "  version {}.{} agreed, {} offers:",
+        version.0 >> 16,
+        version.0 & 0xffff,
+        offers.len()
+    );
+    for offer in &offers {
+        println!(
+            "    relid {}: {} (sub-channel {}, connection id {:#x})",
+            offer.relid,
+            vm.device_name(offer.relid).unwrap_or_default(),
+            offer.sub_channel_index,
+            offer.connection_id
+        );
+    }
     println!("sample tree:");
     for (path, data) in &files {
         println!(
@@ -137,7 +180,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         );
     }
     for rdma in [false, true] {
-        let (bytes, secs, requests) = read_all_files(&device, &files, rdma)?;
+        let (bytes, secs, requests) = read_all_files(&vm, fs_relid, &mut trace, &files, rdma)?;
         println!(
             "read all files {:<8}: {bytes} bytes in {requests} requests, {:.1} ms, {:.0} MB/s, all bytes match",
             if rdma { "by RDMA" } else { "in-band" },
@@ -155,7 +198,10 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         stats.protocol.total_bad_input(),
         stats.backpressure_waits
     );
-    read_sectors_over_storvsp(disk)?;
+    trace.print_new(&vm);
+    read_sectors_over_storvsp(&vm, disk_relid, &mut trace, disk)?;
+    vm.unload().map_err(|e| e.to_string())?;
+    trace.print_new(&vm);
     let size = usize::try_from(args.bench_mib << 20).map_err(|e| e.to_string())?;
     let report = measure_throughput(size).map_err(|e| e.to_string())?;
     println!("throughput, one {} MiB file:", args.bench_mib);
@@ -181,10 +227,18 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
 
 /// Reads the whole disk through storvsc → ring → storvsp and checks every
 /// byte against the block device read directly.
-fn read_sectors_over_storvsp(disk: Arc<dyn BlockDevice>) -> Result<(), String> {
+fn read_sectors_over_storvsp(
+    vm: &BusVm,
+    relid: u32,
+    trace: &mut TracePrinter,
+    disk: Arc<dyn BlockDevice>,
+) -> Result<(), String> {
     let mut through_storvsc = Vec::with_capacity(disk.size_bytes() as usize);
     let start = Instant::now();
-    dump_through_storvsc(disk.clone(), &mut through_storvsc).map_err(|e| e.to_string())?;
+    dump_on_bus(vm, relid, disk.clone(), &mut through_storvsc, &mut || {
+        trace.print_new(vm)
+    })
+    .map_err(|e| e.to_string())?;
     let secs = start.elapsed().as_secs_f64();
     let mut direct = vec![0u8; disk.size_bytes() as usize];
     disk.read_sectors(0, &mut direct)

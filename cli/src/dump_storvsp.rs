@@ -1,7 +1,9 @@
 //! `vmbdev dump` without `--direct`: reads the whole virtual disk the way a
-//! guest does, through the storvsc driver over a loopback ring to the
-//! storvsp device serving the image, and writes the bytes to a file. The
-//! runs the device maps as zeros are not read through the guest.
+//! guest does, and writes the bytes to a file. The storvsp device serving
+//! the image sits behind the VMBus control plane of a loopback VM
+//! ([`BusVm`]): the guest's VMBus client finds its offer, opens the primary
+//! channel and the sub-channel, and the storvsc driver reads over them.
+//! The runs the device maps as zeros are not read through the guest.
 
 use std::sync::Arc;
 
@@ -9,8 +11,8 @@ use futures_lite::future::block_on;
 use vmbdev_block::{BlockDevice, BlockError, Extent};
 use vmbdev_device::scsi_disk::ScsiDisk;
 use vmbdev_device::storvsp::{Controller, LunAddress, StorvspConfig, StorvspDevice};
-use vmbdev_guest::storvsc::{Disk, DriverConfig, DriverError, GuestProfile};
-use vmbdev_loopback::storvsp::{StartError, StorvspVm, StorvspVmConfig, VmError};
+use vmbdev_guest::storvsc::{Disk, DriverConfig, DriverError, GuestProfile, Storvsc};
+use vmbdev_loopback::bus::{BusVm, BusVmConfig, BusVmError};
 
 use crate::messages::sense_text;
 use crate::output::OutputError;
@@ -22,9 +24,9 @@ pub enum StorvscDumpError {
     /// The image has no whole sector.
     #[error("the virtual disk is empty (no whole sector)")]
     Empty,
-    /// The loopback VM could not be built.
+    /// The loopback VM or its control plane failed.
     #[error("loopback VM: {0}")]
-    Vm(#[from] VmError),
+    Vm(#[from] BusVmError),
     /// The device configuration was refused.
     #[error("storvsp: {0}")]
     Config(#[from] vmbdev_device::storvsp::ConfigError),
@@ -116,34 +118,74 @@ pub fn dump_through_storvsc(
     device: Arc<dyn BlockDevice>,
     out: &mut (dyn DiskSink + Send),
 ) -> Result<u64, StorvscDumpError> {
-    let size = device.size_bytes();
-    if size == 0 {
-        return Err(StorvscDumpError::Empty);
+    let vm = BusVm::new(bus_config(false))?;
+    let relid = vm.add_device(storvsp_device(device.clone())?)?;
+    vm.connect()?;
+    let size = dump_on_bus(&vm, relid, device, out, &mut || {})?;
+    vm.unload()?;
+    Ok(size)
+}
+
+/// The loopback VM shape a dump needs: rings as the devices' offers ask,
+/// room for a batch of data buffers.
+pub fn bus_config(trace: bool) -> BusVmConfig {
+    BusVmConfig {
+        memory_pages: 12288,
+        trace,
+        ..BusVmConfig::default()
     }
+}
+
+/// A storvsp device serving `device` as LUN 0:0:0, one sub-channel allowed.
+pub fn storvsp_device(
+    device: Arc<dyn BlockDevice>,
+) -> Result<Arc<StorvspDevice>, StorvscDumpError> {
     let controller = Arc::new(Controller::new());
     let lun = LunAddress {
         path: 0,
         target: 0,
         lun: 0,
     };
-    controller.insert(lun, Arc::new(ScsiDisk::new(device.clone())));
+    controller.insert(lun, Arc::new(ScsiDisk::new(device)));
     let config = StorvspConfig {
         max_sub_channels: 1,
         multi_channel: true,
         ..StorvspConfig::default()
     };
-    let storvsp = Arc::new(StorvspDevice::new(config, controller)?);
+    Ok(Arc::new(StorvspDevice::new(config, controller)?))
+}
+
+/// [`dump_through_storvsc`] on a connected `vm` whose storvsp device
+/// (serving `device`) is offered as `relid`: opens its channels, calls
+/// `opened` once the driver is connected over them, reads, and leaves the
+/// channels to the VM's UNLOAD.
+pub fn dump_on_bus(
+    vm: &BusVm,
+    relid: u32,
+    device: Arc<dyn BlockDevice>,
+    out: &mut (dyn DiskSink + Send),
+    opened: &mut dyn FnMut(),
+) -> Result<u64, StorvscDumpError> {
+    let size = device.size_bytes();
+    if size == 0 {
+        return Err(StorvscDumpError::Empty);
+    }
     let config = DriverConfig {
         profile: GuestProfile::Linux,
         cpus: 2,
         buffer_offset: 0,
         ..DriverConfig::default()
     };
-    let (vm, driver) = StorvspVm::start_with_storvsc(storvsp, StorvspVmConfig::default(), &config)
-        .map_err(|e| match e {
-            StartError::Vm(e) => StorvscDumpError::Vm(e),
-            StartError::Driver(e) => StorvscDumpError::Driver(e),
-        })?;
+    let (primary, _) = vm.open(relid)?;
+    let opener = vm.storvsc_opener(relid)?;
+    let driver = block_on(Storvsc::connect(
+        primary,
+        vm.memory().clone(),
+        vm.pages().clone(),
+        opener.as_ref(),
+        &config,
+    ))?;
+    opened();
     let disk = driver.disk(0).ok_or(StorvscDumpError::NoDisk)?;
     let (blocks, block_size) = disk.capacity();
     if blocks.saturating_mul(u64::from(block_size)) != size
@@ -164,8 +206,8 @@ pub fn dump_through_storvsc(
         PipeError::Produce(e) => e,
         PipeError::Write(e) => StorvscDumpError::Write(e),
     })?;
+    drop(disk);
     drop(driver);
-    drop(vm);
     Ok(size)
 }
 

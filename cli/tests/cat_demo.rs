@@ -160,3 +160,70 @@ fn demo_exits_0_and_reports() {
     assert!(text.contains("all bytes match"), "{text}");
     assert!(text.contains("RDMA / in-band"), "{text}");
 }
+
+/// The line index of the first line containing every one of `parts`.
+fn line_of(lines: &[&str], parts: &[&str]) -> usize {
+    lines
+        .iter()
+        .position(|l| parts.iter().all(|p| l.contains(p)))
+        .unwrap_or_else(|| panic!("no line with {parts:?} in:\n{}", lines.join("\n")))
+}
+
+#[test]
+fn demo_shows_the_control_plane_handshake_before_its_reads() {
+    let out = vmbdev(&["demo".as_ref(), "--bench-mib".as_ref(), "1".as_ref()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // Linux's first ask, on connection 4, and the host's yes.
+    let contact = line_of(&lines, &["[conn 4] INITIATE_CONTACT version 5.3"]);
+    let version = line_of(&lines, &["VERSION_RESPONSE supported 1"]);
+    let request = line_of(&lines, &["[conn 1] REQUESTOFFERS"]);
+    let vmbfs_offer = line_of(&lines, &["OFFERCHANNEL relid 1 "]);
+    let disk_offer = line_of(&lines, &["OFFERCHANNEL relid 2 "]);
+    let delivered = line_of(&lines, &["ALLOFFERS_DELIVERED"]);
+    let agreed = line_of(&lines, &["version 5.3 agreed, 2 offers"]);
+    let named_fs = line_of(&lines, &["relid 1: vmbfs"]);
+    let named_disk = line_of(&lines, &["relid 2: storvsp"]);
+    // vmbfs: Linux's first GPADL handle, created and opened with status 0.
+    let fs_created = line_of(&lines, &["GPADL_CREATED relid 1 gpadl 0xe1e10 status 0x0"]);
+    let fs_open = line_of(&lines, &["OPENCHANNEL relid 1 gpadl 0xe1e10"]);
+    let fs_opened = line_of(&lines, &["OPENCHANNEL_RESULT relid 1 status 0x0"]);
+    let fs_read = line_of(&lines, &["read all files in-band", "all bytes match"]);
+    let rdma_read = line_of(&lines, &["read all files by RDMA", "all bytes match"]);
+    // storvsp: its primary, then the sub-channel offered later.
+    let disk_opened = line_of(&lines, &["OPENCHANNEL_RESULT relid 2 status 0x0"]);
+    let sub_offer = line_of(&lines, &["OFFERCHANNEL relid 3 ", "sub_channel 1"]);
+    let sub_opened = line_of(&lines, &["OPENCHANNEL_RESULT relid 3 status 0x0"]);
+    let disk_read = line_of(&lines, &["storvsp: read the whole", "all sectors match"]);
+    let unload = line_of(&lines, &["UNLOAD_RESPONSE"]);
+    let order = [
+        contact,
+        version,
+        request,
+        vmbfs_offer,
+        disk_offer,
+        delivered,
+        agreed,
+        named_fs,
+        named_disk,
+        fs_created,
+        fs_open,
+        fs_opened,
+        fs_read,
+        rdma_read,
+        disk_opened,
+        sub_offer,
+        sub_opened,
+        disk_read,
+        unload,
+    ];
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "out of order {order:?}:\n{text}"
+    );
+}

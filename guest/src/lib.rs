@@ -1,6 +1,8 @@
 //! Guest-side drivers that behave like real guests: a vmbfs client modelled
-//! on the Hyper-V UEFI firmware ([`vmbfs`]) and a storvsc modelled on Linux
-//! and the firmware ([`storvsc`]).
+//! on the Hyper-V UEFI firmware ([`vmbfs`]), a storvsc modelled on Linux
+//! and the firmware ([`storvsc`]), and a VMBus control-plane client
+//! modelled on Linux's `hv_vmbus` ([`vmbus`]) that finds and opens their
+//! channels.
 //!
 //! This crate owns what a guest sends and how it reacts to what it gets
 //! back: request builders, reply parsers, handshakes, scans and the async
@@ -16,3 +18,4 @@
 #![forbid(unsafe_code)]
 pub mod storvsc;
 pub mod vmbfs;
+pub mod vmbus;

@@ -2,6 +2,10 @@
 //! against the host devices of `vmbdev-device`, for tests, the demo and
 //! benchmarks.
 //!
+//! - [`bus`]: a VM with the real control plane: devices behind the
+//!   `vmbdev-vmbus` server and software SynIC, found and opened by the
+//!   Linux-like VMBus client of `vmbdev-guest`, their channels handed to
+//!   the storvsc driver and the vmbfs client.
 //! - [`vm`]: one guest memory, a GPADL registry, a page allocator and an
 //!   executor playing the VMM's part of the bus contract for any
 //!   [`VmbusDevice`](vmbdev_device::bus::VmbusDevice).
@@ -18,6 +22,7 @@
 //! which must not depend on it.
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod storvsp;
 pub mod vm;
 pub mod vmbfs;
