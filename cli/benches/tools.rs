@@ -217,12 +217,12 @@ fn bench_cat(dir: &Path) {
     });
     println!("cat of a 50 MiB file in a FAT32 image to /dev/null (median of {ROUNDS}):");
     println!("  7zz e -so                 {:>7.3} s", seven.as_secs_f64());
-    for (name, rdma) in [("vmbdev cat", false), ("vmbdev cat --rdma", true)] {
+    for (name, in_band) in [("vmbdev cat", false), ("vmbdev cat --in-band", true)] {
         let time = rounds(&|| {
             let mut c = Command::new(VMBDEV);
             c.arg("cat");
-            if rdma {
-                c.arg("--rdma");
+            if in_band {
+                c.arg("--in-band");
             }
             c.arg(&img).arg("/big.bin");
             c

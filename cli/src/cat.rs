@@ -5,6 +5,7 @@
 //! guest's VMBus client finds its offer and opens the channel first.
 
 use clap::Args;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmbdev_fs::FsKind;
@@ -13,10 +14,12 @@ use vmbdev_fs::{FileTree, HostDirTree, OpenTreeError};
 use crate::error::CliError;
 use crate::image::{self, FormatChoice, Guard, about};
 use crate::messages::{count, escape_name};
-use crate::output::Output;
+use crate::output::{Output, OutputError};
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
+use vmbdev_guest::vmbfs::{VmbfsBus, VmbfsClientError};
 use vmbdev_loopback::bus::{BusVm, BusVmConfig, BusVmbfsClient};
+use vmbdev_ring::{GpaRange, PAGE_SIZE};
 
 /// Arguments of `vmbdev cat`.
 #[derive(Debug, Args)]
@@ -25,9 +28,14 @@ pub struct CatArgs {
     source: PathBuf,
     /// Path of the file inside the tree (`/` or `\` separated).
     path: String,
-    /// Read by RDMA (SETUP_GPA_DIRECT + READ_FILE_RDMA) instead of in-band.
+    /// Read by RDMA (SETUP_GPA_DIRECT + READ_FILE_RDMA into guest pages,
+    /// which go straight to the output): the default.
     #[arg(long)]
     rdma: bool,
+    /// Read in band instead (READ_FILE messages of at most 12 KiB), as a
+    /// guest without RDMA does.
+    #[arg(long, conflicts_with = "rdma")]
+    in_band: bool,
     /// Partition number to serve from an image (default: the first with a
     /// recognised file system).
     #[arg(long)]
@@ -134,32 +142,104 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
     refuse_unreadable(&*source.tree, args)?;
     let stdout = PathBuf::from("-");
     let mut out = Output::create(args.output.as_ref().unwrap_or(&stdout), &inputs)?;
+    let use_rdma = args.rdma || !args.in_band;
     let device: Arc<dyn VmbusDevice> = Arc::new(VmbfsDevice::new(VmbfsConfig {
         tree: source.tree,
-        rdma_enabled: args.rdma,
+        rdma_enabled: use_rdma,
     }));
     let vm = BusVm::new(BusVmConfig::default())?;
     let relid = vm.add_device(device)?;
     vm.connect()?;
-    let mut client = BusVmbfsClient::new(vm.vmbfs_bus(relid), args.rdma);
-    let data = match futures_lite::future::block_on(client.read_all(&args.path)) {
-        Ok(data) => data,
-        Err(e) if e.is_not_found() => {
+    let mut client = BusVmbfsClient::new(vm.vmbfs_bus(relid), use_rdma);
+    let streamed = futures_lite::future::block_on(stream(&mut client, &args.path, &mut out));
+    let _ = futures_lite::future::block_on(client.close());
+    drop(client);
+    let _ = vm.unload();
+    match streamed {
+        Ok(()) => {}
+        Err(Failure::Read(e)) if e.is_not_found() => {
             return Err(CliError::new(not_found(&args.source, &args.path)));
         }
-        Err(e) => {
+        Err(Failure::Read(e)) => {
             return Err(about(
                 &args.source,
                 format!("{}: {e}", escape_name(&args.path)),
             ));
         }
-    };
-    let _ = futures_lite::future::block_on(client.close());
-    drop(client);
-    let _ = vm.unload();
-    out.write_all(&data)?;
+        Err(Failure::Write(e)) => return Err(e.into()),
+    }
     out.finish()?;
     Ok(())
+}
+
+/// Bytes asked of the device per read: by RDMA, the guest pages of one
+/// buffer; in band, what the client splits into messages. Big enough that
+/// per-read costs vanish, small enough that a file of any size streams
+/// through a fixed buffer.
+const CHUNK: usize = 4 << 20;
+
+/// Why streaming a file stopped.
+enum Failure {
+    /// The guest's read failed (the file is missing, the device refused).
+    Read(VmbfsClientError),
+    /// Writing the output failed.
+    Write(OutputError),
+}
+
+/// Reads `path` chunk by chunk and writes each chunk to `out` as it
+/// arrives, so memory stays bounded whatever the file's size. By RDMA
+/// (when the client and the file allow it) the device writes each chunk
+/// straight into one buffer of contiguous guest pages, which is copied out
+/// once.
+async fn stream(client: &mut BusVmbfsClient, path: &str, out: &mut Output) -> Result<(), Failure> {
+    let file = client.open_path(path).await.map_err(Failure::Read)?;
+    let mut offset = 0u64;
+    if client.uses_rdma() && file.info.rdma_capable && !file.info.directory {
+        // The kernel takes the bytes straight from guest memory, past
+        // standard output's line buffer (nothing else is written there).
+        let sink = out
+            .stream_file()
+            .map_err(|e| Failure::Write(out.error(e)))?;
+        let pages = client
+            .bus()
+            .pages()
+            .alloc_contiguous((CHUNK / PAGE_SIZE) as u64)
+            .map_err(|e| Failure::Read(VmbfsClientError::from(e)))?;
+        let result = async {
+            let range = GpaRange::from_pages(CHUNK as u32, 0, &pages)
+                .map_err(|_| Failure::Read(VmbfsClientError::NotRdma("no room for a buffer")))?;
+            loop {
+                let n = client
+                    .read_file_to_guest(&file, offset, &range)
+                    .await
+                    .map_err(Failure::Read)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                client
+                    .bus()
+                    .memory()
+                    .write_to_stream(sink.as_fd(), pages[0] * PAGE_SIZE as u64, n as u64)
+                    .map_err(|e| Failure::Write(out.error(e)))?;
+                offset += n as u64;
+            }
+        }
+        .await;
+        client.bus().pages().free(&pages);
+        return result;
+    }
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = client
+            .read_file(&file, offset, &mut buf)
+            .await
+            .map_err(Failure::Read)?;
+        if n == 0 {
+            return Ok(());
+        }
+        write_chunk(out, &buf[..n])?;
+        offset += n as u64;
+    }
 }
 
 /// Why no file system could be served, in words and with the right plural.
@@ -192,4 +272,8 @@ pub fn not_found(source: &Path, path: &str) -> String {
         source.display(),
         escape_name(path)
     )
+}
+
+fn write_chunk(out: &mut Output, data: &[u8]) -> Result<(), Failure> {
+    out.write_all(data).map_err(Failure::Write)
 }

@@ -24,6 +24,8 @@ fn make_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
         ("EFI/BOOT/exact", 12276),
         ("dir with space/ü.bin", 70_001),
         ("big/blob", 1 << 20),
+        // More than one read buffer of `cat`, so it streams.
+        ("big/over two chunks", (9 << 20) + 4097),
     ];
     files
         .iter()
@@ -46,7 +48,7 @@ fn cat_every_file_byte_exact_in_band_and_rdma() {
     let dir = tmp.path().join("tree");
     let files = make_tree(&dir);
     for (path, data) in &files {
-        for extra in [&[][..], &["--rdma"][..]] {
+        for extra in [&["--in-band"][..], &[][..], &["--rdma"][..]] {
             let out = cat(&dir, path, extra);
             assert!(
                 out.status.success(),
@@ -66,6 +68,21 @@ fn cat_every_file_byte_exact_in_band_and_rdma() {
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
     assert!(std::fs::read(&target).unwrap() == files[5].1);
+    for mode in ["--in-band", "--rdma"] {
+        let out = cat(
+            &dir,
+            "big/over two chunks",
+            &[mode, "-o", target.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{mode}");
+        assert!(std::fs::read(&target).unwrap() == files[6].1, "{mode}");
+    }
+    assert!(
+        !cat(&dir, "a.txt", &["--rdma", "--in-band"])
+            .status
+            .success(),
+        "the two modes exclude each other"
+    );
 }
 
 #[test]
@@ -86,7 +103,7 @@ fn cat_never_leaves_the_directory() {
         "link",
         "EFI/rel",
     ] {
-        for extra in [&[][..], &["--rdma"][..]] {
+        for extra in [&["--in-band"][..], &[][..], &["--rdma"][..]] {
             let out = cat(&dir, path, extra);
             assert_eq!(out.status.code(), Some(1), "{path}: not a clean failure");
             assert!(
@@ -131,7 +148,7 @@ fn cat_from_an_ext4_disk_image() {
         .args(["-q", "-F", "-t", "ext4", "-d"])
         .arg(&dir)
         .arg(&img)
-        .arg("8M"));
+        .arg("32M"));
     // Partition 1 of an MBR disk starting at sector 2048.
     let disk = tmp.path().join("disk.raw");
     mbr_disk(&img, &disk, "83");

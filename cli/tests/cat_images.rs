@@ -17,9 +17,9 @@ use vmbdev_tests::random_trees::source_listing;
 
 const VMBDEV: &str = env!("CARGO_BIN_EXE_vmbdev");
 
-/// `vmbdev cat IMAGE PATH [--rdma]`: the bytes, or the failed output.
+/// `vmbdev cat IMAGE PATH --rdma|--in-band`: the bytes, or the failed output.
 fn cat(image: &Path, path: &str, rdma: bool) -> Result<Vec<u8>, Output> {
-    let extra: &[&str] = if rdma { &["--rdma"] } else { &[] };
+    let extra: &[&str] = if rdma { &["--rdma"] } else { &["--in-band"] };
     vmbdev_tests::cli::cat(VMBDEV, image, path, extra)
 }
 

@@ -288,9 +288,7 @@ fn check_image(case: Case, src: &Path, image: &Path, source: &[Listed], step: us
         let want = fs::read(src.join(&entry.path[1..])).unwrap();
         // Every other file by RDMA, the others in-band.
         extra.truncate(options.len());
-        if i % 2 == 1 {
-            extra.push("--rdma");
-        }
+        extra.push(if i % 2 == 1 { "--rdma" } else { "--in-band" });
         let path = match case.family {
             Family::Ext4 => entry.path.clone(),
             _ if i % 3 == 0 => swap_case(&entry.path),

@@ -34,8 +34,8 @@ use vmbdev_ring::{
 };
 use vmbdev_vmbus::server::AddDeviceError;
 use vmbdev_vmbus::{
-    ChannelDoorbells, ChannelSignal, Dropped, Server, ServerConfig, Synic, SynicError, SynicHost,
-    TeardownWait, VmbusHost,
+    ChannelDoorbells, ChannelSignal, ConfigError, Dropped, PostResult, Server, ServerConfig, Synic,
+    SynicError, SynicHost, TeardownWait, VmbusHost,
 };
 
 /// The SIMP page of vCPU 0.
@@ -60,6 +60,9 @@ pub enum BusVmError {
     /// The server has no relid left.
     #[error("adding a device: {0}")]
     AddDevice(#[from] AddDeviceError),
+    /// The server's configuration is out of bounds.
+    #[error("VMBus server configuration: {0}")]
+    Config(#[from] ConfigError),
     /// The guest's VMBus client failed.
     #[error("vmbus: {0}")]
     Vmbus(#[from] VmbusError),
@@ -144,9 +147,9 @@ struct Vmm {
 }
 
 impl VmbusHost for Vmm {
-    fn post_message(&mut self, _vp: u32, _sint: u8, _message: &[u8]) -> bool {
+    fn post_message(&mut self, _vp: u32, _sint: u8, _message: &[u8]) -> PostResult {
         // The SynIC wrapper posts; this is never reached.
-        false
+        PostResult::Undeliverable
     }
 
     fn open_doorbells(&mut self, signal: &ChannelSignal) -> ChannelDoorbells {
@@ -333,7 +336,7 @@ impl BusVm {
         synic.set_siefp(0, Some(SIEFP_PAGE * PAGE_SIZE as u64))?;
         let interrupt = Arc::new(EventDoorbell::new());
         synic.connect_interrupt(0, VMBUS_SINT, interrupt.clone())?;
-        let mut server = Server::new(memory.clone(), registry.clone(), config.server.clone());
+        let mut server = Server::new(memory.clone(), registry.clone(), config.server.clone())?;
         let sub_channels_asked = Arc::new(AtomicBool::new(false));
         {
             let asked = sub_channels_asked.clone();

@@ -185,7 +185,10 @@ impl VmbusTransport for PickyHost {
         reply.extend_from_slice(&[0; 4]);
         reply.extend_from_slice(&[supported, 0, 0, 0]);
         reply.extend_from_slice(&9u32.to_le_bytes());
-        assert!(self.synic.post_message(0, 2, &reply));
+        assert_eq!(
+            self.synic.post_message(0, 2, &reply),
+            vmbdev_vmbus::PostResult::Posted
+        );
         Ok(())
     }
 

@@ -18,9 +18,9 @@ use crate::fat_format::{
     fsinfo_free_clusters, long_name_units, short_name_checksum,
 };
 use crate::names_equal_ignore_case;
-use crate::tree::{FileTree, Metadata, TreeError, TreePath};
-use vmbdev_block::BlockDevice;
+use crate::tree::{FileExtent, FileTree, Metadata, TreeError, TreePath};
 use vmbdev_block::read_bytes;
+use vmbdev_block::{BlockDevice, Extent};
 use vmbdev_partition::boot_sector::Bpb;
 
 /// Largest number of entries accepted in one directory (the FAT spec's
@@ -277,7 +277,10 @@ impl FatTree {
         if next >= end {
             return Ok(None);
         }
-        self.check_cluster(next, &format!("FAT entry of cluster {cluster} links to"))?;
+        if self.check_cluster(next, "").is_err() {
+            // Worded here, not up front: this runs for every cluster read.
+            self.check_cluster(next, &format!("FAT entry of cluster {cluster} links to"))?;
+        }
         Ok(Some(next))
     }
 
@@ -404,6 +407,38 @@ impl FatTree {
         Ok(found)
     }
 
+    /// The file entry at `path`; directories are refused.
+    fn file_entry(&self, path: &TreePath) -> Result<Entry, TreeError> {
+        match self.resolve(path)? {
+            Some(entry) if !entry.is_dir => Ok(entry),
+            _ => Err(TreeError::IsADirectory(path.to_string())),
+        }
+    }
+
+    /// How many of `len` bytes from `offset` the file holds.
+    fn bytes_left(&self, entry: &Entry, offset: u64, len: u64) -> u64 {
+        len.min(u64::from(entry.size).saturating_sub(offset))
+    }
+
+    /// The volume byte offset of file byte `offset` and how many of the
+    /// next `want` bytes follow it contiguously on the volume: clusters
+    /// that follow each other make one run, read in one request.
+    fn run_at(&self, entry: &Entry, offset: u64, want: u64) -> Result<(u64, u64), TreeError> {
+        let index = offset / self.cluster_bytes;
+        let cluster = self.seek_cluster(entry.first_cluster, index)?;
+        let within = offset % self.cluster_bytes;
+        let mut n = (self.cluster_bytes - within).min(want);
+        let mut last = cluster;
+        while n < want && self.next_cluster(last)? == Some(last + 1) {
+            last += 1;
+            n = (n + self.cluster_bytes).min(want);
+        }
+        if last != cluster {
+            self.remember(entry.first_cluster, index + u64::from(last - cluster), last);
+        }
+        Ok((self.cluster_offset(cluster) + within, n))
+    }
+
     /// The cluster holding byte `offset` of a file starting at `first`,
     /// resuming from the last position reached in this file when possible.
     fn seek_cluster(&self, first: u32, index: u64) -> Result<u32, TreeError> {
@@ -472,43 +507,52 @@ impl FileTree for FatTree {
     }
 
     fn read_at(&self, path: &TreePath, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
-        let entry = self
-            .resolve(path)?
-            .ok_or_else(|| TreeError::IsADirectory(path.to_string()))?;
-        if entry.is_dir {
-            return Err(TreeError::IsADirectory(path.to_string()));
-        }
-        let size = u64::from(entry.size);
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
-        }
-        let want = (buf.len() as u64).min(size - offset) as usize;
+        let entry = self.file_entry(path)?;
+        let want = self.bytes_left(&entry, offset, buf.len() as u64) as usize;
         let mut done = 0usize;
         while done < want {
-            let at = offset + done as u64;
-            let index = at / self.cluster_bytes;
-            let cluster = self.seek_cluster(entry.first_cluster, index)?;
-            let within = at % self.cluster_bytes;
-            let mut n = ((self.cluster_bytes - within) as usize).min(want - done);
-            // Clusters that follow each other on the volume are read in one
-            // request, not one each.
-            let mut last = cluster;
-            while done + n < want && self.next_cluster(last)? == Some(last + 1) {
-                last += 1;
-                n = (n + self.cluster_bytes as usize).min(want - done);
-            }
-            if last != cluster {
-                self.remember(entry.first_cluster, index + u64::from(last - cluster), last);
-            }
-            read_bytes(
-                &*self.device,
-                self.cluster_offset(cluster) + within,
-                &mut buf[done..done + n],
-            )
-            .map_err(|e| io(path, e))?;
+            let (at, n) = self.run_at(&entry, offset + done as u64, (want - done) as u64)?;
+            let n = n as usize;
+            read_bytes(&*self.device, at, &mut buf[done..done + n]).map_err(|e| io(path, e))?;
             done += n;
         }
         Ok(done)
+    }
+
+    fn locate(
+        &self,
+        path: &TreePath,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<FileExtent<'_>>, TreeError> {
+        let entry = self.file_entry(path)?;
+        let want = self.bytes_left(&entry, offset, len);
+        if want == 0 {
+            return Ok(Some(FileExtent::Zero { len: 0 }));
+        }
+        let (at, n) = self.run_at(&entry, offset, want)?;
+        // The device maps whole sectors: ask for those covering the run,
+        // then cut the answer back to the run's bytes.
+        let sector = u64::from(self.device.logical_sector_size());
+        let skip = at % sector;
+        let sectors = (skip + n).div_ceil(sector);
+        let extent = self
+            .device
+            .locate(at / sector, sectors)
+            .map_err(|e| io(path, e))?;
+        let mapped = (extent.sectors() * sector).saturating_sub(skip).min(n);
+        if mapped == 0 {
+            return Ok(None);
+        }
+        Ok(match extent {
+            Extent::File { fd, offset, .. } => Some(FileExtent::Borrowed {
+                fd,
+                offset: offset + skip,
+                len: mapped,
+            }),
+            Extent::Zero { .. } => Some(FileExtent::Zero { len: mapped }),
+            Extent::Memory { .. } | Extent::Copy { .. } => None,
+        })
     }
 
     fn read_dir(&self, path: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError> {

@@ -312,3 +312,104 @@ fn fat32_with_a_stale_fsinfo_count_is_counted() {
     let tree = FatTree::mount(device).unwrap();
     assert_eq!(tree.free_clusters().unwrap(), true_free);
 }
+
+/// Reads `len` bytes of `path` at `offset` the way a zero-copy reader does:
+/// each run `locate` names is read from its file (or is zeros); returns
+/// the bytes and how many runs were mapped.
+fn read_by_locate(tree: &FatTree, path: &TreePath, offset: u64, len: u64) -> (Vec<u8>, usize) {
+    use std::os::unix::fs::FileExt;
+    let (mut out, mut runs) = (Vec::new(), 0);
+    while (out.len() as u64) < len {
+        let at = offset + out.len() as u64;
+        let extent = tree
+            .locate(path, at, len - out.len() as u64)
+            .unwrap()
+            .expect("a FAT file on a raw image is always mapped");
+        if extent.is_empty() {
+            break;
+        }
+        let mut run = vec![0u8; extent.len() as usize];
+        match extent {
+            vmbdev_fs::FileExtent::Borrowed { fd, offset, .. } => {
+                let file = fs::File::from(fd.try_clone_to_owned().unwrap());
+                file.read_exact_at(&mut run, offset).unwrap();
+            }
+            vmbdev_fs::FileExtent::Zero { .. } => {}
+            other => panic!("unexpected extent {other:?}"),
+        }
+        out.extend_from_slice(&run);
+        runs += 1;
+    }
+    (out, runs)
+}
+
+#[test]
+fn locate_maps_a_fragmented_file_run_by_run_like_mtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = mtools_config(tmp.path(), 437);
+    let img = tmp.path().join("fat.img");
+    blank(&img, 16 << 20);
+    // FAT16: no FSInfo next-free hint, so mtools fills the first free
+    // clusters.
+    run(std::process::Command::new("mkfs.vfat")
+        .args(["-F", "16", "-s", "1"])
+        .arg(&img));
+    // A hole left by a deleted file makes the next big file take it first,
+    // then continue after the file that follows the hole.
+    let piece = |n: usize, seed: u32| -> Vec<u8> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ seed as u8)
+            .collect()
+    };
+    for (name, data) in [
+        ("a.bin", piece(40_000, 1)),
+        ("b.bin", piece(70_000, 2)),
+        ("c.bin", piece(30_000, 3)),
+    ] {
+        let src = tmp.path().join(name);
+        fs::write(&src, &data).unwrap();
+        run(mtools("mcopy", &conf)
+            .arg("-i")
+            .arg(&img)
+            .arg(&src)
+            .arg(format!("::/{name}")));
+    }
+    run(mtools("mdel", &conf).arg("-i").arg(&img).arg("::/b.bin"));
+    let big = piece(300_001, 4);
+    let src = tmp.path().join("d.bin");
+    fs::write(&src, &big).unwrap();
+    run(mtools("mcopy", &conf)
+        .arg("-i")
+        .arg(&img)
+        .arg(&src)
+        .arg("::/d.bin"));
+    let theirs = mtools("mtype", &conf)
+        .args(["-b", "-i"])
+        .arg(&img)
+        .arg("::/d.bin")
+        .output()
+        .unwrap();
+    assert!(theirs.stdout == big, "mtype prints the file");
+
+    let tree = mount(&img, CodePage::Cp437);
+    let path = TreePath::parse("/d.bin");
+    let (whole, runs) = read_by_locate(&tree, &path, 0, big.len() as u64 + 10);
+    assert!(whole == big, "the runs put together are the file");
+    assert!(runs >= 2, "the file is fragmented ({runs} run)");
+    // From an offset inside a sector and a cluster, up to the end.
+    let (tail, _) = read_by_locate(&tree, &path, 12_345, 1 << 20);
+    assert!(tail == big[12_345..], "a run starting mid-sector");
+    let mut buf = vec![0u8; big.len()];
+    assert_eq!(tree.read_at(&path, 0, &mut buf).unwrap(), big.len());
+    assert!(buf == big, "read_at agrees");
+    assert!(
+        tree.locate(&path, big.len() as u64, 10)
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        tree.locate(&TreePath::parse("/"), 0, 10),
+        Err(vmbdev_fs::TreeError::IsADirectory(_))
+    ));
+}

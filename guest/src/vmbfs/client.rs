@@ -188,6 +188,11 @@ impl<B: VmbfsBus> VmbfsClient<B> {
         self.use_rdma = use_rdma;
     }
 
+    /// Whether RDMA-capable files are read by RDMA.
+    pub fn uses_rdma(&self) -> bool {
+        self.use_rdma
+    }
+
     /// What the client moved so far.
     pub fn stats(&self) -> &ClientStats {
         &self.stats
