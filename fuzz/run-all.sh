@@ -5,10 +5,15 @@
 # in fuzz/artifacts/<target>/ and the log in fuzz/logs/<target>.log.
 #
 #   fuzz/run-all.sh 60        # what CI runs
+#   FUZZ_SEED=0 fuzz/run-all.sh 1800   # a random seed per target
+#
+# The seed is fixed (1) unless FUZZ_SEED says otherwise, so a smoke run
+# explores the same inputs each time and a failure in CI reproduces.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds=${1:?usage: run-all.sh SECONDS}
+seed=${FUZZ_SEED:-1}
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "run-all.sh: cargo-fuzz is missing (cargo install cargo-fuzz --locked)" >&2
   exit 2
@@ -26,7 +31,7 @@ for target in $(cargo fuzz list); do
   max_len=16384
   echo "== $target: ${seconds}s"
   if cargo fuzz run -s none "$target" "${dirs[@]}" -- \
-      -rss_limit_mb=2048 -timeout=10 -max_len="$max_len" \
+      -rss_limit_mb=2048 -timeout=10 -max_len="$max_len" -seed="$seed" \
       -max_total_time="$seconds" -print_final_stats=1 \
       >"logs/$target.log" 2>&1; then
     grep -E '^#[0-9]+[[:space:]]+DONE' "logs/$target.log" | tail -1 || true
