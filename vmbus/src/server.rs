@@ -1322,6 +1322,19 @@ impl Server {
             return;
         };
         self.total_pages -= pages;
+        // The ring of a channel the guest never closed, let go of only
+        // because the device was suspended: the channel cannot run on pages
+        // that are gone, so it is closed as if the guest had asked (and a
+        // resume or a restore finds nothing to restart on them).
+        let orphaned: Vec<u32> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| matches!(c.state, ChannelState::Open { ring_gpadl, .. } if ring_gpadl == gpadl))
+            .map(|(&relid, _)| relid)
+            .collect();
+        for relid in orphaned {
+            self.close(relid, host);
+        }
         match self.connection {
             Connection::Connected(link) if notify => {
                 let reply = GpadlTorndown {

@@ -862,3 +862,33 @@ fn initiate_contact_with_a_bad_sint_field_is_refused() {
     rig.post_on(1, &old).unwrap();
     assert_eq!(rig.expect(MessageType::VERSION_RESPONSE)[8], 1);
 }
+
+#[test]
+fn a_ring_torn_down_under_its_open_channel_closes_it_when_a_suspend_lets_go() {
+    let (mut rig, _device) = opened();
+    // Refused by no rule: the teardown waits until the device lets go.
+    rig.post(&teardown(1, 1)).unwrap();
+    assert_eq!(rig.settle_teardowns(), 1, "the device still holds the ring");
+    rig.server.suspend();
+    let _ = rig.join(1);
+    assert_eq!(rig.settle_teardowns(), 0);
+    rig.expect(MessageType::GPADL_TORNDOWN);
+    assert!(
+        !rig.server.is_open(1),
+        "a channel whose ring is gone cannot stay open"
+    );
+    // What was saved now restores, and resume starts nothing on no ring.
+    let saved = rig.server.save().unwrap();
+    let mut server = vmbdev_vmbus::Server::restore(
+        rig.memory.clone(),
+        vmbdev_ring::GpadlRegistry::new(),
+        ServerConfig::default(),
+        vec![Arc::new(Parked::default()) as Arc<dyn vmbdev_device::bus::VmbusDevice>],
+        &saved,
+    )
+    .expect("a server's own saved state restores");
+    let mut host = TestHost::default();
+    server.resume(&mut host).unwrap();
+    assert!(!server.is_open(1));
+    assert!(host.tasks.is_empty());
+}
