@@ -59,20 +59,37 @@
 //! - When the VMM goes away, the server closes every channel and waits for
 //!   its task.
 //!
-//! What stays with the VMM: the VMBus control plane (offers to the guest,
-//! GPADL assembly, interrupts), the guest memory and the eventfds. GPADLs
-//! other than the ring's are not forwarded.
+//! What stays with the VMM in this mode: the VMBus control plane (offers
+//! to the guest, GPADL assembly, interrupts), the guest memory and the
+//! eventfds. GPADLs other than the ring's are not forwarded.
+//!
+//! # The whole bus out of process
+//!
+//! [`BusBackend`] goes further: the backend process runs the control plane
+//! itself (the `vmbdev-vmbus` server and a SynIC over the shared memory)
+//! with every device, and the VMM's [`RemoteBus`] only forwards what its
+//! vCPUs do: HvPostMessage (connection id and bytes), EOM, the SIMP and
+//! SIEFP addresses, and one eventfd per SINT. The backend writes host
+//! messages into the SIMP slots and sets channel event flags in the SIEFP
+//! page itself, and hands the VMM, before each OPENCHANNEL_RESULT, the
+//! eventfd that HvSignalEvent on the channel's connection id must ring.
+//! [`bus`] and [`bus_client`] say what crosses the socket.
 #![forbid(unsafe_code)]
 
+pub mod bus;
+pub mod bus_client;
 pub mod devices;
 pub mod error;
 mod link;
+mod memory;
 pub mod proxy;
 pub mod server;
 pub mod transport;
 pub mod vmm;
 pub mod wire;
 
+pub use bus::{BusBackend, listen_and_serve_bus, serve_bus};
+pub use bus_client::RemoteBus;
 pub use error::RemoteError;
 pub use proxy::RemoteDevice;
 pub use server::{Server, ServerStats, listen_and_serve, serve};

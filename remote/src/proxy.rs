@@ -32,11 +32,11 @@ use zerocopy::little_endian::{U16, U32, U64};
 
 use crate::error::RemoteError;
 use crate::link::{Link, is_reply};
+use crate::memory::set_memory_message;
 use crate::transport::{self, Malformed, Message, fixed};
 use crate::wire::{
-    ChannelEnded, ChannelRef, HelloReply, HelloRequest, MAX_PAYLOAD_BYTES, MAX_REGIONS,
-    MAX_RING_PAGES, MemoryHeader, OfferWire, OpenHeader, PROTOCOL_VERSION, RegionDesc,
-    SubChannelsRequest, bus_error, code, kind, pipe_mode,
+    ChannelEnded, ChannelRef, HelloReply, HelloRequest, MAX_PAYLOAD_BYTES, MAX_RING_PAGES,
+    OfferWire, OpenHeader, PROTOCOL_VERSION, SubChannelsRequest, bus_error, code, kind, pipe_mode,
 };
 
 /// How long a control request waits for its reply by default (a guard
@@ -134,28 +134,7 @@ impl RemoteDevice {
     }
 
     fn hello(&self) -> Result<(), RemoteError> {
-        let hello = HelloRequest {
-            min_version: U16::new(PROTOCOL_VERSION),
-            max_version: U16::new(PROTOCOL_VERSION),
-            reserved: U32::new(0),
-        };
-        let reply = self
-            .shared
-            .link
-            .request("hello", kind::HELLO, hello.as_bytes(), &[])?;
-        let (answer, _) = fixed::<HelloReply>(&reply.payload, "hello reply")
-            .map_err(|e| bad_reply("hello", e.text))?;
-        if reply.kind != kind::HELLO_REPLY || answer.version.get() != PROTOCOL_VERSION {
-            return Err(bad_reply(
-                "hello",
-                format!(
-                    "kind {} version {} instead of version {PROTOCOL_VERSION}",
-                    reply.kind,
-                    answer.version.get()
-                ),
-            ));
-        }
-        Ok(())
+        hello(&self.shared.link)
     }
 
     fn fetch_offer(&self) -> Result<Offer, RemoteError> {
@@ -187,33 +166,9 @@ impl RemoteDevice {
 
     /// Hands the server `memory` unless it has that memfd already.
     fn send_memory(&self, memory: &GuestMemory) -> Result<(), RemoteError> {
-        let fd = memory.fd().ok_or(RemoteError::NoMemoryFd)?;
-        let stat = rustix::fs::fstat(fd).map_err(|e| RemoteError::io("fstat the memfd", e))?;
-        let identity = (stat.st_dev, stat.st_ino);
+        let (payload, fd, identity) = set_memory_message(memory)?;
         if self.shared.lock().memory_sent == Some(identity) {
             return Ok(());
-        }
-        let regions = memory.regions();
-        if regions.len() > MAX_REGIONS {
-            return Err(RemoteError::TooLarge {
-                what: "guest memory regions",
-                len: regions.len(),
-                max: MAX_REGIONS,
-            });
-        }
-        let mut payload = MemoryHeader {
-            region_count: U32::new(regions.len() as u32),
-            reserved: U32::new(0),
-        }
-        .as_bytes()
-        .to_vec();
-        for r in regions {
-            let desc = RegionDesc {
-                gpa: U64::new(r.gpa),
-                len: U64::new(r.len),
-                fd_offset: U64::new(r.offset),
-            };
-            payload.extend_from_slice(desc.as_bytes());
         }
         self.shared
             .link
@@ -525,6 +480,29 @@ fn stop_relay(slot: &ChannelSlot) {
 /// The proxy's reader thread: replies to their waiters, channel ends to
 /// their tasks, sub-channel requests to the VMM. At the end of the
 /// connection every waiter and every channel task is released.
+/// Hello on `link`: both sides must speak [`PROTOCOL_VERSION`].
+pub(crate) fn hello(link: &Link) -> Result<(), RemoteError> {
+    let hello = HelloRequest {
+        min_version: U16::new(PROTOCOL_VERSION),
+        max_version: U16::new(PROTOCOL_VERSION),
+        reserved: U32::new(0),
+    };
+    let reply = link.request("hello", kind::HELLO, hello.as_bytes(), &[])?;
+    let (answer, _) = fixed::<HelloReply>(&reply.payload, "hello reply")
+        .map_err(|e| bad_reply("hello", e.text))?;
+    if reply.kind != kind::HELLO_REPLY || answer.version.get() != PROTOCOL_VERSION {
+        return Err(bad_reply(
+            "hello",
+            format!(
+                "kind {} version {} instead of version {PROTOCOL_VERSION}",
+                reply.kind,
+                answer.version.get()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn read_loop(shared: &Shared) {
     loop {
         let datagram = match transport::recv(shared.link.socket()) {

@@ -17,17 +17,17 @@ use std::time::Duration;
 use vmbdev_device::bus::{
     BusError, ChannelTask, OpenRequest, PipeMode, SubChannelControl, VmbusDevice,
 };
-use vmbdev_ring::{Doorbell, EventfdDoorbell, GpadlRegistry, GuestMemory, MemoryRegion};
+use vmbdev_ring::{Doorbell, EventfdDoorbell, GpadlRegistry, GuestMemory};
 use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U16, U32};
 
 use crate::error::RemoteError;
 use crate::link::{Link, is_reply};
-use crate::transport::{self, Malformed, Message, capped_text, fixed};
+use crate::memory::adopt_memory;
+use crate::transport::{self, Malformed, Message, capped_text, exact_array, fixed};
 use crate::wire::{
-    ChannelEnded, ChannelRef, HelloReply, HelloRequest, MAX_PAYLOAD_BYTES, MAX_REGIONS,
-    MAX_RING_PAGES, MemoryHeader, OfferWire, OpenHeader, PROTOCOL_VERSION, RegionDesc,
-    SubChannelsRequest, bus_error, code, kind, pipe_mode,
+    ChannelEnded, ChannelRef, HelloReply, HelloRequest, MAX_PAYLOAD_BYTES, MAX_RING_PAGES,
+    OfferWire, OpenHeader, PROTOCOL_VERSION, SubChannelsRequest, bus_error, code, kind, pipe_mode,
 };
 
 /// How long a device's sub-channel request waits for the VMM's answer.
@@ -67,7 +67,11 @@ impl ServerStats {
         self.refused[0].load(Ordering::Relaxed)
     }
 
-    fn count(&self, code: u32) {
+    pub(crate) fn count_message(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count(&self, code: u32) {
         let slot = if (code as usize) < self.refused.len() {
             code as usize
         } else {
@@ -330,21 +334,6 @@ impl Connection {
     }
 
     fn set_memory(&self, payload: &[u8], fd: Option<OwnedFd>) -> Outcome {
-        let (header, rest) = fixed::<MemoryHeader>(payload, "set memory")?;
-        let count = header.region_count.get() as usize;
-        if count > MAX_REGIONS {
-            return Err(Malformed::new(
-                code::TOO_LARGE,
-                format!("region_count {count} is above {MAX_REGIONS}"),
-            ));
-        }
-        let regions = exact_array::<RegionDesc>(rest, count, "set memory regions")?;
-        let layout: Vec<MemoryRegion> = regions
-            .iter()
-            .map(|r| MemoryRegion::new(r.gpa.get(), r.len.get(), r.fd_offset.get()))
-            .collect();
-        let fd =
-            fd.ok_or_else(|| Malformed::new(code::MISSING_FDS, "set memory without its fd"))?;
         let mut state = self.lock();
         if !state.channels.is_empty() {
             return Err(Malformed::new(
@@ -352,9 +341,7 @@ impl Connection {
                 "guest memory cannot change while channels are open",
             ));
         }
-        let memory = GuestMemory::from_memfd(fd, &layout)
-            .map_err(|e| Malformed::new(code::BAD_MEMORY, e.to_string()))?;
-        tracing::debug!(?layout, "device server: adopted guest memory");
+        let memory = adopt_memory(payload, fd)?;
         state.memory = Some((memory, GpadlRegistry::new()));
         ok()
     }
@@ -492,27 +479,6 @@ impl Connection {
             let _ = thread.join();
         }
     }
-}
-
-/// Exactly `count` elements `T` filling `bytes`.
-fn exact_array<T>(bytes: &[u8], count: usize, what: &str) -> Result<Vec<T>, Malformed>
-where
-    T: zerocopy::FromBytes + zerocopy::KnownLayout + zerocopy::Immutable + Copy,
-{
-    let need = count.saturating_mul(size_of::<T>());
-    if bytes.len() != need {
-        return Err(Malformed::new(
-            code::TRUNCATED,
-            format!(
-                "{what}: {count} entries need {need} bytes, {} came",
-                bytes.len()
-            ),
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(size_of::<T>())
-        .filter_map(|chunk| T::read_from_bytes(chunk).ok())
-        .collect())
 }
 
 fn offer_payload(device: &dyn VmbusDevice) -> Vec<u8> {

@@ -340,3 +340,24 @@ pub fn capped_text(text: &str) -> &[u8] {
 pub fn borrow_all(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
     fds.iter().map(|fd| fd.as_fd()).collect()
 }
+
+/// Exactly `count` elements `T` filling `bytes`.
+pub fn exact_array<T>(bytes: &[u8], count: usize, what: &str) -> Result<Vec<T>, Malformed>
+where
+    T: FromBytes + KnownLayout + Immutable + Copy,
+{
+    let need = count.saturating_mul(size_of::<T>());
+    if bytes.len() != need {
+        return Err(Malformed::new(
+            code::TRUNCATED,
+            format!(
+                "{what}: {count} entries need {need} bytes, {} came",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(size_of::<T>())
+        .filter_map(|chunk| T::read_from_bytes(chunk).ok())
+        .collect())
+}

@@ -50,12 +50,31 @@ pub mod kind {
     pub const SAVE: u16 = 6;
     /// VMM → device: the saved bytes; reply [`OK`].
     pub const RESTORE: u16 = 7;
+    /// VMM → bus backend: [`SynicPages`](super::SynicPages); reply [`OK`].
+    pub const SYNIC_PAGES: u16 = 8;
+    /// VMM → bus backend: [`SintRoute`](super::SintRoute), one fd (the
+    /// eventfd that raises the SINT, an irqfd under KVM); reply [`OK`].
+    pub const SINT_ROUTE: u16 = 9;
+    /// VMM → bus backend: [`GuestMessage`](super::GuestMessage) then the
+    /// message bytes (an HvPostMessage); reply [`POST_REPLY`].
+    pub const GUEST_MESSAGE: u16 = 10;
+    /// VMM → bus backend: [`VpRef`](super::VpRef) (the guest wrote EOM on
+    /// that vCPU); reply [`OK`].
+    pub const EOM: u16 = 11;
     /// Device → VMM: [`SubChannelsRequest`](super::SubChannelsRequest);
     /// reply [`OK`].
     pub const SUB_CHANNELS: u16 = 32;
     /// Device → VMM notification (no reply):
     /// [`ChannelEnded`](super::ChannelEnded) then its text.
     pub const CHANNEL_ENDED: u16 = 33;
+    /// Bus backend → VMM: [`EventRoute`](super::EventRoute), one fd (the
+    /// eventfd HvSignalEvent on the connection id must ring); reply [`OK`],
+    /// sent once the route is in place.
+    pub const ROUTE_EVENT: u16 = 34;
+    /// Bus backend → VMM notification (no reply):
+    /// [`EventRoute`](super::EventRoute); the connection id is no longer
+    /// routed.
+    pub const UNROUTE_EVENT: u16 = 35;
     /// Success, no payload.
     pub const OK: u16 = 64;
     /// Failure: [`ErrorReply`](super::ErrorReply) then UTF-8 text.
@@ -66,6 +85,8 @@ pub mod kind {
     pub const OFFER_REPLY: u16 = 67;
     /// The device's saved state bytes.
     pub const SAVED_REPLY: u16 = 68;
+    /// [`PostReply`](super::PostReply).
+    pub const POST_REPLY: u16 = 69;
 }
 
 /// Error codes of an [`ErrorReply`].
@@ -276,6 +297,92 @@ pub mod pipe_mode {
     pub const MESSAGE: u32 = 1;
     /// Byte-mode pipe.
     pub const BYTE: u32 = 2;
+}
+
+/// Payload of [`kind::SYNIC_PAGES`]: the guest wrote vCPU `vp`'s SIMP or
+/// SIEFP register.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct SynicPages {
+    /// The vCPU.
+    pub vp: U32,
+    /// Bit 0: the SIMP page is enabled; bit 1: the SIEFP page is.
+    pub enabled: U32,
+    /// Guest-physical address of the SIMP page.
+    pub simp: U64,
+    /// Guest-physical address of the SIEFP page.
+    pub siefp: U64,
+}
+
+/// `SynicPages::enabled` bits.
+pub mod synic_enabled {
+    /// The SIMP page is enabled.
+    pub const SIMP: u32 = 1;
+    /// The SIEFP page is enabled.
+    pub const SIEFP: u32 = 2;
+}
+
+/// Payload of [`kind::SINT_ROUTE`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct SintRoute {
+    /// The vCPU.
+    pub vp: U32,
+    /// The SINT (below 16).
+    pub sint: u8,
+    /// Zero.
+    pub reserved: [u8; 3],
+}
+
+/// Fixed part of [`kind::GUEST_MESSAGE`]; the message bytes follow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GuestMessage {
+    /// The connection id the guest posted on.
+    pub connection_id: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+/// Payload of [`kind::POST_REPLY`]: what the guest's HvPostMessage
+/// returns.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct PostReply {
+    /// A Hyper-V hypercall status: [`HV_STATUS_SUCCESS`], or
+    /// [`HV_STATUS_INVALID_CONNECTION_ID`] for a connection id the bus
+    /// does not take messages on. A message the bus drops for any other
+    /// reason is still a success to the guest (and counted by the bus).
+    pub status: U16,
+    /// Zero.
+    pub reserved: U16,
+    /// Zero.
+    pub reserved2: U32,
+}
+
+/// The hypercall completed.
+pub const HV_STATUS_SUCCESS: u16 = 0;
+/// HvPostMessage on a connection id nobody listens on.
+pub const HV_STATUS_INVALID_CONNECTION_ID: u16 = 0x12;
+
+/// Payload of [`kind::EOM`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct VpRef {
+    /// The vCPU.
+    pub vp: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+/// Payload of [`kind::ROUTE_EVENT`] and [`kind::UNROUTE_EVENT`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct EventRoute {
+    /// What the guest passes to HvSignalEvent for the channel.
+    pub connection_id: U32,
+    /// The channel's relid.
+    pub relid: U32,
 }
 
 const _: () = assert!(size_of::<Header>() == 16);

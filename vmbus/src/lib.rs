@@ -78,6 +78,17 @@
 //! [`Server::suspend`]/[`Server::save`] with the vCPUs stopped, and
 //! [`Server::restore`]/[`Server::resume`] before they run again.
 //!
+//! The host-to-guest doorbell of step 3 is [`Synic::event_doorbell`]
+//! when the SynIC is this crate's: it sets the flag and raises the SINT
+//! without a lock.
+//!
+//! A VMM that wants none of this in its own process runs the control
+//! plane and the devices in a backend process instead (`vmbdev-remote`'s
+//! `BusBackend`): it then forwards HvPostMessage, EOM and the SynIC page
+//! addresses over a socket, hands over one SINT irqfd per vCPU, and
+//! registers with `KVM_HYPERV_EVENTFD` the eventfd the backend gives for
+//! each channel it opens.
+//!
 //! Not here yet: monitor pages (offers decline them) and the pre-5.0
 //! interrupt page.
 #![forbid(unsafe_code)]
@@ -92,4 +103,4 @@ pub use server::{
     ChannelDoorbells, ChannelSignal, ConfigError, DeviceId, Dropped, PostResult, Released, Server,
     ServerConfig, TeardownWait, VmbusHost,
 };
-pub use synic::{Synic, SynicError, SynicHost};
+pub use synic::{EventFlagDoorbell, Synic, SynicError, SynicHost};

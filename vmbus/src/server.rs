@@ -1744,6 +1744,20 @@ impl Server {
             })
             .collect();
         let mut first = None;
+        // A device starts a reopened primary afresh unless a restore gave
+        // it a state, so each one resumed is handed its own state first:
+        // its guest goes on where it was (sub-channels, pending requests).
+        let mut resumed: Vec<usize> = open.iter().map(|&(_, _, device)| device).collect();
+        resumed.sort_unstable();
+        resumed.dedup();
+        for index in resumed {
+            if let Some(Some((device, _))) = self.devices.get(index) {
+                if let Err(source) = device.save().and_then(|bytes| device.restore(&bytes)) {
+                    tracing::warn!(index, %source, "vmbus: device state not kept across resume");
+                    first.get_or_insert(SavedStateError::Device { index, source });
+                }
+            }
+        }
         for (relid, state, device) in open {
             let ChannelState::Open {
                 ring_gpadl,

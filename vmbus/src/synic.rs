@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use vmbdev_device::bus::ChannelTask;
+use vmbdev_ring::doorbell::DoorbellWait;
 use vmbdev_ring::{Doorbell, GuestMemory, MemoryError, PAGE_SIZE};
 
 use crate::server::{ChannelDoorbells, ChannelSignal, PostResult, Server, TeardownWait, VmbusHost};
@@ -210,6 +211,23 @@ impl Synic {
         true
     }
 
+    /// A doorbell that does what [`signal_event`](Self::signal_event)
+    /// does for `flag` of `sint` on `vp`, with the page address and the
+    /// SINT's interrupt read now: ringing it takes no lock. `None` while
+    /// the SIEFP page is disabled, the SINT has no interrupt or the flag is
+    /// out of range. A page or interrupt the guest moves later is not
+    /// followed: build the doorbell again.
+    pub fn event_doorbell(&self, vp: u32, sint: u8, flag: u32) -> Option<EventFlagDoorbell> {
+        let (word, bit) = self.flag_word(vp, sint, flag)?;
+        let interrupt = self.vps.get(vp as usize)?.interrupts[sint_index(sint)?].clone()?;
+        Some(EventFlagDoorbell {
+            memory: self.memory.clone(),
+            word,
+            bit,
+            interrupt,
+        })
+    }
+
     fn flag_word(&self, vp: u32, sint: u8, flag: u32) -> Option<(u64, u64)> {
         if flag >= FLAGS_PER_SINT {
             return None;
@@ -256,6 +274,46 @@ impl Synic {
         self.memory
             .fetch_and_u64(word, !bit, Ordering::SeqCst)
             .is_ok_and(|old| old & bit != 0)
+    }
+}
+
+/// A channel's host→guest doorbell as Hyper-V rings it: sets the
+/// channel's event flag in the target vCPU's SIEFP page, then raises the
+/// SINT. Made by [`Synic::event_doorbell`].
+pub struct EventFlagDoorbell {
+    memory: GuestMemory,
+    word: u64,
+    bit: u64,
+    interrupt: Arc<dyn Doorbell>,
+}
+
+impl std::fmt::Debug for EventFlagDoorbell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventFlagDoorbell")
+            .field("word", &format_args!("{:#x}", self.word))
+            .field("bit", &self.bit.trailing_zeros())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Doorbell for EventFlagDoorbell {
+    fn signal(&self) {
+        // The flag is set before the interrupt, so the guest's handler
+        // finds it; a flag word outside guest memory was refused when the
+        // page was set, so this cannot fail short of the memory shrinking.
+        if self
+            .memory
+            .fetch_or_u64(self.word, self.bit, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.interrupt.signal();
+        }
+    }
+
+    /// Completes on the SINT's next interrupt (the device side never
+    /// waits on this doorbell; a guest in the same process may).
+    fn listen(&self) -> DoorbellWait {
+        self.interrupt.listen()
     }
 }
 
