@@ -679,3 +679,73 @@ fn a_bus_backend_answers_bad_vmm_requests_with_errors_and_goes_on() {
     assert_eq!(stats.refused(code::BAD_SEQUENCE), 1);
     assert_eq!(stats.refused(code::BAD_FIELD), 4);
 }
+
+#[test]
+fn a_bus_backend_refuses_malformed_messages_by_code_and_goes_on() {
+    use vmbdev_remote::transport::{self, Message};
+    use vmbdev_remote::wire::kind;
+    use zerocopy::IntoBytes;
+    let (vmm, backend_end) = transport::socket_pair().unwrap();
+    let backend = std::thread::spawn(move || {
+        vmbdev_remote::serve_bus(backend_end, Vec::new(), Default::default()).unwrap()
+    });
+    let reply = |id: u32| -> Message {
+        let datagram = within(async { transport::recv(vmm.as_fd()).unwrap() })
+            .expect("hang guard")
+            .expect("a reply");
+        let message = transport::check(datagram).unwrap();
+        assert_eq!(message.id, id);
+        message
+    };
+    let expect_error = |id: u32, expected: u32| {
+        let message = reply(id);
+        assert_eq!(message.kind, kind::ERROR);
+        let error = transport::parse_error(&message.payload);
+        assert_eq!(error.code, expected, "{}", error.text);
+    };
+    let header = vmbdev_remote::wire::GuestMessage {
+        connection_id: 4.into(),
+        reserved: 0.into(),
+    };
+    transport::send(vmm.as_fd(), kind::GUEST_MESSAGE, 1, header.as_bytes(), &[]).unwrap();
+    expect_error(1, code::BAD_SEQUENCE);
+    let hello = vmbdev_remote::wire::HelloRequest {
+        min_version: 1.into(),
+        max_version: 1.into(),
+        reserved: 0.into(),
+    };
+    transport::send(vmm.as_fd(), kind::HELLO, 2, hello.as_bytes(), &[]).unwrap();
+    assert_eq!(reply(2).kind, kind::HELLO_REPLY);
+    // A kind only a device server takes.
+    transport::send(vmm.as_fd(), kind::OPEN, 3, &[0; 16], &[]).unwrap();
+    expect_error(3, code::UNKNOWN_COMMAND);
+    // A SINT route without its eventfd, and an EOM with one.
+    let route = vmbdev_remote::wire::SintRoute {
+        vp: 0.into(),
+        sint: VMBUS_SINT,
+        reserved: [0; 3],
+    };
+    transport::send(vmm.as_fd(), kind::SINT_ROUTE, 4, route.as_bytes(), &[]).unwrap();
+    expect_error(4, code::MISSING_FDS);
+    let bell = EventfdDoorbell::new().unwrap();
+    transport::send(vmm.as_fd(), kind::EOM, 5, &[0; 8], &[bell.as_fd()]).unwrap();
+    expect_error(5, code::UNEXPECTED_FDS);
+    // A guest message cut inside its fixed part.
+    transport::send(vmm.as_fd(), kind::GUEST_MESSAGE, 6, &[4, 0, 0], &[]).unwrap();
+    expect_error(6, code::TRUNCATED);
+    // Enabled bits that mean nothing.
+    let pages = vmbdev_remote::wire::SynicPages {
+        vp: 0.into(),
+        enabled: 4.into(),
+        simp: 0.into(),
+        siefp: 0.into(),
+    };
+    transport::send(vmm.as_fd(), kind::SYNIC_PAGES, 7, pages.as_bytes(), &[]).unwrap();
+    expect_error(7, code::BAD_FIELD);
+    // Still answering.
+    transport::send(vmm.as_fd(), kind::EOM, 8, &[0; 8], &[]).unwrap();
+    expect_error(8, code::NO_MEMORY);
+    transport::shut_down(vmm.as_fd());
+    let stats = backend.join().unwrap();
+    assert_eq!(stats.total_refused(), 7);
+}
