@@ -17,8 +17,9 @@ use crate::messages::{count, escape_name};
 use crate::output::{Output, OutputError};
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_device::vmbfs::{VmbfsConfig, VmbfsDevice};
-use vmbdev_guest::vmbfs::{VmbfsBus, VmbfsClientError};
+use vmbdev_guest::vmbfs::{ClientError, VmbfsBus, VmbfsClientError};
 use vmbdev_loopback::bus::{BusVm, BusVmConfig, BusVmbfsClient};
+use vmbdev_protocol::vmbfs::FileStatus;
 use vmbdev_ring::{GpaRange, PAGE_SIZE};
 
 /// Arguments of `vmbdev cat`.
@@ -166,6 +167,16 @@ pub fn run(args: &CatArgs) -> Result<(), CliError> {
                 format!("{}: {e}", escape_name(&args.path)),
             ));
         }
+        Err(Failure::ReadAt { offset, len, error }) => {
+            return Err(about(
+                &args.source,
+                format!(
+                    "{}: {}",
+                    escape_name(&args.path),
+                    read_failure(offset, len, &error)
+                ),
+            ));
+        }
         Err(Failure::Write(e)) => return Err(e.into()),
     }
     out.finish()?;
@@ -182,6 +193,15 @@ const CHUNK: usize = 4 << 20;
 enum Failure {
     /// The guest's read failed (the file is missing, the device refused).
     Read(VmbfsClientError),
+    /// Reading `len` bytes of the file at `offset` failed.
+    ReadAt {
+        /// File offset of the read.
+        offset: u64,
+        /// Bytes asked.
+        len: usize,
+        /// What the client said.
+        error: VmbfsClientError,
+    },
     /// Writing the output failed.
     Write(OutputError),
 }
@@ -212,7 +232,11 @@ async fn stream(client: &mut BusVmbfsClient, path: &str, out: &mut Output) -> Re
                 let n = client
                     .read_file_to_guest(&file, offset, &range)
                     .await
-                    .map_err(Failure::Read)?;
+                    .map_err(|error| Failure::ReadAt {
+                        offset,
+                        len: CHUNK,
+                        error,
+                    })?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -233,12 +257,38 @@ async fn stream(client: &mut BusVmbfsClient, path: &str, out: &mut Output) -> Re
         let n = client
             .read_file(&file, offset, &mut buf)
             .await
-            .map_err(Failure::Read)?;
+            .map_err(|error| Failure::ReadAt {
+                offset,
+                len: CHUNK,
+                error,
+            })?;
         if n == 0 {
             return Ok(());
         }
         write_chunk(out, &buf[..n])?;
         offset += n as u64;
+    }
+}
+
+/// A read of the file that failed, in words: which bytes, and the
+/// device's answer by name when it gave one.
+fn read_failure(offset: u64, len: usize, error: &VmbfsClientError) -> String {
+    let end = offset.saturating_add(len as u64);
+    match error {
+        VmbfsClientError::Protocol(ClientError::DeviceError(status)) => format!(
+            "the device could not read the file's bytes {offset}..{end} (vmbfs status {status}, {})",
+            status_name(*status)
+        ),
+        other => format!("reading the file's bytes {offset}..{end}: {other}"),
+    }
+}
+
+fn status_name(status: u32) -> &'static str {
+    match FileStatus(status) {
+        FileStatus::NOT_FOUND => "NOT_FOUND",
+        FileStatus::END_OF_FILE => "END_OF_FILE",
+        FileStatus::ERROR => "ERROR",
+        _ => "not a vmbfs status",
     }
 }
 

@@ -258,3 +258,83 @@ fn an_image_cut_short_is_refused_naming_the_block_and_the_offset() {
     }
     assert_eq!(names(dir.path()), ["IMG.vhdx"], "no output left behind");
 }
+
+/// A FAT32 image made by mkfs.vfat with one file of `len` noise bytes
+/// copied in by mtools.
+fn fat_image_with(dir: &std::path::Path, len: usize) -> std::path::PathBuf {
+    let image = dir.join("fat.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    let run = |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success());
+    run(std::process::Command::new("mkfs.vfat")
+        .args(["-F", "32"])
+        .arg(&image)
+        .stdout(Stdio::null()));
+    let mut state = 0x853c_49e6_748f_ea9bu64;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let file = dir.join("big.bin");
+    std::fs::write(&file, &data).unwrap();
+    run(std::process::Command::new("mcopy")
+        .arg("-i")
+        .arg(&image)
+        .arg(&file)
+        .arg("::/big.bin"));
+    std::fs::remove_file(&file).unwrap();
+    image
+}
+
+#[test]
+fn cat_of_an_image_cut_short_mid_read_names_the_bytes_it_could_not_read() {
+    for mode in ["--rdma", "--in-band"] {
+        let dir = tempfile::tempdir().unwrap();
+        let image = fat_image_with(dir.path(), 24 << 20);
+        let mut child = vmbdev()
+            .current_dir(dir.path())
+            .args(["cat", mode, "fat.img", "/big.bin"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 1];
+        stdout.read_exact(&mut first).unwrap();
+        // The storage loses everything past 2 MiB while the first 4 MiB
+        // chunk is still being written out: the next read fails.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(1), "{mode}: {err}");
+        assert_eq!(
+            err,
+            "vmbdev: fat.img: /big.bin: the device could not read the file's bytes \
+             4194304..8388608 (vmbfs status 3, ERROR)\n",
+            "{mode}"
+        );
+        assert_eq!(
+            1 + rest.len(),
+            4 << 20,
+            "{mode}: the first chunk came out whole"
+        );
+    }
+}
