@@ -49,12 +49,12 @@ use zerocopy::little_endian::{U16, U32};
 use crate::error::RemoteError;
 use crate::link::{Link, is_reply};
 use crate::memory::adopt_memory;
-use crate::server::ServerStats;
+use crate::server::{ServerStats, saved_reply};
 use crate::transport::{self, Malformed, Message, fixed};
 use crate::wire::{
     EventRoute, GuestMessage, HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_SUCCESS, HelloReply,
-    HelloRequest, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, PostReply, SintRoute, SynicPages, VpRef,
-    code, kind, synic_enabled,
+    HelloRequest, PROTOCOL_VERSION, PostReply, SintRoute, SynicPages, VpRef, code, kind,
+    synic_enabled,
 };
 
 /// Most requests waiting for the request thread.
@@ -472,7 +472,7 @@ impl Connection {
                 ));
             }
         };
-        check_fds(&message, wanted_fds)?;
+        transport::check_fd_count(&message, wanted_fds)?;
         if message.kind == kind::HELLO {
             return self.hello(&message.payload);
         }
@@ -704,16 +704,7 @@ impl Connection {
             let resumed = server.resume(host);
             let saved = saved.map_err(|e| Malformed::new(code::DEVICE, e.to_string()))?;
             resumed.map_err(|e| Malformed::new(code::DEVICE, e.to_string()))?;
-            if saved.len() > MAX_PAYLOAD_BYTES {
-                return Err(Malformed::new(
-                    code::TOO_LARGE,
-                    format!(
-                        "saved bus of {} bytes is above the {MAX_PAYLOAD_BYTES}-byte limit",
-                        saved.len()
-                    ),
-                ));
-            }
-            Ok((kind::SAVED_REPLY, saved))
+            saved_reply(saved, "saved bus")
         })
     }
 
@@ -761,21 +752,4 @@ impl Connection {
         }
         lock(&self.bus).take();
     }
-}
-
-fn check_fds(message: &Message, wanted: usize) -> Result<(), Malformed> {
-    let came = message.fds.len();
-    if came < wanted {
-        return Err(Malformed::new(
-            code::MISSING_FDS,
-            format!("kind {} needs {wanted} fds, {came} came", message.kind),
-        ));
-    }
-    if came > wanted {
-        return Err(Malformed::new(
-            code::UNEXPECTED_FDS,
-            format!("kind {} takes {wanted} fds, {came} came", message.kind),
-        ));
-    }
-    Ok(())
 }

@@ -35,7 +35,7 @@ use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U32, U64};
 
 use crate::error::RemoteError;
-use crate::link::{Link, is_reply};
+use crate::link::Link;
 use crate::memory::set_memory_message;
 use crate::proxy::{DEFAULT_REQUEST_TIMEOUT, hello};
 use crate::transport::{self, Malformed, Message, fixed};
@@ -283,45 +283,25 @@ impl RemoteBus {
 }
 
 fn read_loop(shared: &Shared) {
-    loop {
-        let datagram = match transport::recv(shared.link.socket()) {
-            Ok(Some(datagram)) => datagram,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "remote bus: receive failed");
-                break;
-            }
-        };
-        match transport::check(datagram) {
-            Err((id, error)) => {
-                shared.bad_messages.fetch_add(1, Ordering::Relaxed);
-                shared.link.send_error(id, &error);
-            }
-            Ok(message) if is_reply(message.kind) => {
-                if !shared.link.deliver(message) {
+    shared
+        .link
+        .read_messages("remote bus", &shared.bad_messages, |message| {
+            let (id, notification) = (message.id, message.kind == kind::UNROUTE_EVENT);
+            match handle_backend_message(shared, message) {
+                Ok(()) if !notification => {
+                    if let Err(e) = shared.link.send(kind::OK, id, &[], &[]) {
+                        tracing::debug!(error = %e, "remote bus: cannot answer");
+                    }
+                }
+                Ok(()) => {}
+                Err(error) => {
                     shared.bad_messages.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok(message) => {
-                let (id, notification) = (message.id, message.kind == kind::UNROUTE_EVENT);
-                match handle_backend_message(shared, message) {
-                    Ok(()) if !notification => {
-                        if let Err(e) = shared.link.send(kind::OK, id, &[], &[]) {
-                            tracing::debug!(error = %e, "remote bus: cannot answer");
-                        }
-                    }
-                    Ok(()) => {}
-                    Err(error) => {
-                        shared.bad_messages.fetch_add(1, Ordering::Relaxed);
-                        if !notification {
-                            shared.link.send_error(id, &error);
-                        }
+                    if !notification {
+                        shared.link.send_error(id, &error);
                     }
                 }
             }
-        }
-    }
-    tracing::debug!("remote bus: connection ended");
+        });
     shared.link.close();
     shared.routes().clear();
 }

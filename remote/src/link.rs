@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::Duration;
 
@@ -118,6 +118,37 @@ impl Link {
             });
         }
         Ok(reply)
+    }
+
+    /// Reads the socket until the peer closes it (or a receive fails):
+    /// replies go to their waiters, a datagram that fails the checks gets
+    /// an error reply, and every other message goes to `on_message`.
+    /// Refusals and stray replies are counted in `bad`. `side` names this
+    /// side in the logs.
+    pub fn read_messages(&self, side: &str, bad: &AtomicU64, mut on_message: impl FnMut(Message)) {
+        loop {
+            let datagram = match transport::recv(self.socket()) {
+                Ok(Some(datagram)) => datagram,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "{side}: receive failed");
+                    break;
+                }
+            };
+            match transport::check(datagram) {
+                Err((id, error)) => {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                    self.send_error(id, &error);
+                }
+                Ok(message) if is_reply(message.kind) => {
+                    if !self.deliver(message) {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(message) => on_message(message),
+            }
+        }
+        tracing::debug!("{side}: connection ended");
     }
 
     /// Routes a reply to its waiter; `false` if no request waits for it.

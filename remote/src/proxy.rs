@@ -31,7 +31,7 @@ use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U16, U32, U64};
 
 use crate::error::RemoteError;
-use crate::link::{Link, is_reply};
+use crate::link::Link;
 use crate::memory::set_memory_message;
 use crate::transport::{self, Malformed, Message, fixed};
 use crate::wire::{
@@ -504,36 +504,16 @@ pub(crate) fn hello(link: &Link) -> Result<(), RemoteError> {
 }
 
 fn read_loop(shared: &Shared) {
-    loop {
-        let datagram = match transport::recv(shared.link.socket()) {
-            Ok(Some(datagram)) => datagram,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "remote device: receive failed");
-                break;
-            }
-        };
-        match transport::check(datagram) {
-            Err((id, error)) => {
+    shared
+        .link
+        .read_messages("remote device", &shared.bad_messages, |message| {
+            if let Err(error) = handle_device_message(shared, &message) {
                 shared.bad_messages.fetch_add(1, Ordering::Relaxed);
-                shared.link.send_error(id, &error);
-            }
-            Ok(message) if is_reply(message.kind) => {
-                if !shared.link.deliver(message) {
-                    shared.bad_messages.fetch_add(1, Ordering::Relaxed);
+                if message.kind != kind::CHANNEL_ENDED {
+                    shared.link.send_error(message.id, &error);
                 }
             }
-            Ok(message) => {
-                if let Err(error) = handle_device_message(shared, &message) {
-                    shared.bad_messages.fetch_add(1, Ordering::Relaxed);
-                    if message.kind != kind::CHANNEL_ENDED {
-                        shared.link.send_error(message.id, &error);
-                    }
-                }
-            }
-        }
-    }
-    tracing::debug!("remote device: connection ended");
+        });
     shared.link.close();
     let channels = std::mem::take(&mut shared.lock().channels);
     for slot in channels.values() {

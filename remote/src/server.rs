@@ -248,26 +248,7 @@ impl Connection {
                 ),
             ));
         }
-        if message.fds.len() < wanted_fds {
-            return Err(Malformed::new(
-                code::MISSING_FDS,
-                format!(
-                    "kind {} needs {wanted_fds} fds, {} came",
-                    message.kind,
-                    message.fds.len()
-                ),
-            ));
-        }
-        if message.fds.len() > wanted_fds {
-            return Err(Malformed::new(
-                code::UNEXPECTED_FDS,
-                format!(
-                    "kind {} takes {wanted_fds} fds, {} came",
-                    message.kind,
-                    message.fds.len()
-                ),
-            ));
-        }
+        transport::check_fd_count(&message, wanted_fds)?;
         if message.kind == kind::HELLO {
             return self.hello(&message.payload);
         }
@@ -291,16 +272,7 @@ impl Connection {
             }
             kind::SAVE => {
                 let saved = self.device.save().map_err(device_error)?;
-                if saved.len() > MAX_PAYLOAD_BYTES {
-                    return Err(Malformed::new(
-                        code::TOO_LARGE,
-                        format!(
-                            "saved state of {} bytes is above the {MAX_PAYLOAD_BYTES}-byte limit",
-                            saved.len()
-                        ),
-                    ));
-                }
-                Ok((kind::SAVED_REPLY, saved))
+                saved_reply(saved, "saved state")
             }
             _ => {
                 self.device
@@ -479,6 +451,20 @@ impl Connection {
             let _ = thread.join();
         }
     }
+}
+
+/// A [`kind::SAVED_REPLY`] of `saved`, refused above the message bound.
+pub(crate) fn saved_reply(saved: Vec<u8>, what: &str) -> Outcome {
+    if saved.len() > MAX_PAYLOAD_BYTES {
+        return Err(Malformed::new(
+            code::TOO_LARGE,
+            format!(
+                "{what} of {} bytes is above the {MAX_PAYLOAD_BYTES}-byte limit",
+                saved.len()
+            ),
+        ));
+    }
+    Ok((kind::SAVED_REPLY, saved))
 }
 
 fn offer_payload(device: &dyn VmbusDevice) -> Vec<u8> {

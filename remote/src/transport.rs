@@ -361,3 +361,22 @@ where
         .filter_map(|chunk| T::read_from_bytes(chunk).ok())
         .collect())
 }
+
+/// Checks that `message` carries exactly the `wanted` descriptors its
+/// kind takes.
+pub fn check_fd_count(message: &Message, wanted: usize) -> Result<(), Malformed> {
+    let came = message.fds.len();
+    if came < wanted {
+        return Err(Malformed::new(
+            code::MISSING_FDS,
+            format!("kind {} needs {wanted} fds, {came} came", message.kind),
+        ));
+    }
+    if came > wanted {
+        return Err(Malformed::new(
+            code::UNEXPECTED_FDS,
+            format!("kind {} takes {wanted} fds, {came} came", message.kind),
+        ));
+    }
+    Ok(())
+}

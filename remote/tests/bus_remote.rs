@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{HANG_GUARD, within};
+use common::{HANG_GUARD, SECTOR, check_sectors, within};
 use vmbdev_guest::storvsc::{ChannelOpener, DriverConfig, GuestProfile, Storvsc};
 use vmbdev_guest::vmbfs::{BusFailure, VmbfsBus, VmbfsChannel, VmbfsClient};
 use vmbdev_guest::vmbus::{
@@ -35,7 +35,6 @@ use vmbdev_ring::{
 };
 use vmbdev_vmbus::Synic;
 
-const SECTOR: usize = 512;
 const MIB: usize = 1 << 20;
 const MEMORY_PAGES: u64 = 8192;
 const SIMP: u64 = 0;
@@ -488,27 +487,6 @@ fn storvsc(guest: &Arc<Guest>, offer: &OfferedChannel, cpus: u16) -> Storvsc {
     .unwrap()
 }
 
-/// Reads `count` sectors from `first`, 64 per request, 16 in flight, and
-/// compares them with the image.
-fn check_sectors(driver: &Storvsc, image: &[u8], first: u64, count: u64) {
-    let disk = driver.disk(0).expect("a disk at LUN 0");
-    let requests: Vec<(u64, u32)> = (first..first + count)
-        .step_by(64)
-        .map(|lba| (lba, (first + count - lba).min(64) as u32))
-        .collect();
-    let chunks = within(disk.read_many(&requests, 16))
-        .expect("hang guard")
-        .unwrap();
-    for ((lba, blocks), chunk) in requests.iter().zip(chunks) {
-        let start = *lba as usize * SECTOR;
-        let end = start + *blocks as usize * SECTOR;
-        assert!(
-            chunk[..] == image[start..end],
-            "sectors at LBA {lba} differ"
-        );
-    }
-}
-
 struct Setup {
     dir: tempfile::TempDir,
     tree: PathBuf,
@@ -573,7 +551,7 @@ fn a_bus_in_another_process_serves_every_file_and_sector_through_its_control_pla
     let storvsp = offer_named(&offers, false).clone();
     let driver = storvsc(&guest, &storvsp, 4);
     assert_eq!(driver.channel_count(), 4, "primary + 3 sub-channels");
-    check_sectors(&driver, &s.image, 0, (s.image.len() / SECTOR) as u64);
+    check_sectors(&driver, &s.image, 0, (s.image.len() / SECTOR) as u64, 16);
 
     let routes = lock(&guest.vmm.routes);
     let open_relids = lock(&guest.rings).len();
@@ -609,7 +587,7 @@ fn a_bus_saved_from_one_backend_process_goes_on_in_the_next() {
     let storvsp = offer_named(&offers, false).clone();
     let driver = storvsc(&guest, &storvsp, 2);
     let sectors = (s.image.len() / SECTOR) as u64;
-    check_sectors(&driver, &s.image, 0, sectors / 2);
+    check_sectors(&driver, &s.image, 0, sectors / 2, 16);
 
     let saved = guest.vmm.bus().save().unwrap();
     backend.kill();
@@ -619,8 +597,8 @@ fn a_bus_saved_from_one_backend_process_goes_on_in_the_next() {
     guest.vmm.attach(bus, &guest.memory);
     guest.vmm.bus().restore(&saved).unwrap();
 
-    check_sectors(&driver, &s.image, sectors / 2, sectors - sectors / 2);
-    check_sectors(&driver, &s.image, 0, 64);
+    check_sectors(&driver, &s.image, sectors / 2, sectors - sectors / 2, 16);
+    check_sectors(&driver, &s.image, 0, 64, 16);
     drop(driver);
     guest.client().unload().unwrap();
 }

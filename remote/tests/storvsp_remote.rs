@@ -8,13 +8,11 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{ServerProcess, within};
+use common::{SECTOR, ServerProcess, check_sectors, within};
 use vmbdev_device::bus::VmbusDevice;
 use vmbdev_guest::storvsc::{ChannelOpener, DriverConfig, GuestProfile, Storvsc};
 use vmbdev_remote::vmm::EventfdVm;
 use vmbdev_ring::Endpoint;
-
-const SECTOR: usize = 512;
 
 /// A raw disk image of pseudo-random sectors (bytes from a generator, not
 /// from the code under test).
@@ -57,25 +55,6 @@ fn connect(vm: &Arc<EventfdVm>, primary: Endpoint, cpus: u16) -> Storvsc {
     .unwrap()
 }
 
-/// Reads `count` sectors from `first` in requests of 64 sectors, 32 in
-/// flight, and compares them with the image.
-fn check_sectors(driver: &Storvsc, image: &[u8], first: u64, count: u64) {
-    let disk = driver.disk(0).expect("a disk at LUN 0");
-    let requests: Vec<(u64, u32)> = (first..first + count)
-        .step_by(64)
-        .map(|lba| (lba, (first + count - lba).min(64) as u32))
-        .collect();
-    let chunks = within(disk.read_many(&requests, 32)).unwrap().unwrap();
-    for ((lba, blocks), chunk) in requests.iter().zip(chunks) {
-        let start = *lba as usize * SECTOR;
-        let end = start + *blocks as usize * SECTOR;
-        assert!(
-            chunk[..] == image[start..end],
-            "sectors at LBA {lba} differ"
-        );
-    }
-}
-
 #[test]
 fn storvsc_reads_every_sector_over_sub_channels_and_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,7 +78,7 @@ fn storvsc_reads_every_sector_over_sub_channels_and_across_a_server_restart() {
     assert!(disk.inquiry().present());
     assert_eq!(disk.inquiry().vendor, "Msft");
     assert_eq!(disk.capacity(), (sectors as u64, SECTOR as u32));
-    check_sectors(&driver, &image, 0, sectors as u64);
+    check_sectors(&driver, &image, 0, sectors as u64, 32);
 
     // Quiesce, save, and move to a new process restored from the state.
     for (index, result) in vm.suspend() {
@@ -113,7 +92,7 @@ fn storvsc_reads_every_sector_over_sub_channels_and_across_a_server_restart() {
     restored.restore(&saved).unwrap();
     vm.resume(restored.clone()).unwrap();
     // The same driver on the same rings: no new handshake.
-    check_sectors(&driver, &image, 1000, 3000);
+    check_sectors(&driver, &image, 1000, 3000, 32);
     for (index, result) in vm.suspend() {
         result.unwrap_or_else(|e| panic!("channel {index} after restore: {e}"));
     }
@@ -131,7 +110,7 @@ fn kill_9_ends_every_open_storvsp_task_with_a_clean_error() {
     let vm = Arc::new(EventfdVm::new(remote.clone(), 8192, 16, 4, true).unwrap());
     let primary = vm.open_channel(0).unwrap();
     let driver = connect(&vm, primary, 2);
-    check_sectors(&driver, &image, 0, 256);
+    check_sectors(&driver, &image, 0, 256, 32);
     server.kill();
     // Every task ends: the proxy saw the socket end.
     let ended = within(async {

@@ -79,3 +79,33 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// Bytes of a sector of the test images.
+pub const SECTOR: usize = 512;
+
+/// Reads `count` sectors from `first` with `driver`, 64 per request and
+/// `in_flight` at a time, and compares them with `image`.
+pub fn check_sectors(
+    driver: &vmbdev_guest::storvsc::Storvsc,
+    image: &[u8],
+    first: u64,
+    count: u64,
+    in_flight: usize,
+) {
+    let disk = driver.disk(0).expect("a disk at LUN 0");
+    let requests: Vec<(u64, u32)> = (first..first + count)
+        .step_by(64)
+        .map(|lba| (lba, (first + count - lba).min(64) as u32))
+        .collect();
+    let chunks = within(disk.read_many(&requests, in_flight))
+        .expect("hang guard")
+        .unwrap();
+    for ((lba, blocks), chunk) in requests.iter().zip(chunks) {
+        let start = *lba as usize * SECTOR;
+        let end = start + *blocks as usize * SECTOR;
+        assert!(
+            chunk[..] == image[start..end],
+            "sectors at LBA {lba} differ"
+        );
+    }
+}
