@@ -8,7 +8,7 @@ mod common;
 use std::io::Read;
 use std::process::Stdio;
 
-use common::{ext4_vhdx, names, stderr, vmbdev, vmbdev_in};
+use common::{ext4_vhdx, names, noise, set_file_len, stderr, vmbdev, vmbdev_in};
 
 #[test]
 fn a_missing_image_is_named_once() {
@@ -105,12 +105,7 @@ fn a_failed_scsi_read_is_told_in_words() {
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).unwrap();
     // The disk shrinks under the guest: the next reads fail on the device.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&raw)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    set_file_len(&raw, 1 << 20);
     std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
     let mut err = String::new();
     child
@@ -234,12 +229,7 @@ fn an_image_cut_short_is_refused_naming_the_block_and_the_offset() {
     // Cut in half, as after a failed copy or a full disk: a data block now
     // ends past the end of the file.
     let len = std::fs::metadata(&vhdx).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&vhdx)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    set_file_len(&vhdx, len / 2);
     for args in [
         &["ls", "IMG.vhdx"][..],
         &["cat", "IMG.vhdx", "/big.bin", "-o", "out.bin"],
@@ -272,15 +262,7 @@ fn fat_image_with(dir: &std::path::Path, len: usize) -> std::path::PathBuf {
         .args(["-F", "32"])
         .arg(&image)
         .stdout(Stdio::null()));
-    let mut state = 0x853c_49e6_748f_ea9bu64;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let data = noise(len, 0x853c_49e6_748f_ea9b);
     let file = dir.join("big.bin");
     std::fs::write(&file, &data).unwrap();
     run(std::process::Command::new("mcopy")
@@ -309,12 +291,7 @@ fn cat_of_an_image_cut_short_mid_read_names_the_bytes_it_could_not_read() {
         stdout.read_exact(&mut first).unwrap();
         // The storage loses everything past 2 MiB while the first 4 MiB
         // chunk is still being written out: the next read fails.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&image)
-            .unwrap()
-            .set_len(2 << 20)
-            .unwrap();
+        set_file_len(&image, 2 << 20);
         let mut rest = Vec::new();
         stdout.read_to_end(&mut rest).unwrap();
         let mut err = String::new();

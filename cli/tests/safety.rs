@@ -13,7 +13,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{ext4_vhdx, names, snapshot, stderr, vmbdev, vmbdev_in};
+use common::{ext4_vhdx, names, set_file_len, snapshot, stderr, vmbdev, vmbdev_in};
 
 const A_TXT: &[u8] = b"abc";
 
@@ -196,12 +196,7 @@ fn a_failed_dump_leaves_no_output() {
         .unwrap();
     wait_for_temporary(dir.path(), ".out.raw.vmbdev-tmp-", &mut child);
     // The image shrinks under the dump: the next read fails.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&raw)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    set_file_len(&raw, 1 << 20);
     let mut err = String::new();
     child
         .stderr
