@@ -256,7 +256,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             controller,
         )?);
         let executor =
-            (layout == Layout::OneThread).then(|| Arc::new(async_executor::Executor::new()));
+            (layout == Layout::OneThread).then(|| Arc::new(vmbdev_ring::executor::Executor::new()));
         let completions = match layout {
             Layout::Threads => Completions::Thread,
             Layout::OneThread => Completions::Polled,

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vmbdev_device::bus::{BusError, ChannelError, OpenRequest, SubChannelControl, VmbusDevice};
+use vmbdev_ring::executor::{Executor, Task};
 use vmbdev_ring::{
     Doorbell, Endpoint, EventDoorbell, GpadlRegistry, GuestMemory, LoopbackConfig, LoopbackError,
     PageAllocator, RingError, Side, loopback,
@@ -32,11 +33,11 @@ pub struct StorvspVmConfig {
     pub scatter_buffers: bool,
     /// Most sub-channels the VM can host.
     pub max_sub_channels: u16,
-    /// Runs the host channel tasks on this executor instead of a thread
-    /// each; the caller runs it (e.g. `executor.run(work)` on the thread
+    /// Runs the host channel tasks on this executor (whose scheduling
+    /// allocates nothing) instead of a thread each; the caller runs it (e.g. `executor.run(work)` on the thread
     /// that drives the guest). [`StorvspVm::start_with_storvsc`] and
     /// [`StorvspVm::close_all`] run it themselves while they wait.
-    pub executor: Option<Arc<async_executor::Executor<'static>>>,
+    pub executor: Option<Arc<Executor>>,
 }
 
 impl Default for StorvspVmConfig {
@@ -99,7 +100,7 @@ enum HostTask {
     /// A thread of its own.
     Thread(JoinHandle<TaskResult>),
     /// The configured executor.
-    Spawned(async_executor::Task<TaskResult>),
+    Spawned(Task<TaskResult>),
 }
 
 impl HostTask {
@@ -112,7 +113,7 @@ impl HostTask {
 
     /// Waits for the task (running `executor` meanwhile, for a spawned
     /// one) and returns how it ended.
-    fn join(self, index: u16, executor: Option<&async_executor::Executor<'static>>) -> TaskResult {
+    fn join(self, index: u16, executor: Option<&Executor>) -> TaskResult {
         match (self, executor) {
             (Self::Thread(thread), _) => thread
                 .join()

@@ -40,6 +40,7 @@ pub mod control;
 pub mod doorbell;
 pub mod endpoint;
 pub mod error;
+pub mod executor;
 pub mod gpa;
 pub mod loopback;
 pub mod memory;

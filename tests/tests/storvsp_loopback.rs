@@ -166,7 +166,7 @@ fn one_thread_layout_reads_equal_the_image_over_sub_channels() {
     let (path, bytes) = random_image(dir.path(), "disk.raw", 5 << 20, 7);
     let controller = Arc::new(Controller::new());
     controller.insert(host(LUN0), disk(&path, 512));
-    let executor = Arc::new(async_executor::Executor::new());
+    let executor = Arc::new(vmbdev_ring::executor::Executor::new());
     let setup = connect(
         controller,
         multi_channel(3),
