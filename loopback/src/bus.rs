@@ -316,6 +316,22 @@ impl BusVm {
     /// holding no device yet and the executor threads running.
     pub fn new(config: BusVmConfig) -> Result<Self, BusVmError> {
         let memory = GuestMemory::new(config.memory_pages * PAGE_SIZE as u64)?;
+        let free = FIRST_FREE_PAGE..config.memory_pages;
+        Self::with_memory(config, memory, free)
+    }
+
+    /// A VM over `memory` (for example a [`GuestMemory::from_memfd`]
+    /// layout with holes, or one that leaves parts of its backing outside
+    /// the guest) whose drivers take ring and buffer pages from
+    /// `free_pages`; `config.memory_pages` is ignored. The SynIC pages of
+    /// vCPU 0 are guest pages 0 and 1, so `memory` must back them and
+    /// `free_pages` must leave them out; every page of `free_pages` must be
+    /// backed.
+    pub fn with_memory(
+        config: BusVmConfig,
+        memory: GuestMemory,
+        free_pages: std::ops::Range<u64>,
+    ) -> Result<Self, BusVmError> {
         let registry = GpadlRegistry::new();
         let executor = Arc::new(async_executor::Executor::new());
         let (shutdown, stopped) = async_channel::bounded::<()>(1);
@@ -378,7 +394,7 @@ impl BusVm {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                pages: PageAllocator::new(FIRST_FREE_PAGE..config.memory_pages, false),
+                pages: PageAllocator::new(free_pages, false),
                 memory,
                 registry,
                 config,
@@ -548,6 +564,23 @@ impl BusVm {
         };
         let ended = exit.map(|e| e.ended.clone()).unwrap_or_default();
         Ok((endpoint, ended))
+    }
+
+    /// How the last device task of `relid` ended, once it has (`None`
+    /// while it runs or when its result was already taken).
+    pub fn take_task_result(&self, relid: u32) -> Option<Result<(), ChannelError>> {
+        let mut state = lock(&self.inner.state);
+        let exits = &mut state.host.inner.exits;
+        let published = lock(&exits.get(&relid)?.result).take()?;
+        exits.remove(&relid);
+        Some(published)
+    }
+
+    /// The guest pages of `relid`'s ring while the guest holds it open:
+    /// the guest→host control page, its data pages, then the host→guest
+    /// control page and its data pages.
+    pub fn ring_pages(&self, relid: u32) -> Option<Vec<u64>> {
+        lock(&self.inner.rings).get(&relid).map(|r| r.pages.clone())
     }
 
     /// How the device task of `relid` ended (once it has).

@@ -225,7 +225,7 @@ impl ChannelLoop<'_> {
         let mut productive = 0u32;
         loop {
             if ctx.stop.is_stopped() {
-                return Ok(());
+                return self.publish_before_stop();
             }
             let progress = self.step()?;
             if progress {
@@ -271,7 +271,7 @@ impl ChannelLoop<'_> {
                 .await
             };
             match wake {
-                Wake::Stop => return Ok(()),
+                Wake::Stop => return self.publish_before_stop(),
                 Wake::Notice(Some(notice)) => {
                     self.notice.get_or_insert(notice);
                     notices.set(ctx.notifications.recv());
@@ -287,6 +287,15 @@ impl ChannelLoop<'_> {
                 Wake::Ring(result) => result.map_err(|e| self.ring_error(e))?,
             }
         }
+    }
+
+    /// Publishes what was written since the last step before the task
+    /// stops: a pool job's completion written on its wake-up has already
+    /// left the pending table, so unpublished it would be lost to the
+    /// guest (the next writer starts at the published index).
+    fn publish_before_stop(&mut self) -> Result<(), RunError> {
+        let published = self.out.writer.publish();
+        published.map_err(|e| self.ring_error(e))
     }
 
     /// Completions the outgoing ring can take beyond those already owed
