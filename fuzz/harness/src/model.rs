@@ -46,7 +46,7 @@ fn gpa_ranges(list: &[u8], count: u32) -> Option<Vec<(u32, u32, Vec<u64>)>> {
         }
         let byte_count = le32(list, at);
         let byte_offset = le32(list, at + 4);
-        if byte_count == 0 || byte_offset > 0xFFF || !byte_offset.is_multiple_of(2) {
+        if byte_count == 0 || byte_offset > 0xFFF || byte_offset % 2 != 0 {
             return None;
         }
         at += 8;
