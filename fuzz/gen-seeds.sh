@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Generates the seed corpora the fuzz targets start from, into
 # fuzz/seeds/<target>/ (not committed: images are rebuilt from the real
-# tools each time). Needs mkfs.vfat + mtools, mke2fs, mkntfs, sgdisk and
-# sfdisk (the same tools the test suite needs).
+# tools each time), or fs_mount_read's into the empty or missing directory
+# given as the argument (the corpus replay test makes its own). Needs
+# mkfs.vfat + mtools, mke2fs, mkntfs, sgdisk and sfdisk (the same tools
+# the test suite needs).
+#
+#   fuzz/gen-seeds.sh              # fuzz/seeds/fs_mount_read/
+#   fuzz/gen-seeds.sh DIR          # DIR/
 #
 # fs_mount_read: small FAT12, FAT16, ext4 and NTFS volumes holding a few
 # files (EFI\BOOT\BOOTX64.EFI, a nested directory, an empty file, a file
@@ -13,15 +18,23 @@
 # themselves.
 set -euo pipefail
 shopt -s inherit_errexit
+out=
+if [ $# -gt 0 ]; then
+  out=$(realpath -m -- "$1")
+  mkdir -p "$out"
+  [ -z "$(ls -A "$out")" ] || { echo "gen-seeds.sh: $out is not empty" >&2; exit 1; }
+fi
 cd "$(dirname "$0")"
 
 for tool in mkfs.vfat mcopy mmd mke2fs mkntfs sgdisk sfdisk; do
   command -v "$tool" >/dev/null || { echo "gen-seeds.sh: $tool is required" >&2; exit 1; }
 done
 
-out=seeds/fs_mount_read
-rm -rf "$out"
-mkdir -p "$out"
+if [ -z "$out" ]; then
+  out=seeds/fs_mount_read
+  rm -rf "$out"
+  mkdir -p "$out"
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -3,6 +3,9 @@
 # for SECONDS seconds, one process at a time. Exits non-zero if any target
 # crashes, leaks memory past the RSS limit or times out; the reproducer is
 # in fuzz/artifacts/<target>/ and the log in fuzz/logs/<target>.log.
+# Each target starts from a copy of its committed corpus in
+# fuzz/target/run-all-corpus/<target>/ (left there after the run); the
+# committed corpus is only remade by refresh-corpora.sh.
 #
 #   fuzz/run-all.sh 60        # what CI runs
 #   FUZZ_SEED=0 fuzz/run-all.sh 1800   # a random seed per target
@@ -24,8 +27,13 @@ cargo fuzz build -s none
 mkdir -p logs
 failed=()
 for target in $(cargo fuzz list); do
-  mkdir -p "corpus/$target"
-  dirs=("corpus/$target")
+  scratch=target/run-all-corpus/$target
+  rm -rf "$scratch"
+  mkdir -p "$scratch"
+  if [ -d "corpus/$target" ]; then
+    find "corpus/$target" -type f -exec cp -t "$scratch" {} +
+  fi
+  dirs=("$scratch")
   # fs_mount_read's seeds are the images its inputs patch, not inputs.
   [ -d "seeds/$target" ] && [ "$target" != fs_mount_read ] && dirs+=("seeds/$target")
   max_len=16384
