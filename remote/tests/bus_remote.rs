@@ -22,7 +22,8 @@ use common::{HANG_GUARD, SECTOR, check_sectors, within};
 use vmbdev_guest::storvsc::{ChannelOpener, DriverConfig, GuestProfile, Storvsc};
 use vmbdev_guest::vmbfs::{BusFailure, VmbfsBus, VmbfsChannel, VmbfsClient};
 use vmbdev_guest::vmbus::{
-    ClientConfig, OfferedChannel, TraceEntry, TransportError, VmbusClient, VmbusTransport,
+    ClientConfig, EventFlags, OfferedChannel, TraceEntry, TransportError, VmbusClient,
+    VmbusTransport,
 };
 use vmbdev_protocol::vmbfs::Guid;
 use vmbdev_protocol::vmbus::{VMBUS_SINT, Version};
@@ -33,7 +34,6 @@ use vmbdev_ring::{
     Doorbell, Endpoint, EventDoorbell, EventfdDoorbell, GuestMemory, PAGE_SIZE, PageAllocator,
     Side, StopSignal,
 };
-use vmbdev_vmbus::Synic;
 
 const MIB: usize = 1 << 20;
 const MEMORY_PAGES: u64 = 8192;
@@ -364,8 +364,7 @@ fn interrupt_handler(
     channels: &Arc<Mutex<HashMap<u32, Arc<EventDoorbell>>>>,
     stop: &Arc<AtomicBool>,
 ) -> JoinHandle<()> {
-    let mut flags = Synic::new(memory.clone(), 1);
-    flags.set_siefp(0, Some(SIEFP)).unwrap();
+    let flags = EventFlags::new(memory.clone(), SIEFP, VMBUS_SINT);
     let (vmm, messages, channels, stop) = (
         vmm.clone(),
         messages.clone(),
@@ -375,15 +374,16 @@ fn interrupt_handler(
     std::thread::spawn(move || {
         while !stop.load(Ordering::Acquire) {
             vmbdev_ring::block_on(vmm.sint.listen());
-            let open: Vec<(u32, Arc<EventDoorbell>)> = lock(&channels)
-                .iter()
-                .map(|(&relid, bell)| (relid, bell.clone()))
-                .collect();
-            for (relid, bell) in open {
-                if flags.take_flag(0, VMBUS_SINT, relid) {
-                    bell.signal();
-                }
-            }
+            let bells = lock(&channels);
+            let limit = bells.keys().max().map_or(0, |&relid| relid + 1);
+            flags
+                .take_all(limit, |relid| {
+                    if let Some(bell) = bells.get(&relid) {
+                        bell.signal();
+                    }
+                })
+                .unwrap();
+            drop(bells);
             messages.signal();
         }
     })

@@ -16,18 +16,21 @@
 //! slot of SINT 2 in guest memory, at the offsets of Linux's
 //! `struct hv_message`: it copies the payload, clears the slot's message
 //! type and, if the message-pending flag was set, asks the transport to
-//! signal EOM. Channel interrupts and ring doorbells are not its business;
-//! whoever builds the ring endpoints wires them.
+//! signal EOM. Channel interrupts are taken from the SIEFP page's event
+//! flags with [`EventFlags`], by whoever handles the guest's SINT
+//! interrupt and rings the channels' doorbells.
 //!
 //! Every host message is copied out of the slot once and parsed from that
 //! copy; a short, unknown or unexpected message is an error or is logged
 //! and skipped, never a panic.
 
 mod client;
+mod events;
 mod trace;
 
 pub use client::{
     ClientConfig, FIRST_GPADL_HANDLE, LINUX_VERSIONS, OfferedChannel, TransportError, VmbusClient,
     VmbusError, VmbusTransport,
 };
+pub use events::EventFlags;
 pub use trace::{Direction, TraceEntry, describe, type_name};
