@@ -49,12 +49,11 @@ use zerocopy::little_endian::{U16, U32};
 use crate::error::RemoteError;
 use crate::link::{Link, is_reply};
 use crate::memory::adopt_memory;
-use crate::server::{ServerStats, saved_reply};
+use crate::server::{ServerStats, hello_reply, saved_reply};
 use crate::transport::{self, Malformed, Message, fixed};
 use crate::wire::{
-    EventRoute, GuestMessage, HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_SUCCESS, HelloReply,
-    HelloRequest, PROTOCOL_VERSION, PostReply, SintRoute, SynicPages, VpRef, code, kind,
-    synic_enabled,
+    EventRoute, GuestMessage, HV_STATUS_INVALID_CONNECTION_ID, HV_STATUS_SUCCESS, PostReply,
+    SintRoute, SynicPages, VpRef, code, kind, synic_enabled,
 };
 
 /// Most requests waiting for the request thread.
@@ -502,24 +501,9 @@ impl Connection {
     }
 
     fn hello(&self, payload: &[u8]) -> Outcome {
-        let (hello, _) = fixed::<HelloRequest>(payload, "hello")?;
-        if self.hello.load(Ordering::Acquire) {
-            return Err(Malformed::new(code::BAD_SEQUENCE, "a second hello"));
-        }
-        let (min, max) = (hello.min_version.get(), hello.max_version.get());
-        if !(min..=max).contains(&PROTOCOL_VERSION) {
-            return Err(Malformed::new(
-                code::BAD_VERSION,
-                format!("versions {min}..={max} offered; this backend speaks {PROTOCOL_VERSION}"),
-            ));
-        }
+        let reply = hello_reply(payload, self.hello.load(Ordering::Acquire), "backend")?;
         self.hello.store(true, Ordering::Release);
-        let reply = HelloReply {
-            version: U16::new(PROTOCOL_VERSION),
-            reserved: U16::new(0),
-            reserved2: U32::new(0),
-        };
-        Ok((kind::HELLO_REPLY, reply.as_bytes().to_vec()))
+        Ok(reply)
     }
 
     /// Runs `f` on the bus, refused before the VMM set the memory.

@@ -284,25 +284,10 @@ impl Connection {
     }
 
     fn hello(&self, payload: &[u8]) -> Outcome {
-        let (hello, _) = fixed::<HelloRequest>(payload, "hello")?;
         let mut state = self.lock();
-        if state.hello {
-            return Err(Malformed::new(code::BAD_SEQUENCE, "a second hello"));
-        }
-        let (min, max) = (hello.min_version.get(), hello.max_version.get());
-        if !(min..=max).contains(&PROTOCOL_VERSION) {
-            return Err(Malformed::new(
-                code::BAD_VERSION,
-                format!("versions {min}..={max} offered; this device speaks {PROTOCOL_VERSION}"),
-            ));
-        }
+        let reply = hello_reply(payload, state.hello, "device")?;
         state.hello = true;
-        let reply = HelloReply {
-            version: U16::new(PROTOCOL_VERSION),
-            reserved: U16::new(0),
-            reserved2: U32::new(0),
-        };
-        Ok((kind::HELLO_REPLY, reply.as_bytes().to_vec()))
+        Ok(reply)
     }
 
     fn set_memory(&self, payload: &[u8], fd: Option<OwnedFd>) -> Outcome {
@@ -451,6 +436,29 @@ impl Connection {
             let _ = thread.join();
         }
     }
+}
+
+/// Answers a hello: refused if one came before (`said_hello`) or if the
+/// versions offered leave out [`PROTOCOL_VERSION`]; `side` names this side
+/// in the refusal.
+pub(crate) fn hello_reply(payload: &[u8], said_hello: bool, side: &str) -> Outcome {
+    let (hello, _) = fixed::<HelloRequest>(payload, "hello")?;
+    if said_hello {
+        return Err(Malformed::new(code::BAD_SEQUENCE, "a second hello"));
+    }
+    let (min, max) = (hello.min_version.get(), hello.max_version.get());
+    if !(min..=max).contains(&PROTOCOL_VERSION) {
+        return Err(Malformed::new(
+            code::BAD_VERSION,
+            format!("versions {min}..={max} offered; this {side} speaks {PROTOCOL_VERSION}"),
+        ));
+    }
+    let reply = HelloReply {
+        version: U16::new(PROTOCOL_VERSION),
+        reserved: U16::new(0),
+        reserved2: U32::new(0),
+    };
+    Ok((kind::HELLO_REPLY, reply.as_bytes().to_vec()))
 }
 
 /// A [`kind::SAVED_REPLY`] of `saved`, refused above the message bound.
