@@ -15,7 +15,11 @@
 //! - [`GuestMemory::from_memfd`]: a memfd (or any shareable fd carrying
 //!   `F_SEAL_SHRINK`) the VMM created, mapped here region by region;
 //! - [`GuestMemory::from_raw_mapping`]: a mapping the VMM already made,
-//!   kept alive by an owner value dropped with the last clone.
+//!   kept alive by an owner value dropped with the last clone;
+//! - [`GuestMemory::on_heap`]: a zeroed heap block, one region at GPA 0,
+//!   that no other process can map (no fd). It is what [`GuestMemory::new`]
+//!   gives under Miri, which cannot create or map a memfd, so the ring's
+//!   tests run there unchanged.
 //!
 //! The fd and the layout ([`GuestMemory::fd`], [`GuestMemory::regions`])
 //! are what another process needs to map the same memory.
@@ -42,7 +46,8 @@
 //! model's guarantees, although every supported target gives them the
 //! hardware's plain single-copy atomicity.
 //!
-//! Bulk copies and fills of at least 256 bytes (`BULK_MIN`) on x86-64 use one
+//! Bulk copies and fills of at least 256 bytes (`BULK_MIN`) on x86-64 (not
+//! under Miri, which cannot run `asm!`) use one
 //! `rep movsb` / `rep stosb` in an `asm!` block instead of a word loop.
 //! The block is opaque to the compiler and its effect is exactly that of
 //! a sequence of relaxed byte-sized atomic accesses in some order (the
@@ -381,9 +386,13 @@ impl GuestMemory {
     /// Allocates `size` bytes of zeroed guest memory (a whole number of
     /// pages), one region at guest physical address 0, in a memfd of our
     /// own sealed against shrinking and growing.
+    ///
+    /// Under Miri this is [`on_heap`](Self::on_heap): the same memory
+    /// without an fd.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        if size == 0 || size & PAGE_MASK != 0 || size > isize::MAX as u64 {
-            return Err(MemoryError::BadSize(size));
+        check_own_size(size)?;
+        if cfg!(miri) {
+            return Self::on_heap(size);
         }
         let fd = rustix::fs::memfd_create(
             "vmbdev-guest-memory",
@@ -402,6 +411,28 @@ impl GuestMemory {
             error: e.to_string(),
         })?;
         Self::from_memfd(fd, &[MemoryRegion::new(0, size, 0)])
+    }
+
+    /// Allocates `size` bytes of zeroed guest memory (a whole number of
+    /// pages) on the heap, one region at guest physical address 0. Nothing
+    /// outside this process can map it ([`fd`](Self::fd) is `None`), so it
+    /// suits in-process tests and tools that cannot map memory (Miri).
+    pub fn on_heap(size: u64) -> Result<Self, MemoryError> {
+        check_own_size(size)?;
+        let block = HeapBlock::zeroed(size as usize)?;
+        let base = block.base;
+        // SAFETY: `base..base + size` is a live, page-aligned, readable and
+        // writable allocation owned by `block`, which the memory keeps until
+        // its last clone drops; `HeapBlock` holds only the raw pointer, so
+        // no Rust reference into the bytes exists.
+        unsafe {
+            Self::from_raw_mapping(
+                base,
+                size as usize,
+                &[MemoryRegion::new(0, size, 0)],
+                Box::new(block),
+            )
+        }
     }
 
     /// Adopts `fd`, a memfd (or another shareable fd that supports seals)
@@ -845,6 +876,48 @@ impl GuestMemory {
     }
 }
 
+/// Refuses a size of our own memory that is empty, not whole pages, or
+/// beyond what one allocation or mapping can hold.
+fn check_own_size(size: u64) -> Result<(), MemoryError> {
+    if size == 0 || size & PAGE_MASK != 0 || size > isize::MAX as u64 {
+        return Err(MemoryError::BadSize(size));
+    }
+    Ok(())
+}
+
+/// A zeroed, page-aligned heap allocation backing [`GuestMemory::on_heap`],
+/// freed on drop. Only its address is kept: the bytes are reached through
+/// atomics on raw pointers, like any guest memory.
+struct HeapBlock {
+    base: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the block is plain memory with no thread affinity, reached only
+// through raw-pointer atomics; `HeapBlock` itself only frees it.
+unsafe impl Send for HeapBlock {}
+// SAFETY: as above; `&HeapBlock` gives no access to the bytes.
+unsafe impl Sync for HeapBlock {}
+
+impl HeapBlock {
+    fn zeroed(size: usize) -> Result<Self, MemoryError> {
+        let layout = std::alloc::Layout::from_size_align(size, PAGE_SIZE)
+            .map_err(|_| MemoryError::BadSize(size as u64))?;
+        // SAFETY: `layout` has a non-zero size (checked by the caller).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(ptr)
+            .ok_or_else(|| MemoryError::Map(format!("no heap block of {size} bytes")))?;
+        Ok(Self { base, layout })
+    }
+}
+
+impl Drop for HeapBlock {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout and freed only here.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
 impl Mapping {
     fn empty(layout: &[MemoryRegion]) -> Self {
         Self {
@@ -1095,7 +1168,7 @@ unsafe fn words_in(dst: *mut u64, data: &[u8], store: impl Fn(*mut u64, u64)) {
 /// `src..src + dst.len()` lies in a live guest-memory mapping, which this
 /// process accesses only atomically.
 unsafe fn copy_from_guest(src: *const u8, dst: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if dst.len() >= BULK_MIN {
         // SAFETY: `src..src + dst.len()` is in the mapping (caller); `dst`
         // is host memory we hold exclusively; the string copy acts as
@@ -1135,7 +1208,7 @@ unsafe fn copy_from_guest(src: *const u8, dst: &mut [u8]) {
 /// `dst..dst + src.len()` lies in a live, writable guest-memory mapping,
 /// which this process accesses only atomically.
 unsafe fn copy_to_guest(dst: *mut u8, src: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if src.len() >= BULK_MIN {
         // SAFETY: `dst..dst + src.len()` is in the mapping (caller); the
         // string copy acts as relaxed byte atomics (module doc).
@@ -1175,7 +1248,7 @@ const BULK_MIN: usize = 256;
 /// # Safety
 ///
 /// Both ranges are valid for the access and do not overlap.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: the caller guarantees both ranges; the direction flag is
     // clear by the ABI; the instruction touches no stack.
@@ -1195,7 +1268,7 @@ unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
 /// # Safety
 ///
 /// The range is valid for writes.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 unsafe fn rep_stosb(dst: *mut u8, byte: u8, len: usize) {
     // SAFETY: the caller guarantees the range; the direction flag is clear
     // by the ABI; the instruction touches no stack.
@@ -1217,7 +1290,7 @@ unsafe fn rep_stosb(dst: *mut u8, byte: u8, len: usize) {
 ///
 /// As for [`copy_to_guest`], for `dst..dst + len`.
 unsafe fn fill_guest(dst: *mut u8, len: usize, byte: u8) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if len >= BULK_MIN {
         // SAFETY: `dst..dst + len` is in the mapping (caller); the string
         // store acts as relaxed byte atomic stores (module doc).
@@ -1346,6 +1419,38 @@ mod tests {
     }
 
     #[test]
+    fn heap_memory_is_zeroed_aligned_and_has_no_fd() {
+        assert_eq!(
+            GuestMemory::on_heap(4095).unwrap_err(),
+            MemoryError::BadSize(4095)
+        );
+        assert_eq!(
+            GuestMemory::on_heap(0).unwrap_err(),
+            MemoryError::BadSize(0)
+        );
+        let mem = GuestMemory::on_heap(3 * 4096).unwrap();
+        assert!(mem.fd().is_none());
+        assert_eq!(mem.regions(), &[MemoryRegion::new(0, 3 * 4096, 0)]);
+        let mut all = vec![0xffu8; 3 * 4096];
+        mem.read(0, &mut all).unwrap();
+        assert!(all.iter().all(|&b| b == 0), "fresh memory is zeroed");
+        // A copy across the page boundary, long enough for the bulk path.
+        let pattern: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
+        mem.write(4000, &pattern).unwrap();
+        let mut back = vec![0u8; pattern.len()];
+        mem.clone().read(4000, &mut back).unwrap();
+        assert_eq!(back, pattern);
+        assert_eq!(
+            mem.write(3 * 4096 - 2, b"abc").unwrap_err(),
+            MemoryError::OutOfRange {
+                gpa: 3 * 4096 - 2,
+                len: 3,
+                size: 3 * 4096
+            }
+        );
+    }
+
+    #[test]
     fn read_write_atomics_roundtrip() {
         let mem = GuestMemory::new(4096).unwrap();
         mem.write(100, b"hello").unwrap();
@@ -1407,6 +1512,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri's `new` is heap memory without an fd")]
     fn own_memfd_is_sealed_and_shared() {
         let mem = GuestMemory::new(4096).unwrap();
         let fd = mem.fd().unwrap();
