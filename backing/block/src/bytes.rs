@@ -42,18 +42,41 @@ pub fn read_bytes(device: &dyn BlockDevice, offset: u64, buf: &mut [u8]) -> Resu
 /// A `Read + Seek` cursor over a device. Reads past the end return an
 /// error rather than a short count, since some crates treat short reads as
 /// impossible.
+///
+/// A read budget ([`limit_reads`](Self::limit_reads)) bounds the bytes a
+/// third-party parser may read before its reads fail: a hostile image can
+/// make a crate's walk go round a cycle, reading (and buffering) without
+/// end, and the budget turns that into an error.
 pub struct DeviceCursor {
     device: Arc<dyn BlockDevice>,
     position: u64,
+    /// Bytes reads may still take; `u64::MAX` for no limit.
+    budget: u64,
+    /// The limit last set, for the error message.
+    limit: u64,
 }
 
 impl DeviceCursor {
-    /// A cursor at byte 0 of `device`.
+    /// A cursor at byte 0 of `device`, with no read budget.
     pub fn new(device: Arc<dyn BlockDevice>) -> Self {
         Self {
             device,
             position: 0,
+            budget: u64::MAX,
+            limit: u64::MAX,
         }
+    }
+
+    /// From now on, reads fail once they would take more than `bytes`
+    /// bytes in all; `u64::MAX` lifts the limit.
+    pub fn limit_reads(&mut self, bytes: u64) {
+        self.budget = bytes;
+        self.limit = bytes;
+    }
+
+    /// Whether a read failed (or would fail) because the budget is spent.
+    pub fn budget_spent(&self) -> bool {
+        self.budget == 0
     }
 }
 
@@ -78,8 +101,19 @@ impl Read for DeviceCursor {
                 self.position
             )));
         }
+        let len = buf.len() as u64;
+        if len > self.budget {
+            self.budget = 0;
+            return Err(std::io::Error::other(format!(
+                "more than the {} bytes allowed read for one step",
+                self.limit
+            )));
+        }
         read_bytes(&*self.device, self.position, buf).map_err(io_error)?;
-        self.position += buf.len() as u64;
+        if self.budget != u64::MAX {
+            self.budget -= len;
+        }
+        self.position += len;
         Ok(buf.len())
     }
 }
@@ -102,5 +136,29 @@ impl Seek for DeviceCursor {
                 "seek before byte 0 or past u64",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryDisk;
+
+    #[test]
+    fn a_read_budget_fails_the_read_that_would_pass_it_and_can_be_lifted() {
+        let bytes: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let mut cursor = DeviceCursor::new(Arc::new(MemoryDisk::new(bytes.clone())));
+        cursor.limit_reads(1000);
+        let mut buf = [0u8; 600];
+        cursor.read_exact(&mut buf).unwrap();
+        assert_eq!(buf[..], bytes[..600]);
+        assert!(!cursor.budget_spent());
+        let error = cursor.read_exact(&mut buf).unwrap_err();
+        assert!(error.to_string().contains("1000 bytes allowed"), "{error}");
+        assert!(cursor.budget_spent());
+        // The failed read moved nothing; without a limit it goes on.
+        cursor.limit_reads(u64::MAX);
+        cursor.read_exact(&mut buf).unwrap();
+        assert_eq!(buf[..], bytes[600..1200]);
     }
 }

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::sync::Arc;
 
+use ntfs::NtfsIndex;
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileNamespace, NtfsIndexRoot, NtfsStandardInformation};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsAttributeType, NtfsFile, NtfsReadSeek};
@@ -39,6 +40,14 @@ const MAX_INDEX_RECORD: u32 = 64 * 1024;
 const MAX_STREAMS: usize = 256;
 /// Largest number of entries accepted in one directory.
 const MAX_DIR_ENTRIES: usize = 1 << 20;
+/// Most bytes one directory-index walk (a listing, or finding one name)
+/// may read. The crate follows subnode pointers as the image gives them
+/// and keeps each index record it descends into, so a subnode pointing
+/// back up the tree would read and buffer records without end; a listing
+/// of [`MAX_DIR_ENTRIES`] short names needs about a tenth of this.
+const INDEX_WALK_READ_BUDGET: u64 = 256 << 20;
+/// Reads a sound index walk may make beyond its index records.
+const INDEX_WALK_SLACK: u64 = 1 << 20;
 
 /// A mounted NTFS volume.
 pub struct NtfsTree {
@@ -159,12 +168,15 @@ impl State {
             if !file.is_directory() {
                 return Err(TreeError::NotADirectory(path.to_string()));
             }
-            check_index_root(&file, &mut self.cursor, path)?;
+            let budget = index_walk_budget(&file, &mut self.cursor, path)?;
             let index = file
                 .directory_index(&mut self.cursor)
                 .map_err(|e| crate_error(path, e))?;
             let mut finder = index.finder();
-            let entry = NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut self.cursor, name)
+            self.cursor.limit_reads(budget);
+            let found = NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut self.cursor, name);
+            self.cursor.limit_reads(u64::MAX);
+            let entry = found
                 .ok_or_else(|| TreeError::NotFound(path.to_string()))?
                 .map_err(|e| crate_error(path, e))?;
             if entry.file_reference().file_record_number() < FIRST_USER_RECORD {
@@ -248,31 +260,14 @@ impl State {
             .ntfs
             .file(&mut self.cursor, record)
             .map_err(|e| crate_error(path, e))?;
-        check_index_root(&dir, &mut self.cursor, path)?;
+        let budget = index_walk_budget(&dir, &mut self.cursor, path)?;
         let index = dir
             .directory_index(&mut self.cursor)
             .map_err(|e| crate_error(path, e))?;
-        let mut entries = index.entries();
-        let mut children = Vec::new();
-        while let Some(entry) = entries.next(&mut self.cursor) {
-            let entry = entry.map_err(|e| crate_error(path, e))?;
-            let Some(key) = entry.key() else { continue };
-            let key = key.map_err(|e| crate_error(path, e))?;
-            if key.namespace() == NtfsFileNamespace::Dos {
-                continue;
-            }
-            let number = entry.file_reference().file_record_number();
-            if number < FIRST_USER_RECORD {
-                continue;
-            }
-            if children.len() >= MAX_DIR_ENTRIES {
-                return Err(corrupt(format!(
-                    "{path}: more than {MAX_DIR_ENTRIES} entries"
-                )));
-            }
-            let name = key.name().to_string_lossy();
-            children.push((name, number));
-        }
+        self.cursor.limit_reads(budget);
+        let children = list_index(&index, &mut self.cursor, path);
+        self.cursor.limit_reads(u64::MAX);
+        let children = children?;
         let mut out = Vec::with_capacity(children.len());
         for (name, number) in children {
             let child = path.join(&name);
@@ -291,31 +286,75 @@ impl State {
     }
 }
 
-/// Refuses a directory whose index root announces index records larger
-/// than [`MAX_INDEX_RECORD`] (the crate allocates that size per record).
-fn check_index_root(
+/// The (name, file record) pairs of a directory index, in index order,
+/// without DOS short names and metadata files.
+fn list_index(
+    index: &NtfsIndex<'_, '_, NtfsFileNameIndex>,
+    cursor: &mut DeviceCursor,
+    path: &TreePath,
+) -> Result<Vec<(String, u64)>, TreeError> {
+    let mut entries = index.entries();
+    let mut children = Vec::new();
+    while let Some(entry) = entries.next(cursor) {
+        let entry = entry.map_err(|e| crate_error(path, e))?;
+        let Some(key) = entry.key() else { continue };
+        let key = key.map_err(|e| crate_error(path, e))?;
+        if key.namespace() == NtfsFileNamespace::Dos {
+            continue;
+        }
+        let number = entry.file_reference().file_record_number();
+        if number < FIRST_USER_RECORD {
+            continue;
+        }
+        if children.len() >= MAX_DIR_ENTRIES {
+            return Err(corrupt(format!(
+                "{path}: more than {MAX_DIR_ENTRIES} entries"
+            )));
+        }
+        let name = key.name().to_string_lossy();
+        children.push((name, number));
+    }
+    Ok(children)
+}
+
+/// Checks a directory's index and returns the bytes a walk of it may
+/// read. Refuses an index root announcing index records larger than
+/// [`MAX_INDEX_RECORD`] (the crate allocates that size per record). A
+/// sound walk reads each index record once, so twice the index
+/// allocation's length plus a slack bounds it; a walk that reads more is
+/// going round a cycle of subnode pointers.
+fn index_walk_budget(
     file: &NtfsFile<'_>,
     cursor: &mut DeviceCursor,
     path: &TreePath,
-) -> Result<(), TreeError> {
+) -> Result<u64, TreeError> {
+    let mut allocated = 0u64;
     let mut attributes = file.attributes();
     while let Some(item) = attributes.next(cursor) {
         let item = item.map_err(|e| crate_error(path, e))?;
         let attribute = item.to_attribute().map_err(|e| crate_error(path, e))?;
-        if attribute.ty().map_err(|e| crate_error(path, e))? != NtfsAttributeType::IndexRoot {
-            continue;
-        }
-        let root = attribute
-            .resident_structured_value::<NtfsIndexRoot<'_>>()
-            .map_err(|e| crate_error(path, e))?;
-        let size = root.index_record_size();
-        if !(512..=MAX_INDEX_RECORD).contains(&size) || !size.is_power_of_two() {
-            return Err(corrupt(format!(
-                "{path}: index record size {size} in the index root"
-            )));
+        match attribute.ty().map_err(|e| crate_error(path, e))? {
+            NtfsAttributeType::IndexAllocation => {
+                allocated = allocated.saturating_add(attribute.value_length());
+            }
+            NtfsAttributeType::IndexRoot => {
+                let root = attribute
+                    .resident_structured_value::<NtfsIndexRoot<'_>>()
+                    .map_err(|e| crate_error(path, e))?;
+                let size = root.index_record_size();
+                if !(512..=MAX_INDEX_RECORD).contains(&size) || !size.is_power_of_two() {
+                    return Err(corrupt(format!(
+                        "{path}: index record size {size} in the index root"
+                    )));
+                }
+            }
+            _ => {}
         }
     }
-    Ok(())
+    Ok(allocated
+        .saturating_mul(2)
+        .saturating_add(INDEX_WALK_SLACK)
+        .min(INDEX_WALK_READ_BUDGET))
 }
 
 /// Seconds between 1601-01-01 (the NTFS epoch) and 1970-01-01.

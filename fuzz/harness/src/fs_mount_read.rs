@@ -308,6 +308,15 @@ fn check(seeds: &SeedImages, input: Input) {
     }
 }
 
+/// The image an input of the fuzz target mounts: `seeds`' image with its
+/// patches applied; `None` if `data` does not decode. Lets a test take a
+/// finding's image apart.
+pub fn patched_image(seeds: &SeedImages, data: &[u8]) -> Option<Vec<u8>> {
+    let mut image = None;
+    decode_and_run::<Input>(data, |input| image = Some(patched(seeds, &input)));
+    image
+}
+
 /// Decodes `data` as the fuzz target's input (as libfuzzer-sys does) and
 /// runs the checks on it, patching the images in [`default_seed_dir`] (what
 /// the fuzz target does); a failed check panics.

@@ -8,6 +8,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+
+use vmbdev_block::{BlockDevice, MemoryDisk};
+use vmbdev_fs::TreePath;
 
 use vmbdev_fuzz_harness::fs_mount_read::{self, SeedImages};
 use vmbdev_fuzz_harness::{
@@ -94,8 +98,9 @@ fn vhd_open_read_corpus() {
 
 /// The images the inputs patch are made here with `gen-seeds.sh` and the
 /// real tools, as for a fuzzing run (they are not committed).
-#[test]
-fn fs_mount_read_corpus() {
+/// The images `gen-seeds.sh` makes with the real tools, in a fresh
+/// directory (kept alive by the returned guard).
+fn fresh_seeds() -> (tempfile::TempDir, SeedImages) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let seeds = dir.path().join("seeds");
     let output = Command::new(fuzz_dir().join("gen-seeds.sh"))
@@ -108,5 +113,36 @@ fn fs_mount_read_corpus() {
         String::from_utf8_lossy(&output.stderr)
     );
     let seeds = SeedImages::load(&seeds).unwrap_or_else(|e| panic!("{e}"));
+    (dir, seeds)
+}
+
+#[test]
+fn fs_mount_read_corpus() {
+    let (_dir, seeds) = fresh_seeds();
     replay("fs_mount_read", |data| fs_mount_read::run_on(&seeds, data));
+}
+
+/// The AddressSanitizer campaign's one finding: an NTFS image (mkntfs,
+/// one patched index entry) whose root directory index has a subnode
+/// pointing back up the tree. The ntfs crate followed it for ever,
+/// buffering an index record per step (2 GB within 30 s). The listing
+/// must now end in an error naming the read bound, quickly.
+#[test]
+fn an_ntfs_index_whose_subnodes_cycle_is_refused_after_bounded_reads() {
+    let (_dir, seeds) = fresh_seeds();
+    let input =
+        std::fs::read(fuzz_dir().join("regressions/fs_mount_read/ntfs-index-subnode-cycle"))
+            .expect("the committed reproducer");
+    let image = fs_mount_read::patched_image(&seeds, &input).expect("the input decodes");
+    let device: Arc<dyn BlockDevice> = Arc::new(MemoryDisk::new(image));
+    let tree =
+        vmbdev_fs::open_tree(device, None).expect("the partition and boot sector are intact");
+    let error = tree
+        .read_dir(&TreePath::root())
+        .expect_err("a cyclic index cannot be listed");
+    let text = error.to_string();
+    assert!(
+        text.contains("bytes allowed read for one step"),
+        "the error names the read bound: {text}"
+    );
 }
