@@ -5,55 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use common::{SECTOR, ServerProcess, check_sectors, within};
+use common::{SECTOR, ServerProcess, check_sectors, connect_storvsc, within, write_image};
 use vmbdev_device::bus::VmbusDevice;
-use vmbdev_guest::storvsc::{ChannelOpener, DriverConfig, GuestProfile, Storvsc};
 use vmbdev_remote::vmm::EventfdVm;
-use vmbdev_ring::Endpoint;
-
-/// A raw disk image of pseudo-random sectors (bytes from a generator, not
-/// from the code under test).
-fn write_image(path: &Path, sectors: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let bytes: Vec<u8> = (0..sectors * SECTOR)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect();
-    std::fs::write(path, &bytes).unwrap();
-    bytes
-}
-
-struct Opener(Arc<EventfdVm>);
-
-impl ChannelOpener for Opener {
-    fn open_sub_channel(&self, index: u16) -> Result<Endpoint, String> {
-        self.0.open_channel(index).map_err(|e| e.to_string())
-    }
-}
-
-fn connect(vm: &Arc<EventfdVm>, primary: Endpoint, cpus: u16) -> Storvsc {
-    within(Storvsc::connect(
-        primary,
-        vm.memory().clone(),
-        vm.pages().clone(),
-        &Opener(vm.clone()),
-        &DriverConfig {
-            profile: GuestProfile::Linux,
-            cpus,
-            buffer_offset: 0,
-            ..DriverConfig::default()
-        },
-    ))
-    .expect("hang guard")
-    .unwrap()
-}
 
 #[test]
 fn storvsc_reads_every_sector_over_sub_channels_and_across_a_server_restart() {
@@ -69,7 +25,7 @@ fn storvsc_reads_every_sector_over_sub_channels_and_across_a_server_restart() {
 
     let vm = Arc::new(EventfdVm::new(remote.clone(), 8192, 16, 4, true).unwrap());
     let primary = vm.open_channel(0).unwrap();
-    let driver = connect(&vm, primary, 3);
+    let driver = connect_storvsc(&vm, primary, 3);
     // Linux asks for cpus - 1 sub-channels; the request travelled from
     // the device process to this VMM.
     assert_eq!(vm.offered_sub_channels(), 2);
@@ -109,7 +65,7 @@ fn kill_9_ends_every_open_storvsp_task_with_a_clean_error() {
     let remote: Arc<dyn VmbusDevice> = Arc::new(server.connect());
     let vm = Arc::new(EventfdVm::new(remote.clone(), 8192, 16, 4, true).unwrap());
     let primary = vm.open_channel(0).unwrap();
-    let driver = connect(&vm, primary, 2);
+    let driver = connect_storvsc(&vm, primary, 2);
     check_sectors(&driver, &image, 0, 256, 32);
     server.kill();
     // Every task ends: the proxy saw the socket end.
