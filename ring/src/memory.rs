@@ -1241,6 +1241,7 @@ unsafe fn copy_to_guest(dst: *mut u8, src: &[u8]) {
 
 /// Copies and fills shorter than this use atomic loops: below it the
 /// string instructions' start-up cost outweighs their speed.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 const BULK_MIN: usize = 256;
 
 /// `len` bytes from `src` to `dst` with one `rep movsb`.
