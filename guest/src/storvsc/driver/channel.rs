@@ -2,21 +2,25 @@
 //! the caller's task and a reader of the host→guest ring that wakes the
 //! waiting request by transaction id — a completion thread of its own (the
 //! guest's interrupt handler), or, with [`Completions::Polled`], whichever
-//! waiting request holds the reader at the time; guest data buffers from
+//! waiting request holds the reader at the time, handing it to the next
+//! waiting one when it lets go; guest data buffers from
 //! the [`PageAllocator`]; and SRBs sent over the next channel in turn.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
-use async_lock::Mutex as AsyncMutex;
+use async_lock::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard};
 use vmbdev_protocol::vstor::{self, DataDirection, NtStatus, Operation, SrbStatus};
 use vmbdev_ring::{
     Endpoint, GpaRange, GuestMemory, OutgoingPacket, PacketKind, PageAllocator, RingError,
     RingReader, RingWriter, gpa::pages_spanned,
 };
 
-use super::slots::{Reply, Waiters};
+use super::slots::{Claim, Reply, Waiters};
 use super::{Completions, DriverError, HostEvents};
 use crate::storvsc::{GuestProfile, LunAddress, SrbCompletion, write_srb_packet};
 use vmbdev_ring::StopSignal;
@@ -25,7 +29,10 @@ struct GuestChannel {
     writer: AsyncMutex<RingWriter>,
     waiters: Arc<Waiters>,
     /// The host→guest ring, read by the waiting requests themselves
-    /// ([`Completions::Polled`]); `None` when a thread reads it.
+    /// ([`Completions::Polled`]); `None` when a thread reads it. Only ever
+    /// taken with `try_lock`: a request that finds it taken waits in the
+    /// slot table (see [`ReaderWait`]), since a wait in the mutex's own
+    /// queue would allocate a listener.
     reader: Option<AsyncMutex<RingReader>>,
 }
 
@@ -229,7 +236,7 @@ impl Inner {
             Some(reader) => {
                 futures_lite::future::or(
                     claim.reply(),
-                    read_completions(index, reader, &channel.waiters, &self.events),
+                    read_completions(index, reader, &claim, &channel.waiters, &self.events),
                 )
                 .await
             }
@@ -362,17 +369,28 @@ fn completion_thread(
 /// waits, handing every completion to its waiter: the work of a completion
 /// thread, done by the waiting request itself so a reply needs no thread
 /// hand-off. Whoever holds `reader` reads for all; the others wait for
-/// their reply or for the reader, whichever comes first. Ends (`None`) only
-/// when the ring fails, after waking every waiter.
+/// their reply or for their turn at the reader, whichever comes first.
+/// Must be polled after `claim.reply()` in the same poll (as
+/// `future::or` does): the wake-up for a turn goes through the waker that
+/// registered. Ends (`None`) only when the ring fails, after waking every
+/// waiter.
 async fn read_completions<T>(
     index: usize,
     reader: &AsyncMutex<RingReader>,
+    claim: &Claim<'_>,
     waiters: &Waiters,
     events: &HostEvents,
 ) -> Option<T> {
-    let mut reader = reader.lock().await;
+    let mut turn = ReaderWait {
+        reader,
+        claim,
+        waiters,
+        waiting: false,
+    }
+    .await;
     loop {
-        let read = reader
+        let read = turn
+            .guard
             .read_batch(64, |view| {
                 deliver(
                     waiters,
@@ -391,6 +409,86 @@ async fn read_completions<T>(
     }
 }
 
+/// A request waiting for its turn at a channel's reader: takes it if it is
+/// free, else records the wait in the slot table and sleeps until the
+/// holder lets go and wakes it. Dropped while waiting (the reply came, or
+/// the request was given up), it passes a wake-up on if the reader is
+/// free, so a wake meant for it is not lost to the others.
+struct ReaderWait<'a> {
+    reader: &'a AsyncMutex<RingReader>,
+    claim: &'a Claim<'a>,
+    waiters: &'a Waiters,
+    /// The wait is recorded in the slot table.
+    waiting: bool,
+}
+
+impl<'a> Future for ReaderWait<'a> {
+    type Output = ReaderTurn<'a>;
+
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<ReaderTurn<'a>> {
+        if let Some(turn) = self.try_take() {
+            return Poll::Ready(turn);
+        }
+        if !self.waiting {
+            self.claim.want_reader();
+            self.waiting = true;
+            // Tried once more after recording the wait: a holder that let
+            // go in between may not have seen it.
+            if let Some(turn) = self.try_take() {
+                return Poll::Ready(turn);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<'a> ReaderWait<'a> {
+    fn try_take(&mut self) -> Option<ReaderTurn<'a>> {
+        let guard = self.reader.try_lock()?;
+        if std::mem::take(&mut self.waiting) {
+            self.claim.stop_wanting_reader();
+        }
+        Some(ReaderTurn {
+            guard,
+            _hand_off: HandOff(self.waiters),
+        })
+    }
+}
+
+impl Drop for ReaderWait<'_> {
+    fn drop(&mut self) {
+        if !self.waiting {
+            return;
+        }
+        self.claim.stop_wanting_reader();
+        // Nobody holds the reader: a hand-off may have woken this request,
+        // which no longer needs it, so another waiting one is woken. If
+        // somebody holds it, that holder hands it on when it lets go.
+        if let Some(free) = self.reader.try_lock() {
+            drop(free);
+            self.waiters.wake_next_reader();
+        }
+    }
+}
+
+/// The reader, held by one waiting request; on drop (its reply came, or
+/// the request was given up) the next waiting request is woken to take
+/// over.
+struct ReaderTurn<'a> {
+    guard: AsyncMutexGuard<'a, RingReader>,
+    /// Declared after `guard`, so it runs once the reader is free.
+    _hand_off: HandOff<'a>,
+}
+
+/// Wakes the next request waiting for the reader when dropped.
+struct HandOff<'a>(&'a Waiters);
+
+impl Drop for HandOff<'_> {
+    fn drop(&mut self) {
+        self.0.wake_next_reader();
+    }
+}
+
 /// Hands one host→guest packet to its waiter, or counts it as an event.
 fn deliver(waiters: &Waiters, events: &HostEvents, kind: PacketKind, tid: u64, payload: &[u8]) {
     match kind {
@@ -405,5 +503,169 @@ fn deliver(waiters: &Waiters, events: &HostEvents, kind: PacketKind, tid: u64, p
             events.count_enumerate_bus();
         }
         _ => events.count_unexpected(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Wake, Waker};
+    use vmbdev_ring::{LoopbackConfig, loopback};
+
+    /// A waker of one request that records whether it was woken, so the
+    /// test polls only the requests somebody woke: a request left asleep
+    /// with nobody to wake it stays asleep, as on a real executor.
+    #[derive(Default)]
+    struct Woken(AtomicBool);
+
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A small linear congruential generator: each seed is one fixed
+    /// schedule of replies and dropped requests.
+    struct Schedule(u64);
+
+    impl Schedule {
+        fn below(&mut self, bound: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) % bound.max(1) as u64) as usize
+        }
+    }
+
+    type RequestFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, DriverError>> + 'a>>;
+
+    struct Waiting<'a> {
+        number: u64,
+        future: RequestFuture<'a>,
+        woken: Arc<Woken>,
+    }
+
+    /// The host's answer to the request carrying `payload`.
+    fn answer(payload: [u8; 8]) -> [u8; 8] {
+        payload.map(|b| b ^ 0xa5)
+    }
+
+    const REQUESTS: u64 = 48;
+
+    /// Runs `REQUESTS` requests on one polled channel from this thread; the
+    /// host answers them a few at a time in a shuffled order while some
+    /// requests are dropped mid-wait (the oldest one, most often the
+    /// reader's holder, or any) and the woken requests are polled in a
+    /// shuffled order. Returns how many were answered.
+    fn run_schedule(seed: u64) -> u64 {
+        let channel = loopback(&LoopbackConfig::default()).unwrap();
+        let mut inner = Inner::new(
+            channel.memory.clone(),
+            channel.pages.clone(),
+            GuestProfile::Linux,
+            0,
+            Completions::Polled,
+        );
+        inner.add_channel(channel.guest).unwrap();
+        let (mut host_reader, mut host_writer) = channel.host.split();
+        let inner = &inner;
+        let mut waiting: Vec<Waiting<'_>> = (0..REQUESTS)
+            .map(|number| {
+                let woken = Arc::new(Woken::default());
+                woken.0.store(true, Ordering::SeqCst);
+                let future: RequestFuture<'_> =
+                    Box::pin(async move { inner.request(0, &number.to_le_bytes(), None).await });
+                Waiting {
+                    number,
+                    future,
+                    woken,
+                }
+            })
+            .collect();
+        let mut schedule = Schedule(seed);
+        let mut unanswered: Vec<(u64, [u8; 8])> = Vec::new();
+        let (mut answered, mut dropped) = (0, 0);
+        for round in 0..10_000 {
+            // Woken requests are polled in a shuffled order, as an
+            // executor's run queue may order them.
+            let mut order: Vec<usize> = (0..waiting.len()).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, schedule.below(i + 1));
+            }
+            let mut finished = vec![false; waiting.len()];
+            for i in order {
+                let request = &mut waiting[i];
+                if !request.woken.0.swap(false, Ordering::SeqCst) {
+                    continue;
+                }
+                let waker = Waker::from(request.woken.clone());
+                if let Poll::Ready(reply) = request
+                    .future
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                {
+                    let reply = reply.unwrap();
+                    assert_eq!(
+                        reply.bytes(),
+                        answer(request.number.to_le_bytes()),
+                        "seed {seed}: request {} got another's reply",
+                        request.number
+                    );
+                    finished[i] = true;
+                    answered += 1;
+                }
+            }
+            let mut finished = finished.into_iter();
+            waiting.retain(|_| !finished.next().unwrap_or(false));
+            if waiting.is_empty() {
+                assert_eq!(answered + dropped, REQUESTS);
+                return answered;
+            }
+            host_reader
+                .try_read_batch(64, |view| {
+                    let mut payload = [0u8; 8];
+                    payload.copy_from_slice(&view.payload[..8]);
+                    unanswered.push((view.transaction_id, payload));
+                })
+                .unwrap();
+            if schedule.below(3) == 0 && dropped < REQUESTS / 3 && waiting.len() > 1 {
+                let victim = if dropped % 2 == 0 {
+                    0
+                } else {
+                    schedule.below(waiting.len())
+                };
+                waiting.remove(victim);
+                dropped += 1;
+            }
+            for _ in 0..schedule.below(unanswered.len() + 1) {
+                let (tid, payload) = unanswered.swap_remove(schedule.below(unanswered.len()));
+                let reply = answer(payload);
+                assert!(
+                    host_writer
+                        .try_write(&OutgoingPacket::completion(tid, &reply))
+                        .unwrap()
+                );
+            }
+            let awake = waiting.iter().any(|r| r.woken.0.load(Ordering::SeqCst));
+            assert!(
+                awake || !unanswered.is_empty(),
+                "seed {seed}, round {round}: {} requests asleep, every reply sent, none woken",
+                waiting.len()
+            );
+        }
+        panic!("seed {seed}: {} requests still waiting", waiting.len());
+    }
+
+    #[test]
+    fn every_request_left_gets_its_reply_while_waiting_requests_take_turns_at_the_reader() {
+        for seed in 1..=24 {
+            let answered = run_schedule(seed);
+            assert!(
+                answered >= REQUESTS - REQUESTS / 3,
+                "seed {seed}: {answered} answered"
+            );
+        }
     }
 }

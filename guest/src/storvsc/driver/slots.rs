@@ -5,9 +5,14 @@
 //! the request; a request dropped before its reply frees its slot, and a
 //! late reply for it is then counted as unexpected, never delivered to the
 //! slot's next user (the id carries a generation).
+//!
+//! When the requests read their own completions, the table also records
+//! which of them wait for a turn at the channel's reader, one bit per
+//! slot, so the request giving the reader up wakes the next one without
+//! scanning the slots.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -19,6 +24,8 @@ pub(super) const SLOTS: usize = 256;
 /// Longest completion payload kept (a VSTOR packet is well under it);
 /// longer ones are cut to it.
 pub(super) const MAX_REPLY: usize = 512;
+/// Words of the bitmap of slots waiting for the reader.
+const READER_WORDS: usize = SLOTS.div_ceil(64);
 
 /// A completion payload, inline.
 pub(super) struct Reply {
@@ -52,6 +59,8 @@ pub(super) struct Waiters {
     freed: Event,
     generation: AtomicU64,
     closed: AtomicBool,
+    /// Bit `i` set: the request in slot `i` waits for a turn at the reader.
+    want_reader: [AtomicU64; READER_WORDS],
 }
 
 impl std::fmt::Debug for Waiters {
@@ -89,6 +98,7 @@ impl Default for Waiters {
             freed: Event::new(),
             generation: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            want_reader: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -134,11 +144,37 @@ impl Claim<'_> {
             Poll::Pending
         })
     }
+
+    /// Records that this request waits for a turn at the reader; the
+    /// request giving it up wakes it with [`Waiters::wake_next_reader`]
+    /// through the waker [`Claim::reply`] registered.
+    pub(super) fn want_reader(&self) {
+        let (word, bit) = reader_bit(self.index);
+        self.waiters.want_reader[word].fetch_or(bit, Ordering::SeqCst);
+        // Pairs with the fence in `wake_next_reader`: either this request
+        // sees the reader free on its next try, or the one releasing it
+        // sees this bit.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Withdraws [`Claim::want_reader`]: the request holds the reader now,
+    /// or no longer waits.
+    pub(super) fn stop_wanting_reader(&self) {
+        let (word, bit) = reader_bit(self.index);
+        self.waiters.want_reader[word].fetch_and(!bit, Ordering::SeqCst);
+    }
+}
+
+/// Word and bit of slot `index` in the bitmap of reader waits.
+fn reader_bit(index: u16) -> (usize, u64) {
+    let index = usize::from(index);
+    (index / 64, 1 << (index % 64))
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         let slot = &self.waiters.slots[usize::from(self.index)];
+        self.stop_wanting_reader();
         {
             let mut state = lock(&slot.state);
             state.tid = 0;
@@ -197,6 +233,24 @@ impl Waiters {
         }
         slot.waker.wake();
         true
+    }
+
+    /// Wakes one request waiting for a turn at the reader, if any: called
+    /// after the reader was let go. Its bit stays set until it takes the
+    /// reader or gives up waiting, so a wake that finds it already
+    /// answered is passed on (see the reader's hand-off in `channel`).
+    /// Returns whether a request was woken.
+    pub(super) fn wake_next_reader(&self) -> bool {
+        fence(Ordering::SeqCst);
+        for (word, bits) in self.want_reader.iter().enumerate() {
+            let bits = bits.load(Ordering::SeqCst);
+            if bits != 0 {
+                let index = word * 64 + bits.trailing_zeros() as usize;
+                self.slots[index].waker.wake();
+                return true;
+            }
+        }
+        false
     }
 
     /// Ends every wait: the channel is gone.
