@@ -116,6 +116,16 @@ pub enum SkipReason {
     /// Listing or reading the tree failed.
     #[error("reading: {0}")]
     Tree(#[from] TreeError),
+    /// Reading the file's bytes `start..end` failed.
+    #[error("could not read the file's bytes {start}..{end}: {source}")]
+    ReadAt {
+        /// First byte asked for.
+        start: u64,
+        /// Byte after the last one asked for.
+        end: u64,
+        /// What the file system said.
+        source: TreeError,
+    },
     /// The file ended before the size its directory entry gives.
     #[error("the file system gives {expected} bytes but the file ends after {got}")]
     Short {
@@ -340,7 +350,14 @@ impl Extractor<'_> {
         let mut offset = 0u64;
         while offset < meta.size {
             let want = (meta.size - offset).min(CHUNK as u64) as usize;
-            let n = self.tree.read_at(path, offset, &mut self.buf[..want])?;
+            let n = self
+                .tree
+                .read_at(path, offset, &mut self.buf[..want])
+                .map_err(|source| SkipReason::ReadAt {
+                    start: offset,
+                    end: offset + want as u64,
+                    source,
+                })?;
             if n == 0 {
                 return Err(SkipReason::Short {
                     expected: meta.size,

@@ -315,3 +315,79 @@ fn cat_of_an_image_cut_short_mid_read_names_the_bytes_it_could_not_read() {
         );
     }
 }
+
+/// Every entry of `dir`, names only.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn extract_of_an_image_cut_short_mid_file_names_the_bytes_and_leaves_nothing() {
+    // The cut has to land while the file is being copied; an attempt that
+    // finishes first must have extracted the whole file, and is retried.
+    let mut cut_mid_file = 0;
+    for attempt in 0..8 {
+        let dir = tempfile::tempdir().unwrap();
+        let image = fat_image_with(dir.path(), 32 << 20);
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let child = vmbdev()
+            .current_dir(dir.path())
+            .args(["extract", "fat.img", "/big.bin", "-C", "out"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // As soon as the file is staged (the image is mounted and the
+        // copy begins), the storage loses all past 2 MiB.
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(30) {
+            let staged = entries(&out)
+                .iter()
+                .any(|name| name.contains(".vmbdev-tmp-"));
+            if staged {
+                set_file_len(&image, 2 << 20);
+                break;
+            }
+            if !entries(&out).is_empty() {
+                break; // already done
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.success() {
+            let got = std::fs::read(out.join("big.bin")).unwrap();
+            assert!(
+                got == noise(32 << 20, 0x853c_49e6_748f_ea9b),
+                "attempt {attempt}: a clean exit wrote the whole file"
+            );
+            continue;
+        }
+        cut_mid_file += 1;
+        assert_eq!(output.status.code(), Some(1), "attempt {attempt}: {err}");
+        // The file's bytes the copy asked for, and where in the image the
+        // storage came up short.
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(
+                "vmbdev: fat.img: /big.bin: skipped: could not read the file's bytes "
+            ) && first.contains(": fat.img: short read at file offset 0x"),
+            "attempt {attempt}: the error names the file, its bytes and the image offset: {err}"
+        );
+        assert!(
+            err.ends_with("extracted 0 files, 0 directories, 0 bytes; skipped 1\n"),
+            "attempt {attempt}: {err}"
+        );
+        assert!(
+            entries(&out).is_empty(),
+            "attempt {attempt}: nothing half-written stays behind: {:?}",
+            entries(&out)
+        );
+        break;
+    }
+    assert!(cut_mid_file > 0, "no attempt was cut mid-file");
+}
