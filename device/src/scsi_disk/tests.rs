@@ -394,13 +394,13 @@ fn backing_failure_is_medium_error() {
 
 /// A disk of 64 sectors that reports runs of 8: zeros, the file's bytes,
 /// bytes only `read_sectors` gives, and bytes in memory, in turn.
-struct MixedDisk {
+pub(crate) struct MixedDisk {
     file: std::fs::File,
     bytes: Vec<u8>,
 }
 
 impl MixedDisk {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         let bytes = random_bytes(64 * 512, seed);
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, &bytes).unwrap();
@@ -408,7 +408,7 @@ impl MixedDisk {
     }
 
     /// What READ must return: zeros where the disk says zeros.
-    fn expected(&self) -> Vec<u8> {
+    pub(crate) fn expected(&self) -> Vec<u8> {
         let mut want = self.bytes.clone();
         for (i, chunk) in want.chunks_mut(8 * 512).enumerate() {
             if i % 4 == 0 {

@@ -6,9 +6,8 @@
 //!    over [`WORST_COMPLETION_RING_LEN`], minus completions already owed);
 //! 2. read at most that many requests (and at most [`READ_BATCH`]) in one
 //!    batch, with one read-index publication;
-//! 3. run each through the state machine and, for all but the largest
-//!    transfers, the SRB inline, writing its completion into the space
-//!    counted in step 1;
+//! 3. run each through the state machine and the SRB inline, writing its
+//!    completion into the space counted in step 1;
 //! 4. publish the completions once (one signal, if the guest asked for
 //!    one), then go round again, or sleep on the doorbell when the ring is
 //!    empty (or full) with the interrupt-mask and pending-send-size
@@ -16,11 +15,14 @@
 //!
 //! A guest that stops reading completions therefore stops the device from
 //! taking requests: host memory stays bounded by the queue depth, and the
-//! device resumes when the guest frees ring space. A transfer larger than
-//! [`INLINE_TRANSFER_LIMIT`] runs on the I/O spawner instead, so one
-//! slow read cannot hold up the channel for long; its completion comes back
-//! to this loop and is written into space reserved for it when it was
-//! taken.
+//! device resumes when the guest frees ring space. A READ runs inline only
+//! if it needs no wait for the disk: its file bytes are read with
+//! `preadv2(RWF_NOWAIT)` straight into the guest's pages, and if the page
+//! cache does not hold them all (`EAGAIN`) the SRB runs again on the I/O
+//! spawner, so a slow disk cannot hold up the channel; its completion
+//! comes back to this loop and is written into space reserved for it when
+//! it was taken. A page-cached read costs about its copy, less than a
+//! hand-off to a pool thread and back, whatever its size.
 //!
 //! Nothing is allocated per request in the steady state: packets are read
 //! borrowed from the reader's buffer, the state machine takes `&[u8]` and
@@ -65,12 +67,6 @@ pub const WORST_COMPLETION_RING_LEN: usize = vmbdev_ring::in_band_ring_len(vstor
 
 /// Most packets the loop takes from the ring in one batch.
 pub const READ_BATCH: usize = 32;
-
-/// Largest data transfer an SRB runs inline on the channel task; larger
-/// ones go to the I/O spawner. Reads of a page-cached image cost about
-/// as much as the copy, so up to this size waiting for a pool thread costs
-/// more than it saves.
-pub const INLINE_TRANSFER_LIMIT: u32 = 256 * 1024;
 
 /// Productive batches in a row after which the loop yields to the executor,
 /// so tasks sharing its thread (a guest in the same process) get to run.
@@ -125,8 +121,8 @@ pub struct ChannelContext {
     pub sub_channels: Arc<dyn crate::bus::SubChannelControl>,
     /// Most requests taken before any is answered.
     pub queue_depth: usize,
-    /// Where SRB jobs too large to run inline go: the VMM's spawner or
-    /// the device's own pool.
+    /// Where SRB jobs that would wait for the disk go: the VMM's spawner
+    /// or the device's own pool.
     pub io: Arc<dyn crate::bus::IoSpawner>,
 }
 
@@ -505,10 +501,10 @@ impl Outbox<'_> {
                 }
                 self.send(completion);
             }
-            Outcome::Execute(job) if job.data_length() <= INLINE_TRANSFER_LIMIT => {
-                self.send(job.run());
-            }
-            Outcome::Execute(job) => self.offload(job, payload, ranges, transaction_id),
+            Outcome::Execute(job) => match job.try_run() {
+                Ok(completion) => self.send(completion),
+                Err(job) => self.offload(job, payload, ranges, transaction_id),
+            },
             Outcome::Violation(violation) => ctx.stats.violation(ctx.index, &violation),
         }
     }

@@ -17,7 +17,7 @@ use zerocopy::little_endian::U32;
 use super::packet::completion_bytes;
 use super::{Completion, Controller, LunAddress, StorvspConfig};
 use crate::scsi_disk::{
-    self, CommandResult, CommandStatus, DataSink, GuestBuffer, ScsiDisk, SinkError,
+    self, Attempt, CommandResult, CommandStatus, DataSink, GuestBuffer, ScsiDisk, SinkError,
 };
 
 /// What an SRB may reach: the limits, disks and memory of its channel.
@@ -143,20 +143,48 @@ impl SrbJob {
 
     /// Runs the SRB (blocking) and builds its completion.
     pub fn run(self) -> Completion {
-        let mut srb = self.srb;
-        let status = match &self.plan {
-            Plan::Reject(reason) => {
-                tracing::debug!(?reason, "SRB refused");
-                reject(&mut srb);
-                NtStatus::INVALID_PARAMETER
-            }
+        let result = self.execute(Wait::Allowed);
+        self.completion(result)
+    }
+
+    /// Runs the SRB if it needs no wait for the disk (every command but a
+    /// READ whose file bytes are not all in the page cache) and builds its
+    /// completion; otherwise hands the job back, for [`run`](Self::run)
+    /// where blocking is allowed. The guest buffer may hold part of the
+    /// data then; the blocking run writes all of it again.
+    pub fn try_run(self) -> Result<Completion, SrbJob> {
+        let result = self.execute(Wait::Never);
+        if matches!(result, Some(Ok(TargetResult::WouldBlock))) {
+            return Err(self);
+        }
+        Ok(self.completion(result))
+    }
+
+    /// Runs the plan; `None` for a refused SRB.
+    fn execute(&self, wait: Wait) -> Option<Result<TargetResult, SinkError>> {
+        match &self.plan {
+            Plan::Reject(_) => None,
             Plan::Run {
                 cdb,
                 target,
                 buffer,
                 readable,
-            } => {
-                let result = self.run_plan(target, cdb.as_slice(), buffer.as_ref(), *readable);
+            } => Some(self.run_plan(target, cdb.as_slice(), buffer.as_ref(), *readable, wait)),
+        }
+    }
+
+    /// The completion of a run (`None`: of a refused SRB).
+    fn completion(&self, result: Option<Result<TargetResult, SinkError>>) -> Completion {
+        let mut srb = self.srb;
+        let status = match result {
+            None => {
+                if let Plan::Reject(reason) = &self.plan {
+                    tracing::debug!(?reason, "SRB refused");
+                }
+                reject(&mut srb);
+                NtStatus::INVALID_PARAMETER
+            }
+            Some(result) => {
                 self.fill(&mut srb, result);
                 NtStatus::SUCCESS
             }
@@ -175,15 +203,16 @@ impl SrbJob {
         cdb: &[u8],
         buffer: Option<&GpaRange>,
         readable: bool,
+        wait: Wait,
     ) -> Result<TargetResult, SinkError> {
         match buffer {
             Some(range) if readable => {
                 // Reads land in the guest's pages straight from the image
                 // file (one copy), zeros as one fill.
                 let mut sink = GuestBuffer::new(&self.memory, range);
-                run_target(target, cdb, range.byte_count() as usize, &mut sink)
+                run_target(target, cdb, range.byte_count() as usize, &mut sink, wait)
             }
-            _ => run_target(target, cdb, 0, &mut NoSink),
+            _ => run_target(target, cdb, 0, &mut NoSink, wait),
         }
     }
 
@@ -197,6 +226,10 @@ impl SrbJob {
                 (SrbStatus::ERROR.0, 0)
             }
             Ok(TargetResult::InvalidLun) => (SrbStatus::INVALID_LUN.0, 0),
+            // A blocking run never stops short (and one that may not wait
+            // is retried before its completion is built); answer as for a
+            // failed transfer rather than panic if that ever changed.
+            Ok(TargetResult::WouldBlock) => (SrbStatus::ERROR.0, 0),
             Ok(TargetResult::Command(result)) => match result.status {
                 CommandStatus::Good => (SrbStatus::SUCCESS.0, result.transferred),
                 CommandStatus::BufferTooSmall { .. } => (SrbStatus::DATA_OVERRUN.0, 0),
@@ -321,6 +354,15 @@ fn target_of(controller: &Controller, cdb: &[u8], address: LunAddress) -> Target
 enum TargetResult {
     Command(CommandResult),
     InvalidLun,
+    /// A READ would have waited for the disk (only under [`Wait::Never`]).
+    WouldBlock,
+}
+
+/// Whether running an SRB may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Allowed,
+    Never,
 }
 
 /// Runs a CDB against a LUN, an absent LUN or the controller's LUN list.
@@ -329,9 +371,16 @@ fn run_target(
     cdb: &[u8],
     limit: usize,
     sink: &mut dyn DataSink,
+    wait: Wait,
 ) -> Result<TargetResult, SinkError> {
     match target {
-        Target::Disk(disk) => disk.execute(cdb, limit, sink).map(TargetResult::Command),
+        Target::Disk(disk) if wait == Wait::Allowed => {
+            disk.execute(cdb, limit, sink).map(TargetResult::Command)
+        }
+        Target::Disk(disk) => Ok(match disk.execute_nowait(cdb, limit, sink)? {
+            Attempt::Done(result) => TargetResult::Command(result),
+            Attempt::WouldBlock => TargetResult::WouldBlock,
+        }),
         Target::ReportLuns(luns) => {
             let data = scsi_disk::report_luns_data(luns);
             // UEFI sends allocation length 0 and means the whole buffer.

@@ -8,7 +8,7 @@ use vmbdev_ring::{GpaRange, GuestMemory};
 
 use super::*;
 use crate::scsi_disk::ScsiDisk;
-use crate::scsi_disk::tests::{mem_disk, random_bytes};
+use crate::scsi_disk::tests::{MixedDisk, mem_disk, random_bytes};
 
 const MEMORY_PAGES: u64 = 64;
 const SECTORS: usize = 64;
@@ -308,6 +308,73 @@ fn read_lands_in_non_contiguous_guest_pages() {
             "bytes past data_transfer_length untouched"
         );
     }
+}
+
+#[test]
+fn try_run_completes_what_needs_no_wait_and_hands_back_the_rest() {
+    let memory = GuestMemory::new(MEMORY_PAGES * 4096).unwrap();
+    let disk = MixedDisk::new(7);
+    let want = disk.expected();
+    let controller = Arc::new(Controller::new());
+    let lun = LunAddress {
+        path: 0,
+        target: 0,
+        lun: 0,
+    };
+    controller.insert(lun, Arc::new(ScsiDisk::new(Arc::new(disk))));
+    let config = StorvspConfig::default();
+    let channel = StorvspChannel::new(config, controller, memory.clone()).unwrap();
+    let mut h = Host {
+        channel,
+        memory,
+        disk_bytes: want.clone(),
+    };
+    init(&mut h, 0x0602, 0x40);
+    let job = |h: &mut Host, lba: u32, r: &GpaRange| {
+        let payload = srb(0x40, 0, 0, &read10(lba, 8), 1, 4096);
+        match h.channel.handle(Request {
+            payload: &payload,
+            ranges: std::slice::from_ref(r),
+            transaction_id: 7,
+        }) {
+            Outcome::Execute(job) => job,
+            other => panic!("READ gave {other:?}"),
+        }
+    };
+    // MixedDisk runs of 8 sectors: zeros, a file run, a copy, memory.
+    for (lba, waits) in [(0, false), (8, false), (16, true), (24, false)] {
+        let r = range(&[5], 0, 4096);
+        h.memory.fill(5 * 4096, 4096, 0xEE).unwrap();
+        let completion = match job(&mut h, lba, &r).try_run() {
+            Ok(c) => {
+                assert!(!waits, "lba {lba}: completed a read that must wait");
+                c
+            }
+            Err(job) => {
+                assert!(waits, "lba {lba}: handed back a read that needs no wait");
+                job.run()
+            }
+        };
+        assert_eq!(completion.transaction_id, 7);
+        let reply = parse(&completion.bytes);
+        assert_eq!((reply.status, reply.srb_status), (0, 1), "lba {lba}");
+        assert_eq!(reply.transferred, 4096);
+        let mut got = vec![0u8; 4096];
+        h.memory.read(5 * 4096, &mut got).unwrap();
+        let at = lba as usize * 512;
+        assert!(got == h.disk_bytes[at..at + 4096], "lba {lba}: bytes");
+    }
+    // Every command but READ completes without waiting.
+    let payload = srb(0x40, 0, 0, &TUR, 0, 0);
+    let Outcome::Execute(job) = h.channel.handle(Request {
+        payload: &payload,
+        ranges: &[],
+        transaction_id: 8,
+    }) else {
+        panic!("TEST UNIT READY is a job");
+    };
+    let reply = parse(&job.try_run().expect("TUR never waits").bytes);
+    assert_eq!(reply.srb_status, 1);
 }
 
 #[test]
