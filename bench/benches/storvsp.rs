@@ -1,5 +1,7 @@
 //! storvsc → ring → storvsp → disk read benchmark against `pread` in the
-//! same run. `VMBDEV_BENCH_MB` sets the image size (default 1024).
+//! same run. `VMBDEV_BENCH_MB` sets the image size (default 1024);
+//! `VMBDEV_BENCH_LAYOUT=one` or `threads` keeps only that layout (for
+//! profiling one of them).
 
 use vmbdev_bench::storvsp::{BenchConfig, make_image, run, table};
 
@@ -16,6 +18,11 @@ fn main() {
         if let Ok(v) = bytes.parse::<u64>() {
             config.bytes_per_run = v << 20;
         }
+    }
+    if let Ok(only) = std::env::var("VMBDEV_BENCH_LAYOUT") {
+        config
+            .runs
+            .retain(|(layout, _)| layout.name().starts_with(only.as_str()));
     }
     let rows = run(&config).expect("benchmark");
     print!("{}", table(&rows));

@@ -59,7 +59,7 @@ pub use runner::{
     WORST_COMPLETION_RING_LEN,
 };
 pub use saved::{RestoreError, SavedState, StorvspSavedStateError};
-pub use srb::SrbJob;
+pub use srb::{Attempted, SrbJob};
 
 #[cfg(test)]
 mod tests;

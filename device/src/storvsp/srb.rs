@@ -20,6 +20,15 @@ use crate::scsi_disk::{
     self, Attempt, CommandResult, CommandStatus, DataSink, GuestBuffer, ScsiDisk, SinkError,
 };
 
+/// What [`SrbJob::try_run`] did.
+#[derive(Debug)]
+pub enum Attempted {
+    /// The SRB ran; its completion.
+    Done(Completion),
+    /// The SRB needs a wait for the disk: run it where blocking is allowed.
+    WouldBlock(SrbJob),
+}
+
 /// What an SRB may reach: the limits, disks and memory of its channel.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SrbContext<'a> {
@@ -152,12 +161,12 @@ impl SrbJob {
     /// completion; otherwise hands the job back, for [`run`](Self::run)
     /// where blocking is allowed. The guest buffer may hold part of the
     /// data then; the blocking run writes all of it again.
-    pub fn try_run(self) -> Result<Completion, SrbJob> {
+    pub fn try_run(self) -> Attempted {
         let result = self.execute(Wait::Never);
         if matches!(result, Some(Ok(TargetResult::WouldBlock))) {
-            return Err(self);
+            return Attempted::WouldBlock(self);
         }
-        Ok(self.completion(result))
+        Attempted::Done(self.completion(result))
     }
 
     /// Runs the plan; `None` for a refused SRB.

@@ -346,11 +346,11 @@ fn try_run_completes_what_needs_no_wait_and_hands_back_the_rest() {
         let r = range(&[5], 0, 4096);
         h.memory.fill(5 * 4096, 4096, 0xEE).unwrap();
         let completion = match job(&mut h, lba, &r).try_run() {
-            Ok(c) => {
+            Attempted::Done(c) => {
                 assert!(!waits, "lba {lba}: completed a read that must wait");
                 c
             }
-            Err(job) => {
+            Attempted::WouldBlock(job) => {
                 assert!(waits, "lba {lba}: handed back a read that needs no wait");
                 job.run()
             }
@@ -373,7 +373,10 @@ fn try_run_completes_what_needs_no_wait_and_hands_back_the_rest() {
     }) else {
         panic!("TEST UNIT READY is a job");
     };
-    let reply = parse(&job.try_run().expect("TUR never waits").bytes);
+    let Attempted::Done(completion) = job.try_run() else {
+        panic!("TEST UNIT READY never waits");
+    };
+    let reply = parse(&completion.bytes);
     assert_eq!(reply.srb_status, 1);
 }
 
