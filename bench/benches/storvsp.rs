@@ -1,5 +1,6 @@
 //! storvsc → ring → storvsp → disk read benchmark against `pread` in the
-//! same run. `VMBDEV_BENCH_MB` sets the image size (default 1024).
+//! same run, with the host CPU time per read of both. `VMBDEV_BENCH_MB`
+//! sets the image size (default 1024).
 
 use vmbdev_bench::storvsp::{BenchConfig, make_image, run, table};
 
