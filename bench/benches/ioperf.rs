@@ -1,7 +1,8 @@
 //! storvsp in the shape of OpenVMM's `ioperf`: one thread, raw guest,
 //! 16 KiB rings, 64 KiB RAM disk, 4 KiB GPA-direct READ(10)s at depths 1,
-//! 4, 16 and 32. `VMBDEV_BENCH_REQUESTS` sets the requests per depth
-//! (default 2,000,000); `VMBDEV_BENCH_ROUNDS` repeats the whole set.
+//! 4, 16 and 32, with the process CPU time per request.
+//! `VMBDEV_BENCH_REQUESTS` sets the requests per depth (default
+//! 2,000,000); `VMBDEV_BENCH_ROUNDS` repeats the whole set.
 
 use vmbdev_bench::ioperf::{run_all, table};
 

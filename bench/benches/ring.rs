@@ -1,6 +1,7 @@
 //! Ring throughput benchmark: packets/s and GB/s through the loopback pair
 //! for 64 B to 12 KiB payloads on one and two threads, beside a memcpy of
-//! the same bytes measured in the same run. `--quick` (or `VMBDEV_BENCH_QUICK=1`) moves fewer
+//! the same bytes measured in the same run, each with its host CPU time per
+//! packet or per MB. `--quick` (or `VMBDEV_BENCH_QUICK=1`) moves fewer
 //! bytes.
 
 fn main() {
@@ -14,17 +15,20 @@ fn main() {
         }
     };
     println!(
-        "{:<36} {:>16} {:>16} {:>8}",
-        "measurement", "ring", "memcpy", "ratio"
+        "{:<36} {:>16} {:>16} {:>8} {:>12} {:>12}",
+        "measurement", "ring", "memcpy", "ratio", "ring CPU", "memcpy CPU"
     );
     for r in results {
         println!(
-            "{:<36} {:>16.3e} {:>16.3e} {:>7.1}%   ({})",
+            "{:<36} {:>16.3e} {:>16.3e} {:>7.1}% {:>12.1} {:>12.1}   ({}, CPU {})",
             r.name,
             r.value,
             r.baseline,
             r.ratio * 100.0,
-            r.unit
+            r.cpu.value,
+            r.cpu.baseline,
+            r.unit,
+            r.cpu.unit.label()
         );
     }
 }

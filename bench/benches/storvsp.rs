@@ -1,7 +1,7 @@
 //! storvsc → ring → storvsp → disk read benchmark against `pread` in the
-//! same run. `VMBDEV_BENCH_MB` sets the image size (default 1024);
-//! `VMBDEV_BENCH_LAYOUT=one` or `threads` keeps only that layout (for
-//! profiling one of them).
+//! same run, with the host CPU time per read of both. `VMBDEV_BENCH_MB`
+//! sets the image size (default 1024); `VMBDEV_BENCH_LAYOUT=one` or
+//! `threads` keeps only that layout (for profiling one of them).
 
 use vmbdev_bench::storvsp::{BenchConfig, make_image, run, table};
 

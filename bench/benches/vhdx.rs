@@ -1,7 +1,7 @@
 //! VHDX read throughput against pread on a raw file holding the same bytes,
 //! measured in the same run over page-cached files: sequential 1 MiB reads
 //! and random 4 KiB reads. Prints each figure beside its baseline and the
-//! ratio. The measuring lives in `vmbdev_bench::vhdx`.
+//! ratio, then the host CPU time per unit of both. The measuring lives in `vmbdev_bench::vhdx`.
 //!
 //! `--quick` (or `VMBDEV_BENCH_QUICK=1`) uses a 64 MiB disk;
 //! `VMBDEV_BENCH_MIB` sets the disk size in MiB (default 1024).
@@ -31,13 +31,20 @@ fn main() {
         config.disk_bytes >> 20
     );
     println!(
-        "{:<32} {:>14} {:>14} {:>8}",
-        "measurement", "vhdx", "raw pread", "ratio"
+        "{:<32} {:>14} {:>14} {:>8} {:>10} {:>10}",
+        "measurement", "vhdx", "raw pread", "ratio", "vhdx CPU", "pread CPU"
     );
     for r in results {
         println!(
-            "{:<32} {:>14.0} {:>14.0} {:>8.3}   ({})",
-            r.name, r.value, r.baseline, r.ratio, r.unit
+            "{:<32} {:>14.0} {:>14.0} {:>8.3} {:>10.1} {:>10.1}   ({}, CPU {})",
+            r.name,
+            r.value,
+            r.baseline,
+            r.ratio,
+            r.cpu.value,
+            r.cpu.baseline,
+            r.unit,
+            r.cpu.unit.label()
         );
     }
 }

@@ -4,7 +4,9 @@
 //! 16 KiB rings each way, against a 64 KiB RAM disk. Each request is an
 //! EXECUTE_SRB READ(10) of LBA 1, 8 sectors (4 KiB), GPA-direct into one
 //! guest page, protocol WIN8.1; one iteration sends `depth` requests, then
-//! reads `depth` completions.
+//! reads `depth` completions. Beside the rate it reports the host CPU time
+//! per request of the whole process (the device may hand reads to threads
+//! of its own).
 //!
 //! [`IoperfRig`] is also what the allocation-count test drives, so it
 //! allocates nothing per iteration itself.
@@ -12,7 +14,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_lite::future::{block_on, or};
 use vmbdev_block::MemoryDisk;
@@ -30,6 +31,8 @@ use vmbdev_ring::{
 };
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::cpu::{CpuUnit, Stopwatch};
 
 /// Depths the benchmark runs, as OpenVMM's (plus 32).
 pub const DEPTHS: [usize; 4] = [1, 4, 16, 32];
@@ -241,13 +244,10 @@ impl IoperfRig {
 
     /// Runs `iterations` of `depth` and measures them.
     pub fn measure(&mut self, iterations: u64, depth: usize) -> Result<IoperfRow, IoperfError> {
-        let cpu_before = thread_cpu_ns();
-        let start = Instant::now();
+        let watch = Stopwatch::start();
         let good = self.run(iterations, depth)?;
-        let wall = start.elapsed().as_secs_f64();
-        let cpu = thread_cpu_ns()
-            .zip(cpu_before)
-            .map(|(a, b)| a.saturating_sub(b));
+        let span = watch.stop();
+        let wall = span.secs();
         let requests = iterations * depth as u64;
         if good != requests {
             return Err(IoperfError::Unexpected("a READ did not succeed"));
@@ -256,7 +256,7 @@ impl IoperfRig {
             depth,
             iops: requests as f64 / wall,
             us_per_iteration: wall * 1e6 / iterations as f64,
-            cpu_ns_per_request: cpu.map(|ns| ns as f64 / requests as f64),
+            cpu_ns_per_request: CpuUnit::NsPerRequest.per(span.cpu, requests as f64),
         })
     }
 }
@@ -294,14 +294,6 @@ fn read_succeeded(payload: &[u8]) -> bool {
         && packet.srb.data_transfer_length.get() == READ_BYTES
 }
 
-/// CPU time this thread has run, in ns (the scheduler's account, the
-/// figure `getrusage(RUSAGE_THREAD)` rounds to microseconds); `None`
-/// where `/proc` does not say.
-pub fn thread_cpu_ns() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
 /// One measured depth.
 #[derive(Debug, Clone, Copy)]
 pub struct IoperfRow {
@@ -311,8 +303,8 @@ pub struct IoperfRow {
     pub iops: f64,
     /// Wall time of one iteration (`depth` requests and completions).
     pub us_per_iteration: f64,
-    /// CPU time of the thread (device and guest) per request.
-    pub cpu_ns_per_request: Option<f64>,
+    /// CPU time of the process (device and guest) per request, ns.
+    pub cpu_ns_per_request: f64,
 }
 
 /// Measures every depth of [`DEPTHS`] for about `requests_per_depth`
@@ -333,13 +325,26 @@ pub fn run_all(requests_per_depth: u64) -> Result<Vec<IoperfRow>, IoperfError> {
 pub fn table(rows: &[IoperfRow]) -> String {
     let mut out = String::from("depth        IOPS   µs/iter  CPU ns/request\n");
     for row in rows {
-        let cpu = row
-            .cpu_ns_per_request
-            .map_or_else(|| "-".to_string(), |ns| format!("{ns:.0}"));
         out.push_str(&format!(
-            "{:>5} {:>11.0} {:>9.2} {:>15}\n",
-            row.depth, row.iops, row.us_per_iteration, cpu
+            "{:>5} {:>11.0} {:>9.2} {:>15.0}\n",
+            row.depth, row.iops, row.us_per_iteration, row.cpu_ns_per_request
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_depth_reports_positive_cpu_per_request() {
+        let rows = run_all(64).unwrap();
+        assert_eq!(rows.iter().map(|r| r.depth).collect::<Vec<_>>(), DEPTHS);
+        for r in &rows {
+            assert!(r.iops > 0.0, "{r:?}");
+            let cpu = r.cpu_ns_per_request;
+            assert!(cpu.is_finite() && cpu > 0.0, "{r:?}");
+        }
+    }
 }

@@ -11,12 +11,17 @@
 //! - [`remote`]: storvsp through the out-of-process backend against the
 //!   same device in process.
 //!
+//! Beside every wall figure each suite reports the host CPU time of the
+//! whole process per unit of work, for the measured side and for the
+//! baseline alike ([`cpu`]).
+//!
 //! This crate owns measuring and nothing else: it drives the library
 //! crates through their public API only, holds no device or driver logic,
 //! and library crates must not depend on it. It prints nothing; the callers
 //! format the results.
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod ioperf;
 pub mod remote;
 pub mod ring;

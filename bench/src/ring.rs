@@ -1,11 +1,12 @@
 //! Throughput measurement of the loopback ring against memcpy: packets/s
 //! and GB/s for several payload sizes on one and two threads, each beside
-//! a memcpy of the same bytes measured in the same run. Used by the
-//! `cargo bench` target and by the command-line `bench`.
+//! a memcpy of the same bytes measured in the same run, with the host CPU
+//! time of each per packet and per MB. Used by the `cargo bench` target and
+//! by the command-line `bench`.
 
+use crate::cpu::{CpuPerUnit, CpuUnit, Span, Stopwatch};
 use futures_lite::future::block_on;
 use std::hint::black_box;
-use std::time::Instant;
 use vmbdev_ring::{LoopbackConfig, OutgoingPacket, RingReader, RingWriter, loopback};
 
 /// Payload sizes measured.
@@ -26,6 +27,9 @@ pub struct BenchResult {
     pub baseline: f64,
     /// `value / baseline`.
     pub ratio: f64,
+    /// Process CPU time per packet (for a packets/s figure) or per MB
+    /// (for GB/s), of the ring and of the memcpy.
+    pub cpu: CpuPerUnit,
 }
 
 /// An error setting up the benchmark.
@@ -52,16 +56,16 @@ fn packet_count(payload: usize, quick: bool) -> u64 {
     (bytes / payload as u64).max(min)
 }
 
-/// Seconds to memcpy `payload` bytes `count` times from a source buffer
+/// Time to memcpy `payload` bytes `count` times from a source buffer
 /// into a destination cycling through a buffer the size of the ring's data
 /// area: the same bytes over the same memory footprint as the ring.
-fn memcpy_seconds(payload: usize, count: u64) -> f64 {
+fn memcpy_span(payload: usize, count: u64) -> Span {
     let src = vec![0x5Au8; payload];
     let ring_bytes = RING_PAGES as usize * vmbdev_ring::PAGE_SIZE;
     let mut dst = vec![0u8; ring_bytes + payload];
     let stride = payload.next_multiple_of(8) + 24;
     let mut at = 0usize;
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     for _ in 0..count {
         dst[at..at + payload].copy_from_slice(black_box(&src));
         black_box(&mut dst);
@@ -70,7 +74,7 @@ fn memcpy_seconds(payload: usize, count: u64) -> f64 {
             at -= ring_bytes;
         }
     }
-    start.elapsed().as_secs_f64()
+    watch.stop()
 }
 
 /// Packets per published batch: about 32 KiB of ring, so the other side
@@ -104,9 +108,9 @@ fn drain(reader: &mut RingReader) -> Result<u64, BenchError> {
     Ok(n as u64)
 }
 
-/// Seconds for one thread to write and read `count` packets, alternating
+/// Time for one thread to write and read `count` packets, alternating
 /// fill and drain.
-fn one_thread_seconds(payload: usize, count: u64) -> Result<f64, BenchError> {
+fn one_thread_span(payload: usize, count: u64) -> Result<Span, BenchError> {
     let lb = loopback(&LoopbackConfig {
         incoming_pages: RING_PAGES,
         outgoing_pages: 1,
@@ -117,18 +121,18 @@ fn one_thread_seconds(payload: usize, count: u64) -> Result<f64, BenchError> {
     let (_, mut writer) = lb.guest.split();
     let data = vec![0x5Au8; payload];
     let packet = OutgoingPacket::in_band(&data);
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     let (mut to_write, mut read) = (count, 0u64);
     while read < count {
         write_batch(&mut writer, &packet, &mut to_write, u64::MAX)?;
         read += drain(&mut reader)?;
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(watch.stop())
 }
 
-/// Seconds for a writer thread and a reader thread to move `count`
-/// packets, sleeping on the doorbells.
-fn two_thread_seconds(payload: usize, count: u64) -> Result<f64, BenchError> {
+/// Time for a writer thread and a reader thread to move `count`
+/// packets, sleeping on the doorbells (the CPU time is both threads').
+fn two_thread_span(payload: usize, count: u64) -> Result<Span, BenchError> {
     let lb = loopback(&LoopbackConfig {
         incoming_pages: RING_PAGES,
         outgoing_pages: 1,
@@ -137,7 +141,7 @@ fn two_thread_seconds(payload: usize, count: u64) -> Result<f64, BenchError> {
     })?;
     let (mut reader, _) = lb.host.split();
     let (_, mut writer) = lb.guest.split();
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     let sender = std::thread::spawn(move || -> Result<(), BenchError> {
         let data = vec![0x5Au8; payload];
         let packet = OutgoingPacket::in_band(&data);
@@ -171,7 +175,7 @@ fn two_thread_seconds(payload: usize, count: u64) -> Result<f64, BenchError> {
     let sent = sender.join().map_err(|_| BenchError::WriterPanicked)?;
     result?;
     sent?;
-    Ok(start.elapsed().as_secs_f64())
+    Ok(watch.stop())
 }
 
 fn push_pair(
@@ -179,19 +183,21 @@ fn push_pair(
     label: &str,
     payload: usize,
     count: u64,
-    secs: f64,
-    base: f64,
+    ring: Span,
+    memcpy: Span,
 ) {
-    let pps = count as f64 / secs;
-    let base_pps = count as f64 / base;
+    let pps = count as f64 / ring.secs();
+    let base_pps = count as f64 / memcpy.secs();
     let gbps = pps * payload as f64 / 1e9;
     let base_gbps = base_pps * payload as f64 / 1e9;
+    let mb = count as f64 * payload as f64 / 1e6;
     out.push(BenchResult {
         name: format!("ring {label} {payload} B packets/s"),
         value: pps,
         unit: "packets/s",
         baseline: base_pps,
         ratio: pps / base_pps,
+        cpu: CpuPerUnit::of(CpuUnit::NsPerPacket, count as f64, ring, memcpy),
     });
     out.push(BenchResult {
         name: format!("ring {label} {payload} B GB/s"),
@@ -199,6 +205,7 @@ fn push_pair(
         unit: "GB/s",
         baseline: base_gbps,
         ratio: gbps / base_gbps,
+        cpu: CpuPerUnit::of(CpuUnit::UsPerMb, mb, ring, memcpy),
     });
 }
 
@@ -207,10 +214,10 @@ pub fn run(quick: bool) -> Result<Vec<BenchResult>, BenchError> {
     let mut out = Vec::new();
     for payload in PAYLOAD_SIZES {
         let count = packet_count(payload, quick);
-        let base = memcpy_seconds(payload, count);
-        let one = one_thread_seconds(payload, count)?;
+        let base = memcpy_span(payload, count);
+        let one = one_thread_span(payload, count)?;
         push_pair(&mut out, "1 thread", payload, count, one, base);
-        let two = two_thread_seconds(payload, count)?;
+        let two = two_thread_span(payload, count)?;
         push_pair(&mut out, "2 threads", payload, count, two, base);
     }
     Ok(out)
@@ -219,19 +226,45 @@ pub fn run(quick: bool) -> Result<Vec<BenchResult>, BenchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn every_measurement_moves_all_packets_and_terminates() {
         // Small counts: this checks the harness (no hang, no error on
         // wrap-around or a full ring), not the speed.
         for payload in PAYLOAD_SIZES {
-            assert!(one_thread_seconds(payload, 500).unwrap() > 0.0);
-            assert!(two_thread_seconds(payload, 500).unwrap() > 0.0);
+            for span in [
+                one_thread_span(payload, 500).unwrap(),
+                two_thread_span(payload, 500).unwrap(),
+            ] {
+                assert!(span.wall > Duration::ZERO, "{span:?}");
+                assert!(span.cpu > Duration::ZERO, "{span:?}");
+            }
         }
+        let span = |wall_ms, cpu_ms| Span {
+            wall: Duration::from_millis(wall_ms),
+            cpu: Duration::from_millis(cpu_ms),
+        };
         let mut out = Vec::new();
-        push_pair(&mut out, "x", 1000, 10, 2.0, 1.0);
+        push_pair(&mut out, "x", 1000, 10, span(2000, 4), span(1000, 1));
         assert_eq!(out[0].value, 5.0);
         assert_eq!(out[0].ratio, 0.5);
         assert_eq!(out[1].value, 5.0 * 1000.0 / 1e9);
+        // 4 ms over 10 packets; over 10 * 1000 bytes = 0.01 MB.
+        assert_eq!(out[0].cpu.value, 400_000.0);
+        assert_eq!(out[0].cpu.baseline, 100_000.0);
+        assert_eq!(out[1].cpu.value, 400_000.0);
+        assert_eq!(out[1].cpu.unit, CpuUnit::UsPerMb);
+    }
+
+    #[test]
+    fn a_quick_run_reports_positive_cpu_per_unit_for_ring_and_memcpy() {
+        let results = run(true).unwrap();
+        assert_eq!(results.len(), PAYLOAD_SIZES.len() * 4);
+        for r in &results {
+            let cpu = r.cpu;
+            assert!(cpu.value.is_finite() && cpu.value > 0.0, "{r:?}");
+            assert!(cpu.baseline.is_finite() && cpu.baseline > 0.0, "{r:?}");
+        }
     }
 }

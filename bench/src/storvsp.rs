@@ -4,7 +4,9 @@
 //! sequential reads, with one and two channels, served from the raw file
 //! or from a dynamic VHDX of it. Results are ratios to the baseline, so
 //! they mean the same on any machine; rounds alternate the baseline and
-//! the stack, and the medians count.
+//! the stack, and the medians count. Each row also carries the host CPU
+//! time per read of both sides, every thread of the process counted (the
+//! device and completion threads of [`Layout::Threads`] included).
 //!
 //! Two layouts: [`Layout::Threads`] (a thread per device channel, a
 //! completion thread per guest channel: every request crosses threads
@@ -17,7 +19,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures_lite::future::block_on;
 use vmbdev_block::{BlockDevice, BlockError, RawFile};
@@ -27,6 +28,8 @@ use vmbdev_vhdx::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
 
 use vmbdev_guest::storvsc::{Completions, DriverConfig, DriverError, GuestProfile};
 use vmbdev_loopback::storvsp::{StartError, StorvspVm, StorvspVmConfig, VmError};
+
+use crate::cpu::{CpuPerUnit, CpuUnit, Span, Stopwatch};
 
 /// One workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +139,9 @@ pub struct BenchRow {
     pub pread_iops: f64,
     /// Through-stack rate divided by the `pread` rate.
     pub ratio: f64,
+    /// Process CPU time per read through storvsc and per `pread` (medians
+    /// of the rounds).
+    pub cpu: CpuPerUnit,
 }
 
 /// A benchmark failure.
@@ -187,13 +193,13 @@ fn offsets(workload: Workload, size: u64, count: u64) -> Vec<u64> {
         .collect()
 }
 
-fn pread_rate(file: &File, block: u32, offsets: &[u64]) -> Result<f64, BenchError> {
+fn pread_span(file: &File, block: u32, offsets: &[u64]) -> Result<Span, BenchError> {
     let mut buf = vec![0u8; block as usize];
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     for &at in offsets {
         file.read_exact_at(&mut buf, at)?;
     }
-    Ok(offsets.len() as f64 / secs(start.elapsed()))
+    Ok(watch.stop())
 }
 
 /// Alternating rounds of each measurement.
@@ -204,8 +210,16 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64().max(1e-9)
+/// Medians of the rates (reads/s) and of the CPU time per read of
+/// `spans`, each of `reads` reads.
+fn medians(spans: &[Span], reads: usize) -> (f64, f64) {
+    let reads = reads as f64;
+    let mut rates: Vec<f64> = spans.iter().map(|s| reads / s.secs()).collect();
+    let mut cpu: Vec<f64> = spans
+        .iter()
+        .map(|s| CpuUnit::NsPerRequest.per(s.cpu, reads))
+        .collect();
+    (median(&mut rates), median(&mut cpu))
 }
 
 /// The device the benchmark serves: the raw file or a VHDX written from
@@ -299,20 +313,20 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             let mut pread = Vec::with_capacity(ROUNDS);
             let mut device = Vec::with_capacity(ROUNDS);
             for _ in 0..ROUNDS {
-                pread.push(pread_rate(&file, workload.block, &offsets)?);
+                pread.push(pread_span(&file, workload.block, &offsets)?);
                 let reads = disk.read_discard(
                     offsets.iter().map(|&at| (at / block_size, blocks)),
                     workload.depth,
                 );
-                let start = Instant::now();
+                let watch = Stopwatch::start();
                 match &executor {
                     Some(executor) => block_on(executor.run(reads)),
                     None => block_on(reads),
                 }?;
-                device.push(offsets.len() as f64 / secs(start.elapsed()));
+                device.push(watch.stop());
             }
-            let pread_iops = median(&mut pread);
-            let iops = median(&mut device);
+            let (pread_iops, pread_cpu) = medians(&pread, offsets.len());
+            let (iops, cpu) = medians(&device, offsets.len());
             rows.push(BenchRow {
                 workload,
                 layout,
@@ -321,6 +335,11 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
                 mb_per_s: iops * f64::from(workload.block) / 1e6,
                 pread_iops,
                 ratio: iops / pread_iops,
+                cpu: CpuPerUnit {
+                    value: cpu,
+                    baseline: pread_cpu,
+                    unit: CpuUnit::NsPerRequest,
+                },
             });
         }
         drop(driver);
@@ -332,7 +351,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
 /// Formats rows as a table.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "workload                 layout      ch  storvsc IOPS   storvsc MB/s    pread IOPS     pread MB/s  ratio\n",
+        "workload                 layout      ch  storvsc IOPS   storvsc MB/s    pread IOPS     pread MB/s  ratio  storvsc CPU ns/read  pread CPU ns/read\n",
     );
     for r in rows {
         let w = r.workload;
@@ -347,14 +366,16 @@ pub fn table(rows: &[BenchRow]) -> String {
             w.depth
         );
         out.push_str(&format!(
-            "{name:<24} {:<10} {:>3} {:>13.0} {:>14.1} {:>13.0} {:>14.1} {:>6.2}\n",
+            "{name:<24} {:<10} {:>3} {:>13.0} {:>14.1} {:>13.0} {:>14.1} {:>6.2} {:>20.0} {:>18.0}\n",
             r.layout.name(),
             r.channels,
             r.iops,
             r.mb_per_s,
             r.pread_iops,
             r.pread_iops * f64::from(w.block) / 1e6,
-            r.ratio
+            r.ratio,
+            r.cpu.value,
+            r.cpu.baseline
         ));
     }
     out
@@ -389,4 +410,32 @@ pub fn make_image(path: &Path, size: u64) -> Result<(), BenchError> {
         at += len as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_layouts_report_positive_cpu_per_read_beside_pread() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.raw");
+        make_image(&image, 4 << 20).unwrap();
+        let mut config = BenchConfig::standard(image);
+        config.format = ImageFormat::Raw;
+        config.runs = vec![(Layout::OneThread, 1), (Layout::Threads, 1)];
+        config.workloads[2].block = 64 << 10;
+        config.bytes_per_run = 0;
+        let rows = run(&config).unwrap();
+        assert_eq!(rows.len(), 6);
+        for r in &rows {
+            assert!(r.iops > 0.0 && r.pread_iops > 0.0, "{r:?}");
+            assert_eq!(r.cpu.unit, CpuUnit::NsPerRequest);
+            assert!(r.cpu.value.is_finite() && r.cpu.value > 0.0, "{r:?}");
+            assert!(r.cpu.baseline.is_finite() && r.cpu.baseline > 0.0, "{r:?}");
+        }
+        let table = table(&rows);
+        assert_eq!(table.lines().count(), 7);
+        assert!(table.lines().next().unwrap().ends_with("pread CPU ns/read"));
+    }
 }

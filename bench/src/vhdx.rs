@@ -1,6 +1,7 @@
 //! VHDX read throughput against `pread` on a raw file holding the same
 //! bytes, measured in the same run over page-cached files: sequential 1 MiB
-//! reads and random 4 KiB reads. Used by the `cargo bench` target and by the
+//! reads and random 4 KiB reads, each with the host CPU time it took per
+//! MiB or per read. Used by the `cargo bench` target and by the
 //! command-line `bench`.
 //!
 //! The disk is random data (nothing compresses or reads as zero), written
@@ -10,12 +11,13 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 use vmbdev_block::{BlockDevice, BlockError, RawFile};
 use vmbdev_vhdx::{Vhdx, VhdxError, WriteError, WriteOptions, write_vhdx};
+
+use crate::cpu::{CpuPerUnit, CpuUnit, Span, Stopwatch};
 
 const MIB: u64 = 1 << 20;
 /// Size of one sequential read.
@@ -37,6 +39,9 @@ pub struct BenchResult {
     pub baseline: f64,
     /// `value / baseline`.
     pub ratio: f64,
+    /// Process CPU time per MiB (sequential) or per read (random), of the
+    /// VHDX reads and of the raw `pread`s.
+    pub cpu: CpuPerUnit,
 }
 
 /// How much work one benchmark run does.
@@ -135,67 +140,75 @@ fn make_images(dir: &Path, disk_bytes: u64) -> Result<Images, BenchError> {
     Ok(Images { raw, vhdx })
 }
 
-/// Seconds to read the whole device once in 1 MiB requests.
-fn sequential_seconds(dev: &dyn BlockDevice) -> Result<f64, BlockError> {
+/// Time to read the whole device once in 1 MiB requests.
+fn sequential_span(dev: &dyn BlockDevice) -> Result<Span, BlockError> {
     let sector = u64::from(dev.logical_sector_size());
     let mut buf = vec![0u8; SEQUENTIAL_CHUNK as usize];
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     let mut at = 0;
     while at < dev.size_bytes() {
         dev.read_sectors(at / sector, &mut buf)?;
         std::hint::black_box(&buf);
         at += SEQUENTIAL_CHUNK;
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(watch.stop())
 }
 
-/// Seconds for `count` 4 KiB reads at seeded random page offsets (the same
+/// Time for `count` 4 KiB reads at seeded random page offsets (the same
 /// offsets for every device).
-fn random_seconds(dev: &dyn BlockDevice, count: u64) -> Result<f64, BlockError> {
+fn random_span(dev: &dyn BlockDevice, count: u64) -> Result<Span, BlockError> {
     let sector = u64::from(dev.logical_sector_size());
     let mut rng = SmallRng::seed_from_u64(1);
     let pages = dev.size_bytes() / RANDOM_CHUNK;
     let mut buf = vec![0u8; RANDOM_CHUNK as usize];
-    let start = Instant::now();
+    let watch = Stopwatch::start();
     for _ in 0..count {
         let page = rng.random_range(0..pages);
         dev.read_sectors(page * RANDOM_CHUNK / sector, &mut buf)?;
         std::hint::black_box(&buf);
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(watch.stop())
 }
 
-/// The fastest of `repeats` runs of `measure` on each device, alternating
-/// the devices so both see the same machine conditions.
+/// The fastest of `repeats` runs of `measure` on each device (with the CPU
+/// time of that run), alternating the devices so both see the same machine
+/// conditions.
 fn best_pair(
     images: &Images,
     repeats: u32,
-    measure: impl Fn(&dyn BlockDevice) -> Result<f64, BlockError>,
-) -> Result<(f64, f64), BlockError> {
-    let (mut vhdx, mut raw) = (f64::INFINITY, f64::INFINITY);
+    measure: impl Fn(&dyn BlockDevice) -> Result<Span, BlockError>,
+) -> Result<(Span, Span), BlockError> {
+    let (mut vhdx, mut raw) = (None::<Span>, None::<Span>);
+    let faster = |best: Option<Span>, new: Span| match best {
+        Some(best) if best.wall <= new.wall => best,
+        _ => new,
+    };
     for _ in 0..repeats.max(1) {
-        raw = raw.min(measure(&images.raw)?);
-        vhdx = vhdx.min(measure(&images.vhdx)?);
+        raw = Some(faster(raw, measure(&images.raw)?));
+        vhdx = Some(faster(vhdx, measure(&images.vhdx)?));
     }
-    Ok((vhdx, raw))
+    Ok((vhdx.unwrap_or_default(), raw.unwrap_or_default()))
 }
 
-/// A result where `amount / seconds` is the rate.
+/// A result where `amount / seconds` is the rate and the CPU time is
+/// spread over `amount` units of `cpu_unit`.
 fn rate(
     name: String,
     unit: &'static str,
     amount: f64,
-    vhdx_secs: f64,
-    raw_secs: f64,
+    cpu_unit: CpuUnit,
+    vhdx: Span,
+    raw: Span,
 ) -> BenchResult {
-    let value = amount / vhdx_secs;
-    let baseline = amount / raw_secs;
+    let value = amount / vhdx.secs();
+    let baseline = amount / raw.secs();
     BenchResult {
         name,
         value,
         unit,
         baseline,
         ratio: value / baseline,
+        cpu: CpuPerUnit::of(cpu_unit, amount, vhdx, raw),
     }
 }
 
@@ -208,19 +221,18 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<Vec<BenchResult>, BenchEr
     let images = make_images(dir, config.disk_bytes)?;
     // Warm the page cache for both files so the run measures the readers,
     // not the disk.
-    sequential_seconds(&images.raw)?;
-    sequential_seconds(&images.vhdx)?;
+    sequential_span(&images.raw)?;
+    sequential_span(&images.vhdx)?;
     let mib = (config.disk_bytes / MIB) as f64;
-    let (vhdx_seq, raw_seq) = best_pair(&images, config.repeats, sequential_seconds)?;
+    let (vhdx_seq, raw_seq) = best_pair(&images, config.repeats, sequential_span)?;
     let count = config.random_reads.max(1);
-    let (vhdx_rand, raw_rand) =
-        best_pair(&images, config.repeats, |dev| random_seconds(dev, count))?;
+    let (vhdx_rand, raw_rand) = best_pair(&images, config.repeats, |dev| random_span(dev, count))?;
     tracing::debug!(
         mib,
-        vhdx_seq,
-        raw_seq,
-        vhdx_rand,
-        raw_rand,
+        ?vhdx_seq,
+        ?raw_seq,
+        ?vhdx_rand,
+        ?raw_rand,
         "vhdx benchmark"
     );
     Ok(vec![
@@ -228,6 +240,7 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<Vec<BenchResult>, BenchEr
             "vhdx sequential 1 MiB reads".into(),
             "MiB/s",
             mib,
+            CpuUnit::UsPerMib,
             vhdx_seq,
             raw_seq,
         ),
@@ -235,6 +248,7 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<Vec<BenchResult>, BenchEr
             "vhdx random 4 KiB reads".into(),
             "IOPS",
             count as f64,
+            CpuUnit::NsPerRequest,
             vhdx_rand,
             raw_rand,
         ),
@@ -265,15 +279,63 @@ mod tests {
         for r in &results {
             assert!(r.value > 0.0 && r.baseline > 0.0, "{r:?}");
             assert!((r.ratio - r.value / r.baseline).abs() < 1e-9);
+            assert!(r.cpu.value.is_finite() && r.cpu.value > 0.0, "{r:?}");
+            assert!(r.cpu.baseline.is_finite() && r.cpu.baseline > 0.0, "{r:?}");
         }
+        assert_eq!(results[0].cpu.unit, CpuUnit::UsPerMib);
+        assert_eq!(results[1].cpu.unit, CpuUnit::NsPerRequest);
     }
 
     #[test]
     fn rate_divides_amount_by_time() {
-        let r = rate("x".into(), "u", 100.0, 4.0, 2.0);
+        let span = |wall_ms, cpu_ms| Span {
+            wall: std::time::Duration::from_millis(wall_ms),
+            cpu: std::time::Duration::from_millis(cpu_ms),
+        };
+        let r = rate(
+            "x".into(),
+            "u",
+            100.0,
+            CpuUnit::NsPerRequest,
+            span(4000, 3),
+            span(2000, 1),
+        );
         assert_eq!(r.value, 25.0);
         assert_eq!(r.baseline, 50.0);
         assert_eq!(r.ratio, 0.5);
+        // 3 ms and 1 ms over 100 reads.
+        assert_eq!(r.cpu.value, 30_000.0);
+        assert_eq!(r.cpu.baseline, 10_000.0);
+    }
+
+    #[test]
+    fn the_fastest_run_counts_with_its_own_cpu_time() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let images = make_images(dir.path(), MIB).unwrap();
+        // Calls alternate raw, VHDX; the second round is the fastest of
+        // both, and the CPU time in ms is the call's number (1 to 6), so
+        // the least CPU time is not the one reported.
+        let walls = [3, 3, 1, 1, 2, 2];
+        let calls = std::cell::Cell::new(0usize);
+        let (vhdx, raw) = best_pair(&images, 3, |_| {
+            let call = calls.get();
+            calls.set(call + 1);
+            Ok(Span {
+                wall: Duration::from_secs(walls[call]),
+                cpu: Duration::from_millis(call as u64 + 1),
+            })
+        })
+        .unwrap();
+        assert_eq!(calls.get(), 6);
+        assert_eq!(
+            (raw.wall, raw.cpu),
+            (Duration::from_secs(1), Duration::from_millis(3))
+        );
+        assert_eq!(
+            (vhdx.wall, vhdx.cpu),
+            (Duration::from_secs(1), Duration::from_millis(4))
+        );
     }
 
     #[test]

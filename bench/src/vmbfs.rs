@@ -1,7 +1,9 @@
 //! Throughput of vmbfs over the loopback VM: one file read whole in-band
 //! (12276-byte READ_FILE round trips) and by RDMA (7 MiB chunks written
 //! straight into guest pages), with the in-band figure as the baseline of
-//! the same run. Used by `vmbdev demo` and `vmbdev bench`.
+//! the same run. Used by `vmbdev demo` and `vmbdev bench`, whose rows
+//! against `pread` ([`compare_with_pread`]) carry the host CPU time per MB
+//! of both sides.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use vmbdev_fs::MemoryTree;
 use vmbdev_guest::vmbfs::VmbfsClientError;
 use vmbdev_loopback::vm::{LoopbackVm, VmConfig, VmError};
 use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
+
+use crate::cpu::{CpuPerUnit, CpuUnit, Span, Stopwatch};
 
 /// Size of the file the standard measurement reads.
 pub const BENCH_FILE_SIZE: usize = 64 << 20;
@@ -198,6 +202,9 @@ pub struct PreadRow {
     /// `pread` throughput of the same bytes from a page-cached file into
     /// a buffer of the file's size, MB/s (median of the rounds).
     pub pread_mb_per_s: f64,
+    /// Process CPU time per MB of vmbfs (client, device task and pools)
+    /// and of `pread` (medians of the rounds).
+    pub cpu: CpuPerUnit,
 }
 
 impl PreadRow {
@@ -245,14 +252,15 @@ pub fn compare_with_pread(dir: &Path, file_size: usize) -> Result<Vec<PreadRow>,
     std::fs::write(&path, &data)?;
     let file = std::fs::File::open(&path)?;
     let mut host_buf = vec![0xA5u8; file_size];
-    let pread = |buf: &mut [u8]| -> std::io::Result<f64> {
+    let pread = |buf: &mut [u8]| -> std::io::Result<Span> {
         use std::os::unix::fs::FileExt;
-        let start = Instant::now();
+        let watch = Stopwatch::start();
         for (i, chunk) in buf.chunks_mut(1 << 20).enumerate() {
             file.read_exact_at(chunk, (i << 20) as u64)?;
         }
-        Ok(mb_per_s(buf.len(), start.elapsed()))
+        Ok(watch.stop())
     };
+    let mb = file_size as f64 / 1e6;
     let runs = [
         (Mode::InBand, Layout::Threads),
         (Mode::RdmaCopied, Layout::Threads),
@@ -271,11 +279,21 @@ pub fn compare_with_pread(dir: &Path, file_size: usize) -> Result<Vec<PreadRow>,
         if host_buf != data && mode != Mode::RdmaToGuest {
             return Err(BenchError::Mismatch { mode: "pread" }.into());
         }
+        let median_of = |spans: &[Span], figure: &dyn Fn(Span) -> f64| {
+            median(&mut spans.iter().map(|&s| figure(s)).collect::<Vec<_>>())
+        };
+        let rate = |s: Span| mb / s.secs();
+        let cpu = |s: Span| CpuUnit::UsPerMb.per(s.cpu, mb);
         rows.push(PreadRow {
             mode,
             layout,
-            mb_per_s: median(&mut ours),
-            pread_mb_per_s: median(&mut theirs),
+            mb_per_s: median_of(&ours, &rate),
+            pread_mb_per_s: median_of(&theirs, &rate),
+            cpu: CpuPerUnit {
+                value: median_of(&ours, &cpu),
+                baseline: median_of(&theirs, &cpu),
+                unit: CpuUnit::UsPerMb,
+            },
         });
         rig.close()?;
     }
@@ -285,10 +303,6 @@ pub fn compare_with_pread(dir: &Path, file_size: usize) -> Result<Vec<PreadRow>,
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
-    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
 
 /// A client with the bench file open, in one mode and layout.
@@ -357,15 +371,15 @@ impl PreadRig {
         Ok(rig)
     }
 
-    /// One timed read of the whole file (MB/s), checked against `data`.
-    fn read(&mut self, data: &[u8], buf: &mut [u8]) -> Result<f64, BenchError> {
+    /// One timed read of the whole file, checked against `data`.
+    fn read(&mut self, data: &[u8], buf: &mut [u8]) -> Result<Span, BenchError> {
         let file = self
             .file
             .clone()
             .ok_or(BenchError::Mismatch { mode: "open" })?;
         let dest = self.dest.clone();
         buf.fill(0xA5);
-        let start = Instant::now();
+        let watch = Stopwatch::start();
         let (vm, layout, client) = (&self.vm, self.layout, &mut self.client);
         let n = match (self.mode, dest) {
             (Mode::RdmaToGuest, Some(dest)) => {
@@ -373,7 +387,7 @@ impl PreadRig {
             }
             _ => drive(vm, layout, client.read_file(&file, 0, buf))?,
         };
-        let elapsed = start.elapsed();
+        let span = watch.stop();
         if let (Mode::RdmaToGuest, Some(dest)) = (self.mode, &self.dest) {
             dest.read_at(self.vm.memory(), 0, buf)
                 .map_err(|_| BenchError::Mismatch { mode: "RDMA" })?;
@@ -386,7 +400,7 @@ impl PreadRig {
                 },
             });
         }
-        Ok(mb_per_s(n, elapsed))
+        Ok(span)
     }
 
     fn close(mut self) -> Result<(), BenchError> {
@@ -405,4 +419,22 @@ fn drive<T>(
         Layout::Threads => futures_lite::future::block_on(work),
         Layout::OneThread => futures_lite::future::block_on(vm.executor().run(work)),
     }?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mode_reports_positive_cpu_per_mb_beside_pread() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = compare_with_pread(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rows.len(), 4);
+        for r in &rows {
+            assert!(r.mb_per_s > 0.0 && r.pread_mb_per_s > 0.0, "{r:?}");
+            assert_eq!(r.cpu.unit, CpuUnit::UsPerMb);
+            assert!(r.cpu.value.is_finite() && r.cpu.value > 0.0, "{r:?}");
+            assert!(r.cpu.baseline.is_finite() && r.cpu.baseline > 0.0, "{r:?}");
+        }
+    }
 }

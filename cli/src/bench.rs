@@ -1,6 +1,9 @@
 //! `vmbdev bench`: runs the benchmark suites and prints each figure beside
-//! its baseline measured in the same run, with the ratio, as a table or as
-//! JSON (`{"results": [{"name", "value", "unit", "baseline", "ratio"}]}`).
+//! its baseline measured in the same run, with the ratio, and the host CPU
+//! time per unit of work of both sides (the whole process's, so every
+//! thread of a layout counts), as a table or as JSON (`{"results":
+//! [{"name", "value", "unit", "baseline", "ratio", "cpu_per_unit",
+//! "baseline_cpu_per_unit", "cpu_unit"}]}`).
 //!
 //! Each suite is one entry in [`suites`]: ring, vhdx, vmbfs (in-band and
 //! RDMA reads), storvsp (QD1/QD32 random, sequential) and remote (storvsp
@@ -10,6 +13,7 @@
 use std::path::Path;
 
 use serde::Serialize;
+use vmbdev_bench::cpu::CpuPerUnit;
 
 use crate::error::{CliError, print_stdout};
 
@@ -43,6 +47,12 @@ pub struct Row {
     pub baseline: f64,
     /// `value / baseline`.
     pub ratio: f64,
+    /// Host CPU time per unit of work of the measured side, in `cpu_unit`.
+    pub cpu_per_unit: f64,
+    /// The same for the baseline.
+    pub baseline_cpu_per_unit: f64,
+    /// Unit of both CPU figures, e.g. `ns/request`.
+    pub cpu_unit: &'static str,
 }
 
 /// What a suite may use while it runs.
@@ -136,13 +146,18 @@ fn remote_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
             }
         }
     };
-    let result = vmbdev_bench::remote::run(&image, std::sync::Arc::new(remote), count)
+    // The server does the device's work: its CPU time is the remote
+    // side's too.
+    let server_pid = server.0.id();
+    let server_cpu = || vmbdev_bench::cpu::other_process_cpu(server_pid);
+    let result = vmbdev_bench::remote::run(&image, std::sync::Arc::new(remote), &server_cpu, count)
         .map_err(|e| fail(e.to_string()))?;
     Ok(vec![row(
         "storvsp 4 KiB random QD32 through the remote device".into(),
         result.remote_iops,
         "IOPS",
         result.local_iops,
+        result.cpu,
     )])
 }
 
@@ -161,13 +176,7 @@ fn ring_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
         .map_err(|e| CliError::new(format!("ring benchmark: {e}")))?;
     Ok(results
         .into_iter()
-        .map(|r| Row {
-            name: r.name,
-            value: r.value,
-            unit: r.unit,
-            baseline: r.baseline,
-            ratio: r.ratio,
-        })
+        .map(|r| with_cpu(r.name, r.value, r.unit, r.baseline, r.ratio, r.cpu))
         .collect())
 }
 
@@ -177,24 +186,34 @@ fn vhdx_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
         .map_err(|e| CliError::new(format!("VHDX benchmark: {e}")))?;
     Ok(results
         .into_iter()
-        .map(|r| Row {
-            name: r.name,
-            value: r.value,
-            unit: r.unit,
-            baseline: r.baseline,
-            ratio: r.ratio,
-        })
+        .map(|r| with_cpu(r.name, r.value, r.unit, r.baseline, r.ratio, r.cpu))
         .collect())
 }
 
 /// A row whose ratio is computed from its two figures.
-fn row(name: String, value: f64, unit: &'static str, baseline: f64) -> Row {
+fn row(name: String, value: f64, unit: &'static str, baseline: f64, cpu: CpuPerUnit) -> Row {
+    let ratio = value / baseline.max(f64::MIN_POSITIVE);
+    with_cpu(name, value, unit, baseline, ratio, cpu)
+}
+
+/// A row of the given figures.
+fn with_cpu(
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline: f64,
+    ratio: f64,
+    cpu: CpuPerUnit,
+) -> Row {
     Row {
         name,
         value,
         unit,
         baseline,
-        ratio: value / baseline.max(f64::MIN_POSITIVE),
+        ratio,
+        cpu_per_unit: cpu.value,
+        baseline_cpu_per_unit: cpu.baseline,
+        cpu_unit: cpu.unit.label(),
     }
 }
 
@@ -211,6 +230,7 @@ fn vmbfs_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
                 r.mb_per_s,
                 "MB/s",
                 r.pread_mb_per_s,
+                r.cpu,
             )
         })
         .collect())
@@ -247,6 +267,7 @@ fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
                     r.iops,
                     "IOPS",
                     r.pread_iops,
+                    r.cpu,
                 )
             } else {
                 let bytes = f64::from(w.block) / 1e6;
@@ -260,6 +281,7 @@ fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
                     r.mb_per_s,
                     "MB/s",
                     r.pread_iops * bytes,
+                    r.cpu,
                 )
             }
         })
@@ -350,23 +372,27 @@ const NAME_WIDTH: usize = 36;
 
 fn table_header() -> String {
     format!(
-        "{:<NAME_WIDTH$}  {:>14}  {:>14}  {:>9}  unit\n",
-        "measurement", "value", "baseline", "ratio"
+        "{:<NAME_WIDTH$}  {:>14}  {:>14}  {:>9}  {:>10}  {:>13}  unit\n",
+        "measurement", "value", "baseline", "ratio", "CPU/unit", "base CPU/unit"
     )
 }
 
 /// One suite's part of the table: a line naming its baseline, then one row
-/// per measurement.
+/// per measurement, its unit column naming the figures' unit and the CPU
+/// figures' (`IOPS, CPU ns/request`).
 fn table_section(suite: &Suite, rows: &[Row]) -> String {
     let mut out = format!("[{}] baseline: {}\n", suite.name, suite.baseline);
     for r in rows {
         out.push_str(&format!(
-            "{:<NAME_WIDTH$}  {:>14}  {:>14}  {:>9.3}  {}\n",
+            "{:<NAME_WIDTH$}  {:>14}  {:>14}  {:>9.3}  {:>10}  {:>13}  {}, CPU {}\n",
             r.name,
             figure(r.value),
             figure(r.baseline),
             r.ratio,
-            r.unit
+            figure(r.cpu_per_unit),
+            figure(r.baseline_cpu_per_unit),
+            r.unit,
+            r.cpu_unit
         ));
     }
     out
@@ -378,12 +404,15 @@ mod tests {
 
     #[test]
     fn table_puts_each_row_under_its_suite_in_aligned_columns() {
-        let row = |name: &str, value: f64| Row {
+        let row = |name: &str, value: f64, cpu: f64| Row {
             name: name.into(),
             value,
             unit: "u",
             baseline: 2.0,
             ratio: value / 2.0,
+            cpu_per_unit: cpu,
+            baseline_cpu_per_unit: 7000.0,
+            cpu_unit: "ns/x",
         };
         let suite = |name, baseline| Suite {
             name,
@@ -391,8 +420,11 @@ mod tests {
             run: |_| Ok(Vec::new()),
         };
         let text = table_header()
-            + &table_section(&suite("one", "base one"), &[row("a", 1.0), row("b", 3.0)])
-            + &table_section(&suite("two", "base two"), &[row("c", 4000.0)]);
+            + &table_section(
+                &suite("one", "base one"),
+                &[row("a", 1.0, 12.5), row("b", 3.0, 0.25)],
+            )
+            + &table_section(&suite("two", "base two"), &[row("c", 4000.0, 123456.0)]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 6);
         assert!(lines[1].contains("[one]") && lines[1].contains("base one"));
@@ -400,9 +432,19 @@ mod tests {
         assert!(lines[3].starts_with('b') && lines[3].contains("1.500"));
         assert!(lines[4].contains("[two]"));
         assert!(lines[5].starts_with('c') && lines[5].contains("4000"));
-        let ratio_end = lines[0].find("ratio").unwrap() + "ratio".len();
-        for row in [lines[2], lines[3], lines[5]] {
-            assert_eq!(row.find("  u").unwrap(), ratio_end, "{row}");
+        let end_of = |column: &str| lines[0].find(column).unwrap() + column.len();
+        let (ratio_end, cpu_end, base_cpu_end) =
+            (end_of("ratio"), end_of("CPU/unit"), end_of("base CPU/unit"));
+        for (row, ratio, cpu) in [
+            (lines[2], "0.500", "12.50"),
+            (lines[3], "1.500", "0.2500"),
+            (lines[5], "2000.000", "123456"),
+        ] {
+            assert_eq!(row.find(ratio).unwrap() + ratio.len(), ratio_end, "{row}");
+            assert_eq!(row.find(cpu).unwrap() + cpu.len(), cpu_end, "{row}");
+            assert_eq!(row.find("7000").unwrap() + 4, base_cpu_end, "{row}");
+            assert_eq!(row.find("  u, CPU ns/x").unwrap(), base_cpu_end, "{row}");
+            assert!(row.ends_with("u, CPU ns/x"), "{row}");
         }
     }
 

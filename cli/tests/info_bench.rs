@@ -1,7 +1,8 @@
 //! `vmbdev info` against images made by qemu-img, sgdisk, mkfs.vfat and
 //! mke2fs, checked against what those tools report; hostile files exit 1
 //! with one line; host file size and allocated bytes are what `stat`
-//! says; `vmbdev bench --quick --json` yields positive figures.
+//! says; `vmbdev bench --quick --json` yields positive figures, CPU time
+//! per unit included.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -523,6 +524,11 @@ fn quick_bench_json_has_positive_figures() {
             (ratio - value / baseline).abs() <= 1e-9 * ratio.max(1.0),
             "{r}"
         );
+        for cpu in ["cpu_per_unit", "baseline_cpu_per_unit"] {
+            let cpu = r[cpu].as_f64().unwrap();
+            assert!(cpu.is_finite() && cpu > 0.0, "{r}");
+        }
+        assert!(r["cpu_unit"].as_str().unwrap().contains("s/"), "{r}");
     }
 }
 
