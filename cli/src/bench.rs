@@ -93,7 +93,7 @@ pub fn suites() -> Vec<Suite> {
         },
         Suite {
             name: "storvsp",
-            baseline: "pread of the same offsets from the raw image (the device serves a VHDX of it)",
+            baseline: "pread of the same offsets from the raw image into as many buffers as reads in flight (the device serves a VHDX of it)",
             run: storvsp_suite,
         },
         Suite {
