@@ -288,6 +288,9 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             StorvspVmConfig {
                 ring_pages: 32,
                 buffer_pages: 16384,
+                // Buffers of consecutive guest pages, as a guest backed by
+                // huge pages hands out; scattered pages are the tests' job.
+                scatter_buffers: false,
                 executor: executor.clone(),
                 ..StorvspVmConfig::default()
             },

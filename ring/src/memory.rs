@@ -988,6 +988,18 @@ impl<'fd> IovecBatch<'fd> {
         if len == 0 {
             return Ok(());
         }
+        if let Some(last) = self.count.checked_sub(1).map(|i| &mut self.iovecs[i]) {
+            // Guest pages adjacent in host memory (a buffer of consecutive
+            // guest pages in one region) share one piece: a 1 MiB read is
+            // then one call, not one per `IOVECS_PER_CALL` pages.
+            let end = last.iov_base.cast::<u8>().wrapping_add(last.iov_len);
+            if end == host {
+                if let Some(merged) = last.iov_len.checked_add(len) {
+                    last.iov_len = merged;
+                    return Ok(());
+                }
+            }
+        }
         if self.count == IOVECS_PER_CALL {
             self.flush()?;
         }
@@ -1808,6 +1820,39 @@ mod file_reads {
         assert_eq!(guest(&mem, 0, 10), vec![0xEE; 10]);
         assert_eq!(guest(&mem, 4 * P, 3), vec![0xEE; 3]);
         assert_eq!(guest(&mem, 4 * P + 100, 3), vec![0xEE; 3]);
+    }
+
+    #[test]
+    fn adjacent_ranges_read_as_one_piece_and_others_stay_apart() {
+        let mem = holed_memory();
+        let file = file_of(64 * 1024);
+        // Runs of three ranges that touch end to start (one piece each),
+        // each followed by a range elsewhere: 40 pieces in all, more than
+        // one call takes.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for run in 0..20u64 {
+            let base = 4 * P + run * 150;
+            ranges.extend([(base, 50), (base + 50, 30), (base + 80, 20)]);
+            ranges.push((3 * P + run * 150 + 120, 7));
+        }
+        let n = mem
+            .read_from_file(
+                file.as_fd(),
+                77,
+                ranges.iter().copied(),
+                FileReadMode::Blocking,
+            )
+            .unwrap();
+        assert_eq!(n as u64, ranges.iter().map(|r| r.1).sum::<u64>());
+        let mut offset = 77;
+        for &(gpa, len) in &ranges {
+            assert_eq!(
+                guest(&mem, gpa, len as usize),
+                expected(offset, len),
+                "range at {gpa:#x}"
+            );
+            offset += len;
+        }
     }
 
     #[test]
