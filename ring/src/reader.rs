@@ -12,6 +12,11 @@ use crate::ring::{RingHalf, bytes_available, bytes_free};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
+/// Ring bytes the reader copies at once when it starts a packet: enough
+/// for a storvsp request with its range list or any completion, so such a
+/// packet costs one guest-memory read.
+const EAGER_READ_LEN: usize = 256;
+
 /// A validated packet in the reader's buffer.
 struct ParsedPacket {
     desc: Descriptor,
@@ -122,21 +127,30 @@ impl RingReader {
                 offset: position,
             });
         }
+        // One copy takes the descriptor and, for a small packet, all of
+        // it: up to `EAGER_READ_LEN` published bytes. Bytes past the packet
+        // are never looked at, and nothing is fetched twice.
+        let eager = (available as usize).min(EAGER_READ_LEN);
+        // Grow only: zeroing a reused buffer on every packet would cost
+        // as much as the copy itself.
+        if buffer.len() < eager {
+            buffer.resize(EAGER_READ_LEN, 0);
+        }
+        let after_eager = half.read_at(position, &mut buffer[..eager])?;
         let mut raw = [0u8; DESCRIPTOR_LEN];
-        let after_desc = half.read_at(position, &mut raw)?;
+        raw.copy_from_slice(&buffer[..DESCRIPTOR_LEN]);
         let desc = Descriptor::from_bytes(&raw);
         desc.validate(available, position)?;
         // Validated: 16 <= 8*length8 <= available - 8 < size. Copy the rest
-        // of the packet once; the descriptor is not fetched again.
+        // of a packet longer than the eager read.
         let total = usize::from(desc.length8) * 8;
-        // Grow only: zeroing a reused buffer on every packet would cost
-        // as much as the copy itself.
-        if buffer.len() < total {
-            buffer.resize(total, 0);
+        if total > eager {
+            if buffer.len() < total {
+                buffer.resize(total, 0);
+            }
+            half.read_at(after_eager, &mut buffer[eager..total])?;
         }
-        let packet = &mut buffer[..total];
-        packet[..DESCRIPTOR_LEN].copy_from_slice(&raw);
-        half.read_at(after_desc, &mut packet[DESCRIPTOR_LEN..])?;
+        let packet = &buffer[..total];
         let (kind, payload) = parse_packet_kind(&desc, packet, position)?;
         let next = half.advance(position, (total + TRAILER_LEN) as u32);
         Ok(Some(ParsedPacket {
