@@ -6,6 +6,10 @@
 //! resumes the rings. Every read must come back, with the image's bytes,
 //! and the driver must see no completion it did not wait for (none twice).
 //!
+//! Each round starts with the image out of the page cache, so that reads
+//! wait for the disk on the device's I/O pool (cached ones are answered
+//! inline, too fast for a kill to find them).
+//!
 //! The test counts itself which reads were asked for and not yet answered
 //! when each save is taken, and decodes the saved state for the requests
 //! the device held: some saves must find both, or the kills did not land
@@ -229,6 +233,16 @@ fn join_reads<T>(
     reader.join().unwrap()
 }
 
+/// Drops the image's pages from the page cache. The device answers a
+/// cached read inline, before a kill can find it; reads that must wait
+/// for the disk go to its I/O pool, where the kills catch them in flight.
+fn evict_from_page_cache(path: &std::path::Path) {
+    let file = std::fs::File::open(path).unwrap();
+    // Dirty pages stay cached until written back.
+    file.sync_all().unwrap();
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+}
+
 #[test]
 fn every_read_in_flight_completes_once_across_device_process_kills() {
     let rounds = env_u64("VMBDEV_NRL_REMOTE_ROUNDS", SUITE_ROUNDS);
@@ -256,6 +270,7 @@ fn every_read_in_flight_completes_once_across_device_process_kills() {
     };
     let (mut reads, mut crossed, mut round) = (0u64, 0u64, 0u64);
     while round < rounds || (rig.held_at_saves == 0 && round < rounds + EXTRA_ROUNDS) {
+        evict_from_page_cache(&rig.image_path);
         let requests = Arc::new(requests(&mut rng));
         let progress = Arc::new(Progress::default());
         let unexpected_before = driver.events().unexpected();
