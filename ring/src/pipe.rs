@@ -4,7 +4,7 @@
 
 use crate::error::RingError;
 use crate::gpa::{GpaError, GpaRange};
-use crate::packet::{IncomingPacket, OutgoingPacket, PacketKind};
+use crate::packet::{BorrowedKind, IncomingPacket, OutgoingPacket, PacketKind};
 use crate::reader::RingReader;
 use crate::writer::RingWriter;
 
@@ -177,6 +177,88 @@ impl PipeMessage {
     /// Decodes an in-band payload (header + body + up to 7 padding bytes).
     /// Data longer than `max_data` is an error.
     pub fn decode(payload: &[u8], max_data: usize) -> Result<Self, PipeError> {
+        Ok(match PipeMessageRef::decode(payload, max_data)? {
+            PipeMessageRef::Data(data) => Self::Data(data.to_vec()),
+            PipeMessageRef::SetupGpaDirect {
+                handle,
+                writable,
+                ranges,
+            } => Self::SetupGpaDirect {
+                handle,
+                writable,
+                ranges: ranges.to_vec(),
+            },
+            PipeMessageRef::TeardownGpaDirect { handle } => Self::TeardownGpaDirect { handle },
+        })
+    }
+
+    /// Decodes a received packet's payload; the packet must be in-band.
+    pub fn from_packet(packet: &IncomingPacket, max_data: usize) -> Result<Self, PipeError> {
+        if packet.kind != PacketKind::InBand {
+            return Err(PipeError::NotInBand);
+        }
+        Self::decode(&packet.payload, max_data)
+    }
+}
+
+/// A pipe message borrowed from a host copy of its payload: what
+/// [`PipeMessage`] holds, decoded without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeMessageRef<'a> {
+    /// Data (zero-length = end of stream in byte mode).
+    Data(&'a [u8]),
+    /// Register GPA ranges under `handle`.
+    SetupGpaDirect {
+        /// Handle the guest uses later.
+        handle: u32,
+        /// Whether the host may write the ranges.
+        writable: bool,
+        /// The ranges (at least one), checked but still in wire form.
+        ranges: WireRanges<'a>,
+    },
+    /// Forget `handle`.
+    TeardownGpaDirect {
+        /// The handle.
+        handle: u32,
+    },
+}
+
+/// A SETUP_GPA_DIRECT range list already checked by
+/// [`GpaRange::check_list`], still in wire form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireRanges<'a> {
+    bytes: &'a [u8],
+    count: u32,
+}
+
+impl WireRanges<'_> {
+    /// Number of ranges (at least one).
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The ranges, parsed into `out` reusing what it holds (see
+    /// [`GpaRange::parse_list_into`]).
+    pub fn parse_into(&self, out: &mut Vec<GpaRange>) {
+        // The list was checked when it was decoded, so this cannot fail;
+        // were it to, `out` is left empty rather than half filled.
+        if GpaRange::parse_list_into(self.bytes, self.count, out).is_err() {
+            out.clear();
+        }
+    }
+
+    /// The ranges, owned.
+    pub fn to_vec(&self) -> Vec<GpaRange> {
+        let mut out = Vec::new();
+        self.parse_into(&mut out);
+        out
+    }
+}
+
+impl<'a> PipeMessageRef<'a> {
+    /// Decodes an in-band payload (header + body + up to 7 padding bytes)
+    /// like [`PipeMessage::decode`], borrowing from `payload`.
+    pub fn decode(payload: &'a [u8], max_data: usize) -> Result<Self, PipeError> {
         let (kind, count) = match (u32_at(payload, 0), u32_at(payload, 4)) {
             (Some(k), Some(c)) => (k, c),
             _ => return Err(PipeError::HeaderTruncated { len: payload.len() }),
@@ -195,7 +277,7 @@ impl PipeMessage {
                 if len > max_data {
                     return Err(PipeError::MessageExceedsBuffer { len, max: max_data });
                 }
-                Ok(Self::Data(body.to_vec()))
+                Ok(Self::Data(body))
             }
             PIPE_SETUP_GPA_DIRECT => Self::decode_setup(body),
             PIPE_TEARDOWN_GPA_DIRECT => match u32_at(body, 0) {
@@ -206,7 +288,7 @@ impl PipeMessage {
         }
     }
 
-    fn decode_setup(body: &[u8]) -> Result<Self, PipeError> {
+    fn decode_setup(body: &'a [u8]) -> Result<Self, PipeError> {
         let (handle, count) = match (u32_at(body, 0), u32_at(body, 5)) {
             (Some(h), Some(c)) => (h, c),
             _ => return Err(PipeError::SetupTruncated { len: body.len() }),
@@ -216,7 +298,7 @@ impl PipeMessage {
             return Err(PipeError::NoRanges { handle });
         }
         let list = &body[SETUP_FIXED_LEN..];
-        let (ranges, used) = GpaRange::parse_list(list, count)
+        let used = GpaRange::check_list(list, count)
             .map_err(|source| PipeError::BadRanges { handle, source })?;
         if used != list.len() {
             return Err(PipeError::SetupTrailingBytes {
@@ -227,16 +309,11 @@ impl PipeMessage {
         Ok(Self::SetupGpaDirect {
             handle,
             writable,
-            ranges,
+            ranges: WireRanges {
+                bytes: &list[..used],
+                count,
+            },
         })
-    }
-
-    /// Decodes a received packet's payload; the packet must be in-band.
-    pub fn from_packet(packet: &IncomingPacket, max_data: usize) -> Result<Self, PipeError> {
-        if packet.kind != PacketKind::InBand {
-            return Err(PipeError::NotInBand);
-        }
-        Self::decode(&packet.payload, max_data)
     }
 }
 
@@ -245,6 +322,27 @@ impl RingReader {
     pub async fn recv_pipe(&mut self, max_data: usize) -> Result<PipeMessage, PipeError> {
         let packet = self.read().await?;
         PipeMessage::from_packet(&packet, max_data)
+    }
+
+    /// Receives the payload of one in-band packet into `payload` (reusing
+    /// its capacity: nothing is allocated once it has held the largest
+    /// packet), sleeping while the ring is empty. Decode it with
+    /// [`PipeMessageRef::decode`]. A packet of another kind is consumed and
+    /// refused.
+    pub async fn recv_pipe_into(&mut self, payload: &mut Vec<u8>) -> Result<(), PipeError> {
+        loop {
+            let mut in_band = None;
+            self.try_read_batch_borrowed(1, |packet| {
+                in_band = Some(matches!(packet.kind, BorrowedKind::InBand));
+                payload.clear();
+                payload.extend_from_slice(packet.payload);
+            })?;
+            match in_band {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(PipeError::NotInBand),
+                None => self.wait_readable().await?,
+            }
+        }
     }
 
     /// Receives one pipe message if one is ready.
