@@ -700,14 +700,14 @@ mod tests {
         let small = GpaRange::new(10, 4, vec![7]).unwrap();
         let other = GpaRange::new(11 * 4096, 0, (200..211).collect()).unwrap();
         let mut out = Vec::new();
-        let first = wire(&[big.clone(), small.clone()]);
+        let first = wire(&[big, small]);
         assert_eq!(
             GpaRange::parse_list_into(&first, 2, &mut out),
             Ok(first.len())
         );
         assert_eq!(out, GpaRange::parse_list(&first, 2).unwrap().0);
         // Shorter and different: stale entries and pages must not survive.
-        let second = wire(&[other.clone()]);
+        let second = wire(std::slice::from_ref(&other));
         assert_eq!(
             GpaRange::parse_list_into(&second, 1, &mut out),
             Ok(second.len())
