@@ -224,6 +224,29 @@ impl GpaRange {
         })
     }
 
+    /// Makes this range [`from_pages`](Self::from_pages)`(byte_count,
+    /// byte_offset, gpns)`, keeping a heap page list's capacity: reusing
+    /// one range for lists no longer than before allocates nothing. On
+    /// error the range is unchanged.
+    pub fn assign_pages(
+        &mut self,
+        byte_count: u32,
+        byte_offset: u32,
+        gpns: &[u64],
+    ) -> Result<(), GpaError> {
+        Self::check_page_count(byte_count, byte_offset, gpns.len())?;
+        match &mut self.gpns {
+            PageList::Heap(pages) if gpns.len() > INLINE_PAGES => {
+                pages.clear();
+                pages.extend_from_slice(gpns);
+            }
+            list => *list = PageList::from_slice(gpns),
+        }
+        self.byte_count = byte_count;
+        self.byte_offset = byte_offset;
+        Ok(())
+    }
+
     fn check_page_count(byte_count: u32, byte_offset: u32, present: usize) -> Result<(), GpaError> {
         Self::check_header(byte_count, byte_offset)?;
         let needed = pages_spanned(byte_offset, byte_count);
@@ -720,6 +743,28 @@ mod tests {
                 present: 1
             })
         );
+    }
+
+    #[test]
+    fn assign_pages_matches_from_pages() {
+        let mut range = GpaRange::new(12 * 4096, 0, (100..112).collect()).unwrap();
+        range
+            .assign_pages(10 * 4096 - 6, 4, &(50..60).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(
+            range,
+            GpaRange::from_pages(10 * 4096 - 6, 4, &(50..60).collect::<Vec<_>>()).unwrap()
+        );
+        range.assign_pages(8, 0, &[3]).unwrap();
+        assert_eq!(range, GpaRange::new(8, 0, vec![3]).unwrap());
+        assert_eq!(
+            range.assign_pages(4097, 0, &[1]),
+            Err(GpaError::PageCount {
+                needed: 2,
+                present: 1
+            })
+        );
+        assert_eq!(range, GpaRange::new(8, 0, vec![3]).unwrap(), "unchanged");
     }
 
     #[test]

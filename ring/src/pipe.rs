@@ -174,6 +174,28 @@ impl PipeMessage {
         }
     }
 
+    /// The SETUP_GPA_DIRECT of `ranges` under `handle`, header and body,
+    /// written into `out` (cleared first; its capacity reused).
+    pub fn encode_setup_into(handle: u32, writable: bool, ranges: &[GpaRange], out: &mut Vec<u8>) {
+        let body_len = SETUP_FIXED_LEN + ranges.iter().map(GpaRange::encoded_len).sum::<usize>();
+        out.clear();
+        out.extend_from_slice(&header(PIPE_SETUP_GPA_DIRECT, body_len));
+        out.extend_from_slice(&handle.to_le_bytes());
+        out.push(u8::from(writable));
+        out.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+        for range in ranges {
+            range.encode_into(out);
+        }
+    }
+
+    /// The TEARDOWN_GPA_DIRECT of `handle`, header and body.
+    pub fn encode_teardown(handle: u32) -> [u8; PIPE_HEADER_LEN + 4] {
+        let mut out = [0u8; PIPE_HEADER_LEN + 4];
+        out[..PIPE_HEADER_LEN].copy_from_slice(&header(PIPE_TEARDOWN_GPA_DIRECT, 4));
+        out[PIPE_HEADER_LEN..].copy_from_slice(&handle.to_le_bytes());
+        out
+    }
+
     /// Decodes an in-band payload (header + body + up to 7 padding bytes).
     /// Data longer than `max_data` is an error.
     pub fn decode(payload: &[u8], max_data: usize) -> Result<Self, PipeError> {
@@ -404,9 +426,23 @@ impl RingWriter {
         Ok(())
     }
 
+    /// [`send_setup`](Self::send_setup) encoding into `scratch` (its
+    /// capacity reused), so a warm setup allocates nothing.
+    pub async fn send_setup_with(
+        &mut self,
+        handle: u32,
+        writable: bool,
+        ranges: &[GpaRange],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), PipeError> {
+        PipeMessage::encode_setup_into(handle, writable, ranges, scratch);
+        self.write(&OutgoingPacket::in_band(scratch)).await?;
+        Ok(())
+    }
+
     /// Sends TEARDOWN_GPA_DIRECT.
     pub async fn send_teardown(&mut self, handle: u32) -> Result<(), PipeError> {
-        let message = PipeMessage::TeardownGpaDirect { handle }.encode();
+        let message = PipeMessage::encode_teardown(handle);
         self.write(&OutgoingPacket::in_band(&message)).await?;
         Ok(())
     }
@@ -415,6 +451,28 @@ impl RingWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoders_into_buffers_match_encode() {
+        let ranges = vec![
+            GpaRange::new(100, 6, vec![0x1234]).unwrap(),
+            GpaRange::new(5 * 4096, 0, (10..15).collect()).unwrap(),
+        ];
+        let mut out = vec![0xEE; 3];
+        PipeMessage::encode_setup_into(7, true, &ranges, &mut out);
+        let owned = PipeMessage::SetupGpaDirect {
+            handle: 7,
+            writable: true,
+            ranges: ranges.clone(),
+        };
+        assert_eq!(out, owned.encode());
+        assert_eq!(PipeMessage::decode(&out, 0), Ok(owned));
+        let teardown = PipeMessage::encode_teardown(0xA1B2);
+        assert_eq!(
+            PipeMessage::decode(&teardown, 0),
+            Ok(PipeMessage::TeardownGpaDirect { handle: 0xA1B2 })
+        );
+    }
 
     #[test]
     fn setup_layout_is_packed() {
