@@ -16,9 +16,9 @@
 //! driver, implemented by whoever runs the client.
 
 use super::{
-    ClientError, FileInfo, FileRead, RDMA_HANDLE, child_path, get_file_info_request,
+    ClientError, FileInfo, FileRead, RDMA_HANDLE, bad_host, child_path, get_file_info_request,
     parse_file_info_response, parse_rdma_response, parse_read_response, parse_version_response,
-    rdma_chunk, read_request, root_path, version_request,
+    rdma_request_into, read_request_into, root_path, version_request,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use vmbdev_ring::StopSignal;
 use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
 use vmbdev_ring::{
     Endpoint, GpaRange, GuestMemory, LoopbackError, MemoryError, OutgoingPacket, PAGE_SIZE,
-    PageAllocator, PipeError, PipeMessage,
+    PageAllocator, PipeError, PipeMessage, PipeMessageRef,
 };
 
 /// Why a bus call failed, as the bus reports it.
@@ -151,6 +151,19 @@ struct PendingTeardown {
     pages: Vec<u64>,
 }
 
+/// Buffers every request reuses, so a warm read allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    /// The request being sent.
+    request: Vec<u8>,
+    /// The last reply's pipe payload (pipe header included).
+    reply: Vec<u8>,
+    /// The SETUP_GPA_DIRECT being sent.
+    setup: Vec<u8>,
+    /// The range [`VmbfsClient::read_file_to_guest`] registers per chunk.
+    chunk: Option<GpaRange>,
+}
+
 /// The vmbfs client.
 pub struct VmbfsClient<B: VmbfsBus> {
     bus: B,
@@ -158,6 +171,7 @@ pub struct VmbfsClient<B: VmbfsBus> {
     use_rdma: bool,
     pending_teardown: Option<PendingTeardown>,
     stats: ClientStats,
+    scratch: Scratch,
 }
 
 impl<B: VmbfsBus> std::fmt::Debug for VmbfsClient<B> {
@@ -180,6 +194,7 @@ impl<B: VmbfsBus> VmbfsClient<B> {
             use_rdma,
             pending_teardown: None,
             stats: ClientStats::default(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -300,9 +315,9 @@ impl<B: VmbfsBus> VmbfsClient<B> {
         buf: &mut [u8],
         left: usize,
     ) -> Result<usize> {
-        let (request, requested) = read_request(path, offset, left)?;
-        let reply = self.request(&request).await?;
-        let data = parse_read_response(&reply, requested)?;
+        let requested = read_request_into(path, offset, left, &mut self.scratch.request)?;
+        self.exchange().await?;
+        let data = parse_read_response(self.reply(), requested)?;
         let out =
             buf.get_mut(..data.len())
                 .ok_or(VmbfsClientError::Protocol(ClientError::BadHost {
@@ -311,8 +326,9 @@ impl<B: VmbfsBus> VmbfsClient<B> {
                     message_type: 0,
                 }))?;
         out.copy_from_slice(data);
-        self.stats.in_band_bytes += data.len() as u64;
-        Ok(data.len())
+        let n = data.len();
+        self.stats.in_band_bytes += n as u64;
+        Ok(n)
     }
 
     async fn rdma_chunk(
@@ -354,18 +370,36 @@ impl<B: VmbfsBus> VmbfsClient<B> {
                 client.bus.pages().free(buffer.gpns());
             }
         };
-        let chunk = match rdma_chunk(path, offset, buffer) {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                free_owned(self);
-                return Err(e.into());
+        // The firmware registers exactly the bytes it requests: the buffer
+        // cut to the request, or the buffer itself when it is no longer.
+        let requested = buffer.byte_count().min(MAX_RDMA_READ_SIZE);
+        let cut;
+        let range = if requested == buffer.byte_count() {
+            buffer
+        } else {
+            match buffer.truncated(requested) {
+                Ok(range) => {
+                    cut = range;
+                    &cut
+                }
+                Err(_) => {
+                    free_owned(self);
+                    return Err(bad_host("empty RDMA buffer", &[]).into());
+                }
             }
         };
+        if let Err(e) = rdma_request_into(path, offset, requested, &mut self.scratch.request) {
+            free_owned(self);
+            return Err(e.into());
+        }
         // The previous chunk's teardown rides in the same publication as
         // this setup, as the firmware's deferred signal makes it arrive.
         let previous = self.pending_teardown.take();
         let sent = self
-            .send_setup_after_teardown(previous.as_ref().map(|p| p.handle), &chunk.setup.ranges)
+            .send_setup_after_teardown(
+                previous.as_ref().map(|p| p.handle),
+                std::slice::from_ref(range),
+            )
             .await;
         if let Some(previous) = previous {
             self.bus.pages().free(&previous.pages);
@@ -379,8 +413,8 @@ impl<B: VmbfsBus> VmbfsClient<B> {
             },
         });
         sent?;
-        let reply = self.request(&chunk.request).await?;
-        let written = parse_rdma_response(&reply, chunk.requested)?;
+        self.exchange().await?;
+        let written = parse_rdma_response(self.reply(), requested)?;
         self.stats.rdma_bytes += u64::from(written);
         self.stats.rdma_chunks += 1;
         Ok(written)
@@ -431,10 +465,17 @@ impl<B: VmbfsBus> VmbfsClient<B> {
                     .gpns()
                     .get(first..first + len.div_ceil(PAGE_SIZE))
                     .ok_or(VmbfsClientError::NotRdma("the buffer has too few pages"))?;
-                let range = GpaRange::from_pages(len as u32, 0, pages)
+                // One range reused for every chunk: its page list is not
+                // allocated again.
+                let described = match self.scratch.chunk.take() {
+                    Some(mut range) => range.assign_pages(len as u32, 0, pages).map(|()| range),
+                    None => GpaRange::from_pages(len as u32, 0, pages),
+                };
+                let range = described
                     .map_err(|_| VmbfsClientError::NotRdma("the buffer cannot be described"))?;
-                let written = self.rdma_into(&file.path, at, &range, false).await?;
-                read.advance(written as usize)?;
+                let written = self.rdma_into(&file.path, at, &range, false).await;
+                self.scratch.chunk = Some(range);
+                read.advance(written? as usize)?;
             }
             Ok::<_, VmbfsClientError>(read.bytes_read())
         }
@@ -453,7 +494,7 @@ impl<B: VmbfsBus> VmbfsClient<B> {
         let channel = self
             .channel
             .as_mut()
-            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
+            .ok_or_else(|| VmbfsClientError::DeviceStopped("no channel open".into()))?;
         let sent = channel
             .endpoint()
             .writer
@@ -471,10 +512,10 @@ impl<B: VmbfsBus> VmbfsClient<B> {
         let channel = self
             .channel
             .as_mut()
-            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
+            .ok_or_else(|| VmbfsClientError::DeviceStopped("no channel open".into()))?;
         let writer = &mut channel.endpoint().writer;
         if let Some(handle) = teardown {
-            let message = PipeMessage::TeardownGpaDirect { handle }.encode();
+            let message = PipeMessage::encode_teardown(handle);
             // Unpublished: the setup below publishes both at once.
             if !writer
                 .try_write_unpublished(&OutgoingPacket::in_band(&message))
@@ -483,27 +524,51 @@ impl<B: VmbfsBus> VmbfsClient<B> {
                 writer.send_teardown(handle).await?;
             }
         }
-        writer.send_setup(RDMA_HANDLE, true, ranges).await?;
+        writer
+            .send_setup_with(RDMA_HANDLE, true, ranges, &mut self.scratch.setup)
+            .await?;
         Ok(())
     }
 
     /// Sends one request and waits for its reply; fails if the device
     /// stops the channel instead of answering.
     pub async fn request(&mut self, message: &[u8]) -> Result<Vec<u8>> {
+        self.scratch.request.clear();
+        self.scratch.request.extend_from_slice(message);
+        self.exchange().await?;
+        Ok(self.reply().to_vec())
+    }
+
+    /// The DATA of the last reply [`Self::exchange`] received.
+    fn reply(&self) -> &[u8] {
+        match PipeMessageRef::decode(&self.scratch.reply, MAX_MESSAGE_LEN) {
+            Ok(PipeMessageRef::Data(data)) => data,
+            // `exchange` accepted only a DATA reply.
+            _ => &[],
+        }
+    }
+
+    /// Sends the request in the scratch buffer and receives its reply
+    /// into the scratch buffer (see [`Self::reply`]), allocating nothing;
+    /// fails if the device stops the channel instead of answering.
+    async fn exchange(&mut self) -> Result<()> {
         let channel = self
             .channel
             .as_mut()
-            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
+            .ok_or_else(|| VmbfsClientError::DeviceStopped("no channel open".into()))?;
         let host_stopped = channel.host_stopped();
         self.stats.requests += 1;
         let endpoint = channel.endpoint();
+        let (request, reply) = (&self.scratch.request, &mut self.scratch.reply);
         let exchange = async {
-            endpoint.send_data(message).await?;
-            endpoint.recv_pipe(MAX_MESSAGE_LEN).await
+            endpoint.send_data(request).await?;
+            endpoint.reader.recv_pipe_into(reply).await?;
+            PipeMessageRef::decode(reply, MAX_MESSAGE_LEN)
+                .map(|message| matches!(message, PipeMessageRef::Data(_)))
         };
         match host_stopped.race(exchange).await {
-            Some(Ok(PipeMessage::Data(reply))) => Ok(reply),
-            Some(Ok(_)) => Err(VmbfsClientError::UnexpectedPipeMessage),
+            Some(Ok(true)) => Ok(()),
+            Some(Ok(false)) => Err(VmbfsClientError::UnexpectedPipeMessage),
             Some(Err(e)) => Err(e.into()),
             None => {
                 let result = channel.wait_host_end().await;
