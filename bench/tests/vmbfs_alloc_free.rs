@@ -18,9 +18,12 @@ use vmbdev_device::bus::{ChannelError, NoSubChannels, OpenRequest, VmbusDevice};
 use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
 use vmbdev_fs::MemoryTree;
 use vmbdev_guest::vmbfs::{
-    GpaDirectSetup, child_path, parse_rdma_response, parse_read_response, parse_version_response,
-    rdma_chunk, read_request, version_request,
+    GpaDirectSetup, UefiFile, child_path, parse_rdma_response, parse_read_response,
+    parse_version_response, rdma_chunk, read_request, version_request,
 };
+use vmbdev_loopback::vm::{LoopbackVm, VmConfig};
+use vmbdev_loopback::vmbfs::{VmbfsClient, VmbfsLoopback};
+use vmbdev_ring::executor::Executor;
 use vmbdev_ring::{
     BorrowedKind, Endpoint, GpaRange, GuestMemory, LoopbackConfig, OutgoingPacket, PipeMessage,
     PipeMessageRef, loopback,
@@ -56,6 +59,7 @@ fn main() {
     assert!(seen >= 1, "the counting allocator saw {seen} allocations");
     let data = sample_bytes(FILE_SIZE, 0x5eed_f11e);
     device_reads_allocate_nothing_per_request_once_warm(&data);
+    client_reads_allocate_nothing_per_request_once_warm(&data);
 }
 
 /// The file offset of request `i`: unaligned and spread over the file.
@@ -266,4 +270,102 @@ fn device_reads_allocate_nothing_per_request_once_warm(data: &[u8]) {
     assert!(device.stats().rdma_bytes >= (N * RDMA_BYTES) as u64);
     device.close(0).unwrap();
     block_on(guest.task.as_mut()).unwrap();
+}
+
+/// The client's reads in the one-thread layout: client and device task
+/// on this thread (on the ring's executor, whose wake-ups allocate
+/// nothing), the device reading the tree inline.
+struct ClientRig {
+    vm: LoopbackVm,
+    executor: Arc<Executor>,
+    client: VmbfsClient,
+    file: UefiFile,
+    /// The loader's destination of RDMA reads, in guest pages.
+    dest: GpaRange,
+    buf: Vec<u8>,
+}
+
+impl ClientRig {
+    fn new(data: &[u8]) -> Self {
+        let device: Arc<dyn VmbusDevice> = Arc::new(device(data));
+        let executor = Arc::new(Executor::new());
+        let vm = LoopbackVm::new(&VmConfig {
+            memory_pages: 8192,
+            executor_threads: 0,
+            task_executor: Some(executor.clone()),
+        })
+        .unwrap();
+        let mut client = VmbfsClient::new(VmbfsLoopback::new(vm.clone(), device), true);
+        let dest = vm.pages().alloc_range(RDMA_BYTES as u32).unwrap();
+        let file = block_on(executor.run(async {
+            client.open_volume().await?;
+            client.open_path(PATH).await
+        }))
+        .unwrap();
+        assert!(file.info.rdma_capable);
+        Self {
+            vm,
+            executor,
+            client,
+            file,
+            dest,
+            buf: vec![0; RDMA_BYTES],
+        }
+    }
+
+    /// `count` in-band reads (RDMA off); how many got the file's bytes.
+    fn read_in_band(&mut self, count: usize, data: &[u8]) -> usize {
+        let (client, file, buf) = (&mut self.client, &self.file, &mut self.buf[..IN_BAND_BYTES]);
+        client.set_use_rdma(false);
+        block_on(self.executor.run(async {
+            let mut good = 0;
+            for i in 0..count {
+                let offset = offset_of(i, IN_BAND_BYTES);
+                buf.fill(0);
+                let n = client.read_file(file, offset, buf).await.unwrap();
+                good += usize::from(n == IN_BAND_BYTES && *buf == data[offset as usize..][..n]);
+            }
+            good
+        }))
+    }
+
+    /// `count` RDMA reads into the destination pages; how many put the
+    /// file's bytes there.
+    fn read_rdma(&mut self, count: usize, data: &[u8]) -> usize {
+        let (client, file, buf) = (&mut self.client, &self.file, &mut self.buf);
+        let (dest, memory) = (&self.dest, self.vm.memory());
+        client.set_use_rdma(true);
+        block_on(self.executor.run(async {
+            let mut good = 0;
+            for i in 0..count {
+                let offset = offset_of(i, RDMA_BYTES);
+                let n = client.read_file_to_guest(file, offset, dest).await.unwrap();
+                buf.fill(0);
+                dest.read_at(memory, 0, buf).unwrap();
+                good += usize::from(n == RDMA_BYTES && *buf == data[offset as usize..][..n]);
+            }
+            good
+        }))
+    }
+}
+
+fn client_reads_allocate_nothing_per_request_once_warm(data: &[u8]) {
+    let mut rig = ClientRig::new(data);
+    const N: usize = 500;
+    assert_eq!(rig.read_in_band(2 * OFFSETS, data), 2 * OFFSETS);
+    assert_eq!(rig.read_rdma(2 * OFFSETS, data), 2 * OFFSETS);
+    let mut good = 0;
+    let in_band = allocations_during(|| good = rig.read_in_band(N, data));
+    assert_eq!(good, N, "every in-band read returns the file's bytes");
+    let rdma = allocations_during(|| good = rig.read_rdma(N, data));
+    assert_eq!(
+        good, N,
+        "every RDMA read puts the file's bytes in the pages"
+    );
+    assert_eq!(
+        (in_band, rdma),
+        (0, 0),
+        "allocations over {N} in-band reads and over {N} RDMA reads by the client"
+    );
+    block_on(rig.executor.run(rig.client.close())).unwrap();
 }
