@@ -51,6 +51,10 @@ pub struct VmConfig {
     /// caller runs [`LoopbackVm::executor`] (for example around the guest's
     /// work, so guest and device share its thread).
     pub executor_threads: usize,
+    /// Runs the device tasks on this executor (whose scheduling allocates
+    /// nothing) instead of [`LoopbackVm::executor`]; the caller runs it,
+    /// e.g. around the guest's work on the same thread.
+    pub task_executor: Option<Arc<vmbdev_ring::executor::Executor>>,
 }
 
 impl Default for VmConfig {
@@ -59,6 +63,7 @@ impl Default for VmConfig {
             // 32 MiB: rings plus a 7 MiB RDMA buffer with room to spare.
             memory_pages: 8192,
             executor_threads: 1,
+            task_executor: None,
         }
     }
 }
@@ -89,6 +94,7 @@ struct VmInner {
     pages: PageAllocator,
     next_gpadl: AtomicU32,
     executor: Arc<async_executor::Executor<'static>>,
+    task_executor: Option<Arc<vmbdev_ring::executor::Executor>>,
     shutdown: async_channel::Sender<()>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -168,6 +174,7 @@ impl LoopbackVm {
                 gpadls: GpadlRegistry::new(),
                 next_gpadl: AtomicU32::new(1),
                 executor,
+                task_executor: config.task_executor.clone(),
                 shutdown,
                 threads: Mutex::new(threads),
             }),
@@ -179,9 +186,15 @@ impl LoopbackVm {
         &self.inner.memory
     }
 
-    /// The executor the device tasks run on.
+    /// The executor the device tasks run on (unless the configuration
+    /// gave a [`task_executor`](Self::task_executor)).
     pub fn executor(&self) -> &Arc<async_executor::Executor<'static>> {
         &self.inner.executor
+    }
+
+    /// The executor the configuration gave for the device tasks, if any.
+    pub fn task_executor(&self) -> Option<&Arc<vmbdev_ring::executor::Executor>> {
+        self.inner.task_executor.as_ref()
     }
 
     /// The allocator of free guest pages (drivers take buffers here).
@@ -307,16 +320,17 @@ impl GuestChannel {
         let task = device.open(self.index, request)?;
         let exit = Arc::new(Exit::default());
         let published = exit.clone();
-        inner
-            .executor
-            .spawn(async move {
-                let result = task.await;
-                if let Err(error) = &result {
-                    tracing::debug!(%error, "loopback VM: device task ended");
-                }
-                published.publish(result);
-            })
-            .detach();
+        let run = async move {
+            let result = task.await;
+            if let Err(error) = &result {
+                tracing::debug!(%error, "loopback VM: device task ended");
+            }
+            published.publish(result);
+        };
+        match &inner.task_executor {
+            Some(executor) => executor.spawn(run).detach(),
+            None => inner.executor.spawn(run).detach(),
+        }
         self.device = device;
         self.exit = Some(exit);
         Ok(())

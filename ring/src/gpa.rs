@@ -138,6 +138,22 @@ impl PageList {
         }
     }
 
+    /// [`from_wire`](Self::from_wire) into `self`, keeping a heap list's
+    /// capacity so a warm reuse allocates nothing.
+    fn assign_wire(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Heap(pages) if bytes.len() / 8 > INLINE_PAGES => {
+                pages.clear();
+                pages.extend(
+                    bytes.chunks_exact(8).map(|c| {
+                        u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                    }),
+                );
+            }
+            _ => *self = Self::from_wire(bytes),
+        }
+    }
+
     fn as_slice(&self) -> &[u64] {
         match self {
             Self::Inline { len, pages } => &pages[..usize::from(*len)],
@@ -208,6 +224,29 @@ impl GpaRange {
         })
     }
 
+    /// Makes this range [`from_pages`](Self::from_pages)`(byte_count,
+    /// byte_offset, gpns)`, keeping a heap page list's capacity: reusing
+    /// one range for lists no longer than before allocates nothing. On
+    /// error the range is unchanged.
+    pub fn assign_pages(
+        &mut self,
+        byte_count: u32,
+        byte_offset: u32,
+        gpns: &[u64],
+    ) -> Result<(), GpaError> {
+        Self::check_page_count(byte_count, byte_offset, gpns.len())?;
+        match &mut self.gpns {
+            PageList::Heap(pages) if gpns.len() > INLINE_PAGES => {
+                pages.clear();
+                pages.extend_from_slice(gpns);
+            }
+            list => *list = PageList::from_slice(gpns),
+        }
+        self.byte_count = byte_count;
+        self.byte_offset = byte_offset;
+        Ok(())
+    }
+
     fn check_page_count(byte_count: u32, byte_offset: u32, present: usize) -> Result<(), GpaError> {
         Self::check_header(byte_count, byte_offset)?;
         let needed = pages_spanned(byte_offset, byte_count);
@@ -251,6 +290,42 @@ impl GpaRange {
             at += used;
         }
         Ok((ranges, at))
+    }
+
+    /// [`parse_list`](Self::parse_list) into `out`, reusing the ranges
+    /// (and their page lists) already there: parsing a list no longer than
+    /// one parsed before into the same `out` allocates nothing. On error
+    /// `out` holds unspecified ranges.
+    pub fn parse_list_into(
+        bytes: &[u8],
+        count: u32,
+        out: &mut Vec<Self>,
+    ) -> Result<usize, GpaError> {
+        if count as usize > bytes.len() / 16 {
+            return Err(GpaError::Truncated(bytes.len()));
+        }
+        let mut at = 0usize;
+        for index in 0..count as usize {
+            let rest = &bytes[at..];
+            let (byte_count, byte_offset, used) =
+                Self::wire_header(rest).map_err(|e| e.shifted(at))?;
+            let wire_pages = &rest[8..used];
+            match out.get_mut(index) {
+                Some(range) => {
+                    range.byte_count = byte_count;
+                    range.byte_offset = byte_offset;
+                    range.gpns.assign_wire(wire_pages);
+                }
+                None => out.push(Self {
+                    byte_count,
+                    byte_offset,
+                    gpns: PageList::from_wire(wire_pages),
+                }),
+            }
+            at += used;
+        }
+        out.truncate(count as usize);
+        Ok(at)
     }
 
     /// Checks `count` ranges in wire form like [`parse_list`](Self::parse_list)
@@ -632,6 +707,64 @@ mod tests {
 
     fn memory() -> GuestMemory {
         GuestMemory::new(16 * 4096).unwrap()
+    }
+
+    fn wire(ranges: &[GpaRange]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for range in ranges {
+            range.encode_into(&mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn parse_list_into_reuses_and_matches_parse_list() {
+        let big = GpaRange::new(12 * 4096, 0, (100..112).collect()).unwrap();
+        let small = GpaRange::new(10, 4, vec![7]).unwrap();
+        let other = GpaRange::new(11 * 4096, 0, (200..211).collect()).unwrap();
+        let mut out = Vec::new();
+        let first = wire(&[big, small]);
+        assert_eq!(
+            GpaRange::parse_list_into(&first, 2, &mut out),
+            Ok(first.len())
+        );
+        assert_eq!(out, GpaRange::parse_list(&first, 2).unwrap().0);
+        // Shorter and different: stale entries and pages must not survive.
+        let second = wire(std::slice::from_ref(&other));
+        assert_eq!(
+            GpaRange::parse_list_into(&second, 1, &mut out),
+            Ok(second.len())
+        );
+        assert_eq!(out, [other]);
+        assert_eq!(
+            GpaRange::parse_list_into(&second[..20], 1, &mut out),
+            Err(GpaError::PageCount {
+                needed: 11,
+                present: 1
+            })
+        );
+    }
+
+    #[test]
+    fn assign_pages_matches_from_pages() {
+        let mut range = GpaRange::new(12 * 4096, 0, (100..112).collect()).unwrap();
+        range
+            .assign_pages(10 * 4096 - 6, 4, &(50..60).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(
+            range,
+            GpaRange::from_pages(10 * 4096 - 6, 4, &(50..60).collect::<Vec<_>>()).unwrap()
+        );
+        range.assign_pages(8, 0, &[3]).unwrap();
+        assert_eq!(range, GpaRange::new(8, 0, vec![3]).unwrap());
+        assert_eq!(
+            range.assign_pages(4097, 0, &[1]),
+            Err(GpaError::PageCount {
+                needed: 2,
+                present: 1
+            })
+        );
+        assert_eq!(range, GpaRange::new(8, 0, vec![3]).unwrap(), "unchanged");
     }
 
     #[test]

@@ -62,8 +62,8 @@ pub use packet::{
     PacketKind, PacketView, TransferPageList, TransferPageRange, gpa_direct_ring_len,
     in_band_ring_len, pipe_data_ring_len,
 };
-pub use pipe::{PipeError, PipeMessage};
+pub use pipe::{PipeError, PipeMessage, PipeMessageRef, WireRanges};
 pub use reader::RingReader;
 pub use ring::RingHalf;
-pub use stop::StopSignal;
+pub use stop::{StopSignal, StopWait};
 pub use writer::{RingWriter, WriteBatch};

@@ -4,7 +4,7 @@
 
 use crate::error::RingError;
 use crate::gpa::{GpaError, GpaRange};
-use crate::packet::{IncomingPacket, OutgoingPacket, PacketKind};
+use crate::packet::{BorrowedKind, IncomingPacket, OutgoingPacket, PacketKind};
 use crate::reader::RingReader;
 use crate::writer::RingWriter;
 
@@ -174,9 +174,113 @@ impl PipeMessage {
         }
     }
 
+    /// The SETUP_GPA_DIRECT of `ranges` under `handle`, header and body,
+    /// written into `out` (cleared first; its capacity reused).
+    pub fn encode_setup_into(handle: u32, writable: bool, ranges: &[GpaRange], out: &mut Vec<u8>) {
+        let body_len = SETUP_FIXED_LEN + ranges.iter().map(GpaRange::encoded_len).sum::<usize>();
+        out.clear();
+        out.extend_from_slice(&header(PIPE_SETUP_GPA_DIRECT, body_len));
+        out.extend_from_slice(&handle.to_le_bytes());
+        out.push(u8::from(writable));
+        out.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+        for range in ranges {
+            range.encode_into(out);
+        }
+    }
+
+    /// The TEARDOWN_GPA_DIRECT of `handle`, header and body.
+    pub fn encode_teardown(handle: u32) -> [u8; PIPE_HEADER_LEN + 4] {
+        let mut out = [0u8; PIPE_HEADER_LEN + 4];
+        out[..PIPE_HEADER_LEN].copy_from_slice(&header(PIPE_TEARDOWN_GPA_DIRECT, 4));
+        out[PIPE_HEADER_LEN..].copy_from_slice(&handle.to_le_bytes());
+        out
+    }
+
     /// Decodes an in-band payload (header + body + up to 7 padding bytes).
     /// Data longer than `max_data` is an error.
     pub fn decode(payload: &[u8], max_data: usize) -> Result<Self, PipeError> {
+        Ok(match PipeMessageRef::decode(payload, max_data)? {
+            PipeMessageRef::Data(data) => Self::Data(data.to_vec()),
+            PipeMessageRef::SetupGpaDirect {
+                handle,
+                writable,
+                ranges,
+            } => Self::SetupGpaDirect {
+                handle,
+                writable,
+                ranges: ranges.to_vec(),
+            },
+            PipeMessageRef::TeardownGpaDirect { handle } => Self::TeardownGpaDirect { handle },
+        })
+    }
+
+    /// Decodes a received packet's payload; the packet must be in-band.
+    pub fn from_packet(packet: &IncomingPacket, max_data: usize) -> Result<Self, PipeError> {
+        if packet.kind != PacketKind::InBand {
+            return Err(PipeError::NotInBand);
+        }
+        Self::decode(&packet.payload, max_data)
+    }
+}
+
+/// A pipe message borrowed from a host copy of its payload: what
+/// [`PipeMessage`] holds, decoded without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeMessageRef<'a> {
+    /// Data (zero-length = end of stream in byte mode).
+    Data(&'a [u8]),
+    /// Register GPA ranges under `handle`.
+    SetupGpaDirect {
+        /// Handle the guest uses later.
+        handle: u32,
+        /// Whether the host may write the ranges.
+        writable: bool,
+        /// The ranges (at least one), checked but still in wire form.
+        ranges: WireRanges<'a>,
+    },
+    /// Forget `handle`.
+    TeardownGpaDirect {
+        /// The handle.
+        handle: u32,
+    },
+}
+
+/// A SETUP_GPA_DIRECT range list already checked by
+/// [`GpaRange::check_list`], still in wire form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireRanges<'a> {
+    bytes: &'a [u8],
+    count: u32,
+}
+
+impl WireRanges<'_> {
+    /// Number of ranges (at least one).
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The ranges, parsed into `out` reusing what it holds (see
+    /// [`GpaRange::parse_list_into`]).
+    pub fn parse_into(&self, out: &mut Vec<GpaRange>) {
+        // The list was checked when it was decoded, so this cannot fail;
+        // were it to, `out` is left empty rather than half filled.
+        if GpaRange::parse_list_into(self.bytes, self.count, out).is_err() {
+            out.clear();
+        }
+    }
+
+    /// The ranges, owned.
+    pub fn to_vec(&self) -> Vec<GpaRange> {
+        let mut out = Vec::new();
+        self.parse_into(&mut out);
+        out
+    }
+}
+
+impl<'a> PipeMessageRef<'a> {
+    /// Decodes an in-band payload (header + body + up to 7 padding bytes)
+    /// like [`PipeMessage::decode`], borrowing from `payload`.
+    pub fn decode(payload: &'a [u8], max_data: usize) -> Result<Self, PipeError> {
         let (kind, count) = match (u32_at(payload, 0), u32_at(payload, 4)) {
             (Some(k), Some(c)) => (k, c),
             _ => return Err(PipeError::HeaderTruncated { len: payload.len() }),
@@ -195,7 +299,7 @@ impl PipeMessage {
                 if len > max_data {
                     return Err(PipeError::MessageExceedsBuffer { len, max: max_data });
                 }
-                Ok(Self::Data(body.to_vec()))
+                Ok(Self::Data(body))
             }
             PIPE_SETUP_GPA_DIRECT => Self::decode_setup(body),
             PIPE_TEARDOWN_GPA_DIRECT => match u32_at(body, 0) {
@@ -206,7 +310,7 @@ impl PipeMessage {
         }
     }
 
-    fn decode_setup(body: &[u8]) -> Result<Self, PipeError> {
+    fn decode_setup(body: &'a [u8]) -> Result<Self, PipeError> {
         let (handle, count) = match (u32_at(body, 0), u32_at(body, 5)) {
             (Some(h), Some(c)) => (h, c),
             _ => return Err(PipeError::SetupTruncated { len: body.len() }),
@@ -216,7 +320,7 @@ impl PipeMessage {
             return Err(PipeError::NoRanges { handle });
         }
         let list = &body[SETUP_FIXED_LEN..];
-        let (ranges, used) = GpaRange::parse_list(list, count)
+        let used = GpaRange::check_list(list, count)
             .map_err(|source| PipeError::BadRanges { handle, source })?;
         if used != list.len() {
             return Err(PipeError::SetupTrailingBytes {
@@ -227,16 +331,11 @@ impl PipeMessage {
         Ok(Self::SetupGpaDirect {
             handle,
             writable,
-            ranges,
+            ranges: WireRanges {
+                bytes: &list[..used],
+                count,
+            },
         })
-    }
-
-    /// Decodes a received packet's payload; the packet must be in-band.
-    pub fn from_packet(packet: &IncomingPacket, max_data: usize) -> Result<Self, PipeError> {
-        if packet.kind != PacketKind::InBand {
-            return Err(PipeError::NotInBand);
-        }
-        Self::decode(&packet.payload, max_data)
     }
 }
 
@@ -245,6 +344,27 @@ impl RingReader {
     pub async fn recv_pipe(&mut self, max_data: usize) -> Result<PipeMessage, PipeError> {
         let packet = self.read().await?;
         PipeMessage::from_packet(&packet, max_data)
+    }
+
+    /// Receives the payload of one in-band packet into `payload` (reusing
+    /// its capacity: nothing is allocated once it has held the largest
+    /// packet), sleeping while the ring is empty. Decode it with
+    /// [`PipeMessageRef::decode`]. A packet of another kind is consumed and
+    /// refused.
+    pub async fn recv_pipe_into(&mut self, payload: &mut Vec<u8>) -> Result<(), PipeError> {
+        loop {
+            let mut in_band = None;
+            self.try_read_batch_borrowed(1, |packet| {
+                in_band = Some(matches!(packet.kind, BorrowedKind::InBand));
+                payload.clear();
+                payload.extend_from_slice(packet.payload);
+            })?;
+            match in_band {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(PipeError::NotInBand),
+                None => self.wait_readable().await?,
+            }
+        }
     }
 
     /// Receives one pipe message if one is ready.
@@ -306,9 +426,23 @@ impl RingWriter {
         Ok(())
     }
 
+    /// [`send_setup`](Self::send_setup) encoding into `scratch` (its
+    /// capacity reused), so a warm setup allocates nothing.
+    pub async fn send_setup_with(
+        &mut self,
+        handle: u32,
+        writable: bool,
+        ranges: &[GpaRange],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), PipeError> {
+        PipeMessage::encode_setup_into(handle, writable, ranges, scratch);
+        self.write(&OutgoingPacket::in_band(scratch)).await?;
+        Ok(())
+    }
+
     /// Sends TEARDOWN_GPA_DIRECT.
     pub async fn send_teardown(&mut self, handle: u32) -> Result<(), PipeError> {
-        let message = PipeMessage::TeardownGpaDirect { handle }.encode();
+        let message = PipeMessage::encode_teardown(handle);
         self.write(&OutgoingPacket::in_band(&message)).await?;
         Ok(())
     }
@@ -317,6 +451,28 @@ impl RingWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoders_into_buffers_match_encode() {
+        let ranges = vec![
+            GpaRange::new(100, 6, vec![0x1234]).unwrap(),
+            GpaRange::new(5 * 4096, 0, (10..15).collect()).unwrap(),
+        ];
+        let mut out = vec![0xEE; 3];
+        PipeMessage::encode_setup_into(7, true, &ranges, &mut out);
+        let owned = PipeMessage::SetupGpaDirect {
+            handle: 7,
+            writable: true,
+            ranges: ranges.clone(),
+        };
+        assert_eq!(out, owned.encode());
+        assert_eq!(PipeMessage::decode(&out, 0), Ok(owned));
+        let teardown = PipeMessage::encode_teardown(0xA1B2);
+        assert_eq!(
+            PipeMessage::decode(&teardown, 0),
+            Ok(PipeMessage::TeardownGpaDirect { handle: 0xA1B2 })
+        );
+    }
 
     #[test]
     fn setup_layout_is_packed() {

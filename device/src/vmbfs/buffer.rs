@@ -24,7 +24,7 @@ pub(super) enum DirectReadError {
 }
 
 /// A registered GPA-direct buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct GpaDirectBuffer {
     pub(super) writable: bool,
     pub(super) ranges: Vec<GpaRange>,
@@ -80,7 +80,7 @@ impl GpaDirectBuffer {
         len: u64,
     ) -> Result<(), GpaError> {
         self.for_each_piece(offset, len, |range, at, _, n| {
-            range.segments(memory, at, n).map(drop)
+            range.check_access(memory, at, n)
         })
     }
 
@@ -144,10 +144,7 @@ impl GpaDirectBuffer {
         len: u64,
     ) -> Result<(), GpaError> {
         self.for_each_piece(offset, len, |range, at, _, n| {
-            for (gpa, n) in range.segments(memory, at, n)? {
-                memory.fill(gpa, n, 0)?;
-            }
-            Ok(())
+            range.for_each_segment(memory, at, n, |gpa, n| Ok(memory.fill(gpa, n, 0)?))
         })
     }
 }

@@ -7,10 +7,11 @@
 //!    ([`VmbfsHost::max_reply_size`]) with `wait_write_ready`, *before*
 //!    taking the next request: a guest that never reads replies stops the
 //!    device from consuming, so host memory stays bounded (one message);
-//! 2. take one pipe message;
+//! 2. take one pipe message (copied into the task's reused buffer);
 //! 3. run it through the state machine; tree I/O runs on the device's
 //!    [`IoSpawner`] so a slow read does not stall other channels' tasks;
-//! 4. send the reply (never a VMBus completion) into the reserved space.
+//! 4. send the reply (never a VMBus completion) into the reserved space
+//!    and hand its buffer back to the host for the next one.
 //!
 //! A malformed pipe frame or a protocol violation is counted, stops the
 //! channel, and ends the task with a [`ChannelError`]. Every open starts
@@ -26,13 +27,11 @@ use crate::bus::{
 };
 use crate::bus::{IoSpawner, ThreadPool, run_blocking};
 use crate::violation::ViolationLog;
-use event_listener::Event;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vmbdev_protocol::vmbfs::{BOOT_INSTANCE_ID, INTERFACE_ID, MessageType};
-use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
-use vmbdev_ring::{Endpoint, PipeMessage, pipe_data_ring_len};
+use vmbdev_ring::pipe::{MAX_MESSAGE_LEN, PIPE_HEADER_LEN};
+use vmbdev_ring::{Endpoint, PipeMessageRef, StopSignal, pipe_data_ring_len};
 
 /// Ring data pages per direction the device offers (what the UEFI client
 /// uses).
@@ -88,42 +87,6 @@ struct Counters {
     rdma_bytes: AtomicU64,
     messages: AtomicU64,
     backpressure_waits: AtomicU64,
-}
-
-/// A one-shot stop request for a running task.
-#[derive(Debug, Default)]
-struct StopSignal {
-    stopped: AtomicBool,
-    event: Event,
-}
-
-impl StopSignal {
-    fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        self.event.notify(usize::MAX);
-    }
-
-    async fn wait(&self) {
-        loop {
-            if self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            listener.await;
-        }
-    }
-
-    /// Runs `fut` unless a stop comes first (`None`).
-    async fn unless_stopped<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
-        futures_lite::future::or(async { Some(fut.await) }, async {
-            self.wait().await;
-            None
-        })
-        .await
-    }
 }
 
 #[derive(Default)]
@@ -383,11 +346,13 @@ impl Channel {
         let reserve = pipe_data_ring_len(VmbfsHost::max_reply_size());
         let channel = self.index;
         let counters = &self.shared.counters;
+        // The payload of the request being served, reused for every one.
+        let mut payload = Vec::with_capacity(MAX_MESSAGE_LEN + PIPE_HEADER_LEN);
         loop {
             // Sleep until a request is there (without taking it), so a
             // guest that reads a reply and then sends the next request
             // wakes the task once, not once per step.
-            match self.stop.unless_stopped(reader.wait_readable()).await {
+            match self.stop.race(reader.wait_readable()).await {
                 None => return Ok(()),
                 Some(r) => r.map_err(|source| ChannelError::Ring { channel, source })?,
             }
@@ -399,32 +364,28 @@ impl Channel {
             if free as usize <= reserve {
                 counters.backpressure_waits.fetch_add(1, Ordering::Relaxed);
             }
-            match self
-                .stop
-                .unless_stopped(writer.wait_write_ready(reserve))
-                .await
-            {
+            match self.stop.race(writer.wait_write_ready(reserve)).await {
                 None => return Ok(()),
                 Some(r) => r.map_err(|source| ChannelError::Ring { channel, source })?,
             }
-            let message = match self
-                .stop
-                .unless_stopped(reader.recv_pipe(MAX_MESSAGE_LEN))
-                .await
-            {
+            let received = match self.stop.race(reader.recv_pipe_into(&mut payload)).await {
                 None => return Ok(()),
-                Some(Ok(message)) => message,
-                Some(Err(e)) => {
-                    counters.transport_errors.fetch_add(1, Ordering::Relaxed);
-                    let error = ChannelError::from_pipe(channel, e);
-                    self.shared.violations.record_as(
-                        channel,
-                        "malformed pipe frame",
-                        &format_args!("{error}; stopping the channel"),
-                    );
-                    return Err(error);
-                }
+                Some(received) => received,
             };
+            let message =
+                match received.and_then(|()| PipeMessageRef::decode(&payload, MAX_MESSAGE_LEN)) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        counters.transport_errors.fetch_add(1, Ordering::Relaxed);
+                        let error = ChannelError::from_pipe(channel, e);
+                        self.shared.violations.record_as(
+                            channel,
+                            "malformed pipe frame",
+                            &format_args!("{error}; stopping the channel"),
+                        );
+                        return Err(error);
+                    }
+                };
             counters.messages.fetch_add(1, Ordering::Relaxed);
             if let Some(reply) = self.process(message).await? {
                 self.count_reply(&reply);
@@ -432,28 +393,29 @@ impl Channel {
                     .send_data(reply.as_bytes())
                     .await
                     .map_err(|e| ChannelError::from_pipe(channel, e))?;
+                lock_host(&self.host).recycle(reply);
             }
         }
     }
 
     /// Runs one message through the host; tree I/O goes to the blocking
     /// pool with the host unlocked.
-    async fn process(&self, message: PipeMessage) -> Result<Option<Reply>, ChannelError> {
+    async fn process(&self, message: PipeMessageRef<'_>) -> Result<Option<Reply>, ChannelError> {
         let step = {
             let mut host = lock_host(&self.host);
-            let input = match &message {
-                PipeMessage::Data(bytes) => VmbfsInput::Message(bytes),
-                PipeMessage::SetupGpaDirect {
+            let input = match message {
+                PipeMessageRef::Data(bytes) => VmbfsInput::Message(bytes),
+                PipeMessageRef::SetupGpaDirect {
                     handle,
                     writable,
                     ranges,
-                } => VmbfsInput::SetupGpaDirect {
-                    handle: *handle,
-                    writable: *writable,
-                    ranges: ranges.clone(),
+                } => VmbfsInput::SetupGpaDirectWire {
+                    handle,
+                    writable,
+                    ranges,
                 },
-                PipeMessage::TeardownGpaDirect { handle } => {
-                    VmbfsInput::TeardownGpaDirect { handle: *handle }
+                PipeMessageRef::TeardownGpaDirect { handle } => {
+                    VmbfsInput::TeardownGpaDirect { handle }
                 }
             };
             host.start(input)

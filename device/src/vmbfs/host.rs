@@ -3,19 +3,20 @@
 //! out as an [`IoJob`].
 
 use super::buffer::GpaDirectBuffer;
+use super::handles::GpaDirectTable;
 use super::io::{IoDone, IoJob, Work};
-use super::path::{PathError, decode_path};
+use super::path::{PathCache, PathError};
 use super::reply::Reply;
 use super::stats::{BadInput, VmbfsStats};
 use crate::violation::ViolationLog;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use vmbdev_fs::{FileTree, TreePath};
+use vmbdev_fs::FileTree;
 use vmbdev_protocol::vmbfs::{
     FileStatus, GetFileInfo, MAX_MESSAGE_SIZE, MAX_RDMA_READ_SIZE, MAX_READ_SIZE, MessageHeader,
     MessageType, ReadFile, ReadFileRdma, VERSION_WIN10, VersionRequest, VersionStatus,
 };
-use vmbdev_ring::{GpaRange, GuestMemory};
+use vmbdev_ring::{GpaRange, GuestMemory, WireRanges};
 use zerocopy::FromBytes;
 
 /// Most GPA-direct buffers a guest may have registered at once. The UEFI
@@ -52,6 +53,17 @@ pub enum VmbfsInput<'a> {
         writable: bool,
         /// The buffer's ranges, laid end to end.
         ranges: Vec<GpaRange>,
+    },
+    /// A pipe SETUP_GPA_DIRECT with its ranges still in wire form (as the
+    /// pipe decoder checked them): the host parses them into a buffer a
+    /// torn-down registration left, so a warm setup allocates nothing.
+    SetupGpaDirectWire {
+        /// Handle READ_FILE_RDMA will name.
+        handle: u32,
+        /// Whether the host may write the buffer.
+        writable: bool,
+        /// The buffer's ranges, laid end to end.
+        ranges: WireRanges<'a>,
     },
     /// A pipe TEARDOWN_GPA_DIRECT: forget `handle`.
     TeardownGpaDirect {
@@ -254,8 +266,11 @@ pub struct VmbfsHost {
     config: VmbfsConfig,
     memory: GuestMemory,
     state: ProtocolState,
-    gpa_direct: BTreeMap<u32, GpaDirectBuffer>,
+    gpa_direct: GpaDirectTable,
+    paths: PathCache,
     bounce: Vec<u8>,
+    /// The buffer the next reply is built in (see [`Self::recycle`]).
+    spare_reply: Vec<u8>,
     stats: VmbfsStats,
     violations: Arc<ViolationLog>,
 }
@@ -265,7 +280,7 @@ impl std::fmt::Debug for VmbfsHost {
         f.debug_struct("VmbfsHost")
             .field("config", &self.config)
             .field("state", &self.state)
-            .field("gpa_direct", &self.gpa_direct.keys())
+            .field("gpa_direct", &self.gpa_direct_handles())
             .field("stats", &self.stats)
             .finish()
     }
@@ -279,8 +294,10 @@ impl VmbfsHost {
             config,
             memory,
             state: ProtocolState::AwaitVersion,
-            gpa_direct: BTreeMap::new(),
+            gpa_direct: GpaDirectTable::default(),
+            paths: PathCache::default(),
             bounce: Vec::new(),
+            spare_reply: Vec::new(),
             stats: VmbfsStats::default(),
             violations: Arc::new(ViolationLog::new("vmbfs")),
         }
@@ -324,7 +341,29 @@ impl VmbfsHost {
 
     /// Handles of the registered GPA-direct buffers, ascending.
     pub fn gpa_direct_handles(&self) -> Vec<u32> {
-        self.gpa_direct.keys().copied().collect()
+        self.gpa_direct
+            .sorted()
+            .into_iter()
+            .map(|(handle, _)| handle)
+            .collect()
+    }
+
+    /// Hands back a sent reply's buffer, so the next reply is built in it
+    /// instead of a new allocation.
+    pub fn recycle(&mut self, reply: Reply) {
+        let buffer = reply.into_bytes();
+        if buffer.capacity() > self.spare_reply.capacity() {
+            self.spare_reply = buffer;
+        }
+    }
+
+    /// The buffer to build a reply in: the recycled one, or a new one with
+    /// room for the largest reply (so it never grows).
+    fn reply_buffer(&mut self) -> Vec<u8> {
+        match std::mem::take(&mut self.spare_reply) {
+            buffer if buffer.capacity() >= MAX_MESSAGE_SIZE => buffer,
+            _ => Vec::with_capacity(MAX_MESSAGE_SIZE),
+        }
     }
 
     /// Largest reply this host sends: reserve this much outgoing space
@@ -359,11 +398,23 @@ impl VmbfsHost {
                 }
                 step
             }),
+            VmbfsInput::SetupGpaDirect { handle, ranges, .. } if ranges.is_empty() => {
+                Err(ProtocolError::EmptySetup { handle })
+            }
             VmbfsInput::SetupGpaDirect {
                 handle,
                 writable,
                 ranges,
-            } => self.setup(handle, writable, ranges).map(|()| Step::NoReply),
+            } => self
+                .setup(handle, writable, |out| *out = ranges)
+                .map(|()| Step::NoReply),
+            VmbfsInput::SetupGpaDirectWire {
+                handle,
+                writable,
+                ranges,
+            } => self
+                .setup(handle, writable, |out| ranges.parse_into(out))
+                .map(|()| Step::NoReply),
             VmbfsInput::TeardownGpaDirect { handle } => {
                 self.teardown(handle).map(|()| Step::NoReply)
             }
@@ -395,8 +446,9 @@ impl VmbfsHost {
             state: self.state,
             gpa_direct: self
                 .gpa_direct
-                .iter()
-                .map(|(&handle, buf)| SavedGpaDirect {
+                .sorted()
+                .into_iter()
+                .map(|(handle, buf)| SavedGpaDirect {
                     handle,
                     writable: buf.writable,
                     ranges: buf.ranges.clone(),
@@ -433,7 +485,7 @@ impl VmbfsHost {
             }
         }
         self.state = saved.state;
-        self.gpa_direct = buffers;
+        self.gpa_direct.replace(buffers.into_iter().collect());
         Ok(())
     }
 
@@ -505,35 +557,37 @@ impl VmbfsHost {
     }
 
     fn version(&mut self, bytes: &[u8]) -> Reply {
+        let buffer = self.reply_buffer();
         let Ok((request, _)) = VersionRequest::read_from_prefix(bytes) else {
             self.bad_input(BadInput::TruncatedBody, &"VERSION_REQUEST under 12 bytes");
-            return Reply::version(VersionStatus::UNSUPPORTED);
+            return Reply::version(buffer, VersionStatus::UNSUPPORTED);
         };
         let version = request.requested_version.get();
         if version == VERSION_WIN10 {
             self.state = ProtocolState::Ready { version };
-            Reply::version(VersionStatus::SUPPORTED)
+            Reply::version(buffer, VersionStatus::SUPPORTED)
         } else {
             self.bad_input(
                 BadInput::UnsupportedVersion,
                 &format_args!("version {version:#x} requested"),
             );
-            Reply::version(VersionStatus::UNSUPPORTED)
+            Reply::version(buffer, VersionStatus::UNSUPPORTED)
         }
     }
 
-    fn job(&self, work: Work) -> Step {
+    fn job(&mut self, work: Work) -> Step {
         Step::Io(IoJob {
             tree: self.config.tree.clone(),
             work,
             bounce: Vec::new(),
+            reply: self.reply_buffer(),
         })
     }
 
     fn file_info(&mut self, bytes: &[u8]) -> Step {
         // The fixed part is the header, which `message` already checked.
         let path = bytes.get(size_of::<GetFileInfo>()..).unwrap_or_default();
-        match decode_path(path) {
+        match self.paths.decode(path) {
             Ok(path) => self.job(Work::FileInfo {
                 path,
                 rdma_enabled: self.config.rdma_enabled,
@@ -542,6 +596,7 @@ impl VmbfsHost {
                 let rejection = Rejection::from(e);
                 self.reject("GET_FILE_INFO", &rejection);
                 Step::Reply(Reply::file_info(
+                    self.reply_buffer(),
                     rejection.status,
                     vmbdev_protocol::vmbfs::FileInfoFlags::new(),
                     0,
@@ -551,19 +606,19 @@ impl VmbfsHost {
     }
 
     fn read(&mut self, bytes: &[u8]) -> Step {
-        match Self::parse_read(bytes) {
+        match self.parse_read(bytes) {
             Ok(work) => self.job(work),
             Err(rejection) => {
                 self.reject("READ_FILE", &rejection);
-                Step::Reply(Reply::read_status(rejection.status))
+                Step::Reply(Reply::read_status(self.reply_buffer(), rejection.status))
             }
         }
     }
 
-    fn parse_read(bytes: &[u8]) -> Result<Work, Rejection> {
+    fn parse_read(&mut self, bytes: &[u8]) -> Result<Work, Rejection> {
         let (request, path) = ReadFile::read_from_prefix(bytes)
             .map_err(|_| Rejection::error(BadInput::TruncatedBody))?;
-        let path = decode_path(path)?;
+        let path = self.paths.decode(path)?;
         let byte_count = request.byte_count.get();
         let offset = request.offset.get();
         if byte_count > MAX_READ_SIZE {
@@ -588,15 +643,15 @@ impl VmbfsHost {
             }
             Err(rejection) => {
                 self.reject("READ_FILE_RDMA", &rejection);
-                Step::Reply(Reply::rdma(rejection.status, 0))
+                Step::Reply(Reply::rdma(self.reply_buffer(), rejection.status, 0))
             }
         }
     }
 
-    fn parse_read_rdma(&self, bytes: &[u8]) -> Result<Work, Rejection> {
+    fn parse_read_rdma(&mut self, bytes: &[u8]) -> Result<Work, Rejection> {
         let (request, path) = ReadFileRdma::read_from_prefix(bytes)
             .map_err(|_| Rejection::error(BadInput::TruncatedBody))?;
-        let path: TreePath = decode_path(path)?;
+        let path = self.paths.decode(path)?;
         if !self.config.rdma_enabled {
             return Err(Rejection::error(BadInput::RdmaDisabled));
         }
@@ -610,7 +665,7 @@ impl VmbfsHost {
         check_end(file_offset, byte_count)?;
         let target = self
             .gpa_direct
-            .get(&handle)
+            .get(handle)
             .ok_or(Rejection::error(BadInput::UnknownHandle))?;
         if !target.writable {
             return Err(Rejection::error(BadInput::ReadOnlyHandle));
@@ -634,16 +689,15 @@ impl VmbfsHost {
         })
     }
 
+    /// Registers `handle` with the ranges `fill` writes (into a list
+    /// reused from an earlier registration).
     fn setup(
         &mut self,
         handle: u32,
         writable: bool,
-        ranges: Vec<GpaRange>,
+        fill: impl FnOnce(&mut Vec<GpaRange>),
     ) -> Result<(), ProtocolError> {
-        if ranges.is_empty() {
-            return Err(ProtocolError::EmptySetup { handle });
-        }
-        if self.gpa_direct.contains_key(&handle) {
+        if self.gpa_direct.contains(handle) {
             return Err(ProtocolError::DuplicateSetup { handle });
         }
         if self.gpa_direct.len() >= MAX_GPA_DIRECT_BUFFERS {
@@ -652,16 +706,19 @@ impl VmbfsHost {
                 limit: MAX_GPA_DIRECT_BUFFERS,
             });
         }
-        self.gpa_direct
-            .insert(handle, GpaDirectBuffer { writable, ranges });
-        Ok(())
+        if self.gpa_direct.insert_with(handle, writable, fill) {
+            Ok(())
+        } else {
+            Err(ProtocolError::EmptySetup { handle })
+        }
     }
 
     fn teardown(&mut self, handle: u32) -> Result<(), ProtocolError> {
-        self.gpa_direct
-            .remove(&handle)
-            .map(drop)
-            .ok_or(ProtocolError::UnknownTeardown { handle })
+        if self.gpa_direct.remove(handle) {
+            Ok(())
+        } else {
+            Err(ProtocolError::UnknownTeardown { handle })
+        }
     }
 }
 

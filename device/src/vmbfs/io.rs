@@ -24,6 +24,9 @@ pub struct IoJob {
     pub(super) tree: Arc<dyn FileTree>,
     pub(super) work: Work,
     pub(super) bounce: Vec<u8>,
+    /// The buffer the reply is built in (the host's, handed back by
+    /// [`VmbfsHost::recycle`](super::VmbfsHost::recycle)).
+    pub(super) reply: Vec<u8>,
 }
 
 impl std::fmt::Debug for IoJob {
@@ -36,20 +39,20 @@ impl std::fmt::Debug for IoJob {
 #[derive(Debug)]
 pub(super) enum Work {
     FileInfo {
-        path: TreePath,
+        path: Arc<TreePath>,
         rdma_enabled: bool,
     },
     Read {
-        path: TreePath,
+        path: Arc<TreePath>,
         offset: u64,
         byte_count: u32,
     },
     ReadRdma {
-        path: TreePath,
+        path: Arc<TreePath>,
         file_offset: u64,
         byte_count: u32,
         token_offset: u64,
-        target: GpaDirectBuffer,
+        target: Arc<GpaDirectBuffer>,
         memory: GuestMemory,
     },
 }
@@ -162,17 +165,18 @@ impl IoJob {
             tree,
             work,
             mut bounce,
+            reply: buffer,
         } = self;
         let tree = &*tree;
         let (reply, rejected) = match work {
-            Work::FileInfo { path, rdma_enabled } => file_info(tree, &path, rdma_enabled),
+            Work::FileInfo { path, rdma_enabled } => file_info(tree, &path, rdma_enabled, buffer),
             Work::Read {
                 path,
                 offset,
                 byte_count,
-            } => match read(tree, &path, offset, byte_count) {
+            } => match read(tree, &path, offset, byte_count, buffer) {
                 Ok(reply) => (reply, None),
-                Err(f) => (Reply::read_status(f.status), f.rejected),
+                Err((f, buffer)) => (Reply::read_status(buffer, f.status), f.rejected),
             },
             Work::ReadRdma {
                 path,
@@ -191,8 +195,8 @@ impl IoJob {
                     memory: &memory,
                 };
                 match request.run(tree, &mut bounce) {
-                    Ok(written) => (Reply::rdma(FileStatus::SUCCESS, written), None),
-                    Err(f) => (Reply::rdma(f.status, 0), f.rejected),
+                    Ok(written) => (Reply::rdma(buffer, FileStatus::SUCCESS, written), None),
+                    Err(f) => (Reply::rdma(buffer, f.status, 0), f.rejected),
                 }
             }
         };
@@ -208,6 +212,7 @@ fn file_info(
     tree: &dyn FileTree,
     path: &TreePath,
     rdma_enabled: bool,
+    buffer: Vec<u8>,
 ) -> (Reply, Option<BadInput>) {
     match tree.lookup(path) {
         Ok(meta) => {
@@ -216,33 +221,46 @@ fn file_info(
                 .with_directory(is_dir)
                 .with_rdma_capable(rdma_enabled && !is_dir);
             let size = if is_dir { 0 } else { meta.size };
-            (Reply::file_info(FileStatus::SUCCESS, flags, size), None)
+            (
+                Reply::file_info(buffer, FileStatus::SUCCESS, flags, size),
+                None,
+            )
         }
         Err(e) => {
             let f = Failure::from_tree(path, &e);
             (
-                Reply::file_info(f.status, FileInfoFlags::new(), 0),
+                Reply::file_info(buffer, f.status, FileInfoFlags::new(), 0),
                 f.rejected,
             )
         }
     }
 }
 
+/// A READ_FILE's reply built in `buffer`; on failure the status and the
+/// buffer back, for the status reply.
 fn read(
     tree: &dyn FileTree,
     path: &TreePath,
     offset: u64,
     byte_count: u32,
-) -> Result<Reply, Failure> {
-    let meta = tree
+    buffer: Vec<u8>,
+) -> Result<Reply, (Failure, Vec<u8>)> {
+    let extent = tree
         .lookup(path)
-        .map_err(|e| Failure::from_tree(path, &e))?;
+        .map_err(|e| Failure::from_tree(path, &e))
+        .and_then(|meta| read_extent(path, meta, offset, byte_count));
     // `want <= byte_count <= MAX_READ_SIZE`, checked before the job was made.
-    let want = read_extent(path, meta, offset, byte_count)? as usize;
-    let mut reply = Reply::read_success(want);
-    let n = read_full(tree, path, offset, reply.data_mut())?;
+    let want = match extent {
+        Ok(want) => want as usize,
+        Err(f) => return Err((f, buffer)),
+    };
+    let mut reply = Reply::read_success(buffer, want);
+    let n = match read_full(tree, path, offset, reply.data_mut()) {
+        Ok(n) => n,
+        Err(f) => return Err((f, reply.into_bytes())),
+    };
     if n == 0 && want > 0 {
-        return Err(vanished(path, offset));
+        return Err((vanished(path, offset), reply.into_bytes()));
     }
     reply.truncate_data(n);
     Ok(reply)

@@ -74,12 +74,20 @@
 //! file through a reused 64 KiB buffer straight into the registered guest
 //! pages at `token_offset` and reply with the bytes written.
 //!
+//! Once warm, a read allocates nothing on the host: requests are copied
+//! into one reused buffer and decoded in place, the last path decoded is
+//! cached by its wire bytes, replies are built in a buffer handed back with
+//! [`VmbfsHost::recycle`], and torn-down GPA-direct buffers are reused by
+//! the next setup (`bench/tests/vmbfs_alloc_free.rs` counts it).
+//! [`IoPolicy::BlockingPool`] still allocates its hand-off to the pool.
+//!
 //! [`VmbfsDevice`] puts the host on the bus (see [`crate::bus`]): it runs
 //! the state machine over an opened channel with backpressure, a blocking
 //! pool for tree I/O, saved state and live statistics.
 
 mod buffer;
 mod device;
+mod handles;
 mod host;
 mod io;
 mod path;

@@ -1,6 +1,9 @@
 //! Decoding of vmbfs paths: UTF-16LE code units filling the rest of a
-//! message, turned into a [`TreePath`] that cannot leave the served tree.
+//! message, turned into a [`TreePath`] that cannot leave the served tree;
+//! and [`PathCache`], which spares a guest reading one file chunk by chunk
+//! the decoding (and its allocations) on every request.
 
+use std::sync::Arc;
 use vmbdev_fs::TreePath;
 
 /// Why a path in a request was refused.
@@ -70,9 +73,50 @@ pub fn decode_path(bytes: &[u8]) -> Result<TreePath, PathError> {
     Ok(TreePath::parse(&text))
 }
 
+/// The last path decoded, by its wire bytes: a request naming the same
+/// bytes gets the same [`TreePath`] without decoding or allocating.
+#[derive(Debug, Default)]
+pub(super) struct PathCache {
+    /// Wire bytes of `path` (capacity kept across misses).
+    bytes: Vec<u8>,
+    path: Option<Arc<TreePath>>,
+}
+
+impl PathCache {
+    /// [`decode_path`] of `bytes`, from the cache when the last path
+    /// decoded had the same bytes. Refused paths are not cached.
+    pub(super) fn decode(&mut self, bytes: &[u8]) -> Result<Arc<TreePath>, PathError> {
+        if let Some(path) = self.path.as_ref().filter(|_| self.bytes == bytes) {
+            return Ok(path.clone());
+        }
+        self.path = None;
+        let path = Arc::new(decode_path(bytes)?);
+        self.bytes.clear();
+        self.bytes.extend_from_slice(bytes);
+        self.path = Some(path.clone());
+        Ok(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_answers_equal_bytes_and_decodes_others() {
+        let mut cache = PathCache::default();
+        let a = cache.decode(&utf16("\\a\\b")).unwrap();
+        let again = cache.decode(&utf16("\\a\\b")).unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "same bytes, same decoded path");
+        let c = cache.decode(&utf16("\\a\\c")).unwrap();
+        assert_eq!(c.components(), ["a", "c"]);
+        assert_eq!(cache.decode(&[0x41]), Err(PathError::OddLength { len: 1 }));
+        // A refused path leaves no entry that a later one could match.
+        assert_eq!(
+            cache.decode(&utf16("\\a\\c")).unwrap().components(),
+            ["a", "c"]
+        );
+    }
 
     fn utf16(s: &str) -> Vec<u8> {
         s.encode_utf16().flat_map(u16::to_le_bytes).collect()

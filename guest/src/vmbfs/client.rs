@@ -8,6 +8,11 @@
 //! allocator), a READ_FILE_RDMA, and a TEARDOWN_GPA_DIRECT deferred so it
 //! goes out in the same publication as the next setup.
 //!
+//! Once warm, a read allocates nothing: requests are built and replies
+//! received in buffers the client keeps, and the RDMA buffer's guest pages
+//! are kept from chunk to chunk (grown when a larger chunk needs it) until
+//! the volume closes.
+//!
 //! [`VmbfsClient::file_info`], [`VmbfsClient::read`] and
 //! [`VmbfsClient::read_all`] are the plain API on top.
 //!
@@ -16,9 +21,9 @@
 //! driver, implemented by whoever runs the client.
 
 use super::{
-    ClientError, FileInfo, FileRead, RDMA_HANDLE, child_path, get_file_info_request,
+    ClientError, FileInfo, FileRead, RDMA_HANDLE, bad_host, child_path, get_file_info_request,
     parse_file_info_response, parse_rdma_response, parse_read_response, parse_version_response,
-    rdma_chunk, read_request, root_path, version_request,
+    rdma_request_into, read_request_into, root_path, version_request,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +32,7 @@ use vmbdev_ring::StopSignal;
 use vmbdev_ring::pipe::MAX_MESSAGE_LEN;
 use vmbdev_ring::{
     Endpoint, GpaRange, GuestMemory, LoopbackError, MemoryError, OutgoingPacket, PAGE_SIZE,
-    PageAllocator, PipeError, PipeMessage,
+    PageAllocator, PipeError, PipeMessage, PipeMessageRef,
 };
 
 /// Why a bus call failed, as the bus reports it.
@@ -145,10 +150,19 @@ pub struct ClientStats {
     pub rdma_chunks: u64,
 }
 
-/// A GPA-direct buffer whose teardown has not been sent yet.
-struct PendingTeardown {
-    handle: u32,
-    pages: Vec<u64>,
+/// Buffers every request reuses, so a warm read allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    /// The request being sent.
+    request: Vec<u8>,
+    /// The last reply's pipe payload (pipe header included).
+    reply: Vec<u8>,
+    /// The SETUP_GPA_DIRECT being sent.
+    setup: Vec<u8>,
+    /// The range registered per chunk (its page list reused).
+    chunk: Option<GpaRange>,
+    /// The guest pages RDMA chunks of [`VmbfsClient::read_file`] land in.
+    bounce: Option<GpaRange>,
 }
 
 /// The vmbfs client.
@@ -156,8 +170,10 @@ pub struct VmbfsClient<B: VmbfsBus> {
     bus: B,
     channel: Option<B::Channel>,
     use_rdma: bool,
-    pending_teardown: Option<PendingTeardown>,
+    /// The handle of a GPA-direct buffer whose teardown is not sent yet.
+    pending_teardown: Option<u32>,
     stats: ClientStats,
+    scratch: Scratch,
 }
 
 impl<B: VmbfsBus> std::fmt::Debug for VmbfsClient<B> {
@@ -180,6 +196,7 @@ impl<B: VmbfsBus> VmbfsClient<B> {
             use_rdma,
             pending_teardown: None,
             stats: ClientStats::default(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -232,9 +249,10 @@ impl<B: VmbfsBus> VmbfsClient<B> {
 
     /// Closes the channel (if open) and returns how the device task ended.
     pub async fn close(&mut self) -> Result<()> {
-        if let Some(pending) = self.pending_teardown.take() {
-            // The host forgets every buffer when the channel closes.
-            self.bus.pages().free(&pending.pages);
+        // The host forgets every buffer when the channel closes.
+        self.pending_teardown = None;
+        if let Some(bounce) = self.scratch.bounce.take() {
+            self.bus.pages().free(bounce.gpns());
         }
         match self.channel.take() {
             Some(channel) => channel.close().await.map_err(stopped),
@@ -300,9 +318,9 @@ impl<B: VmbfsBus> VmbfsClient<B> {
         buf: &mut [u8],
         left: usize,
     ) -> Result<usize> {
-        let (request, requested) = read_request(path, offset, left)?;
-        let reply = self.request(&request).await?;
-        let data = parse_read_response(&reply, requested)?;
+        let requested = read_request_into(path, offset, left, &mut self.scratch.request)?;
+        self.exchange().await?;
+        let data = parse_read_response(self.reply(), requested)?;
         let out =
             buf.get_mut(..data.len())
                 .ok_or(VmbfsClientError::Protocol(ClientError::BadHost {
@@ -311,8 +329,9 @@ impl<B: VmbfsBus> VmbfsClient<B> {
                     message_type: 0,
                 }))?;
         out.copy_from_slice(data);
-        self.stats.in_band_bytes += data.len() as u64;
-        Ok(data.len())
+        let n = data.len();
+        self.stats.in_band_bytes += n as u64;
+        Ok(n)
     }
 
     async fn rdma_chunk(
@@ -323,64 +342,104 @@ impl<B: VmbfsBus> VmbfsClient<B> {
         left: usize,
     ) -> Result<usize> {
         let len = left.min(MAX_RDMA_READ_SIZE as usize) as u32;
-        let buffer = self.bus.pages().alloc_range(len)?;
-        let written = self.rdma_into(path, offset, &buffer, true).await?;
-        let out = buf
-            .get_mut(..written as usize)
-            .ok_or(VmbfsClientError::Protocol(ClientError::BadHost {
-                what: "more bytes written than the buffer holds",
-                len: written as usize,
-                message_type: 0,
-            }))?;
-        if written > 0 {
-            read_range(self.bus.memory(), &buffer, out)?;
+        let bounce = self.take_bounce(len).await?;
+        let result = self.rdma_via(path, offset, &bounce, len, buf).await;
+        self.scratch.bounce = Some(bounce);
+        result
+    }
+
+    /// The RDMA buffer, grown to at least `len` bytes. Its pages stay the
+    /// client's from chunk to chunk, so a warm chunk allocates nothing.
+    async fn take_bounce(&mut self, len: u32) -> Result<GpaRange> {
+        if let Some(bounce) = self.scratch.bounce.take() {
+            if bounce.byte_count() >= len {
+                return Ok(bounce);
+            }
+            // The host may still hold the old pages under the deferred
+            // teardown: send it before the pages go back.
+            let flushed = self.flush_teardown().await;
+            self.bus.pages().free(bounce.gpns());
+            flushed?;
         }
-        Ok(written as usize)
+        Ok(self.bus.pages().alloc_range(len)?)
+    }
+
+    /// One chunk of `len` bytes through the first pages of `bounce`, then
+    /// copied into `buf`.
+    async fn rdma_via(
+        &mut self,
+        path: &[u16],
+        offset: u64,
+        bounce: &GpaRange,
+        len: u32,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        // `bounce` holds at least `len` bytes from the start of its first
+        // page.
+        let pages = bounce
+            .gpns()
+            .get(..len.div_ceil(PAGE_SIZE as u32) as usize)
+            .ok_or(VmbfsClientError::NotRdma("the buffer has too few pages"))?;
+        let range = self.chunk_range(len, pages)?;
+        let written = self.rdma_into(path, offset, &range).await;
+        let copied = written.and_then(|written| {
+            let out = buf
+                .get_mut(..written as usize)
+                .ok_or(VmbfsClientError::Protocol(ClientError::BadHost {
+                    what: "more bytes written than the buffer holds",
+                    len: written as usize,
+                    message_type: 0,
+                }))?;
+            if written > 0 {
+                read_range(self.bus.memory(), &range, out)?;
+            }
+            Ok(written as usize)
+        });
+        self.scratch.chunk = Some(range);
+        copied
+    }
+
+    /// A range of `len` bytes over `pages` from their start, built in the
+    /// reused chunk range (its page list not allocated again).
+    fn chunk_range(&mut self, len: u32, pages: &[u64]) -> Result<GpaRange> {
+        let described = match self.scratch.chunk.take() {
+            Some(mut range) => range.assign_pages(len, 0, pages).map(|()| range),
+            None => GpaRange::from_pages(len, 0, pages),
+        };
+        described.map_err(|_| VmbfsClientError::NotRdma("the buffer cannot be described"))
     }
 
     /// One RDMA chunk into `buffer`: its setup (after the previous
     /// chunk's deferred teardown), the READ_FILE_RDMA, and this chunk's
-    /// teardown deferred in turn. With `owned`, the buffer's pages came
-    /// from the bus's allocator and go back to it after their teardown.
-    async fn rdma_into(
-        &mut self,
-        path: &[u16],
-        offset: u64,
-        buffer: &GpaRange,
-        owned: bool,
-    ) -> Result<u32> {
-        let free_owned = |client: &Self| {
-            if owned {
-                client.bus.pages().free(buffer.gpns());
+    /// teardown deferred in turn. The caller keeps the buffer's pages
+    /// until that teardown is sent.
+    async fn rdma_into(&mut self, path: &[u16], offset: u64, buffer: &GpaRange) -> Result<u32> {
+        // The firmware registers exactly the bytes it requests: the buffer
+        // cut to the request, or the buffer itself when it is no longer.
+        let requested = buffer.byte_count().min(MAX_RDMA_READ_SIZE);
+        let cut;
+        let range = if requested == buffer.byte_count() {
+            buffer
+        } else {
+            match buffer.truncated(requested) {
+                Ok(range) => {
+                    cut = range;
+                    &cut
+                }
+                Err(_) => return Err(bad_host("empty RDMA buffer", &[]).into()),
             }
         };
-        let chunk = match rdma_chunk(path, offset, buffer) {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                free_owned(self);
-                return Err(e.into());
-            }
-        };
+        rdma_request_into(path, offset, requested, &mut self.scratch.request)?;
         // The previous chunk's teardown rides in the same publication as
         // this setup, as the firmware's deferred signal makes it arrive.
         let previous = self.pending_teardown.take();
         let sent = self
-            .send_setup_after_teardown(previous.as_ref().map(|p| p.handle), &chunk.setup.ranges)
+            .send_setup_after_teardown(previous, std::slice::from_ref(range))
             .await;
-        if let Some(previous) = previous {
-            self.bus.pages().free(&previous.pages);
-        }
-        self.pending_teardown = Some(PendingTeardown {
-            handle: RDMA_HANDLE,
-            pages: if owned {
-                buffer.gpns().to_vec()
-            } else {
-                Vec::new()
-            },
-        });
+        self.pending_teardown = Some(RDMA_HANDLE);
         sent?;
-        let reply = self.request(&chunk.request).await?;
-        let written = parse_rdma_response(&reply, chunk.requested)?;
+        self.exchange().await?;
+        let written = parse_rdma_response(self.reply(), requested)?;
         self.stats.rdma_bytes += u64::from(written);
         self.stats.rdma_chunks += 1;
         Ok(written)
@@ -431,10 +490,10 @@ impl<B: VmbfsBus> VmbfsClient<B> {
                     .gpns()
                     .get(first..first + len.div_ceil(PAGE_SIZE))
                     .ok_or(VmbfsClientError::NotRdma("the buffer has too few pages"))?;
-                let range = GpaRange::from_pages(len as u32, 0, pages)
-                    .map_err(|_| VmbfsClientError::NotRdma("the buffer cannot be described"))?;
-                let written = self.rdma_into(&file.path, at, &range, false).await?;
-                read.advance(written as usize)?;
+                let range = self.chunk_range(len as u32, pages)?;
+                let written = self.rdma_into(&file.path, at, &range).await;
+                self.scratch.chunk = Some(range);
+                read.advance(written? as usize)?;
             }
             Ok::<_, VmbfsClientError>(read.bytes_read())
         }
@@ -447,20 +506,14 @@ impl<B: VmbfsBus> VmbfsClient<B> {
 
     /// Sends the deferred teardown now, if one is pending.
     async fn flush_teardown(&mut self) -> Result<()> {
-        let Some(pending) = self.pending_teardown.take() else {
+        let Some(handle) = self.pending_teardown.take() else {
             return Ok(());
         };
         let channel = self
             .channel
             .as_mut()
-            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
-        let sent = channel
-            .endpoint()
-            .writer
-            .send_teardown(pending.handle)
-            .await;
-        self.bus.pages().free(&pending.pages);
-        Ok(sent?)
+            .ok_or_else(|| VmbfsClientError::DeviceStopped("no channel open".into()))?;
+        Ok(channel.endpoint().writer.send_teardown(handle).await?)
     }
 
     async fn send_setup_after_teardown(
@@ -471,10 +524,10 @@ impl<B: VmbfsBus> VmbfsClient<B> {
         let channel = self
             .channel
             .as_mut()
-            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
+            .ok_or_else(|| VmbfsClientError::DeviceStopped("no channel open".into()))?;
         let writer = &mut channel.endpoint().writer;
         if let Some(handle) = teardown {
-            let message = PipeMessage::TeardownGpaDirect { handle }.encode();
+            let message = PipeMessage::encode_teardown(handle);
             // Unpublished: the setup below publishes both at once.
             if !writer
                 .try_write_unpublished(&OutgoingPacket::in_band(&message))
@@ -483,27 +536,51 @@ impl<B: VmbfsBus> VmbfsClient<B> {
                 writer.send_teardown(handle).await?;
             }
         }
-        writer.send_setup(RDMA_HANDLE, true, ranges).await?;
+        writer
+            .send_setup_with(RDMA_HANDLE, true, ranges, &mut self.scratch.setup)
+            .await?;
         Ok(())
     }
 
     /// Sends one request and waits for its reply; fails if the device
     /// stops the channel instead of answering.
     pub async fn request(&mut self, message: &[u8]) -> Result<Vec<u8>> {
+        self.scratch.request.clear();
+        self.scratch.request.extend_from_slice(message);
+        self.exchange().await?;
+        Ok(self.reply().to_vec())
+    }
+
+    /// The DATA of the last reply [`Self::exchange`] received.
+    fn reply(&self) -> &[u8] {
+        match PipeMessageRef::decode(&self.scratch.reply, MAX_MESSAGE_LEN) {
+            Ok(PipeMessageRef::Data(data)) => data,
+            // `exchange` accepted only a DATA reply.
+            _ => &[],
+        }
+    }
+
+    /// Sends the request in the scratch buffer and receives its reply
+    /// into the scratch buffer (see [`Self::reply`]), allocating nothing;
+    /// fails if the device stops the channel instead of answering.
+    async fn exchange(&mut self) -> Result<()> {
         let channel = self
             .channel
             .as_mut()
-            .ok_or(VmbfsClientError::DeviceStopped("no channel open".into()))?;
+            .ok_or_else(|| VmbfsClientError::DeviceStopped("no channel open".into()))?;
         let host_stopped = channel.host_stopped();
         self.stats.requests += 1;
         let endpoint = channel.endpoint();
+        let (request, reply) = (&self.scratch.request, &mut self.scratch.reply);
         let exchange = async {
-            endpoint.send_data(message).await?;
-            endpoint.recv_pipe(MAX_MESSAGE_LEN).await
+            endpoint.send_data(request).await?;
+            endpoint.reader.recv_pipe_into(reply).await?;
+            PipeMessageRef::decode(reply, MAX_MESSAGE_LEN)
+                .map(|message| matches!(message, PipeMessageRef::Data(_)))
         };
         match host_stopped.race(exchange).await {
-            Some(Ok(PipeMessage::Data(reply))) => Ok(reply),
-            Some(Ok(_)) => Err(VmbfsClientError::UnexpectedPipeMessage),
+            Some(Ok(true)) => Ok(()),
+            Some(Ok(false)) => Err(VmbfsClientError::UnexpectedPipeMessage),
             Some(Err(e)) => Err(e.into()),
             None => {
                 let result = channel.wait_host_end().await;

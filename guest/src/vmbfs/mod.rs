@@ -100,12 +100,21 @@ fn status_error(status: u32) -> ClientError {
 }
 
 fn path_bytes(path: &[u16], fixed: usize) -> Result<Vec<u8>, ClientError> {
+    let mut out = Vec::new();
+    append_path(path, fixed, &mut out)?;
+    Ok(out)
+}
+
+/// Appends `path` in wire form (UTF-16LE) after a fixed part of `fixed`
+/// bytes, refusing a path that would not fit the message.
+fn append_path(path: &[u16], fixed: usize, out: &mut Vec<u8>) -> Result<(), ClientError> {
     let len = path.len() * 2;
     let max = MAX_MESSAGE_SIZE - fixed;
     if len > max {
         return Err(ClientError::PathTooLong { len, max });
     }
-    Ok(path.iter().flat_map(|u| u.to_le_bytes()).collect())
+    out.extend(path.iter().flat_map(|u| u.to_le_bytes()));
+    Ok(())
 }
 
 /// The VERSION_REQUEST the firmware sends (version 0x00010000 only).
@@ -207,16 +216,29 @@ pub fn read_request(
     offset: u64,
     buffer_left: usize,
 ) -> Result<(Vec<u8>, u32), ClientError> {
+    let mut msg = Vec::new();
+    let byte_count = read_request_into(path, offset, buffer_left, &mut msg)?;
+    Ok((msg, byte_count))
+}
+
+/// [`read_request`] written into `out` (cleared first, its capacity
+/// reused); returns the byte count asked for.
+pub fn read_request_into(
+    path: &[u16],
+    offset: u64,
+    buffer_left: usize,
+    out: &mut Vec<u8>,
+) -> Result<u32, ClientError> {
     let byte_count = buffer_left.min(MAX_READ_SIZE as usize) as u32;
-    let mut msg = ReadFile {
+    let fixed = ReadFile {
         header: MessageHeader::new(MessageType::READ_FILE),
         byte_count: U32::new(byte_count),
         offset: U64::new(offset),
-    }
-    .as_bytes()
-    .to_vec();
-    msg.extend(path_bytes(path, size_of::<ReadFile>())?);
-    Ok((msg, byte_count))
+    };
+    out.clear();
+    out.extend_from_slice(fixed.as_bytes());
+    append_path(path, size_of::<ReadFile>(), out)?;
+    Ok(byte_count)
 }
 
 /// Parses a READ_FILE_RESPONSE to a read of `requested` bytes; returns the
@@ -285,16 +307,8 @@ pub fn rdma_chunk(path: &[u16], offset: u64, buffer: &GpaRange) -> Result<RdmaCh
     let range = buffer
         .truncated(requested)
         .map_err(|_| bad_host("empty RDMA buffer", &[]))?;
-    let mut request = ReadFileRdma {
-        header: MessageHeader::new(MessageType::READ_FILE_RDMA),
-        handle: U32::new(RDMA_HANDLE),
-        byte_count: U32::new(requested),
-        file_offset: U64::new(offset),
-        token_offset: U64::new(0),
-    }
-    .as_bytes()
-    .to_vec();
-    request.extend(path_bytes(path, size_of::<ReadFileRdma>())?);
+    let mut request = Vec::new();
+    rdma_request_into(path, offset, requested, &mut request)?;
     Ok(RdmaChunk {
         setup: GpaDirectSetup {
             handle: RDMA_HANDLE,
@@ -305,6 +319,27 @@ pub fn rdma_chunk(path: &[u16], offset: u64, buffer: &GpaRange) -> Result<RdmaCh
         requested,
         teardown_handle: RDMA_HANDLE,
     })
+}
+
+/// The READ_FILE_RDMA of an [`RdmaChunk`] (handle 1, token_offset 0) for
+/// `requested` bytes at `offset`, written into `out` (cleared first, its
+/// capacity reused).
+pub fn rdma_request_into(
+    path: &[u16],
+    offset: u64,
+    requested: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), ClientError> {
+    let fixed = ReadFileRdma {
+        header: MessageHeader::new(MessageType::READ_FILE_RDMA),
+        handle: U32::new(RDMA_HANDLE),
+        byte_count: U32::new(requested),
+        file_offset: U64::new(offset),
+        token_offset: U64::new(0),
+    };
+    out.clear();
+    out.extend_from_slice(fixed.as_bytes());
+    append_path(path, size_of::<ReadFileRdma>(), out)
 }
 
 /// Parses a READ_FILE_RDMA_RESPONSE to a read of `requested` bytes;
