@@ -40,7 +40,7 @@
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 use futures_lite::future::poll_fn;
 use vmbdev_protocol::vstor::{self, NtStatus};
@@ -203,32 +203,6 @@ enum Wake {
     Ring(Result<(), RingError>),
 }
 
-/// Whether a wake source the loop keeps across sleeps needs polling.
-/// Polling an `event_listener`-based future (the stop signal, a channel's
-/// `recv`) takes the listener list's lock even when nothing happened, and
-/// the loop sleeps once per batch; a source is therefore polled only when
-/// its cheap check says it may be ready, or when the task's waker is not
-/// the one it was last polled with (a future must see each new waker).
-#[derive(Default)]
-struct Armed {
-    waker: Option<Waker>,
-}
-
-impl Armed {
-    fn should_poll(&mut self, cx: &Context<'_>, maybe_ready: bool) -> bool {
-        if maybe_ready {
-            return true;
-        }
-        match &self.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => false,
-            _ => {
-                self.waker = Some(cx.waker().clone());
-                true
-            }
-        }
-    }
-}
-
 impl ChannelLoop<'_> {
     fn ring_error(&self, source: RingError) -> RunError {
         RunError::Ring {
@@ -244,8 +218,6 @@ impl ChannelLoop<'_> {
         let mut notices_open = true;
         let done = self.out.jobs.done().clone();
         let mut job_done = pin!(done.recv());
-        let (mut stop_armed, mut notices_armed, mut job_done_armed) =
-            (Armed::default(), Armed::default(), Armed::default());
         let mut productive = 0u32;
         loop {
             if ctx.stop.is_stopped() {
@@ -280,20 +252,18 @@ impl ChannelLoop<'_> {
                 let mut ring_wait = pin!(ring_wait);
                 let jobs_running = self.out.jobs.running() > 0;
                 poll_fn(|cx| {
-                    if stop_armed.should_poll(cx, ctx.stop.is_stopped())
-                        && stop.as_mut().poll(cx).is_ready()
-                    {
+                    if stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::Stop);
                     }
-                    if notices_open && notices_armed.should_poll(cx, !ctx.notifications.is_empty())
-                    {
+                    if notices_open {
                         if let Poll::Ready(notice) = notices.as_mut().poll(cx) {
                             return Poll::Ready(Wake::Notice(notice.ok()));
                         }
                     }
-                    // With no job running nothing can arrive: only this
-                    // loop starts jobs, and it is here.
-                    if jobs_running && job_done_armed.should_poll(cx, !done.is_empty()) {
+                    // With no job running nothing can arrive (only this
+                    // loop starts jobs), and polling the queue's listener
+                    // takes its lock: skip it.
+                    if jobs_running {
                         if let Poll::Ready(done) = job_done.as_mut().poll(cx) {
                             return Poll::Ready(Wake::JobDone(done.ok()));
                         }
@@ -307,14 +277,12 @@ impl ChannelLoop<'_> {
                 Wake::Notice(Some(notice)) => {
                     self.notice.get_or_insert(notice);
                     notices.set(ctx.notifications.recv());
-                    notices_armed = Armed::default();
                 }
                 Wake::Notice(None) => notices_open = false,
                 Wake::JobDone(Some((key, completion))) => {
                     self.out.jobs.finished();
                     self.out.send_or_hold(key, completion, true);
                     job_done.set(done.recv());
-                    job_done_armed = Armed::default();
                 }
                 // The pool sender lives as long as the loop: never closed.
                 Wake::JobDone(None) => {}
