@@ -66,6 +66,7 @@ impl StopSignal {
         StopWait {
             signal: self,
             id: None,
+            parked_waker: None,
         }
     }
 
@@ -85,6 +86,11 @@ pub struct StopWait<'a> {
     signal: &'a StopSignal,
     /// The id of this wait's parked waker, while one is parked.
     id: Option<u64>,
+    /// A clone of that waker: polled again with the same one and the flag
+    /// still down, the wait is still parked as it was (only `stop` takes
+    /// parked wakers, and it raises the flag first), so the poll needs
+    /// no lock.
+    parked_waker: Option<Waker>,
 }
 
 impl Future for StopWait<'_> {
@@ -94,6 +100,11 @@ impl Future for StopWait<'_> {
         let this = self.get_mut();
         if this.signal.is_stopped() {
             return Poll::Ready(());
+        }
+        if let Some(waker) = &this.parked_waker {
+            if waker.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
         }
         let mut waiters = this.signal.waiters();
         if this.signal.is_stopped() {
@@ -113,6 +124,7 @@ impl Future for StopWait<'_> {
                 this.id = Some(id);
             }
         }
+        this.parked_waker = Some(cx.waker().clone());
         Poll::Pending
     }
 }
@@ -144,6 +156,38 @@ mod tests {
         futures_lite::future::block_on(signal.wait());
         assert!(signal.is_stopped());
         thread.join().unwrap();
+    }
+
+    /// A waker counting its wake-ups.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counter() -> (Arc<Counter>, Waker) {
+        let count = Arc::new(Counter(0.into()));
+        (count.clone(), Waker::from(count))
+    }
+
+    #[test]
+    fn stop_wakes_the_waker_of_the_latest_poll() {
+        let signal = StopSignal::new();
+        let (first_count, first) = counter();
+        let (second_count, second) = counter();
+        let mut wait = std::pin::pin!(signal.wait());
+        for waker in [&first, &first, &second, &second] {
+            let mut cx = Context::from_waker(waker);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(signal.waiters().parked.len(), 1);
+        signal.stop();
+        assert_eq!(first_count.0.load(Ordering::SeqCst), 0, "a replaced waker");
+        assert_eq!(second_count.0.load(Ordering::SeqCst), 1);
+        let mut cx = Context::from_waker(&second);
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]
