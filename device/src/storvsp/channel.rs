@@ -14,6 +14,7 @@ use vmbdev_ring::{GpaRange, GuestMemory};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::config::LunCache;
 use super::packet::completion_bytes;
 use super::srb::{ReplyTo, SrbContext};
 use super::{
@@ -65,6 +66,7 @@ pub struct StorvspChannel {
     version: Option<ProtocolVersion>,
     sub_channels: u16,
     primary: bool,
+    luns: LunCache,
 }
 
 /// A received packet whose header was read, with its body copied into
@@ -147,6 +149,7 @@ impl StorvspChannel {
             version: None,
             sub_channels: 0,
             primary: true,
+            luns: LunCache::default(),
         }
     }
 
@@ -161,6 +164,7 @@ impl StorvspChannel {
             version: self.version,
             sub_channels: 0,
             primary: false,
+            luns: LunCache::default(),
         })
     }
 
@@ -349,6 +353,7 @@ impl StorvspChannel {
         let context = SrbContext {
             config: &self.config,
             controller: &self.controller,
+            luns: &self.luns,
             memory: &self.memory,
             version: self.version.unwrap_or(ProtocolVersion::WIN8),
         };

@@ -2,7 +2,9 @@
 //! reports in QUERY_PROPERTIES, their validation, and the map from SRB
 //! addresses to disks that all channels of a controller share.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::scsi_disk::ScsiDisk;
@@ -66,6 +68,9 @@ pub struct LunAddress {
 #[derive(Debug, Default)]
 pub struct Controller {
     luns: RwLock<BTreeMap<LunAddress, Arc<ScsiDisk>>>,
+    /// Bumped by every change of the map, so channels may keep the disk
+    /// they last looked up (see [`LunCache`]).
+    generation: AtomicU64,
 }
 
 impl Controller {
@@ -77,12 +82,14 @@ impl Controller {
     /// Attaches `disk` at `address`, returning the disk it replaced.
     pub fn insert(&self, address: LunAddress, disk: Arc<ScsiDisk>) -> Option<Arc<ScsiDisk>> {
         let mut map = self.luns.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         map.insert(address, disk)
     }
 
     /// Detaches the disk at `address`.
     pub fn remove(&self, address: LunAddress) -> Option<Arc<ScsiDisk>> {
         let mut map = self.luns.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         map.remove(&address)
     }
 
@@ -92,6 +99,11 @@ impl Controller {
         map.get(&address).cloned()
     }
 
+    /// How many changes the map has seen.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The LUNs present at `path`/`target`, ascending.
     pub fn luns_of(&self, path: u8, target: u8) -> Vec<u8> {
         let map = self.luns.read().unwrap_or_else(|e| e.into_inner());
@@ -99,5 +111,46 @@ impl Controller {
             .filter(|a| a.path == path && a.target == target)
             .map(|a| a.lun)
             .collect()
+    }
+}
+
+/// The disk a channel looked up last, kept while the controller's map is
+/// unchanged: a request to the same LUN then costs one atomic load instead
+/// of the map's lock and a lookup. A disk removed (or replaced) is never
+/// reached again: the change bumps the generation before the next lookup
+/// can see it.
+#[derive(Debug, Default)]
+pub(crate) struct LunCache(RefCell<Option<CachedLun>>);
+
+#[derive(Debug)]
+struct CachedLun {
+    generation: u64,
+    address: LunAddress,
+    disk: Option<Arc<ScsiDisk>>,
+}
+
+impl LunCache {
+    /// The disk at `address` in `controller`.
+    pub(crate) fn get(
+        &self,
+        controller: &Controller,
+        address: LunAddress,
+    ) -> Option<Arc<ScsiDisk>> {
+        // Read before the map: a change racing the lookup leaves an older
+        // generation cached, which the next request refreshes.
+        let generation = controller.generation();
+        let mut slot = self.0.borrow_mut();
+        if let Some(cached) = slot.as_ref() {
+            if cached.generation == generation && cached.address == address {
+                return cached.disk.clone();
+            }
+        }
+        let disk = controller.get(address);
+        *slot = Some(CachedLun {
+            generation,
+            address,
+            disk: disk.clone(),
+        });
+        disk
     }
 }

@@ -14,6 +14,7 @@ use vmbdev_ring::{GpaRange, GuestMemory};
 use zerocopy::IntoBytes;
 use zerocopy::little_endian::U32;
 
+use super::config::LunCache;
 use super::packet::completion_bytes;
 use super::{Completion, Controller, LunAddress, StorvspConfig};
 use crate::scsi_disk::{
@@ -36,6 +37,8 @@ pub(super) struct SrbContext<'a> {
     pub config: &'a StorvspConfig,
     /// The LUN map the SRB is addressed into.
     pub controller: &'a Controller,
+    /// The channel's last lookup in it.
+    pub luns: &'a LunCache,
     /// Guest memory holding the data buffer.
     pub memory: &'a GuestMemory,
     /// The negotiated version, which bounds the sense data returned.
@@ -290,7 +293,7 @@ fn plan(
         target: srb.target_id,
         lun: srb.lun,
     };
-    let target = target_of(context.controller, cdb.as_slice(), address);
+    let target = target_of(context, cdb.as_slice(), address);
     Ok(Plan::Run {
         cdb,
         target,
@@ -350,11 +353,12 @@ fn data_buffer(
 
 /// What the CDB at `address` runs against; REPORT LUNS is answered by the
 /// controller whatever LUN it names.
-fn target_of(controller: &Controller, cdb: &[u8], address: LunAddress) -> Target {
+fn target_of(context: &SrbContext<'_>, cdb: &[u8], address: LunAddress) -> Target {
+    let controller = context.controller;
     if cdb.first() == Some(&Opcode::REPORT_LUNS.0) {
         return Target::ReportLuns(controller.luns_of(address.path, address.target));
     }
-    match controller.get(address) {
+    match context.luns.get(controller, address) {
         Some(disk) => Target::Disk(disk),
         None => Target::Absent,
     }

@@ -590,6 +590,37 @@ fn lun_addressing_and_report_luns() {
 }
 
 #[test]
+fn a_disk_replaced_in_the_controller_serves_the_next_read() {
+    let mut h = host();
+    init(&mut h, 0x0602, 0x40);
+    let lun = LunAddress {
+        path: 0,
+        target: 0,
+        lun: 0,
+    };
+    let read = |h: &mut Host| {
+        let r = range(&[6], 0, 512);
+        let reply = run_srb(h, &srb(0x40, 0, 0, &read10(0, 1), 1, 512), vec![r.clone()]);
+        assert_eq!(reply.srb_status, 1);
+        let mut got = vec![0u8; 512];
+        r.read_at(&h.memory, 0, &mut got).unwrap();
+        got
+    };
+    assert_eq!(read(&mut h), h.disk_bytes[..512]);
+    // Replaced through the shared controller, not through this channel.
+    let other = random_bytes(512 * SECTORS, 5);
+    let controller = h.channel.controller().clone();
+    controller.insert(
+        lun,
+        Arc::new(ScsiDisk::new(Arc::new(mem_disk(other.clone(), 512, 512)))),
+    );
+    assert_eq!(read(&mut h), other[..512]);
+    controller.remove(lun);
+    let reply = run_srb(&mut h, &srb(0x40, 0, 0, &TUR, 0, 0), vec![]);
+    assert_eq!(reply.srb_status, 0x20, "INVALID_LUN once removed");
+}
+
+#[test]
 fn no_notification_before_init() {
     let h = host();
     let disk = h
