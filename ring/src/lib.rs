@@ -43,6 +43,7 @@ pub mod error;
 pub mod executor;
 pub mod gpa;
 pub mod loopback;
+mod mailbox;
 pub mod memory;
 pub mod packet;
 pub mod pipe;
@@ -56,6 +57,7 @@ pub use endpoint::{Endpoint, Side, split_gpadl};
 pub use error::RingError;
 pub use gpa::{GpaError, GpaRange, GpadlGuard, GpadlRegistry, INLINE_PAGES};
 pub use loopback::{Loopback, LoopbackConfig, LoopbackError, PageAllocator, loopback};
+pub use mailbox::Mailbox;
 pub use memory::{GuestMemory, MemoryError, MemoryRegion, PAGE_SIZE};
 pub use packet::{
     BorrowedKind, BorrowedPacket, GpaRangeList, IncomingPacket, OutgoingKind, OutgoingPacket,

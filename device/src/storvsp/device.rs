@@ -22,6 +22,7 @@ use crate::bus::{
 };
 use crate::scsi_disk::ScsiDisk;
 use crate::violation::ViolationLog;
+use vmbdev_ring::Mailbox;
 
 pub use super::saved::SavedDevice;
 
@@ -36,7 +37,7 @@ impl From<RunError> for ChannelError {
 #[derive(Debug)]
 struct Running {
     stop: Arc<StopSignal>,
-    notify: async_channel::Sender<Notification>,
+    notify: Arc<Mailbox<Notification>>,
 }
 
 #[derive(Debug, Default)]
@@ -190,12 +191,12 @@ impl StorvspDevice {
             Arc::new(Mutex::new(sub))
         };
         let stop = Arc::new(StopSignal::new());
-        let (notify_tx, notify_rx) = async_channel::bounded(4);
+        let notifications = Arc::new(Mailbox::new());
         let slot = device.slots.entry(index).or_default();
         slot.state = Some(state.clone());
         slot.running = Some(Running {
             stop: stop.clone(),
-            notify: notify_tx,
+            notify: notifications.clone(),
         });
         let ctx = ChannelContext {
             index,
@@ -203,7 +204,7 @@ impl StorvspDevice {
             pending: slot.pending.clone(),
             stats: self.stats.clone(),
             stop,
-            notifications: notify_rx,
+            notifications,
             sub_channels: Arc::new(DeviceSubChannels {
                 state: Arc::downgrade(&self.state),
                 bus: request.sub_channels,
@@ -296,7 +297,10 @@ impl StorvspDevice {
             channel.bus_changed()
         };
         match notice {
-            Some(notice) => running.notify.try_send(notice).is_ok() || running.notify.is_full(),
+            Some(notice) => {
+                running.notify.put(notice);
+                true
+            }
             None => false,
         }
     }

@@ -45,7 +45,8 @@ use std::task::Poll;
 use futures_lite::future::poll_fn;
 use vmbdev_protocol::vstor::{self, NtStatus};
 use vmbdev_ring::{
-    BorrowedKind, BorrowedPacket, GpaRange, OutgoingPacket, RingError, RingReader, RingWriter,
+    BorrowedKind, BorrowedPacket, GpaRange, Mailbox, OutgoingPacket, RingError, RingReader,
+    RingWriter,
 };
 
 use super::{Attempted, Completion, Notification, Outcome, Request, SrbJob, StorvspChannel};
@@ -115,8 +116,9 @@ pub struct ChannelContext {
     pub stats: Arc<StorvspStats>,
     /// Raised to stop the task at its next quiescent point.
     pub stop: Arc<StopSignal>,
-    /// Unsolicited packets to send (ENUMERATE_BUS on the primary).
-    pub notifications: async_channel::Receiver<Notification>,
+    /// Unsolicited packets to send (ENUMERATE_BUS on the primary; the
+    /// latest is all that matters).
+    pub notifications: Arc<Mailbox<Notification>>,
     /// Where CREATE_SUB_CHANNELS goes.
     pub sub_channels: Arc<dyn crate::bus::SubChannelControl>,
     /// Most requests taken before any is answered.
@@ -198,7 +200,7 @@ struct ChannelLoop<'a> {
 /// What ended a sleep of the loop.
 enum Wake {
     Stop,
-    Notice(Option<Notification>),
+    Notice(Notification),
     JobDone(Option<(PendingKey, Completion)>),
     Ring(Result<(), RingError>),
 }
@@ -214,8 +216,6 @@ impl ChannelLoop<'_> {
     async fn run(&mut self) -> Result<(), RunError> {
         let ctx = self.ctx;
         let mut stop = pin!(ctx.stop.wait());
-        let mut notices = pin!(ctx.notifications.recv());
-        let mut notices_open = true;
         let done = self.out.jobs.done().clone();
         let mut job_done = pin!(done.recv());
         let mut productive = 0u32;
@@ -255,10 +255,8 @@ impl ChannelLoop<'_> {
                     if stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::Stop);
                     }
-                    if notices_open {
-                        if let Poll::Ready(notice) = notices.as_mut().poll(cx) {
-                            return Poll::Ready(Wake::Notice(notice.ok()));
-                        }
+                    if let Poll::Ready(notice) = ctx.notifications.poll_take(cx) {
+                        return Poll::Ready(Wake::Notice(notice));
                     }
                     // With no job running nothing can arrive (only this
                     // loop starts jobs), and polling the queue's listener
@@ -274,11 +272,9 @@ impl ChannelLoop<'_> {
             };
             match wake {
                 Wake::Stop => return self.publish_before_stop(),
-                Wake::Notice(Some(notice)) => {
+                Wake::Notice(notice) => {
                     self.notice.get_or_insert(notice);
-                    notices.set(ctx.notifications.recv());
                 }
-                Wake::Notice(None) => notices_open = false,
                 Wake::JobDone(Some((key, completion))) => {
                     self.out.jobs.finished();
                     self.out.send_or_hold(key, completion, true);
