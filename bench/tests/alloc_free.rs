@@ -5,21 +5,11 @@
 //! VM (driver, completion and device threads all counted), and with the
 //! driver and the device tasks sharing one thread.
 
-use std::alloc::System;
-
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use vmbdev_bench::ioperf::IoperfRig;
 
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+mod counting;
 
-/// Allocations and reallocations made while `f` runs.
-fn allocations_during(f: impl FnOnce()) -> usize {
-    let region = Region::new(GLOBAL);
-    f();
-    let change = region.change();
-    change.allocations + change.reallocations
-}
+use counting::allocations_during;
 
 // No test harness (`harness = false`): the counter is process-wide, and
 // the harness allocates on its own threads while a test runs.

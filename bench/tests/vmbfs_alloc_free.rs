@@ -12,13 +12,11 @@
 //! through a channel) and the loopback VM's own executor threads (their
 //! general-purpose run queue allocates every few dozen wake-ups).
 
-use std::alloc::System;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_lite::future::{block_on, or};
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use vmbdev_bench::vmbfs::sample_bytes;
 use vmbdev_device::bus::{ChannelError, NoSubChannels, OpenRequest, VmbusDevice};
 use vmbdev_device::vmbfs::{IoPolicy, VmbfsConfig, VmbfsDevice};
@@ -35,16 +33,9 @@ use vmbdev_ring::{
     PipeMessageRef, loopback,
 };
 
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+mod counting;
 
-/// Allocations and reallocations made while `f` runs.
-fn allocations_during(f: impl FnOnce()) -> usize {
-    let region = Region::new(GLOBAL);
-    f();
-    let change = region.change();
-    change.allocations + change.reallocations
-}
+use counting::allocations_during;
 
 /// Size of the served file.
 const FILE_SIZE: usize = 4 << 20;

@@ -1797,25 +1797,7 @@ mod file_reads {
         let mut ranges: Vec<(u64, u64)> = (0..40).map(|i| (4 * P + 3 + i * 100, 97)).collect();
         ranges.push((10, 2 * P - 10));
         ranges.push((3 * P, 5));
-        let n = mem
-            .read_from_file(
-                file.as_fd(),
-                1000,
-                ranges.iter().copied(),
-                FileReadMode::Blocking,
-            )
-            .unwrap();
-        let total: u64 = ranges.iter().map(|r| r.1).sum();
-        assert_eq!(n as u64, total);
-        let mut offset = 1000;
-        for &(gpa, len) in &ranges {
-            assert_eq!(
-                guest(&mem, gpa, len as usize),
-                expected(offset, len),
-                "range at {gpa:#x}"
-            );
-            offset += len;
-        }
+        read_and_check(&mem, &file, 1000, &ranges);
         // Bytes no range named are as they were.
         assert_eq!(guest(&mem, 0, 10), vec![0xEE; 10]);
         assert_eq!(guest(&mem, 4 * P, 3), vec![0xEE; 3]);
@@ -1835,23 +1817,29 @@ mod file_reads {
             ranges.extend([(base, 50), (base + 50, 30), (base + 80, 20)]);
             ranges.push((3 * P + run * 150 + 120, 7));
         }
+        read_and_check(&mem, &file, 77, &ranges);
+    }
+
+    /// Reads `ranges` from `file` at `offset` (blocking) and checks that
+    /// each holds the file's bytes, in order.
+    fn read_and_check(mem: &GuestMemory, file: &std::fs::File, offset: u64, ranges: &[(u64, u64)]) {
         let n = mem
             .read_from_file(
                 file.as_fd(),
-                77,
+                offset,
                 ranges.iter().copied(),
                 FileReadMode::Blocking,
             )
             .unwrap();
         assert_eq!(n as u64, ranges.iter().map(|r| r.1).sum::<u64>());
-        let mut offset = 77;
-        for &(gpa, len) in &ranges {
+        let mut at = offset;
+        for &(gpa, len) in ranges {
             assert_eq!(
-                guest(&mem, gpa, len as usize),
-                expected(offset, len),
+                guest(mem, gpa, len as usize),
+                expected(at, len),
                 "range at {gpa:#x}"
             );
-            offset += len;
+            at += len;
         }
     }
 
