@@ -162,6 +162,7 @@ pub async fn serve_channel(
         reissue,
         notice: None,
         depth,
+        batch_was_full: false,
     };
     let result = channel.run().await;
     channel.quiesce().await;
@@ -195,6 +196,8 @@ struct ChannelLoop<'a> {
     /// ENUMERATE_BUS to send (idempotent: one queued is enough).
     notice: Option<Notification>,
     depth: usize,
+    /// The last batch took as many requests as it could: more may wait.
+    batch_was_full: bool,
 }
 
 /// What ended a sleep of the loop.
@@ -230,9 +233,14 @@ impl ChannelLoop<'_> {
                     productive = 0;
                     futures_lite::future::yield_now().await;
                 }
-                continue;
+                if self.batch_was_full || !self.reissue.is_empty() {
+                    continue;
+                }
+                // The ring was drained: the sleep below looks at it once
+                // more before it sleeps, which costs less than another pass.
+            } else {
+                productive = 0;
             }
-            productive = 0;
             let capacity = self.capacity()?;
             let space_needed = self.space_to_wait_for(capacity);
             let ring_size = self.out.writer.half().size() as usize;
@@ -346,12 +354,24 @@ impl ChannelLoop<'_> {
     /// Reads up to `max` requests and answers them; `true` if any was read.
     fn take_batch(&mut self, max: usize) -> Result<bool, RunError> {
         let ctx = self.ctx;
+        // A pass often finds the ring empty: look before taking the
+        // state's lock.
+        self.batch_was_full = false;
+        match self.reader.available() {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(source) => {
+                ctx.stats.violation(ctx.index, &source);
+                return Err(self.ring_error(source));
+            }
+        }
         let mut state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
         let out = &mut self.out;
         let read = self.reader.try_read_batch_borrowed(max, |packet| {
             ctx.stats.count_request();
             out.take_packet(&mut state, packet);
         });
+        self.batch_was_full = matches!(read, Ok(count) if count == max);
         match read {
             Ok(count) => Ok(count > 0),
             Err(source) => {
