@@ -140,37 +140,22 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 impl PipeMessage {
     /// Encodes header + body.
     pub fn encode(&self) -> Vec<u8> {
-        let body = self.encode_body();
-        let kind = match self {
-            Self::Data(_) => PIPE_DATA,
-            Self::SetupGpaDirect { .. } => PIPE_SETUP_GPA_DIRECT,
-            Self::TeardownGpaDirect { .. } => PIPE_TEARDOWN_GPA_DIRECT,
-        };
-        let mut out = header(kind, body.len()).to_vec();
-        out.extend_from_slice(&body);
-        out
-    }
-
-    fn encode_body(&self) -> Vec<u8> {
         match self {
-            Self::Data(data) => data.clone(),
+            Self::Data(data) => {
+                let mut out = header(PIPE_DATA, data.len()).to_vec();
+                out.extend_from_slice(data);
+                out
+            }
             Self::SetupGpaDirect {
                 handle,
                 writable,
                 ranges,
             } => {
-                let mut b = Vec::with_capacity(
-                    SETUP_FIXED_LEN + ranges.iter().map(GpaRange::encoded_len).sum::<usize>(),
-                );
-                b.extend_from_slice(&handle.to_le_bytes());
-                b.push(u8::from(*writable));
-                b.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
-                for range in ranges {
-                    range.encode_into(&mut b);
-                }
-                b
+                let mut out = Vec::new();
+                Self::encode_setup_into(*handle, *writable, ranges, &mut out);
+                out
             }
-            Self::TeardownGpaDirect { handle } => handle.to_le_bytes().to_vec(),
+            Self::TeardownGpaDirect { handle } => Self::encode_teardown(*handle).to_vec(),
         }
     }
 
@@ -416,14 +401,8 @@ impl RingWriter {
         writable: bool,
         ranges: &[GpaRange],
     ) -> Result<(), PipeError> {
-        let message = PipeMessage::SetupGpaDirect {
-            handle,
-            writable,
-            ranges: ranges.to_vec(),
-        }
-        .encode();
-        self.write(&OutgoingPacket::in_band(&message)).await?;
-        Ok(())
+        self.send_setup_with(handle, writable, ranges, &mut Vec::new())
+            .await
     }
 
     /// [`send_setup`](Self::send_setup) encoding into `scratch` (its
@@ -453,7 +432,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encoders_into_buffers_match_encode() {
+    fn setup_into_a_used_buffer_replaces_its_bytes_and_round_trips() {
         let ranges = vec![
             GpaRange::new(100, 6, vec![0x1234]).unwrap(),
             GpaRange::new(5 * 4096, 0, (10..15).collect()).unwrap(),
@@ -465,6 +444,12 @@ mod tests {
             writable: true,
             ranges: ranges.clone(),
         };
+        // The buffer's old bytes are gone: header, fixed part, two ranges
+        // of one and five pages.
+        assert_eq!(
+            out.len(),
+            PIPE_HEADER_LEN + SETUP_FIXED_LEN + (8 + 8) + (8 + 40)
+        );
         assert_eq!(out, owned.encode());
         assert_eq!(PipeMessage::decode(&out, 0), Ok(owned));
         let teardown = PipeMessage::encode_teardown(0xA1B2);
