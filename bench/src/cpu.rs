@@ -150,6 +150,16 @@ pub struct CpuPerUnit {
     pub unit: CpuUnit,
 }
 
+#[cfg(test)]
+impl CpuPerUnit {
+    /// Whether both figures are real measurements: finite and above zero.
+    pub(crate) fn both_measured(&self) -> bool {
+        [self.value, self.baseline]
+            .iter()
+            .all(|v| v.is_finite() && *v > 0.0)
+    }
+}
+
 impl CpuPerUnit {
     /// The figures of `amount` units of work done by `measured` and by
     /// `baseline`.
