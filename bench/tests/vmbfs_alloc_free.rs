@@ -312,32 +312,28 @@ impl ClientRig {
 
     /// `count` in-band reads (RDMA off); how many got the file's bytes.
     fn read_in_band(&mut self, count: usize, data: &[u8]) -> usize {
-        let (client, file, buf) = (&mut self.client, &self.file, &mut self.buf[..IN_BAND_BYTES]);
-        client.set_use_rdma(false);
-        block_on(self.executor.run(async {
-            let mut good = 0;
-            for i in 0..count {
-                let offset = offset_of(i, IN_BAND_BYTES);
-                buf.fill(0);
-                let n = client.read_file(file, offset, buf).await.unwrap();
-                good += usize::from(n == IN_BAND_BYTES && *buf == data[offset as usize..][..n]);
-            }
-            good
-        }))
+        self.read_copied(count, data, false)
     }
 
     /// `count` RDMA reads into the client's own buffer, copied out into a
     /// host buffer; how many got the file's bytes.
     fn read_rdma_copied(&mut self, count: usize, data: &[u8]) -> usize {
-        let (client, file, buf) = (&mut self.client, &self.file, &mut self.buf);
-        client.set_use_rdma(true);
+        self.read_copied(count, data, true)
+    }
+
+    /// `count` reads into a host buffer, by RDMA or in-band; how many got
+    /// the file's bytes.
+    fn read_copied(&mut self, count: usize, data: &[u8], rdma: bool) -> usize {
+        let len = if rdma { RDMA_BYTES } else { IN_BAND_BYTES };
+        let (client, file, buf) = (&mut self.client, &self.file, &mut self.buf[..len]);
+        client.set_use_rdma(rdma);
         block_on(self.executor.run(async {
             let mut good = 0;
             for i in 0..count {
-                let offset = offset_of(i, RDMA_BYTES);
+                let offset = offset_of(i, len);
                 buf.fill(0);
                 let n = client.read_file(file, offset, buf).await.unwrap();
-                good += usize::from(n == RDMA_BYTES && *buf == data[offset as usize..][..n]);
+                good += usize::from(n == len && *buf == data[offset as usize..][..n]);
             }
             good
         }))
