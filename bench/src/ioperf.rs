@@ -310,8 +310,17 @@ pub struct IoperfRow {
 /// Measures every depth of [`DEPTHS`] for about `requests_per_depth`
 /// requests each, after a warm-up.
 pub fn run_all(requests_per_depth: u64) -> Result<Vec<IoperfRow>, IoperfError> {
+    run_depths(&DEPTHS, requests_per_depth)
+}
+
+/// Measures each of `depths` for about `requests_per_depth` requests, after
+/// a warm-up (one depth alone is what a profile wants).
+pub fn run_depths(
+    depths: &[usize],
+    requests_per_depth: u64,
+) -> Result<Vec<IoperfRow>, IoperfError> {
     let mut rig = IoperfRig::new()?;
-    DEPTHS
+    depths
         .iter()
         .map(|&depth| {
             let iterations = (requests_per_depth / depth as u64).max(1);

@@ -2,7 +2,7 @@
 //! atomic accessors. Values loaded here are raw and untrusted; the ring
 //! validates indices on every load.
 
-use crate::memory::{GuestMemory, MemoryError};
+use crate::memory::{AtomicPage, GuestMemory, MemoryError};
 use std::sync::atomic::Ordering;
 
 /// Offset of the write index ("in"), written by the writer.
@@ -21,33 +21,34 @@ pub const FEATURE_PENDING_SEND_SIZE: u32 = 1;
 /// Atomic access to one ring half's control page.
 #[derive(Debug, Clone)]
 pub struct ControlPage {
-    memory: GuestMemory,
-    gpa: u64,
+    /// Resolved once: every index load and store of the ring goes here.
+    page: AtomicPage,
 }
 
 impl ControlPage {
     /// The control page at page-aligned `gpa` of `memory`; fails if the page
     /// is not inside guest memory.
     pub fn new(memory: GuestMemory, gpa: u64) -> Result<Self, MemoryError> {
-        memory.load_u32(gpa + FEATURE_BITS_OFFSET, Ordering::Relaxed)?;
-        memory.load_u32(gpa, Ordering::Relaxed)?;
-        Ok(Self { memory, gpa })
+        Ok(Self {
+            page: AtomicPage::new(memory, gpa)?,
+        })
     }
 
     /// Guest physical address of the page.
     pub fn gpa(&self) -> u64 {
-        self.gpa
+        self.page.gpa()
     }
 
+    // Every offset is a 4-aligned constant below 0x44, so the field is
+    // always inside the page.
     fn load(&self, offset: u64, order: Ordering) -> u32 {
-        // The page was checked in `new` and every offset is a 4-aligned
-        // constant below 0x44, so the access cannot fail.
-        self.memory.load_u32(self.gpa + offset, order).unwrap_or(0)
+        u32::from_le(self.page.u32_at(offset as usize).load(order))
     }
 
     fn store(&self, offset: u64, value: u32, order: Ordering) {
-        // As in `load`: the address was checked in `new`.
-        let _ = self.memory.store_u32(self.gpa + offset, value, order);
+        self.page
+            .u32_at(offset as usize)
+            .store(value.to_le(), order);
     }
 
     /// Raw write index.

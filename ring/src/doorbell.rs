@@ -7,7 +7,7 @@
 //! re-check of the ring) and returns a future that completes on the next
 //! signal. [`EventDoorbell`] arms without allocating (a generation counter
 //! and a few waker slots), and its `signal` takes no lock and allocates
-//! nothing; other doorbells fall back to their boxed
+//! nothing unless more waits than it has slots are armed at once; other doorbells fall back to their boxed
 //! [`listen`](Doorbell::listen) future.
 
 use async_io::Async;
@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 /// A future that completes when the doorbell rings (or spuriously).
@@ -137,13 +137,16 @@ const WAKER_SLOTS: usize = 4;
 /// armed waker slots: no lock, no allocation.
 #[derive(Debug, Default)]
 pub struct EventDoorbell {
+    /// Bumped once per signal, so it is also the signal count.
     generation: AtomicU64,
     /// Bit `i` set: slot `i` belongs to an armed wait.
     claimed: AtomicU32,
     slots: [AtomicWaker; WAKER_SLOTS],
     /// Wakes the overflow waiters (and [`listen`](Doorbell::listen)).
     event: Event,
-    signals: AtomicU64,
+    /// Listeners of `event` alive: `event_listener` takes its lock on every
+    /// notify, so `signal` notifies only while this is non-zero.
+    listeners: Arc<AtomicUsize>,
 }
 
 impl EventDoorbell {
@@ -154,7 +157,7 @@ impl EventDoorbell {
 
     /// Number of signals so far.
     pub fn signal_count(&self) -> u64 {
-        self.signals.load(Ordering::Relaxed)
+        self.generation.load(Ordering::Relaxed)
     }
 
     fn claim_slot(&self) -> Option<u32> {
@@ -179,7 +182,6 @@ impl EventDoorbell {
 
 impl Doorbell for EventDoorbell {
     fn signal(&self) {
-        self.signals.fetch_add(1, Ordering::Relaxed);
         // The generation store is ordered before the slot loads, as the
         // waiter orders its waker registration before its generation
         // re-check: one of the two sees the other.
@@ -190,13 +192,22 @@ impl Doorbell for EventDoorbell {
             self.slots[slot as usize].wake();
             claimed &= claimed - 1;
         }
-        // One doorbell serves both the reader and the writer of an
-        // endpoint (as one VMBus interrupt does), so wake every listener.
-        self.event.notify(usize::MAX);
+        // A listener counts itself before it registers, so one this load
+        // misses registered after the signal and may miss it (the trait
+        // allows that: it listened too late). One doorbell serves both the
+        // reader and the writer of an endpoint (as one VMBus interrupt
+        // does), so wake every listener.
+        if self.listeners.load(Ordering::SeqCst) != 0 {
+            self.event.notify(usize::MAX);
+        }
     }
 
     fn listen(&self) -> DoorbellWait {
-        Box::pin(self.event.listen())
+        self.listeners.fetch_add(1, Ordering::SeqCst);
+        Box::pin(CountedListener {
+            listener: self.event.listen(),
+            listeners: self.listeners.clone(),
+        })
     }
 
     fn arm(&self) -> Armed {
@@ -233,6 +244,26 @@ impl Doorbell for EventDoorbell {
             self.claimed.fetch_and(!(1 << slot), Ordering::AcqRel);
         }
         armed.0 = ArmedState::Done;
+    }
+}
+
+/// A listener of an [`EventDoorbell`]'s event, counted while it lives.
+struct CountedListener {
+    listener: event_listener::EventListener,
+    listeners: Arc<AtomicUsize>,
+}
+
+impl Future for CountedListener {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.listener).poll(cx)
+    }
+}
+
+impl Drop for CountedListener {
+    fn drop(&mut self) {
+        self.listeners.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -821,6 +821,13 @@ impl GuestMemory {
         Ok(r.host.as_ptr().wrapping_add((gpa - r.gpa) as usize))
     }
 
+    /// Host address of the page at page-aligned `gpa`: regions are
+    /// page-aligned, so a page is always inside one region.
+    fn host_page(&self, gpa: u64) -> Result<NonNull<u8>, MemoryError> {
+        let ptr = self.field(gpa, PAGE_SIZE as u64)?;
+        NonNull::new(ptr).ok_or(MemoryError::Unaligned { gpa, align: 1 })
+    }
+
     fn atomic_u32(&self, gpa: u64) -> Result<&AtomicU32, MemoryError> {
         let ptr = self.field(gpa, 4)?;
         // SAFETY: the pointer is 4-aligned (regions are page-aligned in
@@ -1370,6 +1377,57 @@ unsafe fn volatile_to_guest(dst: *mut u8, src: &[u8]) {
     for (i, &b) in t.iter().enumerate() {
         // SAFETY: in the mapping (caller).
         unsafe { tail.add(i).write_volatile(b) };
+    }
+}
+
+/// One guest page whose host address is resolved once, for fields read
+/// and written atomically many times (a ring's control page): each access
+/// is then one atomic instruction, with no region lookup.
+#[derive(Debug, Clone)]
+pub struct AtomicPage {
+    /// Keeps the mapping behind `host` alive.
+    memory: GuestMemory,
+    gpa: u64,
+    host: NonNull<u8>,
+}
+
+// SAFETY: `host` points into the mapping `memory` keeps alive, and every
+// access through it is atomic, as with `GuestMemory`'s own accessors, so the
+// page may be used from any thread, as `GuestMemory` may.
+unsafe impl Send for AtomicPage {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for AtomicPage {}
+
+impl AtomicPage {
+    /// The page at page-aligned `gpa`; fails if it is not inside `memory`.
+    pub fn new(memory: GuestMemory, gpa: u64) -> Result<Self, MemoryError> {
+        let host = memory.host_page(gpa)?;
+        Ok(Self { memory, gpa, host })
+    }
+
+    /// Guest physical address of the page.
+    pub fn gpa(&self) -> u64 {
+        self.gpa
+    }
+
+    /// The guest memory the page is in.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// The `u32` field at `offset` (4-aligned, inside the page; anything
+    /// else is a bug of the caller and panics).
+    pub fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset % 4 == 0 && offset + 4 <= PAGE_SIZE,
+            "field offset {offset:#x} of a guest page"
+        );
+        // SAFETY: `host + offset` is 4-aligned (pages are) and inside the
+        // page, which lies in one region mapped for as long as
+        // `self.memory` lives, so for as long as `&self`. All access to
+        // guest memory from this process is atomic, so the guest writing
+        // the field concurrently is no data race.
+        unsafe { AtomicU32::from_ptr(self.host.as_ptr().add(offset).cast()) }
     }
 }
 

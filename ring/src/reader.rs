@@ -260,7 +260,7 @@ impl RingReader {
     /// clear the mask, full fence, re-check, then sleep. While awake the
     /// mask is set so the writer does not signal needlessly.
     pub async fn wait_readable(&mut self) -> Result<()> {
-        let control = self.half.control().clone();
+        let control = self.half.control();
         for _ in 0..self.spin {
             if self.available()? != 0 {
                 return Ok(());

@@ -135,12 +135,15 @@ fn guest_scribbling_during_reads_never_panics() {
     .unwrap();
     let memory = lb.memory.clone();
     let mut host = lb.host;
-    let stop = Arc::new(AtomicBool::new(false));
-    let guest_stop = stop.clone();
+    // The guest scribbles a fixed number of rounds; the host reads for as
+    // long as it does (however the two threads are scheduled), and at
+    // least 200,000 times.
+    let scribbling = Arc::new(AtomicBool::new(true));
+    let guest_scribbling = scribbling.clone();
     let guest = std::thread::spawn(move || {
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut rounds = 0u64;
-        while !guest_stop.load(Ordering::Relaxed) || rounds < 10_000 {
+        while rounds < 200_000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -161,9 +164,12 @@ fn guest_scribbling_during_reads_never_panics() {
                 .unwrap();
             rounds += 1;
         }
+        guest_scribbling.store(false, Ordering::Release);
     });
     let (mut ok, mut errors) = (0u64, 0u64);
-    for _ in 0..200_000 {
+    let mut reads = 0u64;
+    while reads < 200_000 || scribbling.load(Ordering::Acquire) {
+        reads += 1;
         match host.try_read() {
             Ok(Some(p)) => {
                 ok += 1;
@@ -174,7 +180,6 @@ fn guest_scribbling_during_reads_never_panics() {
             Err(_) => errors += 1,
         }
     }
-    stop.store(true, Ordering::Relaxed);
     guest.join().unwrap();
     // Both outcomes occur; neither panics.
     assert!(ok + errors > 0);
