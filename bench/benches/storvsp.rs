@@ -1,7 +1,10 @@
 //! storvsc → ring → storvsp → disk read benchmark against `pread` in the
 //! same run, with the host CPU time per read of both. `VMBDEV_BENCH_MB`
 //! sets the image size (default 1024); `VMBDEV_BENCH_LAYOUT=one` or
-//! `threads` keeps only that layout (for profiling one of them).
+//! `threads` keeps only that layout, `VMBDEV_BENCH_DEPTH=N` only the
+//! workloads of that depth, `VMBDEV_BENCH_ROUNDS` sets the measurements
+//! of each side (default 5; more for a profile), and
+//! `VMBDEV_BENCH_FORMAT=raw` serves the raw file instead of a VHDX of it.
 
 use vmbdev_bench::storvsp::{BenchConfig, make_image, run, table};
 
@@ -23,6 +26,21 @@ fn main() {
         config
             .runs
             .retain(|(layout, _)| layout.name().starts_with(only.as_str()));
+    }
+    if std::env::var("VMBDEV_BENCH_FORMAT").as_deref() == Ok("raw") {
+        config.format = vmbdev_bench::storvsp::ImageFormat::Raw;
+    }
+    if let Some(rounds) = std::env::var("VMBDEV_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        config.rounds = rounds;
+    }
+    if let Some(depth) = std::env::var("VMBDEV_BENCH_DEPTH")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        config.workloads.retain(|w| w.depth == depth);
     }
     let rows = run(&config).expect("benchmark");
     print!("{}", table(&rows));

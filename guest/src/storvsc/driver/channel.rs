@@ -6,6 +6,7 @@
 //! waiting one when it lets go; guest data buffers from
 //! the [`PageAllocator`]; and SRBs sent over the next channel in turn.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,37 +63,84 @@ impl Drop for Inner {
         for thread in threads {
             let _ = thread.join();
         }
-        let cached =
-            std::mem::take(&mut *self.page_cache.lock().unwrap_or_else(|e| e.into_inner()));
-        self.pages.free(&cached);
+        lock_cache(&self.page_cache).release_all(&self.pages);
     }
 }
 
-/// Single pages kept for reuse between requests: most requests of a
-/// running guest are one page, and the page allocator allocates on the
-/// heap for each.
-type PageCache = Arc<Mutex<Vec<u64>>>;
+/// Guest pages kept for reuse between requests: the page allocator
+/// allocates on the heap and walks its free set page by page, which for a
+/// 1 MiB buffer costs a good part of what the device's read of it does.
+#[derive(Default)]
+struct CachedPages {
+    /// Single pages (most requests of a running guest are one page).
+    singles: Vec<u64>,
+    /// Whole multi-page buffers, found again by their byte count (a
+    /// workload repeats its sizes); oldest first.
+    runs: VecDeque<GpaRange>,
+}
 
-/// Pages [`PageCache`] keeps at most.
+type PageCache = Arc<Mutex<CachedPages>>;
+
+/// Single pages [`CachedPages`] keeps at most.
 const CACHED_PAGES: usize = 256;
+/// Multi-page buffers [`CachedPages`] keeps at most (more than a queue
+/// depth of them in flight is rare).
+const CACHED_RUNS: usize = 64;
+
+fn lock_cache(cache: &PageCache) -> std::sync::MutexGuard<'_, CachedPages> {
+    cache.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CachedPages {
+    /// Hands every cached page back to `pages`.
+    fn release_all(&mut self, pages: &PageAllocator) {
+        pages.free(&self.singles);
+        self.singles.clear();
+        for run in self.runs.drain(..) {
+            pages.free(run.gpns());
+        }
+    }
+}
 
 /// A guest data buffer: guest pages handed back on drop.
 pub(super) struct Buffer {
-    pub(super) range: GpaRange,
+    /// Always `Some` until dropped.
+    range: Option<GpaRange>,
     pages: PageAllocator,
     cache: PageCache,
 }
 
+impl Buffer {
+    /// The guest pages of the buffer.
+    pub(super) fn range(&self) -> &GpaRange {
+        self.range
+            .as_ref()
+            .expect("a buffer's range is taken only on drop")
+    }
+}
+
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if let [page] = self.range.gpns() {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() < CACHED_PAGES {
-                cache.push(*page);
+        let Some(range) = self.range.take() else {
+            return;
+        };
+        let mut cache = lock_cache(&self.cache);
+        if let [page] = range.gpns() {
+            if cache.singles.len() < CACHED_PAGES {
+                cache.singles.push(*page);
                 return;
             }
+        } else {
+            if cache.runs.len() == CACHED_RUNS {
+                if let Some(oldest) = cache.runs.pop_front() {
+                    self.pages.free(oldest.gpns());
+                }
+            }
+            cache.runs.push_back(range);
+            return;
         }
-        self.pages.free(self.range.gpns());
+        drop(cache);
+        self.pages.free(range.gpns());
     }
 }
 
@@ -109,7 +157,10 @@ impl Inner {
             channels: Vec::new(),
             memory,
             pages,
-            page_cache: Arc::new(Mutex::new(Vec::with_capacity(CACHED_PAGES))),
+            page_cache: Arc::new(Mutex::new(CachedPages {
+                singles: Vec::with_capacity(CACHED_PAGES),
+                runs: VecDeque::with_capacity(CACHED_RUNS),
+            })),
             next_channel: AtomicUsize::new(0),
             srb_size: profile.packet_size(),
             profile,
@@ -168,7 +219,17 @@ impl Inner {
         if count == 1 {
             return self.one_page_buffer(len);
         }
-        let gpns = self.pages.alloc(count)?;
+        if let Some(range) = self.cached_run(len) {
+            return Ok(self.owned(range));
+        }
+        let gpns = match self.pages.alloc(count) {
+            Ok(gpns) => gpns,
+            Err(_) => {
+                // Pages may sit in the cache: give them back and try again.
+                lock_cache(&self.page_cache).release_all(&self.pages);
+                self.pages.alloc(count)?
+            }
+        };
         match GpaRange::new(len, self.buffer_offset, gpns.clone()) {
             Ok(range) => Ok(self.owned(range)),
             Err(e) => {
@@ -178,13 +239,19 @@ impl Inner {
         }
     }
 
+    /// A cached multi-page buffer of exactly `len` bytes, newest first.
+    fn cached_run(&self, len: u32) -> Option<GpaRange> {
+        let mut cache = lock_cache(&self.page_cache);
+        let at = cache
+            .runs
+            .iter()
+            .rposition(|r| r.byte_count() == len && r.byte_offset() == self.buffer_offset)?;
+        cache.runs.remove(at)
+    }
+
     /// A one-page buffer, from the cache when it has a page.
     fn one_page_buffer(&self, len: u32) -> Result<Buffer, DriverError> {
-        let cached = self
-            .page_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+        let cached = lock_cache(&self.page_cache).singles.pop();
         let page = match cached {
             Some(page) => page,
             None => self.pages.alloc(1)?[0],
@@ -200,7 +267,7 @@ impl Inner {
 
     fn owned(&self, range: GpaRange) -> Buffer {
         Buffer {
-            range,
+            range: Some(range),
             pages: self.pages.clone(),
             cache: self.page_cache.clone(),
         }
@@ -256,7 +323,7 @@ impl Inner {
         direction: DataDirection,
         buffer: Option<&Buffer>,
     ) -> Result<SrbCompletion, DriverError> {
-        let length = buffer.map(|b| b.range.byte_count()).unwrap_or(0);
+        let length = buffer.map(|b| b.range().byte_count()).unwrap_or(0);
         // The firmware marks even zero-length commands as data-in.
         let data_in = if self.profile == GuestProfile::Uefi && buffer.is_none() {
             DataDirection::READ
@@ -269,7 +336,7 @@ impl Inner {
         write_srb_packet(address, cdb, data_in.0, length, payload);
         let payload = &*payload;
         let reply = self
-            .request(self.pick_channel(), payload, buffer.map(|b| &b.range))
+            .request(self.pick_channel(), payload, buffer.map(Buffer::range))
             .await?;
         let mut completion = SrbCompletion::parse(reply.bytes())?;
         if self.profile == GuestProfile::Linux {
@@ -299,7 +366,7 @@ impl Inner {
         let moved = completion.transferred.min(len) as usize;
         let mut data = vec![0u8; moved];
         if let (Some(buffer), true) = (&buffer, moved > 0) {
-            buffer.range.read_at(&self.memory, 0, &mut data)?;
+            buffer.range().read_at(&self.memory, 0, &mut data)?;
         }
         Ok((completion, data))
     }
@@ -667,5 +734,48 @@ mod tests {
                 "seed {seed}: {answered} answered"
             );
         }
+    }
+
+    #[test]
+    fn multi_page_buffers_come_back_from_the_cache_and_the_cache_yields_to_a_big_one() {
+        let channel = loopback(&LoopbackConfig {
+            buffer_pages: 8,
+            ..LoopbackConfig::default()
+        })
+        .unwrap();
+        let pages = channel.pages.clone();
+        let inner = Inner::new(
+            channel.memory.clone(),
+            pages.clone(),
+            GuestProfile::Linux,
+            0,
+            Completions::Polled,
+        );
+        let all = pages.free_pages();
+        let two = inner.buffer(8192).unwrap();
+        let first: Vec<u64> = two.range().gpns().to_vec();
+        drop(two);
+        // Kept, not handed back to the allocator.
+        assert_eq!(pages.free_pages(), all - 2);
+        let again = inner.buffer(8192).unwrap();
+        assert_eq!(again.range().gpns(), &first[..], "the cached run");
+        assert_eq!(again.range().byte_count(), 8192);
+        drop(again);
+        // Another size is not served from the cache.
+        let three = inner.buffer(3 * 4096).unwrap();
+        assert_eq!(three.range().gpns().len(), 3);
+        assert!(three.range().gpns().iter().all(|p| !first.contains(p)));
+        drop(three);
+        assert_eq!(pages.free_pages(), all - 5);
+        // Every page at once: the cache gives its pages back first.
+        let whole = inner.buffer(all as u32 * 4096).unwrap();
+        assert_eq!(whole.range().gpns().len() as u64, all);
+        drop(whole);
+        drop(inner);
+        assert_eq!(
+            pages.free_pages(),
+            all,
+            "every page back once the driver is gone"
+        );
     }
 }

@@ -171,7 +171,7 @@ impl Disk {
     /// One READ SRB whose data is copied into `dst`.
     async fn read_into(&self, lba: u64, count: u32, dst: &mut [u8]) -> Result<(), DriverError> {
         let (_, buffer) = self.read_srb(lba, count).await?;
-        buffer.range.read_at(&self.inner.memory, 0, dst)?;
+        buffer.range().read_at(&self.inner.memory, 0, dst)?;
         Ok(())
     }
 
@@ -208,7 +208,7 @@ impl Disk {
             return Ok((u64::from(len), Vec::new()));
         }
         let mut data = vec![0u8; len as usize];
-        buffer.range.read_at(&self.inner.memory, 0, &mut data)?;
+        buffer.range().read_at(&self.inner.memory, 0, &mut data)?;
         Ok((u64::from(len), data))
     }
 
@@ -253,7 +253,7 @@ impl Disk {
         } else {
             let buffer = self.inner.buffer(len)?;
             buffer
-                .range
+                .range()
                 .write_at(&self.inner.memory, 0, &data[..len as usize])?;
             Some(buffer)
         };
