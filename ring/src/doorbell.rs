@@ -10,6 +10,7 @@
 //! nothing unless more waits than it has slots are armed at once; other doorbells fall back to their boxed
 //! [`listen`](Doorbell::listen) future.
 
+use crate::counted_event::CountedEvent;
 use async_io::Async;
 use atomic_waker::AtomicWaker;
 use event_listener::Event;
@@ -18,7 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 /// A future that completes when the doorbell rings (or spuriously).
@@ -142,11 +143,9 @@ pub struct EventDoorbell {
     /// Bit `i` set: slot `i` belongs to an armed wait.
     claimed: AtomicU32,
     slots: [AtomicWaker; WAKER_SLOTS],
-    /// Wakes the overflow waiters (and [`listen`](Doorbell::listen)).
-    event: Event,
-    /// Listeners of `event` alive: `event_listener` takes its lock on every
-    /// notify, so `signal` notifies only while this is non-zero.
-    listeners: Arc<AtomicUsize>,
+    /// Wakes the overflow waiters (and [`listen`](Doorbell::listen)); a
+    /// signal with none of them costs no lock.
+    event: CountedEvent,
 }
 
 impl EventDoorbell {
@@ -192,22 +191,13 @@ impl Doorbell for EventDoorbell {
             self.slots[slot as usize].wake();
             claimed &= claimed - 1;
         }
-        // A listener counts itself before it registers, so one this load
-        // misses registered after the signal and may miss it (the trait
-        // allows that: it listened too late). One doorbell serves both the
-        // reader and the writer of an endpoint (as one VMBus interrupt
-        // does), so wake every listener.
-        if self.listeners.load(Ordering::SeqCst) != 0 {
-            self.event.notify(usize::MAX);
-        }
+        // One doorbell serves both the reader and the writer of an
+        // endpoint (as one VMBus interrupt does), so wake every listener.
+        self.event.notify(usize::MAX);
     }
 
     fn listen(&self) -> DoorbellWait {
-        self.listeners.fetch_add(1, Ordering::SeqCst);
-        Box::pin(CountedListener {
-            listener: self.event.listen(),
-            listeners: self.listeners.clone(),
-        })
+        Box::pin(self.event.listen())
     }
 
     fn arm(&self) -> Armed {
@@ -244,26 +234,6 @@ impl Doorbell for EventDoorbell {
             self.claimed.fetch_and(!(1 << slot), Ordering::AcqRel);
         }
         armed.0 = ArmedState::Done;
-    }
-}
-
-/// A listener of an [`EventDoorbell`]'s event, counted while it lives.
-struct CountedListener {
-    listener: event_listener::EventListener,
-    listeners: Arc<AtomicUsize>,
-}
-
-impl Future for CountedListener {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.listener).poll(cx)
-    }
-}
-
-impl Drop for CountedListener {
-    fn drop(&mut self) {
-        self.listeners.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

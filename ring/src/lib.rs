@@ -37,6 +37,7 @@
 #![deny(unsafe_code)]
 
 pub mod control;
+mod counted_event;
 pub mod doorbell;
 pub mod endpoint;
 pub mod error;
@@ -52,6 +53,7 @@ pub mod ring;
 mod stop;
 pub mod writer;
 
+pub use counted_event::{CountedEvent, CountedListener};
 pub use doorbell::{Armed, Doorbell, EventDoorbell, EventfdDoorbell, Wait, block_on, wait};
 pub use endpoint::{Endpoint, Side, split_gpadl};
 pub use error::RingError;

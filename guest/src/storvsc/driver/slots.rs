@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
-use event_listener::Event;
+use vmbdev_ring::CountedEvent;
 
 /// Requests in flight per channel before a new one waits for a slot.
 pub(super) const SLOTS: usize = 256;
@@ -40,15 +40,18 @@ impl Reply {
     }
 }
 
-struct SlotState {
-    /// The transaction id this slot waits for; 0 while free.
-    tid: u64,
-    done: bool,
-    reply: Reply,
-}
+/// Set in a slot's state once its reply is in `reply`.
+const DONE: u64 = 1 << 63;
 
 struct Slot {
-    state: Mutex<SlotState>,
+    /// The transaction id this slot waits for (0 while free), with
+    /// [`DONE`] once the reply is in. Claiming, freeing and waiting touch
+    /// only this word; the lock is taken only to move a reply.
+    state: AtomicU64,
+    /// Written by the deliverer under the lock, which it holds from its
+    /// check of `state` to setting `DONE`, so a slot freed and claimed
+    /// again meanwhile never sees the old request's reply.
+    reply: Mutex<Reply>,
     waker: AtomicWaker,
 }
 
@@ -56,7 +59,7 @@ struct Slot {
 pub(super) struct Waiters {
     slots: Box<[Slot]>,
     free: Mutex<Vec<u16>>,
-    freed: Event,
+    freed: CountedEvent,
     generation: AtomicU64,
     closed: AtomicBool,
     /// Bit `i` set: the request in slot `i` waits for a turn at the reader.
@@ -80,13 +83,10 @@ impl Default for Waiters {
     fn default() -> Self {
         let slots = (0..SLOTS)
             .map(|_| Slot {
-                state: Mutex::new(SlotState {
-                    tid: 0,
-                    done: false,
-                    reply: Reply {
-                        len: 0,
-                        bytes: [0; MAX_REPLY],
-                    },
+                state: AtomicU64::new(0),
+                reply: Mutex::new(Reply {
+                    len: 0,
+                    bytes: [0; MAX_REPLY],
                 }),
                 waker: AtomicWaker::new(),
             })
@@ -95,7 +95,7 @@ impl Default for Waiters {
             slots,
             // Popped from the end: slot 0 first.
             free: Mutex::new((0..SLOTS as u16).rev().collect()),
-            freed: Event::new(),
+            freed: CountedEvent::new(),
             generation: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             want_reader: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -119,20 +119,19 @@ impl Claim<'_> {
     /// Waits for the reply; `None` if the channel closed first.
     pub(super) fn reply(&self) -> impl Future<Output = Option<Reply>> + '_ {
         let slot = &self.waiters.slots[usize::from(self.index)];
+        let done = self.tid | DONE;
         futures_lite::future::poll_fn(move |cx| {
             for _ in 0..2 {
-                {
-                    let mut state = lock(&slot.state);
-                    if state.done {
-                        state.done = false;
-                        let reply = &state.reply;
-                        let mut out = Reply {
-                            len: reply.len,
-                            bytes: [0; MAX_REPLY],
-                        };
-                        out.bytes[..reply.len].copy_from_slice(reply.bytes());
-                        return Poll::Ready(Some(out));
-                    }
+                if slot.state.load(Ordering::Acquire) == done {
+                    // The deliverer set DONE holding the lock: taking it
+                    // here sees the whole reply.
+                    let reply = lock(&slot.reply);
+                    let mut out = Reply {
+                        len: reply.len,
+                        bytes: [0; MAX_REPLY],
+                    };
+                    out.bytes[..reply.len].copy_from_slice(reply.bytes());
+                    return Poll::Ready(Some(out));
                 }
                 if self.waiters.closed.load(Ordering::Acquire) {
                     return Poll::Ready(None);
@@ -175,11 +174,8 @@ impl Drop for Claim<'_> {
     fn drop(&mut self) {
         let slot = &self.waiters.slots[usize::from(self.index)];
         self.stop_wanting_reader();
-        {
-            let mut state = lock(&slot.state);
-            state.tid = 0;
-            state.done = false;
-        }
+        // A deliverer past its check of the old id fails its DONE exchange.
+        slot.state.store(0, Ordering::Release);
         let _ = slot.waker.take();
         lock(&self.waiters.free).push(self.index);
         self.waiters.freed.notify(1);
@@ -206,8 +202,10 @@ impl Waiters {
         // The generation in the high bits keeps a late reply to a former
         // user of the slot from matching.
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let tid = (generation << 16) | u64::from(index);
-        lock(&self.slots[usize::from(index)].state).tid = tid;
+        let tid = ((generation << 16) & !DONE) | u64::from(index);
+        self.slots[usize::from(index)]
+            .state
+            .store(tid, Ordering::Release);
         Some(Claim {
             waiters: self,
             index,
@@ -221,15 +219,25 @@ impl Waiters {
         let Some(slot) = self.slots.get((tid & 0xffff) as usize) else {
             return false;
         };
+        if tid == 0 || tid & DONE != 0 {
+            return false;
+        }
         {
-            let mut state = lock(&slot.state);
-            if tid == 0 || state.tid != tid || state.done {
+            let mut reply = lock(&slot.reply);
+            // Answered already (a duplicate), or not this request's slot.
+            if slot.state.load(Ordering::Acquire) != tid {
                 return false;
             }
             let len = payload.len().min(MAX_REPLY);
-            state.reply.bytes[..len].copy_from_slice(&payload[..len]);
-            state.reply.len = len;
-            state.done = true;
+            reply.bytes[..len].copy_from_slice(&payload[..len]);
+            reply.len = len;
+            let marked =
+                slot.state
+                    .compare_exchange(tid, tid | DONE, Ordering::AcqRel, Ordering::Acquire);
+            if marked.is_err() {
+                // Freed (and maybe claimed again) meanwhile.
+                return false;
+            }
         }
         slot.waker.wake();
         true
@@ -273,6 +281,8 @@ mod tests {
         let first = block_on(waiters.claim());
         let stale = first.tid();
         assert!(waiters.deliver(stale, b"one"));
+        assert!(!waiters.deliver(stale, b"two"), "a duplicate reply");
+        assert!(!waiters.deliver(stale | DONE, b"marked"));
         assert_eq!(block_on(first.reply()).unwrap().bytes(), b"one");
         drop(first);
         // The slot is reused with a new id; the old id no longer matches.
