@@ -374,6 +374,9 @@ pub enum FileExtent<'a> {
         /// Bytes in the run.
         len: u64,
     },
+    /// Bytes the tree holds in memory: copied straight to their
+    /// destination, with no bounce buffer between.
+    Bytes(&'a [u8]),
 }
 
 impl FileExtent<'_> {
@@ -383,6 +386,7 @@ impl FileExtent<'_> {
             FileExtent::Shared { len, .. }
             | FileExtent::Borrowed { len, .. }
             | FileExtent::Zero { len } => len,
+            FileExtent::Bytes(bytes) => bytes.len() as u64,
         }
     }
 

@@ -317,7 +317,8 @@ impl RdmaRead<'_> {
     }
 
     /// Moves the bytes the tree can place straight into the guest pages:
-    /// host-file runs by `preadv2` into the pages, zero runs by one fill.
+    /// host-file runs by `preadv2` into the pages, zero runs by one fill,
+    /// bytes the tree holds in memory by one copy.
     /// Returns the bytes done; the caller copies the rest (all of it when
     /// the tree cannot say where bytes live). Stops at `want`, or early at
     /// the end of the file (then the caller's copy finds the end too).
@@ -354,6 +355,10 @@ impl RdmaRead<'_> {
                 FileExtent::Zero { .. } => self
                     .target
                     .fill_zero(self.memory, target, len)
+                    .map_err(DirectReadError::from),
+                FileExtent::Bytes(bytes) => self
+                    .target
+                    .write_at(self.memory, target, &bytes[..len as usize])
                     .map_err(DirectReadError::from),
             };
             match result {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::tree::{FileTree, Metadata, TreeError, TreePath};
+use crate::tree::{FileExtent, FileTree, Metadata, TreeError, TreePath};
 
 #[derive(Debug, Clone)]
 enum Node {
@@ -132,6 +132,26 @@ impl FileTree for MemoryTree {
         }
     }
 
+    fn locate(
+        &self,
+        path: &TreePath,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<FileExtent<'_>>, TreeError> {
+        match self.node(path)? {
+            Node::Dir(_) => Err(TreeError::IsADirectory(path.to_string())),
+            Node::File(bytes) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                let n = usize::try_from(len)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len() - start);
+                Ok(Some(FileExtent::Bytes(&bytes[start..start + n])))
+            }
+        }
+    }
+
     fn read_dir(&self, path: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError> {
         match self.node(path)? {
             Node::File(_) => Err(TreeError::NotADirectory(path.to_string())),
@@ -140,5 +160,30 @@ impl FileTree for MemoryTree {
                 .map(|(name, node)| (name.clone(), node.metadata()))
                 .collect()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_lends_the_asked_bytes_cut_at_the_end_of_the_file() {
+        let mut builder = MemoryTree::builder();
+        builder.add_file("d/f", b"abcdef".to_vec()).unwrap();
+        let tree = builder.build();
+        let file = TreePath::parse("d/f");
+        let bytes = |offset, len| match tree.locate(&file, offset, len).unwrap() {
+            Some(FileExtent::Bytes(b)) => b.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(bytes(2, 3), b"cde");
+        assert_eq!(bytes(4, 100), b"ef");
+        assert_eq!(bytes(6, 1), b"");
+        assert_eq!(bytes(u64::MAX, u64::MAX), b"");
+        assert!(matches!(
+            tree.locate(&TreePath::parse("d"), 0, 1),
+            Err(TreeError::IsADirectory(_))
+        ));
     }
 }
