@@ -229,8 +229,12 @@ impl Doorbell for EventDoorbell {
 
     fn disarm(&self, armed: &mut Armed) {
         if let ArmedState::Slot { slot, .. } = armed.0 {
-            // Drop the registered waker so the slot holds nothing stale.
-            let _ = self.slots[slot as usize].take();
+            // The registered waker stays in the slot: a signal took it if
+            // one came, and otherwise the next wait on the slot (most
+            // often by the same task) registers over it without cloning.
+            // A released slot is never woken, and a stale waker woken
+            // after the slot is claimed again only polls its task once
+            // spuriously.
             self.claimed.fetch_and(!(1 << slot), Ordering::AcqRel);
         }
         armed.0 = ArmedState::Done;

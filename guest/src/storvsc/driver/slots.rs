@@ -21,9 +21,10 @@ use vmbdev_ring::CountedEvent;
 
 /// Requests in flight per channel before a new one waits for a slot.
 pub(super) const SLOTS: usize = 256;
-/// Longest completion payload kept (a VSTOR packet is well under it);
-/// longer ones are cut to it.
-pub(super) const MAX_REPLY: usize = 512;
+/// Longest completion payload kept: twice the largest VSTOR packet (a
+/// reply moves by value through the request's future, so its size is paid
+/// on every request); longer ones are cut to it.
+pub(super) const MAX_REPLY: usize = 2 * vmbdev_protocol::vstor::PACKET_SIZE_WIN8;
 /// Words of the bitmap of slots waiting for the reader.
 const READER_WORDS: usize = SLOTS.div_ceil(64);
 
@@ -121,7 +122,9 @@ impl Claim<'_> {
         let slot = &self.waiters.slots[usize::from(self.index)];
         let done = self.tid | DONE;
         futures_lite::future::poll_fn(move |cx| {
-            for _ in 0..2 {
+            // Looked at, registered, looked at again: a reply delivered in
+            // between is seen on the second look.
+            for pass in 0..2 {
                 if slot.state.load(Ordering::Acquire) == done {
                     // The deliverer set DONE holding the lock: taking it
                     // here sees the whole reply.
@@ -136,9 +139,9 @@ impl Claim<'_> {
                 if self.waiters.closed.load(Ordering::Acquire) {
                     return Poll::Ready(None);
                 }
-                // Registered, then checked once more: a reply delivered in
-                // between is seen on the second pass.
-                slot.waker.register(cx.waker());
+                if pass == 0 {
+                    slot.waker.register(cx.waker());
+                }
             }
             Poll::Pending
         })
