@@ -79,7 +79,7 @@ struct CachedPages {
     runs: VecDeque<GpaRange>,
 }
 
-type PageCache = Arc<Mutex<CachedPages>>;
+type PageCache = Mutex<CachedPages>;
 
 /// Single pages [`CachedPages`] keeps at most.
 const CACHED_PAGES: usize = 256;
@@ -102,15 +102,17 @@ impl CachedPages {
     }
 }
 
-/// A guest data buffer: guest pages handed back on drop.
-pub(super) struct Buffer {
+/// A guest data buffer: guest pages handed back on drop. It borrows the
+/// driver's allocator and cache rather than holding clones of them, which
+/// would cost two reference-count updates each per request.
+pub(super) struct Buffer<'a> {
     /// Always `Some` until dropped.
     range: Option<GpaRange>,
-    pages: PageAllocator,
-    cache: PageCache,
+    pages: &'a PageAllocator,
+    cache: &'a Mutex<CachedPages>,
 }
 
-impl Buffer {
+impl Buffer<'_> {
     /// The guest pages of the buffer.
     pub(super) fn range(&self) -> &GpaRange {
         self.range
@@ -119,12 +121,12 @@ impl Buffer {
     }
 }
 
-impl Drop for Buffer {
+impl Drop for Buffer<'_> {
     fn drop(&mut self) {
         let Some(range) = self.range.take() else {
             return;
         };
-        let mut cache = lock_cache(&self.cache);
+        let mut cache = lock_cache(self.cache);
         if let [page] = range.gpns() {
             if cache.singles.len() < CACHED_PAGES {
                 cache.singles.push(*page);
@@ -157,10 +159,10 @@ impl Inner {
             channels: Vec::new(),
             memory,
             pages,
-            page_cache: Arc::new(Mutex::new(CachedPages {
+            page_cache: Mutex::new(CachedPages {
                 singles: Vec::with_capacity(CACHED_PAGES),
                 runs: VecDeque::with_capacity(CACHED_RUNS),
-            })),
+            }),
             next_channel: AtomicUsize::new(0),
             srb_size: profile.packet_size(),
             profile,
@@ -214,7 +216,7 @@ impl Inner {
 
     /// A data buffer of `len` bytes starting at the configured page
     /// offset.
-    pub(super) fn buffer(&self, len: u32) -> Result<Buffer, DriverError> {
+    pub(super) fn buffer(&self, len: u32) -> Result<Buffer<'_>, DriverError> {
         let count = pages_spanned(self.buffer_offset, len);
         if count == 1 {
             return self.one_page_buffer(len);
@@ -250,7 +252,7 @@ impl Inner {
     }
 
     /// A one-page buffer, from the cache when it has a page.
-    fn one_page_buffer(&self, len: u32) -> Result<Buffer, DriverError> {
+    fn one_page_buffer(&self, len: u32) -> Result<Buffer<'_>, DriverError> {
         let cached = lock_cache(&self.page_cache).singles.pop();
         let page = match cached {
             Some(page) => page,
@@ -265,11 +267,11 @@ impl Inner {
         }
     }
 
-    fn owned(&self, range: GpaRange) -> Buffer {
+    fn owned(&self, range: GpaRange) -> Buffer<'_> {
         Buffer {
             range: Some(range),
-            pages: self.pages.clone(),
-            cache: self.page_cache.clone(),
+            pages: &self.pages,
+            cache: &self.page_cache,
         }
     }
 
@@ -312,6 +314,10 @@ impl Inner {
     }
 
     fn pick_channel(&self) -> usize {
+        // One channel needs no turn-taking (and no atomic add per request).
+        if self.channels.len() <= 1 {
+            return 0;
+        }
         self.next_channel.fetch_add(1, Ordering::Relaxed) % self.channels.len()
     }
 
@@ -321,7 +327,7 @@ impl Inner {
         address: LunAddress,
         cdb: &[u8],
         direction: DataDirection,
-        buffer: Option<&Buffer>,
+        buffer: Option<&Buffer<'_>>,
     ) -> Result<SrbCompletion, DriverError> {
         let length = buffer.map(|b| b.range().byte_count()).unwrap_or(0);
         // The firmware marks even zero-length commands as data-in.

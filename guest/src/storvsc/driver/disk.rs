@@ -214,7 +214,7 @@ impl Disk {
 
     /// Sends one READ SRB and checks its completion; returns the length
     /// and the guest buffer holding the data.
-    async fn read_srb(&self, lba: u64, count: u32) -> Result<(u32, Buffer), DriverError> {
+    async fn read_srb(&self, lba: u64, count: u32) -> Result<(u32, Buffer<'_>), DriverError> {
         self.check(lba, u64::from(count))?;
         let wanted = u64::from(count) * u64::from(self.info.block_size);
         let len = u32::try_from(wanted).map_err(|_| DriverError::OutOfRange {

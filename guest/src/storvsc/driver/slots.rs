@@ -54,6 +54,9 @@ struct Slot {
     /// again meanwhile never sees the old request's reply.
     reply: Mutex<Reply>,
     waker: AtomicWaker,
+    /// Claims of this slot so far: the high bits of its next id. Only the
+    /// claimer (which holds the slot alone) reads and writes it.
+    claims: AtomicU64,
 }
 
 /// A channel's reply slots.
@@ -61,7 +64,6 @@ pub(super) struct Waiters {
     slots: Box<[Slot]>,
     free: Mutex<Vec<u16>>,
     freed: CountedEvent,
-    generation: AtomicU64,
     closed: AtomicBool,
     /// Bit `i` set: the request in slot `i` waits for a turn at the reader.
     want_reader: [AtomicU64; READER_WORDS],
@@ -90,6 +92,7 @@ impl Default for Waiters {
                     bytes: [0; MAX_REPLY],
                 }),
                 waker: AtomicWaker::new(),
+                claims: AtomicU64::new(0),
             })
             .collect();
         Self {
@@ -97,7 +100,6 @@ impl Default for Waiters {
             // Popped from the end: slot 0 first.
             free: Mutex::new((0..SLOTS as u16).rev().collect()),
             freed: CountedEvent::new(),
-            generation: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             want_reader: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -163,7 +165,11 @@ impl Claim<'_> {
     /// or no longer waits.
     pub(super) fn stop_wanting_reader(&self) {
         let (word, bit) = reader_bit(self.index);
-        self.waiters.want_reader[word].fetch_and(!bit, Ordering::SeqCst);
+        let word = &self.waiters.want_reader[word];
+        // Only this request sets its bit, so a clear bit stays clear.
+        if word.load(Ordering::Relaxed) & bit != 0 {
+            word.fetch_and(!bit, Ordering::SeqCst);
+        }
     }
 }
 
@@ -179,7 +185,9 @@ impl Drop for Claim<'_> {
         self.stop_wanting_reader();
         // A deliverer past its check of the old id fails its DONE exchange.
         slot.state.store(0, Ordering::Release);
-        let _ = slot.waker.take();
+        // The waker stays: only a reply to this slot's next id, a turn at
+        // the reader for its next user, or closing wakes it, and the next
+        // user registers its own before it sleeps.
         lock(&self.waiters.free).push(self.index);
         self.waiters.freed.notify(1);
     }
@@ -204,11 +212,11 @@ impl Waiters {
         let index = lock(&self.free).pop()?;
         // The generation in the high bits keeps a late reply to a former
         // user of the slot from matching.
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let slot = &self.slots[usize::from(index)];
+        let generation = slot.claims.load(Ordering::Relaxed) + 1;
+        slot.claims.store(generation, Ordering::Relaxed);
         let tid = ((generation << 16) & !DONE) | u64::from(index);
-        self.slots[usize::from(index)]
-            .state
-            .store(tid, Ordering::Release);
+        slot.state.store(tid, Ordering::Release);
         Some(Claim {
             waiters: self,
             index,
