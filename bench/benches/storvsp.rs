@@ -4,7 +4,9 @@
 //! `threads` keeps only that layout, `VMBDEV_BENCH_DEPTH=N` only the
 //! workloads of that depth, `VMBDEV_BENCH_ROUNDS` sets the measurements
 //! of each side (default 5; more for a profile), and
-//! `VMBDEV_BENCH_FORMAT=raw` serves the raw file instead of a VHDX of it.
+//! `VMBDEV_BENCH_FORMAT=raw` serves the raw file instead of a VHDX of it;
+//! `VMBDEV_BENCH_SPIN=N` has the threads layout poll its rings N times
+//! before sleeping.
 
 use vmbdev_bench::storvsp::{BenchConfig, make_image, run, table};
 
@@ -26,6 +28,12 @@ fn main() {
         config
             .runs
             .retain(|(layout, _)| layout.name().starts_with(only.as_str()));
+    }
+    if let Some(spin) = std::env::var("VMBDEV_BENCH_SPIN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        config.spin = spin;
     }
     if std::env::var("VMBDEV_BENCH_FORMAT").as_deref() == Ok("raw") {
         config.format = vmbdev_bench::storvsp::ImageFormat::Raw;

@@ -89,6 +89,9 @@ pub struct BenchConfig {
     /// Measurements of each side per workload (alternating); the medians
     /// count.
     pub rounds: usize,
+    /// Ring polls before a sleep, in the threads layout, of the device's
+    /// channels and the driver's completion threads (0: sleep at once).
+    pub spin: u32,
 }
 
 impl BenchConfig {
@@ -123,6 +126,7 @@ impl BenchConfig {
             ],
             bytes_per_run: 512 << 20,
             rounds: DEFAULT_ROUNDS,
+            spin: 0,
         }
     }
 }
@@ -267,17 +271,26 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             lun: 0,
         };
         controller.insert(lun, Arc::new(ScsiDisk::new(served.clone())));
-        let device = Arc::new(StorvspDevice::new(
-            StorvspConfig {
-                max_sub_channels: channels.saturating_sub(1),
-                multi_channel: channels > 1,
-                ..StorvspConfig::default()
-            },
-            controller,
-        )?);
+        let spin = match layout {
+            Layout::Threads => config.spin,
+            // Nothing arrives while a thread's only task spins.
+            Layout::OneThread => 0,
+        };
+        let device = Arc::new(
+            StorvspDevice::new(
+                StorvspConfig {
+                    max_sub_channels: channels.saturating_sub(1),
+                    multi_channel: channels > 1,
+                    ..StorvspConfig::default()
+                },
+                controller,
+            )?
+            .with_spin(spin),
+        );
         let executor =
             (layout == Layout::OneThread).then(|| Arc::new(vmbdev_ring::executor::Executor::new()));
         let completions = match layout {
+            Layout::Threads if spin > 0 => Completions::SpinningThread(spin),
             Layout::Threads => Completions::Thread,
             Layout::OneThread => Completions::Polled,
         };

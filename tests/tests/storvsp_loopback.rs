@@ -156,6 +156,36 @@ fn linux_reads_equal_the_image_512_and_4096_over_sub_channels() {
     }
 }
 
+/// Device channels and driver completion threads that poll their rings
+/// before sleeping: the same bytes over sub-channels, and the VM closes
+/// (a spin is bounded, so a stop still reaches every channel).
+#[test]
+fn spinning_channels_and_completion_threads_read_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes) = random_image(dir.path(), "disk.raw", 5 << 20, 11);
+    let controller = Arc::new(Controller::new());
+    controller.insert(host(LUN0), disk(&path, 512));
+    let device = Arc::new(
+        StorvspDevice::new(multi_channel(3), controller)
+            .unwrap()
+            .with_spin(5_000),
+    );
+    let (vm, driver) = StorvspVm::start_with_storvsc(
+        device,
+        StorvspVmConfig::default(),
+        &DriverConfig {
+            completions: Completions::SpinningThread(5_000),
+            ..linux(2)
+        },
+    )
+    .unwrap();
+    assert_eq!(driver.channel_count(), 2);
+    check_reads(&driver, &bytes, 512);
+    assert_eq!(vm.device().stats().violations(), 0);
+    drop(driver);
+    drop(vm);
+}
+
 /// The driver reading its own completions, with every device channel on
 /// the driver's thread (no completion or channel threads): the same bytes
 /// over sub-channels, small reads run inline and large ones (past the

@@ -60,6 +60,8 @@ pub struct StorvspDevice {
     config: StorvspConfig,
     controller: Arc<Controller>,
     queue_depth: usize,
+    /// Ring polls before a channel sleeps (see `with_spin`).
+    spin: u32,
     instance_id: crate::bus::Guid,
     stats: Arc<StorvspStats>,
     io: Arc<dyn IoSpawner>,
@@ -78,6 +80,7 @@ impl StorvspDevice {
             config,
             controller,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            spin: 0,
             instance_id: crate::bus::Guid::from_u128(0x6a3f_2b3c_5d1e_4c6f_8e2a_1b7c_9d0e_f123),
             stats: Arc::default(),
             io: Arc::new(ThreadPool::named(DEFAULT_IO_THREADS, "storvsp-io")),
@@ -102,6 +105,16 @@ impl StorvspDevice {
     /// Sets how many requests one channel takes before answering any.
     pub fn with_queue_depth(mut self, depth: usize) -> Self {
         self.queue_depth = depth.max(1);
+        self
+    }
+
+    /// Sets how many times a channel polls its ring before it sleeps on
+    /// the doorbell ([`RingReader::set_spin`](vmbdev_ring::RingReader::set_spin)).
+    /// The default, 0, suits a guest sharing the channel's thread or an
+    /// oversubscribed host; a guest on its own, otherwise idle vCPU gets
+    /// its next request taken without the wake-up of a sleeping thread.
+    pub fn with_spin(mut self, iterations: u32) -> Self {
+        self.spin = iterations;
         self
     }
 
@@ -213,7 +226,8 @@ impl StorvspDevice {
             io: self.io.clone(),
         };
         drop(device);
-        let (reader, writer) = request.endpoint.split();
+        let (mut reader, writer) = request.endpoint.split();
+        reader.set_spin(self.spin);
         let served = crate::bus::catch_panics(index, async move {
             Ok(serve_channel(ctx, reader, writer).await?)
         });

@@ -184,8 +184,11 @@ impl Inner {
     /// own completions, starts its completion thread.
     pub(super) fn add_channel(&mut self, endpoint: Endpoint) -> Result<(), DriverError> {
         let index = self.channels.len();
-        let (reader, writer) = endpoint.split();
+        let (mut reader, writer) = endpoint.split();
         let waiters = Arc::new(Waiters::default());
+        if let Completions::SpinningThread(iterations) = self.completions {
+            reader.set_spin(iterations);
+        }
         if self.completions == Completions::Polled {
             self.channels.push(GuestChannel {
                 writer: AsyncMutex::new(writer),

@@ -58,6 +58,12 @@ pub enum Completions {
     /// hand-off per reply, so guest and device can share one thread.
     /// Host packets are read only while a request waits.
     Polled,
+    /// A thread per channel, as [`Thread`](Self::Thread), that polls its
+    /// ring this many times before sleeping on the doorbell
+    /// ([`RingReader::set_spin`](vmbdev_ring::RingReader::set_spin)): a
+    /// guest whose device runs on another, otherwise idle CPU then takes a
+    /// completion without a sleeping thread's wake-up.
+    SpinningThread(u32),
 }
 
 /// How the driver behaves.
