@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
-use async_lock::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard};
+use async_lock::Mutex as AsyncMutex;
 use vmbdev_protocol::vstor::{self, DataDirection, NtStatus, Operation, SrbStatus};
 use vmbdev_ring::{
     Endpoint, GpaRange, GuestMemory, OutgoingPacket, PacketKind, PageAllocator, RingError,
@@ -34,7 +34,7 @@ struct GuestChannel {
     /// taken with `try_lock`: a request that finds it taken waits in the
     /// slot table (see [`ReaderWait`]), since a wait in the mutex's own
     /// queue would allocate a listener.
-    reader: Option<AsyncMutex<RingReader>>,
+    reader: Option<Mutex<RingReader>>,
 }
 
 /// The state every handle of a connected driver shares: its channels, the
@@ -193,7 +193,7 @@ impl Inner {
             self.channels.push(GuestChannel {
                 writer: AsyncMutex::new(writer),
                 waiters,
-                reader: Some(AsyncMutex::new(reader)),
+                reader: Some(Mutex::new(reader)),
             });
             return Ok(());
         }
@@ -452,7 +452,7 @@ fn completion_thread(
 /// waiter.
 async fn read_completions<T>(
     index: usize,
-    reader: &AsyncMutex<RingReader>,
+    reader: &Mutex<RingReader>,
     claim: &Claim<'_>,
     waiters: &Waiters,
     events: &HostEvents,
@@ -491,7 +491,7 @@ async fn read_completions<T>(
 /// the request was given up), it passes a wake-up on if the reader is
 /// free, so a wake meant for it is not lost to the others.
 struct ReaderWait<'a> {
-    reader: &'a AsyncMutex<RingReader>,
+    reader: &'a Mutex<RingReader>,
     claim: &'a Claim<'a>,
     waiters: &'a Waiters,
     /// The wait is recorded in the slot table.
@@ -520,7 +520,7 @@ impl<'a> Future for ReaderWait<'a> {
 
 impl<'a> ReaderWait<'a> {
     fn try_take(&mut self) -> Option<ReaderTurn<'a>> {
-        let guard = self.reader.try_lock()?;
+        let guard = try_lock_reader(self.reader)?;
         if std::mem::take(&mut self.waiting) {
             self.claim.stop_wanting_reader();
         }
@@ -540,10 +540,22 @@ impl Drop for ReaderWait<'_> {
         // Nobody holds the reader: a hand-off may have woken this request,
         // which no longer needs it, so another waiting one is woken. If
         // somebody holds it, that holder hands it on when it lets go.
-        if let Some(free) = self.reader.try_lock() {
+        if let Some(free) = try_lock_reader(self.reader) {
             drop(free);
             self.waiters.wake_next_reader();
         }
+    }
+}
+
+/// The reader if nobody holds it. A plain mutex, since the reader is only
+/// ever tried, never queued for (its waits go through the slot table): an
+/// async mutex would notify its event on every release, which takes a lock
+/// per request. A holder that panicked leaves the reader usable.
+fn try_lock_reader(reader: &Mutex<RingReader>) -> Option<std::sync::MutexGuard<'_, RingReader>> {
+    match reader.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 
@@ -551,7 +563,7 @@ impl Drop for ReaderWait<'_> {
 /// the request was given up) the next waiting request is woken to take
 /// over.
 struct ReaderTurn<'a> {
-    guard: AsyncMutexGuard<'a, RingReader>,
+    guard: std::sync::MutexGuard<'a, RingReader>,
     /// Declared after `guard`, so it runs once the reader is free.
     _hand_off: HandOff<'a>,
 }
