@@ -428,7 +428,7 @@ fn recache(path: &Path) -> Result<(), BenchError> {
 }
 
 /// Makes a page-cached image of `size` bytes of pseudo-random data at
-/// `path` (written, then read once).
+/// `path` (written, then cached as [`recache`] does).
 pub fn make_image(path: &Path, size: u64) -> Result<(), BenchError> {
     use std::io::Write;
     let mut file = std::io::BufWriter::new(File::create(path)?);
@@ -448,14 +448,7 @@ pub fn make_image(path: &Path, size: u64) -> Result<(), BenchError> {
     }
     file.flush()?;
     drop(file);
-    let file = File::open(path)?;
-    let mut at = 0;
-    while at < size {
-        let len = (size - at).min(chunk.len() as u64) as usize;
-        file.read_exact_at(&mut chunk[..len], at)?;
-        at += len as u64;
-    }
-    Ok(())
+    recache(path)
 }
 
 #[cfg(test)]

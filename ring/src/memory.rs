@@ -952,16 +952,15 @@ fn regions_at(layout: &[MemoryRegion], hosts: Vec<NonNull<u8>>) -> Box<[Region]>
         .collect()
 }
 
-/// `preadv2(2)` as the bare system call. glibc's wrapper is a thread
-/// cancellation point, and entering and leaving that costs about as much
-/// per 4 KiB read as the wrapper's caller spends on its own work; nothing
-/// here uses cancellation.
+/// `preadv2(2)`, on 64-bit targets as the bare system call: glibc's
+/// wrapper is a thread cancellation point, and entering and leaving that
+/// costs about as much per 4 KiB read as the wrapper's caller spends on its
+/// own work; nothing here uses cancellation.
 ///
 /// # Safety
 ///
 /// As for `libc::preadv2`: `iov` points to `count` iovecs describing
 /// memory the kernel may write.
-#[cfg(target_pointer_width = "64")]
 unsafe fn preadv2(
     fd: libc::c_int,
     iov: *const libc::iovec,
@@ -971,25 +970,12 @@ unsafe fn preadv2(
 ) -> isize {
     // On 64-bit targets the offset goes whole in the low word and the
     // high word is 0 (the kernel's `pos_from_hilo`).
+    #[cfg(target_pointer_width = "64")]
     // SAFETY: the caller's contract, passed on unchanged.
-    unsafe { libc::syscall(libc::SYS_preadv2, fd, iov, count, offset, 0, flags) as isize }
-}
-
-/// `preadv2(2)` through glibc, where the offset needs splitting.
-///
-/// # Safety
-///
-/// As for `libc::preadv2`.
-#[cfg(not(target_pointer_width = "64"))]
-unsafe fn preadv2(
-    fd: libc::c_int,
-    iov: *const libc::iovec,
-    count: libc::c_int,
-    offset: libc::off_t,
-    flags: libc::c_int,
-) -> isize {
+    return unsafe { libc::syscall(libc::SYS_preadv2, fd, iov, count, offset, 0, flags) as isize };
+    #[cfg(not(target_pointer_width = "64"))]
     // SAFETY: the caller's contract, passed on unchanged.
-    unsafe { libc::preadv2(fd, iov, count, offset, flags) as isize }
+    return unsafe { libc::preadv2(fd, iov, count, offset, flags) as isize };
 }
 
 /// Guest-memory pieces gathered for `preadv2`, read a batch at a time.

@@ -113,31 +113,10 @@ impl MemoryTree {
     }
 }
 
-impl FileTree for MemoryTree {
-    fn lookup(&self, path: &TreePath) -> Result<Metadata, TreeError> {
-        Ok(self.node(path)?.metadata())
-    }
-
-    fn read_at(&self, path: &TreePath, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
-        match self.node(path)? {
-            Node::Dir(_) => Err(TreeError::IsADirectory(path.to_string())),
-            Node::File(bytes) => {
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(bytes.len());
-                let n = buf.len().min(bytes.len() - start);
-                buf[..n].copy_from_slice(&bytes[start..start + n]);
-                Ok(n)
-            }
-        }
-    }
-
-    fn locate(
-        &self,
-        path: &TreePath,
-        offset: u64,
-        len: u64,
-    ) -> Result<Option<FileExtent<'_>>, TreeError> {
+impl MemoryTree {
+    /// Up to `len` bytes of the file at `path` from `offset`, cut at its
+    /// end.
+    fn file_bytes(&self, path: &TreePath, offset: u64, len: u64) -> Result<&[u8], TreeError> {
         match self.node(path)? {
             Node::Dir(_) => Err(TreeError::IsADirectory(path.to_string())),
             Node::File(bytes) => {
@@ -147,9 +126,30 @@ impl FileTree for MemoryTree {
                 let n = usize::try_from(len)
                     .unwrap_or(usize::MAX)
                     .min(bytes.len() - start);
-                Ok(Some(FileExtent::Bytes(&bytes[start..start + n])))
+                Ok(&bytes[start..start + n])
             }
         }
+    }
+}
+
+impl FileTree for MemoryTree {
+    fn lookup(&self, path: &TreePath) -> Result<Metadata, TreeError> {
+        Ok(self.node(path)?.metadata())
+    }
+
+    fn read_at(&self, path: &TreePath, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
+        let bytes = self.file_bytes(path, offset, buf.len() as u64)?;
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn locate(
+        &self,
+        path: &TreePath,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<FileExtent<'_>>, TreeError> {
+        Ok(Some(FileExtent::Bytes(self.file_bytes(path, offset, len)?)))
     }
 
     fn read_dir(&self, path: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError> {
