@@ -151,7 +151,15 @@ pub struct BenchRow {
     /// Process CPU time per read through storvsc and per `pread` (medians
     /// of the rounds).
     pub cpu: CpuPerUnit,
+    /// For random reads at a depth of two or more, the second baseline:
+    /// [`PREAD_THREADS`] threads reading the same offsets in turn, with the
+    /// requests in flight split between them, as a host serving the depth
+    /// from a thread pool would (reads/s and CPU ns per read).
+    pub threaded_pread: Option<(f64, f64)>,
 }
+
+/// Threads of the threaded `pread` baseline.
+pub const PREAD_THREADS: usize = 2;
 
 /// A benchmark failure.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +188,9 @@ pub enum BenchError {
     /// The image is too small for the workload.
     #[error("image of {0} bytes is too small")]
     TooSmall(u64),
+    /// A thread of the threaded `pread` baseline panicked.
+    #[error("a pread baseline thread panicked")]
+    ReaderPanicked,
 }
 
 /// Offsets (in bytes) of `count` reads of `block` bytes in `size`.
@@ -215,6 +226,40 @@ fn pread_span(file: &File, block: u32, depth: usize, offsets: &[u64]) -> Result<
         let turn = i % depth * block;
         file.read_exact_at(&mut buffers[turn..turn + block], at)?;
     }
+    Ok(watch.stop())
+}
+
+/// [`pread_span`] on [`PREAD_THREADS`] threads: thread `t` reads every
+/// offset `i` with `i % PREAD_THREADS == t`, into its share of the
+/// `depth` buffers.
+fn threaded_pread_span(
+    file: &File,
+    block: u32,
+    depth: usize,
+    offsets: &[u64],
+) -> Result<Span, BenchError> {
+    let share = depth.div_ceil(PREAD_THREADS).max(1);
+    let mine = |t: usize| -> Vec<u64> {
+        offsets
+            .iter()
+            .skip(t)
+            .step_by(PREAD_THREADS)
+            .copied()
+            .collect()
+    };
+    let parts: Vec<Vec<u64>> = (0..PREAD_THREADS).map(mine).collect();
+    let watch = Stopwatch::start();
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = parts
+            .iter()
+            .map(|part| scope.spawn(move || pread_span(file, block, share, part)))
+            .collect();
+        readers.into_iter().try_for_each(|r| {
+            r.join()
+                .unwrap_or(Err(BenchError::ReaderPanicked))
+                .map(drop)
+        })
+    })?;
     Ok(watch.stop())
 }
 
@@ -334,9 +379,19 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             // same machine; the medians count.
             let rounds = config.rounds.max(1);
             let mut pread = Vec::with_capacity(rounds);
+            let mut threaded = Vec::with_capacity(rounds);
             let mut device = Vec::with_capacity(rounds);
+            let with_threads = workload.random && workload.depth >= 2;
             for _ in 0..rounds {
                 pread.push(pread_span(&file, workload.block, workload.depth, &offsets)?);
+                if with_threads {
+                    threaded.push(threaded_pread_span(
+                        &file,
+                        workload.block,
+                        workload.depth,
+                        &offsets,
+                    )?);
+                }
                 let reads = disk.read_discard(
                     offsets.iter().map(|&at| (at / block_size, blocks)),
                     workload.depth,
@@ -350,6 +405,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
             }
             let (pread_iops, pread_cpu) = medians(&pread, offsets.len());
             let (iops, cpu) = medians(&device, offsets.len());
+            let threaded_pread = with_threads.then(|| medians(&threaded, offsets.len()));
             rows.push(BenchRow {
                 workload,
                 layout,
@@ -363,6 +419,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
                     baseline: pread_cpu,
                     unit: CpuUnit::NsPerRequest,
                 },
+                threaded_pread,
             });
         }
         drop(driver);
@@ -400,6 +457,21 @@ pub fn table(rows: &[BenchRow]) -> String {
             r.cpu.value,
             r.cpu.baseline
         ));
+        if let Some((iops, cpu)) = r.threaded_pread {
+            out.push_str(&format!(
+                "{:<24} {:<10} {:>3} {:>13} {:>14} {:>13.0} {:>14.1} {:>6.2} {:>20} {:>18.0}\n",
+                format!("  vs pread, {PREAD_THREADS} threads"),
+                "",
+                "",
+                "",
+                "",
+                iops,
+                iops * f64::from(w.block) / 1e6,
+                r.iops / iops,
+                "",
+                cpu
+            ));
+        }
     }
     out
 }
@@ -428,7 +500,8 @@ fn recache(path: &Path) -> Result<(), BenchError> {
 }
 
 /// Makes a page-cached image of `size` bytes of pseudo-random data at
-/// `path` (written, then cached as [`recache`] does).
+/// `path`: written, then dropped from the page cache and read back
+/// sequentially, the way the served VHDX is cached too.
 pub fn make_image(path: &Path, size: u64) -> Result<(), BenchError> {
     use std::io::Write;
     let mut file = std::io::BufWriter::new(File::create(path)?);
@@ -471,9 +544,16 @@ mod tests {
             assert!(r.iops > 0.0 && r.pread_iops > 0.0, "{r:?}");
             assert_eq!(r.cpu.unit, CpuUnit::NsPerRequest);
             assert!(r.cpu.both_measured(), "{r:?}");
+            // The threaded baseline: random reads with more than one in
+            // flight (QD32 here), measured.
+            let deep_random = r.workload.random && r.workload.depth > 1;
+            assert_eq!(r.threaded_pread.is_some(), deep_random, "{r:?}");
+            if let Some((iops, cpu)) = r.threaded_pread {
+                assert!(iops > 0.0 && cpu.is_finite() && cpu > 0.0, "{r:?}");
+            }
         }
         let table = table(&rows);
-        assert_eq!(table.lines().count(), 7);
+        assert_eq!(table.lines().count(), 7 + 2, "a line per threaded baseline");
         assert!(table.lines().next().unwrap().ends_with("pread CPU ns/read"));
     }
 }

@@ -249,43 +249,65 @@ fn storvsp_suite(ctx: &SuiteContext<'_>) -> Result<Vec<Row>, CliError> {
     };
     make_image(&image, image_size).map_err(fail)?;
     let mut config = BenchConfig::standard(image.clone());
-    config.runs = vec![(Layout::OneThread, 1), (Layout::Threads, 1)];
+    config.runs = vec![
+        (Layout::OneThread, 1),
+        (Layout::Threads, 1),
+        (Layout::Threads, 2),
+    ];
     config.bytes_per_run = bytes_per_run;
     let rows = run(&config).map_err(fail)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let w = r.workload;
-            if w.random {
-                row(
-                    format!(
-                        "storvsp {} KiB random QD{}, {}",
-                        w.block >> 10,
-                        w.depth,
-                        r.layout.name()
-                    ),
-                    r.iops,
-                    "IOPS",
-                    r.pread_iops,
-                    r.cpu,
-                )
-            } else {
-                let bytes = f64::from(w.block) / 1e6;
-                row(
-                    format!(
-                        "storvsp {} MiB sequential QD{}, {}",
-                        w.block >> 20,
-                        w.depth,
-                        r.layout.name()
-                    ),
-                    r.mb_per_s,
-                    "MB/s",
-                    r.pread_iops * bytes,
-                    r.cpu,
-                )
-            }
-        })
-        .collect())
+    let mut out = Vec::new();
+    for r in rows {
+        let w = r.workload;
+        let layout = match r.channels {
+            1 => r.layout.name().to_string(),
+            n => format!("{}, {n} channels", r.layout.name()),
+        };
+        out.push(if w.random {
+            row(
+                format!(
+                    "storvsp {} KiB random QD{}, {layout}",
+                    w.block >> 10,
+                    w.depth
+                ),
+                r.iops,
+                "IOPS",
+                r.pread_iops,
+                r.cpu,
+            )
+        } else {
+            let bytes = f64::from(w.block) / 1e6;
+            row(
+                format!(
+                    "storvsp {} MiB sequential QD{}, {layout}",
+                    w.block >> 20,
+                    w.depth
+                ),
+                r.mb_per_s,
+                "MB/s",
+                r.pread_iops * bytes,
+                r.cpu,
+            )
+        });
+        if let Some((iops, cpu)) = r.threaded_pread {
+            out.push(row(
+                format!(
+                    "storvsp {} KiB random QD{}, {layout}, vs pread on {} threads",
+                    w.block >> 10,
+                    w.depth,
+                    vmbdev_bench::storvsp::PREAD_THREADS
+                ),
+                r.iops,
+                "IOPS",
+                iops,
+                CpuPerUnit {
+                    baseline: cpu,
+                    ..r.cpu
+                },
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The JSON document.

@@ -493,7 +493,7 @@ fn quick_bench_json_has_positive_figures() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    let expected: [&[&str]; 7] = [
+    let expected: [&[&str]; 9] = [
         &["ring"],
         &["vhdx"],
         &["vmbfs", "in-band"],
@@ -501,6 +501,8 @@ fn quick_bench_json_has_positive_figures() {
         &["storvsp", "QD1"],
         &["storvsp", "QD32"],
         &["storvsp", "sequential"],
+        &["storvsp", "QD32", "2", "channels"],
+        &["storvsp", "QD32", "vs", "pread", "threads"],
     ];
     for words in expected {
         assert!(
