@@ -269,6 +269,7 @@ impl Model {
 
 /// What the host did with one packet, in the model's terms.
 fn observe(channel: &mut StorvspChannel, bytes: &[u8], transaction_id: u64) -> Expect {
+    let memory = channel.memory().clone();
     let outcome = channel.handle(Request {
         payload: bytes,
         ranges: &[],
@@ -291,7 +292,7 @@ fn observe(channel: &mut StorvspChannel, bytes: &[u8], transaction_id: u64) -> E
             }
         }
         Outcome::Execute(job) => {
-            let c = job.run();
+            let c = job.run(&memory);
             check(&c);
             let b = &c.bytes[..];
             assert_eq!(b.len(), bytes.len().min(MAX_REPLY), "SRB completion size");

@@ -75,13 +75,14 @@ impl Vm {
     fn send(&mut self, payload: &[u8], ranges: Vec<GpaRange>) -> Completion {
         self.next_tid += 1;
         let tid = self.next_tid;
+        let memory = self.host.memory().clone();
         let completion = match self.host.handle(Request {
             payload,
             ranges: &ranges,
             transaction_id: tid,
         }) {
             Outcome::Complete(c) | Outcome::CreateSubChannels { completion: c, .. } => c,
-            Outcome::Execute(job) => job.run(),
+            Outcome::Execute(job) => job.run(&memory),
             Outcome::Violation(v) => panic!("{v}"),
         };
         assert_eq!(completion.transaction_id, tid);

@@ -908,13 +908,14 @@ fn fallback_host(
                         PacketKind::GpaDirect(r) => r.clone(),
                         _ => Vec::new(),
                     };
+                    let memory = channel.memory().clone();
                     match channel.handle(Request {
                         payload,
                         ranges: &ranges,
                         transaction_id: packet.transaction_id,
                     }) {
                         Outcome::Complete(c) => c.bytes.to_vec(),
-                        Outcome::Execute(job) => job.run().bytes.to_vec(),
+                        Outcome::Execute(job) => job.run(&memory).bytes.to_vec(),
                         other => panic!("unexpected outcome {other:?}"),
                     }
                 };

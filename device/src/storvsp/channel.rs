@@ -299,6 +299,12 @@ impl StorvspChannel {
         }
     }
 
+    /// The guest memory the channel's requests are checked against, which
+    /// the jobs it hands out run on.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
     fn properties(&self) -> PropertiesBody {
         PropertiesBody {
             reserved1: U32::new(0),

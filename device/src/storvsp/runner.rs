@@ -45,8 +45,8 @@ use std::task::Poll;
 use futures_lite::future::poll_fn;
 use vmbdev_protocol::vstor::{self, NtStatus};
 use vmbdev_ring::{
-    BorrowedKind, BorrowedPacket, GpaRange, Mailbox, OutgoingPacket, RingError, RingReader,
-    RingWriter,
+    BorrowedKind, BorrowedPacket, GpaRange, GuestMemory, Mailbox, OutgoingPacket, RingError,
+    RingReader, RingWriter,
 };
 
 use super::{Attempted, Completion, Notification, Outcome, Request, SrbJob, StorvspChannel};
@@ -523,9 +523,12 @@ impl Outbox<'_> {
                 }
                 self.send(completion);
             }
-            Outcome::Execute(job) => match job.try_run() {
+            Outcome::Execute(job) => match job.try_run(state.memory()) {
                 Attempted::Done(completion) => self.send(completion),
-                Attempted::WouldBlock(job) => self.offload(job, payload, ranges, transaction_id),
+                Attempted::WouldBlock(job) => {
+                    let memory = state.memory().clone();
+                    self.offload(job, memory, payload, ranges, transaction_id);
+                }
             },
             Outcome::Violation(violation) => ctx.stats.violation(ctx.index, &violation),
         }
@@ -533,13 +536,20 @@ impl Outbox<'_> {
 
     /// Sends a large job to the pool; the request is pending until its
     /// completion is written.
-    fn offload(&mut self, job: SrbJob, payload: &[u8], ranges: &[GpaRange], transaction_id: u64) {
+    fn offload(
+        &mut self,
+        job: SrbJob,
+        memory: GuestMemory,
+        payload: &[u8],
+        ranges: &[GpaRange],
+        transaction_id: u64,
+    ) {
         let key = self.ctx.pending.insert(PendingRequest::Rerun {
             payload: payload.to_vec(),
             ranges: ranges.to_vec(),
             transaction_id,
         });
-        self.jobs.spawn(key, job);
+        self.jobs.spawn(key, job, memory);
     }
 
     /// Writes a completion of a request that is not in the pending table;

@@ -103,7 +103,6 @@ pub struct SrbJob {
     srb: ScsiRequest,
     sense_capacity: usize,
     plan: Plan,
-    memory: GuestMemory,
 }
 
 /// A sink for requests with no buffer; never written (the buffer length
@@ -139,7 +138,6 @@ impl SrbJob {
             srb,
             sense_capacity: usize::from(srb.sense_info_length).min(context.version.sense_size()),
             plan,
-            memory: context.memory.clone(),
         }
     }
 
@@ -153,9 +151,12 @@ impl SrbJob {
         self.srb.data_transfer_length.get()
     }
 
-    /// Runs the SRB (blocking) and builds its completion.
-    pub fn run(self) -> Completion {
-        let result = self.execute(Wait::Allowed);
+    /// Runs the SRB (blocking) and builds its completion. `memory` is the
+    /// guest memory of the channel that prepared the job (its buffer was
+    /// checked against it); the job holds none of its own, so one run
+    /// inline costs no reference-count update.
+    pub fn run(self, memory: &GuestMemory) -> Completion {
+        let result = self.execute(memory, Wait::Allowed);
         self.completion(result)
     }
 
@@ -164,8 +165,8 @@ impl SrbJob {
     /// completion; otherwise hands the job back, for [`run`](Self::run)
     /// where blocking is allowed. The guest buffer may hold part of the
     /// data then; the blocking run writes all of it again.
-    pub fn try_run(self) -> Attempted {
-        let result = self.execute(Wait::Never);
+    pub fn try_run(self, memory: &GuestMemory) -> Attempted {
+        let result = self.execute(memory, Wait::Never);
         if matches!(result, Some(Ok(TargetResult::WouldBlock))) {
             return Attempted::WouldBlock(self);
         }
@@ -173,7 +174,7 @@ impl SrbJob {
     }
 
     /// Runs the plan; `None` for a refused SRB.
-    fn execute(&self, wait: Wait) -> Option<Result<TargetResult, SinkError>> {
+    fn execute(&self, memory: &GuestMemory, wait: Wait) -> Option<Result<TargetResult, SinkError>> {
         match &self.plan {
             Plan::Reject(_) => None,
             Plan::Run {
@@ -181,7 +182,14 @@ impl SrbJob {
                 target,
                 buffer,
                 readable,
-            } => Some(self.run_plan(target, cdb.as_slice(), buffer.as_ref(), *readable, wait)),
+            } => Some(run_plan(
+                memory,
+                target,
+                cdb.as_slice(),
+                buffer.as_ref(),
+                *readable,
+                wait,
+            )),
         }
     }
 
@@ -204,27 +212,6 @@ impl SrbJob {
         Completion {
             transaction_id: self.transaction_id,
             bytes: completion_bytes(self.reply_len, status, srb.as_bytes()),
-        }
-    }
-
-    /// Runs the CDB with the guest buffer as data-in sink when the guest
-    /// reads; otherwise nothing may be written back.
-    fn run_plan(
-        &self,
-        target: &Target,
-        cdb: &[u8],
-        buffer: Option<&GpaRange>,
-        readable: bool,
-        wait: Wait,
-    ) -> Result<TargetResult, SinkError> {
-        match buffer {
-            Some(range) if readable => {
-                // Reads land in the guest's pages straight from the image
-                // file (one copy), zeros as one fill.
-                let mut sink = GuestBuffer::new(&self.memory, range);
-                run_target(target, cdb, range.byte_count() as usize, &mut sink, wait)
-            }
-            _ => run_target(target, cdb, 0, &mut NoSink, wait),
         }
     }
 
@@ -262,6 +249,27 @@ impl SrbJob {
         };
         srb.srb_status = srb_status;
         srb.data_transfer_length = U32::new(transferred as u32);
+    }
+}
+
+/// Runs the CDB with the guest buffer (in `memory`) as data-in sink when
+/// the guest reads; otherwise nothing may be written back.
+fn run_plan(
+    memory: &GuestMemory,
+    target: &Target,
+    cdb: &[u8],
+    buffer: Option<&GpaRange>,
+    readable: bool,
+    wait: Wait,
+) -> Result<TargetResult, SinkError> {
+    match buffer {
+        Some(range) if readable => {
+            // Reads land in the guest's pages straight from the image
+            // file (one copy), zeros as one fill.
+            let mut sink = GuestBuffer::new(memory, range);
+            run_target(target, cdb, range.byte_count() as usize, &mut sink, wait)
+        }
+        _ => run_target(target, cdb, 0, &mut NoSink, wait),
     }
 }
 

@@ -62,13 +62,14 @@ fn status(bytes: &[u8]) -> u32 {
 }
 
 fn complete(channel: &mut StorvspChannel, payload: &[u8], ranges: Vec<GpaRange>) -> Completion {
+    let memory = channel.memory().clone();
     match channel.handle(Request {
         payload,
         ranges: &ranges,
         transaction_id: 0x1234,
     }) {
         Outcome::Complete(c) => c,
-        Outcome::Execute(job) => job.run(),
+        Outcome::Execute(job) => job.run(&memory),
         other => panic!("unexpected outcome {other:?}"),
     }
 }
@@ -345,14 +346,14 @@ fn try_run_completes_what_needs_no_wait_and_hands_back_the_rest() {
     for (lba, waits) in [(0, false), (8, false), (16, true), (24, false)] {
         let r = range(&[5], 0, 4096);
         h.memory.fill(5 * 4096, 4096, 0xEE).unwrap();
-        let completion = match job(&mut h, lba, &r).try_run() {
+        let completion = match job(&mut h, lba, &r).try_run(&h.memory) {
             Attempted::Done(c) => {
                 assert!(!waits, "lba {lba}: completed a read that must wait");
                 c
             }
             Attempted::WouldBlock(job) => {
                 assert!(waits, "lba {lba}: handed back a read that needs no wait");
-                job.run()
+                job.run(&h.memory)
             }
         };
         assert_eq!(completion.transaction_id, 7);
@@ -373,7 +374,7 @@ fn try_run_completes_what_needs_no_wait_and_hands_back_the_rest() {
     }) else {
         panic!("TEST UNIT READY is a job");
     };
-    let Attempted::Done(completion) = job.try_run() else {
+    let Attempted::Done(completion) = job.try_run(&h.memory) else {
         panic!("TEST UNIT READY never waits");
     };
     let reply = parse(&completion.bytes);
@@ -711,8 +712,9 @@ fn jobs_complete_out_of_order() {
         }
     }
     let second = jobs.pop().unwrap();
-    let handle = std::thread::spawn(move || second.run());
-    let first = jobs.pop().unwrap().run();
+    let memory = h.memory.clone();
+    let handle = std::thread::spawn(move || second.run(&memory));
+    let first = jobs.pop().unwrap().run(&h.memory);
     let second = handle.join().unwrap();
     assert_eq!((first.transaction_id, second.transaction_id), (10, 11));
     let mut got = vec![0u8; 512];
@@ -787,7 +789,7 @@ mod fuzz {
                     prop_assert!(c.bytes.len() <= payload.len().min(80));
                 }
                 Outcome::Execute(job) => {
-                    let c = job.run();
+                    let c = job.run(&h.memory);
                     prop_assert!(c.bytes.len() <= payload.len().min(80));
                     prop_assert_eq!(c.transaction_id, 9);
                 }

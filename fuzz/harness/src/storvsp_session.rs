@@ -307,6 +307,7 @@ impl Session {
                 assert_eq!(sent_tid, tid, "packet order");
                 Some(pending)
             };
+            let memory = lane.state.memory().clone();
             let outcome = lane.state.handle(Request {
                 payload: &packet.payload,
                 ranges: &ranges,
@@ -327,7 +328,7 @@ impl Session {
                 Outcome::Execute(job) => {
                     assert_eq!(job.transaction_id(), tid);
                     let request_srb = packet.payload.get(12..).unwrap_or_default().to_vec();
-                    let c = job.run();
+                    let c = job.run(&memory);
                     if let Some(pending) = &pending {
                         self.check_srb(&request_srb, &c, pending);
                     }

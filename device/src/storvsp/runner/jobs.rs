@@ -7,20 +7,22 @@ use std::sync::Arc;
 use super::PendingKey;
 use crate::bus::IoSpawner;
 use crate::storvsp::{Completion, SrbJob};
+use vmbdev_ring::GuestMemory;
 
 /// A job handed to the spawner. If the spawner drops it unrun (its pool
 /// is gone), it runs where it is dropped: a request the guest issued is
 /// answered exactly once, never lost.
 struct PoolJob {
     key: PendingKey,
-    job: Option<SrbJob>,
+    /// The job and the guest memory it runs on.
+    job: Option<(SrbJob, GuestMemory)>,
     done: async_channel::Sender<(PendingKey, Completion)>,
 }
 
 impl PoolJob {
     fn run(&mut self) {
-        if let Some(job) = self.job.take() {
-            let _ = self.done.send_blocking((self.key, job.run()));
+        if let Some((job, memory)) = self.job.take() {
+            let _ = self.done.send_blocking((self.key, job.run(&memory)));
         }
     }
 }
@@ -66,11 +68,11 @@ impl JobPool {
     }
 
     /// Runs `job` on the I/O spawner.
-    pub(super) fn spawn(&mut self, key: PendingKey, job: SrbJob) {
+    pub(super) fn spawn(&mut self, key: PendingKey, job: SrbJob, memory: GuestMemory) {
         self.running += 1;
         let mut job = PoolJob {
             key,
-            job: Some(job),
+            job: Some((job, memory)),
             done: self.done_tx.clone(),
         };
         self.io.spawn_blocking(Box::new(move || job.run()));
