@@ -250,7 +250,7 @@ pub fn compare_with_pread(dir: &Path, file_size: usize) -> Result<Vec<PreadRow>,
     let data = contents(file_size);
     let path = dir.join("vmbfs-pread-baseline.bin");
     std::fs::write(&path, &data)?;
-    let file = std::fs::File::open(&path)?;
+    let file = vmbdev_block::open_image_file(&path)?;
     let mut host_buf = vec![0xA5u8; file_size];
     let pread = |buf: &mut [u8]| -> std::io::Result<Span> {
         use std::os::unix::fs::FileExt;

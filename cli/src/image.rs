@@ -140,7 +140,7 @@ pub fn vhd_error_text(e: &VhdError) -> String {
 
 /// Opens the image at `path` (see the module docs).
 pub fn open(path: &Path, choice: FormatChoice) -> Result<Opened, CliError> {
-    let file = std::fs::File::open(path).map_err(|e| about(path, os_error(&e)))?;
+    let file = vmbdev_block::open_image_file(path).map_err(|e| about(path, os_error(&e)))?;
     let meta = file.metadata().map_err(|e| about(path, os_error(&e)))?;
     if meta.is_dir() {
         return Err(about(path, "is a directory, not a disk image"));

@@ -15,7 +15,8 @@
 //! - [`ReadAt`]: positional reads of an image's bytes, so format readers
 //!   (VHDX) parse a host file or bytes in memory alike;
 //! - [`read_bytes`] and [`DeviceCursor`]: byte-addressed reads over a
-//!   sector-addressed device, for the file-system readers.
+//!   sector-addressed device, for the file-system readers;
+//! - [`open_image_file`]: how every image reader opens a host file.
 //!
 //! It must not know any image format, partition table or file system, and
 //! never writes: every device here is read-only.
@@ -205,6 +206,27 @@ impl Extent<'_> {
     }
 }
 
+/// Opens an image file read-only without touching its access time
+/// (`O_NOATIME`) where the kernel allows it, which is for the file's owner
+/// or a process with `CAP_FOWNER`; otherwise a plain read-only open.
+/// Reading a user's image then leaves even its metadata as it was, and no
+/// read pays the kernel's access-time check.
+pub fn open_image_file(path: &Path) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let no_atime = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME)
+            .open(path);
+        match no_atime {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            other => return other,
+        }
+    }
+    File::open(path)
+}
+
 /// Checks that `count` sectors at `lba` lie inside a device of
 /// `sector_count` sectors of `sector_size` bytes (the bounds rule of
 /// [`BlockDevice::locate`]).
@@ -368,7 +390,7 @@ impl RawFile {
             offset: 0,
             source,
         };
-        let file = File::open(&path).map_err(io_err)?;
+        let file = open_image_file(&path).map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
         let sector_count = meta.len() / u64::from(sector_size);
         let disk_id = raw_disk_id(&meta);

@@ -1,7 +1,6 @@
 //! The VHD block device: opens and validates an image (and its parents)
 //! and serves positional reads through the BAT and the sector bitmaps.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use zerocopy::FromBytes;
@@ -199,7 +198,7 @@ impl Vhd {
             });
         }
         visited.push(canonical);
-        let file = File::open(path).map_err(|source| VhdError::Open {
+        let file = vmbdev_block::open_image_file(path).map_err(|source| VhdError::Open {
             path: path.to_owned(),
             source,
         })?;

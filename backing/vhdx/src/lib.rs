@@ -52,7 +52,7 @@ pub fn open_image(path: impl AsRef<Path>) -> Result<Box<dyn BlockDevice>, VhdxEr
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(open_err)?;
+    let file = vmbdev_block::open_image_file(path).map_err(open_err)?;
     let mut ident = [0u8; 8];
     let is_vhdx =
         matches!(ReadAt::read_at(&file, 0, &mut ident), Ok(8)) && &ident == format::FILE_SIGNATURE;

@@ -1,7 +1,6 @@
 //! The VHDX block device: opens and validates an image (and its parents) and
 //! serves positional reads, coalescing contiguous allocated blocks.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::bat::{Bat, BatCounts, Geometry, Reserved};
@@ -139,7 +138,7 @@ impl Vhdx {
     }
 
     fn open_single(path: &Path) -> Result<Self, VhdxError> {
-        let file = File::open(path).map_err(|source| VhdxError::Open {
+        let file = vmbdev_block::open_image_file(path).map_err(|source| VhdxError::Open {
             path: path.to_owned(),
             source,
         })?;
