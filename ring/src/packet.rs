@@ -332,6 +332,17 @@ impl<'a> GpaRangeList<'a> {
         self.count == 0
     }
 
+    /// The ranges in order, into `out`, reusing the ranges and page lists
+    /// already there ([`GpaRange::parse_list_into`]): a loop that parses
+    /// every packet's list into one vector allocates nothing once it has
+    /// seen its longest list.
+    pub fn parse_into(&self, out: &mut Vec<GpaRange>) {
+        if GpaRange::parse_list_into(self.bytes, self.count, out).is_err() {
+            // Checked when the packet was parsed, so this cannot happen.
+            out.clear();
+        }
+    }
+
     /// The ranges in order.
     pub fn iter(&self) -> impl Iterator<Item = GpaRange> + 'a {
         let mut rest = self.bytes;

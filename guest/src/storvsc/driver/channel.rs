@@ -288,12 +288,10 @@ impl Inner {
         let channel = &self.channels[index % self.channels.len()];
         let claim = channel.waiters.claim().await;
         let tid = claim.tid();
-        let ranges;
+        // The packet borrows the caller's range: no copy of its page list
+        // (a heap one for a large buffer) per request.
         let packet = match range {
-            Some(range) => {
-                ranges = [range.clone()];
-                OutgoingPacket::gpa_direct(tid, &ranges, payload)
-            }
+            Some(range) => OutgoingPacket::gpa_direct(tid, std::slice::from_ref(range), payload),
             None => OutgoingPacket::request(tid, payload),
         };
         let written = channel.writer.lock().await.write(&packet).await;
