@@ -328,6 +328,15 @@ impl GpaRange {
         Ok(at)
     }
 
+    /// [`parse_list_into`](Self::parse_list_into) of a list checked when
+    /// its packet or message was decoded, so it cannot fail; were it to,
+    /// `out` is left empty rather than half filled.
+    pub(crate) fn parse_checked_list_into(bytes: &[u8], count: u32, out: &mut Vec<Self>) {
+        if Self::parse_list_into(bytes, count, out).is_err() {
+            out.clear();
+        }
+    }
+
     /// Checks `count` ranges in wire form like [`parse_list`](Self::parse_list)
     /// without building them; returns the bytes they take.
     pub fn check_list(bytes: &[u8], count: u32) -> Result<usize, GpaError> {

@@ -337,10 +337,7 @@ impl<'a> GpaRangeList<'a> {
     /// every packet's list into one vector allocates nothing once it has
     /// seen its longest list.
     pub fn parse_into(&self, out: &mut Vec<GpaRange>) {
-        if GpaRange::parse_list_into(self.bytes, self.count, out).is_err() {
-            // Checked when the packet was parsed, so this cannot happen.
-            out.clear();
-        }
+        GpaRange::parse_checked_list_into(self.bytes, self.count, out);
     }
 
     /// The ranges in order.
@@ -711,6 +708,33 @@ mod tests {
             pkt.ring_len().unwrap() as usize,
             gpa_direct_ring_len(&ranges, 3)
         );
+    }
+
+    #[test]
+    fn a_range_list_parsed_into_reused_ranges_matches_its_iterator_and_keeps_their_pages() {
+        let long = GpaRange::new(256 * 4096, 0, (100..356).collect()).unwrap();
+        let short = GpaRange::new(512, 8, vec![7]).unwrap();
+        let mut wire = Vec::new();
+        long.encode_into(&mut wire);
+        short.encode_into(&mut wire);
+        let list = GpaRangeList {
+            bytes: &wire,
+            count: 2,
+        };
+        let mut out = Vec::new();
+        list.parse_into(&mut out);
+        assert_eq!(out, list.iter().collect::<Vec<_>>());
+        assert_eq!(out, [long.clone(), short]);
+        // A second parse of a list no longer than the first reuses the
+        // long range's page list rather than building a new one.
+        let pages = out[0].gpns().as_ptr();
+        let one = GpaRangeList {
+            bytes: &wire[..long.encoded_len()],
+            count: 1,
+        };
+        one.parse_into(&mut out);
+        assert_eq!(out, [long]);
+        assert_eq!(out[0].gpns().as_ptr(), pages);
     }
 
     #[test]

@@ -247,11 +247,7 @@ impl WireRanges<'_> {
     /// The ranges, parsed into `out` reusing what it holds (see
     /// [`GpaRange::parse_list_into`]).
     pub fn parse_into(&self, out: &mut Vec<GpaRange>) {
-        // The list was checked when it was decoded, so this cannot fail;
-        // were it to, `out` is left empty rather than half filled.
-        if GpaRange::parse_list_into(self.bytes, self.count, out).is_err() {
-            out.clear();
-        }
+        GpaRange::parse_checked_list_into(self.bytes, self.count, out);
     }
 
     /// The ranges, owned.
