@@ -10,9 +10,15 @@
 //! Symbolic links are reported as links with their stored target and never
 //! followed at the end of a path: `lookup` and `read_dir` describe the link
 //! itself and `read_at` of a link is refused ([`TreeError::Unsupported`]).
-//! Links in the middle of a path are resolved by `ext4-view`, inside this
-//! file system only (never to host paths). FIFOs, sockets and device nodes
-//! are listed with their kind and cannot be read.
+//! Links in the middle of a path are resolved here, inside this file
+//! system only (never to host paths), one component at a time, so the
+//! crate is only ever handed paths whose directories are real ones: it
+//! would read a link's whole target into memory at the size the inode
+//! claims, and a hostile inode claims gigabytes. A target longer than
+//! Linux allows ([`MAX_LINK_TARGET`]) is corrupt and never read; more than
+//! [`MAX_LINK_FOLLOWS`] links in one resolution read as absent, as a loop
+//! does. FIFOs, sockets and device nodes are listed with their kind and
+//! cannot be read.
 //!
 //! A directory is listed in one pass: each entry's inode is read through
 //! the entry itself (`DirEntry::metadata`) instead of looking the child
@@ -36,6 +42,11 @@ const SUPERBLOCK: u64 = 1024;
 const INCOMPAT_64BIT: u32 = 0x80;
 /// Largest number of entries accepted in one directory.
 const MAX_DIR_ENTRIES: usize = 1 << 20;
+/// Longest link target read: Linux refuses to store one of `PATH_MAX`
+/// (4096) bytes or more.
+const MAX_LINK_TARGET: u64 = 4095;
+/// Most links followed resolving one path (Linux's `MAXSYMLINKS`).
+const MAX_LINK_FOLLOWS: usize = 40;
 
 /// A mounted ext4 volume.
 pub struct Ext4Tree {
@@ -136,8 +147,27 @@ fn map_error(path: &TreePath, e: Ext4Error) -> TreeError {
     }
 }
 
-fn ext4_path(path: &TreePath) -> String {
-    path.to_string()
+/// The crate's path for resolved components: `/` alone for the root.
+fn ext4_path(components: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for name in components {
+        out.push(b'/');
+        out.extend_from_slice(name);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+/// The components of a link target, last first (the order they are
+/// resolved in when popped).
+fn target_components(target: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    target
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(<[u8]>::to_vec)
 }
 
 fn kind_of(file_type: ext4_view::FileType) -> EntryKind {
@@ -194,36 +224,116 @@ pub(crate) fn unreadable(path: &TreePath, kind: EntryKind) -> Option<TreeError> 
     })
 }
 
+/// Whether a link at `path` with a target of `size` bytes may be read:
+/// a longer target is corrupt (Linux never stores one), and reading it
+/// would allocate `size` bytes.
+fn check_link_size(path: &TreePath, size: u64) -> Result<(), TreeError> {
+    if size > MAX_LINK_TARGET {
+        return Err(corrupt(format!(
+            "{path}: a symbolic link of {size} bytes (at most {MAX_LINK_TARGET})"
+        )));
+    }
+    Ok(())
+}
+
 impl State {
+    /// `path` in the crate's terms, every link before the last component
+    /// resolved (and the last one too when `follow_last`), so the crate
+    /// follows no link itself. Components are resolved from the root, each
+    /// lookup on a path whose directories are already known to be real.
+    fn resolve(&self, path: &TreePath, follow_last: bool) -> Result<Vec<u8>, TreeError> {
+        let mut dirs: Vec<Vec<u8>> = Vec::new();
+        let mut pending: Vec<Vec<u8>> = path
+            .components()
+            .iter()
+            .rev()
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        let mut follows = 0;
+        while let Some(name) = pending.pop() {
+            match name.as_slice() {
+                b"." => continue,
+                b".." => {
+                    dirs.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            if pending.is_empty() && !follow_last {
+                dirs.push(name);
+                break;
+            }
+            dirs.push(name);
+            let here = ext4_path(&dirs);
+            let meta = self
+                .fs
+                .symlink_metadata(here.as_slice())
+                .map_err(|e| map_error(path, e))?;
+            if meta.is_dir() {
+                continue;
+            }
+            if !meta.is_symlink() {
+                if pending.is_empty() {
+                    break;
+                }
+                return Err(TreeError::NotADirectory(path.to_string()));
+            }
+            follows += 1;
+            if follows > MAX_LINK_FOLLOWS {
+                return Err(TreeError::NotFound(path.to_string()));
+            }
+            check_link_size(path, meta.len())?;
+            let target = self
+                .fs
+                .read_link(here.as_slice())
+                .map_err(|e| map_error(path, e))?;
+            let target: &[u8] = target.as_ref();
+            dirs.pop();
+            if target.first() == Some(&b'/') {
+                dirs.clear();
+            }
+            pending.extend(target_components(target));
+        }
+        Ok(ext4_path(&dirs))
+    }
+
     /// Metadata of `path` itself (a final link is not followed), with the
     /// link target read for links.
     fn entry_metadata(&self, path: &TreePath) -> Result<Metadata, TreeError> {
-        let text = ext4_path(path);
+        let resolved = self.resolve(path, false)?;
         let meta = self
             .fs
-            .symlink_metadata(text.as_str())
+            .symlink_metadata(resolved.as_slice())
             .map_err(|e| map_error(path, e))?;
         let mut out = metadata_of(&meta);
         if out.kind == EntryKind::Symlink {
-            out.link_target = self.link_target(path)?;
+            out.link_target = self.link_target(path, &resolved, meta.len())?;
         }
         Ok(out)
     }
 
-    /// The stored target of the link at `path` (fast links keep it in the
-    /// inode, slow ones in a data block; the crate reads both). Bytes that
-    /// are not UTF-8 are shown replaced. `None` when the crate refuses the
-    /// target as corrupt: it also refuses targets Linux stores, such as one
-    /// with a component over 255 bytes, and one such link must not make
+    /// The stored target of the link at `path` (`resolved`, `size` bytes
+    /// long; fast links keep it in the inode, slow ones in a data block;
+    /// the crate reads both). Bytes that are not UTF-8 are shown replaced.
+    /// `None` when the target is corrupt: longer than Linux allows, or
+    /// refused by the crate, which also refuses targets Linux stores, such
+    /// as one with a component over 255 bytes; one such link must not make
     /// its whole directory unlistable.
-    fn link_target(&self, path: &TreePath) -> Result<Option<String>, TreeError> {
-        match self.fs.read_link(ext4_path(path).as_str()) {
+    fn link_target(
+        &self,
+        path: &TreePath,
+        resolved: &[u8],
+        size: u64,
+    ) -> Result<Option<String>, TreeError> {
+        let read = check_link_size(path, size)
+            .and_then(|()| self.fs.read_link(resolved).map_err(|e| map_error(path, e)));
+        match read {
             Ok(target) => Ok(Some(String::from_utf8_lossy(target.as_ref()).into_owned())),
-            Err(Ext4Error::Corrupt(e)) => {
+            Err(TreeError::Corrupt(e)) => {
                 tracing::warn!(%path, error = %e, "symbolic link target not readable");
                 Ok(None)
             }
-            Err(e) => Err(map_error(path, e)),
+            Err(e) => Err(e),
         }
     }
 }
@@ -256,7 +366,7 @@ impl State {
                 }
                 let file = self
                     .fs
-                    .open(ext4_path(path).as_str())
+                    .open(self.resolve(path, true)?.as_slice())
                     .map_err(|e| map_error(path, e))?;
                 if self.handles.len() >= HANDLE_CACHE {
                     self.handles.remove(0);
@@ -312,9 +422,10 @@ impl FileTree for Ext4Tree {
     fn read_dir(&self, path: &TreePath) -> Result<Vec<(String, Metadata)>, TreeError> {
         let path = path.clone();
         self.worker.call(move |state| {
+            let resolved = state.resolve(&path, true)?;
             let entries = state
                 .fs
-                .read_dir(ext4_path(&path).as_str())
+                .read_dir(resolved.as_slice())
                 .map_err(|e| map_error(&path, e))?;
             let mut out = Vec::new();
             for entry in entries {
@@ -333,7 +444,12 @@ impl FileTree for Ext4Tree {
                 let inode = entry.metadata().map_err(|e| map_error(&path, e))?;
                 let mut meta = metadata_of(&inode);
                 if meta.kind == EntryKind::Symlink {
-                    meta.link_target = state.link_target(&path.join(&name))?;
+                    let mut child = resolved.clone();
+                    if child != b"/" {
+                        child.push(b'/');
+                    }
+                    child.extend_from_slice(name.as_bytes());
+                    meta.link_target = state.link_target(&path.join(&name), &child, inode.len())?;
                 }
                 out.push((name, meta));
             }

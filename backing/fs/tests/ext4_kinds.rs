@@ -317,3 +317,83 @@ fn a_link_whose_target_has_a_component_over_255_bytes_is_still_listed() {
         .unwrap();
     assert_eq!(&buf[..n], b"next to the links");
 }
+
+/// Links in the middle of a path, resolved as the Linux kernel resolves
+/// them on the source tree: relative, absolute (from the volume's root),
+/// through `..`, chained, and the kernel's limit of 40 links per path
+/// (one more is a loop, read as absent).
+#[test]
+fn links_in_the_middle_of_a_path_resolve_as_linux_resolves_them() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("dir/sub")).unwrap();
+    fs::write(src.join("dir/sub/file.txt"), b"reached through links").unwrap();
+    symlink("dir", src.join("rel")).unwrap();
+    symlink("rel/sub", src.join("chain")).unwrap();
+    symlink("dir/sub/..", src.join("up")).unwrap();
+    symlink("dir/sub/file.txt", src.join("file-link")).unwrap();
+    symlink("loop-b", src.join("loop-a")).unwrap();
+    symlink("loop-a", src.join("loop-b")).unwrap();
+    symlink("dir", src.join("l0")).unwrap();
+    for i in 1..=40 {
+        symlink(format!("l{}", i - 1), src.join(format!("l{i}"))).unwrap();
+    }
+    // Absolute targets resolve from the volume's root, not the host's.
+    symlink("/dir/sub", src.join("abs")).unwrap();
+    let img = ext4_image(tmp.path(), &src, 8);
+    let tree = mount(&img);
+
+    let want = fs::read(src.join("dir/sub/file.txt")).unwrap();
+    let mut buf = [0u8; 64];
+    for path in [
+        "rel/sub/file.txt",
+        "chain/file.txt",
+        "up/sub/file.txt",
+        "abs/file.txt",
+        "l39/sub/file.txt",
+    ] {
+        if !path.starts_with("abs") {
+            assert_eq!(fs::read(src.join(path)).unwrap(), want, "host: {path}");
+        }
+        let n = tree
+            .read_at(&TreePath::parse(path), 0, &mut buf)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(&buf[..n], want.as_slice(), "{path}");
+        assert_eq!(lookup(&tree, path).kind, EntryKind::File, "{path}");
+    }
+    // One link more than the kernel follows, and a loop: ELOOP there,
+    // absent here.
+    for path in ["l40/sub/file.txt", "loop-a/file.txt"] {
+        let host = fs::read(src.join(path)).unwrap_err();
+        assert_eq!(host.raw_os_error(), Some(40), "host ELOOP: {path}");
+        match tree.lookup(&TreePath::parse(path)) {
+            Err(TreeError::NotFound(p)) => assert_eq!(p, format!("/{path}")),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    // A final link is described, not followed; a file is no directory.
+    let meta = lookup(&tree, "chain/file.txt/..");
+    assert_eq!(meta.kind, EntryKind::Symlink, "`..` is taken lexically");
+    assert_eq!(lookup(&tree, "file-link").kind, EntryKind::Symlink);
+    assert!(matches!(
+        tree.read_at(&TreePath::parse("file-link"), 0, &mut buf),
+        Err(TreeError::Unsupported { .. })
+    ));
+    assert!(matches!(
+        tree.lookup(&TreePath::parse("rel/sub/file.txt/x")),
+        Err(TreeError::NotADirectory(_))
+    ));
+    // A directory is listed through links, its own links described.
+    let names = |list: Vec<(String, vmbdev_fs::Metadata)>| -> Vec<String> {
+        list.into_iter().map(|(name, _)| name).collect()
+    };
+    let listed = names(tree.read_dir(&TreePath::parse("chain")).unwrap());
+    assert_eq!(listed, ["file.txt"]);
+    let root = tree.read_dir(&TreePath::parse("up")).unwrap();
+    let (_, rel) = root.iter().find(|(name, _)| name == "sub").unwrap();
+    assert_eq!(rel.kind, EntryKind::Directory);
+    let top = tree.read_dir(&TreePath::parse("l40/..")).unwrap();
+    let (_, chain) = top.iter().find(|(name, _)| name == "chain").unwrap();
+    assert_eq!(chain.link_target.as_deref(), Some("rel/sub"));
+}

@@ -417,3 +417,50 @@ fn ntfs_huge_index_record_size_is_refused() {
     let err = result.expect_err("a huge index record size must be refused");
     assert!(format!("{err}").contains("index record size"), "{err}");
 }
+
+/// `ext4-view` reads a slow link's whole target into memory at the size
+/// its inode claims (the fuzzer's finding: 2.5 GB for one listing). A link
+/// claiming more than Linux stores is corrupt: listed without a target,
+/// refused in the middle of a path, never read.
+#[test]
+fn ext4_link_claiming_a_huge_target_is_never_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("dir/file.txt"), b"x").unwrap();
+    let slow = format!("{}/../dir", "d".repeat(100));
+    std::os::unix::fs::symlink(&slow, src.join("slow")).unwrap();
+    let img = ext4_image(tmp.path(), &src, 8);
+    // debugfs keeps a link's size to 32 bits; 2.25 GiB is past any bound.
+    let huge = 0x9000_0000u64;
+    let request = format!("sif /slow size {huge:#x}");
+    tool("debugfs", &["-w", "-R", &request, path_str(&img)]);
+    let stat = tool("debugfs", &["-R", "stat /slow", path_str(&img)]);
+    assert!(stat.contains(&format!("Size: {huge}")), "{stat}");
+    let tree = open_tree(mem_device(std::fs::read(&img).unwrap()), None).unwrap();
+
+    let listing = tree.read_dir(&TreePath::root()).unwrap();
+    let (_, meta) = listing.iter().find(|(name, _)| name == "slow").unwrap();
+    assert_eq!((meta.kind, meta.size), (EntryKind::Symlink, huge));
+    assert_eq!(meta.link_target, None);
+    assert_eq!(tree.lookup(&TreePath::parse("slow")).unwrap(), *meta);
+    for path in ["slow/file.txt", "slow"] {
+        let err = if path == "slow" {
+            tree.read_dir(&TreePath::parse(path)).unwrap_err()
+        } else {
+            tree.lookup(&TreePath::parse(path)).unwrap_err()
+        };
+        match err {
+            TreeError::Corrupt(text) => assert!(
+                text.contains(&format!("/{path}: a symbolic link of {huge} bytes")),
+                "{text}"
+            ),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    // The file itself is still there.
+    assert_eq!(
+        tree.lookup(&TreePath::parse("dir/file.txt")).unwrap().size,
+        1
+    );
+}
