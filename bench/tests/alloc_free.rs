@@ -3,7 +3,8 @@
 //! raw guest over an in-process ring (guest and device on this thread),
 //! then the same reads through the storvsc guest driver and the loopback
 //! VM (driver, completion and device threads all counted), and with the
-//! driver and the device tasks sharing one thread.
+//! driver and the device tasks sharing one thread; and 1 MiB READs
+//! (a 256-page buffer, too long to store inline) through the driver.
 
 use vmbdev_bench::ioperf::IoperfRig;
 
@@ -15,11 +16,32 @@ use counting::allocations_during;
 // the harness allocates on its own threads while a test runs.
 fn main() {
     storvsp_reads_allocate_nothing_per_request_once_warm();
-    storvsc_driver_reads_allocate_nothing_per_request_once_warm(false, &[1, 4, 32]);
+    storvsc_driver_reads_allocate_nothing_per_request_once_warm(false, SMALL, &[1, 4, 32]);
     // One thread: the waiting requests read their own completions, taking
     // turns at the channel's reader.
-    storvsc_driver_reads_allocate_nothing_per_request_once_warm(true, &[1, 4, 32]);
+    storvsc_driver_reads_allocate_nothing_per_request_once_warm(true, SMALL, &[1, 4, 32]);
+    storvsc_driver_reads_allocate_nothing_per_request_once_warm(false, LARGE, &[1, 4, 8]);
+    storvsc_driver_reads_allocate_nothing_per_request_once_warm(true, LARGE, &[1, 4, 8]);
 }
+
+/// A read's size in 512-byte sectors, and how many reads to measure (the
+/// long run is three times that).
+#[derive(Debug, Clone, Copy)]
+struct ReadSize {
+    sectors: u32,
+    requests: u64,
+}
+
+/// 4 KiB: one guest page.
+const SMALL: ReadSize = ReadSize {
+    sectors: 8,
+    requests: 1000,
+};
+/// 1 MiB: 256 guest pages.
+const LARGE: ReadSize = ReadSize {
+    sectors: 2048,
+    requests: 200,
+};
 
 fn storvsp_reads_allocate_nothing_per_request_once_warm() {
     // The counter does count (else the zero below would prove nothing).
@@ -42,7 +64,11 @@ fn storvsp_reads_allocate_nothing_per_request_once_warm() {
     }
 }
 
-fn storvsc_driver_reads_allocate_nothing_per_request_once_warm(one_thread: bool, depths: &[usize]) {
+fn storvsc_driver_reads_allocate_nothing_per_request_once_warm(
+    one_thread: bool,
+    size: ReadSize,
+    depths: &[usize],
+) {
     use futures_lite::future::block_on;
     use std::sync::Arc;
     use vmbdev_block::{BlockDevice, MemoryDisk};
@@ -78,7 +104,10 @@ fn storvsc_driver_reads_allocate_nothing_per_request_once_warm(one_thread: bool,
     };
     let (_vm, driver) = StorvspVm::start_with_storvsc(device, vm_config, &config).unwrap();
     let disk = driver.disk(0).unwrap();
-    let reads = |count: u64| (0..count).map(|i| ((i * 8) % 8000, 8u32));
+    // Reads cycle through the 4 MiB disk (8192 sectors).
+    let sectors = u64::from(size.sectors);
+    let reads =
+        |count: u64| (0..count).map(move |i| ((i * sectors) % (8192 - sectors), size.sectors));
     let run = |count: u64, depth: usize| {
         let work = disk.read_discard(reads(count), depth);
         match &executor {
@@ -90,14 +119,14 @@ fn storvsc_driver_reads_allocate_nothing_per_request_once_warm(one_thread: bool,
     // Every depth is measured before judging, so a failure shows them all.
     let mut measured = Vec::new();
     for &depth in depths {
-        run(500, depth);
+        run(size.requests / 2, depth);
         // A batch allocates its window (a few boxes); the requests in it
         // allocate nothing, so three times the requests cost the same.
         let short = allocations_during(|| {
-            run(1000, depth);
+            run(size.requests, depth);
         });
         let long = allocations_during(|| {
-            run(3000, depth);
+            run(3 * size.requests, depth);
         });
         measured.push((depth, short, long));
     }
@@ -107,6 +136,6 @@ fn storvsc_driver_reads_allocate_nothing_per_request_once_warm(one_thread: bool,
         .collect();
     assert!(
         over.is_empty(),
-        "one thread {one_thread}: (depth, allocations for 1000 requests, for 3000) {measured:?}"
+        "one thread {one_thread}, {size:?}: (depth, allocations for the requests, for three times as many) {measured:?}"
     );
 }

@@ -16,17 +16,30 @@ use super::{DataSink, FileTransfer, SinkError};
 pub struct GuestBuffer<'a> {
     memory: &'a GuestMemory,
     range: &'a GpaRange,
+    /// Bytes of the range the buffer covers, from its start.
+    byte_count: u32,
 }
 
 impl<'a> GuestBuffer<'a> {
     /// The buffer `range` describes in `memory`.
     pub fn new(memory: &'a GuestMemory, range: &'a GpaRange) -> Self {
-        Self { memory, range }
+        Self::prefix(memory, range, range.byte_count())
+    }
+
+    /// The first `len` bytes of the buffer `range` describes in `memory`
+    /// (all of it if `len` is larger): a request's transfer length within a
+    /// longer buffer, without copying the range's page list.
+    pub fn prefix(memory: &'a GuestMemory, range: &'a GpaRange, len: u32) -> Self {
+        Self {
+            memory,
+            range,
+            byte_count: len.min(range.byte_count()),
+        }
     }
 
     /// The guest pieces of `len` bytes at `offset` into the buffer.
     fn pieces(&self, offset: u64, len: u64) -> Result<Pieces<'a>, SinkError> {
-        let byte_count = u64::from(self.range.byte_count());
+        let byte_count = u64::from(self.byte_count);
         match offset.checked_add(len) {
             Some(end) if end <= byte_count => {
                 let base = u64::from(self.range.byte_offset());

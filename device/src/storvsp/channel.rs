@@ -40,7 +40,7 @@ pub enum InitState {
 
 /// What to do with one received packet.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<'a> {
     /// Send this completion.
     Complete(Completion),
     /// Offer `count` sub-channels, then send the completion.
@@ -50,8 +50,9 @@ pub enum Outcome {
         /// Sub-channels to offer.
         count: u16,
     },
-    /// Run this job (blocking) and send the completion it returns.
-    Execute(SrbJob),
+    /// Run this job (blocking) and send the completion it returns. It
+    /// borrows the request's ranges.
+    Execute(SrbJob<'a>),
     /// The packet is not a vstor request; nothing to answer.
     Violation(ProtocolViolation),
 }
@@ -113,12 +114,12 @@ impl Received {
         }
     }
 
-    fn reply(&self, status: NtStatus, body: &[u8]) -> Outcome {
+    fn reply(&self, status: NtStatus, body: &[u8]) -> Outcome<'static> {
         Outcome::Complete(self.completion(status, body))
     }
 
     /// Answers with the request body echoed back.
-    fn echo(&self, status: NtStatus) -> Outcome {
+    fn echo(&self, status: NtStatus) -> Outcome<'static> {
         self.reply(status, &self.body)
     }
 }
@@ -238,7 +239,7 @@ impl StorvspChannel {
     }
 
     /// Handles one received packet.
-    pub fn handle(&mut self, request: Request<'_>) -> Outcome {
+    pub fn handle<'a>(&mut self, request: Request<'a>) -> Outcome<'a> {
         let packet = match Received::parse(&request) {
             Ok(packet) => packet,
             Err(violation) => return Outcome::Violation(violation),
@@ -284,7 +285,7 @@ impl StorvspChannel {
         }
     }
 
-    fn query_version(&mut self, packet: &Received) -> Outcome {
+    fn query_version(&mut self, packet: &Received) -> Outcome<'static> {
         let echoed = &packet.body[..size_of::<VersionBody>()];
         let asked = VersionBody::read_from_bytes(echoed)
             .map(|v| ProtocolVersion(v.major_minor.get()))
@@ -334,7 +335,7 @@ impl StorvspChannel {
         }
     }
 
-    fn create_sub_channels(&mut self, packet: &Received) -> Outcome {
+    fn create_sub_channels(&mut self, packet: &Received) -> Outcome<'static> {
         let present = packet.present;
         let count = CreateSubChannelsBody::read_from_prefix(&packet.body)
             .map(|(b, _)| b.count.get())
@@ -355,7 +356,7 @@ impl StorvspChannel {
         }
     }
 
-    fn execute_srb(&self, packet: &Received, ranges: &[GpaRange]) -> Outcome {
+    fn execute_srb<'a>(&self, packet: &Received, ranges: &'a [GpaRange]) -> Outcome<'a> {
         let context = SrbContext {
             config: &self.config,
             controller: &self.controller,

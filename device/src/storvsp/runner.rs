@@ -541,7 +541,7 @@ impl Outbox<'_> {
     /// completion is written.
     fn offload(
         &mut self,
-        job: SrbJob,
+        job: SrbJob<'static>,
         memory: GuestMemory,
         payload: &[u8],
         ranges: &[GpaRange],

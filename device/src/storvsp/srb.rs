@@ -4,6 +4,7 @@
 //! reaches a disk; [`SrbJob::run`] is the only place that does blocking
 //! disk I/O and guest-memory copies.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use vmbdev_protocol::scsi::{self, Opcode, VpdHeader};
@@ -26,8 +27,9 @@ use crate::scsi_disk::{
 pub enum Attempted {
     /// The SRB ran; its completion.
     Done(Completion),
-    /// The SRB needs a wait for the disk: run it where blocking is allowed.
-    WouldBlock(SrbJob),
+    /// The SRB needs a wait for the disk: run it where blocking is allowed
+    /// (the job now owns a copy of its buffer's page list).
+    WouldBlock(SrbJob<'static>),
 }
 
 /// What an SRB may reach: the limits, disks and memory of its channel.
@@ -83,26 +85,37 @@ impl Cdb {
     }
 }
 
+/// The first `length` bytes of the request's (checked) page range. The
+/// range is borrowed from the request while the job runs inline, so a long
+/// page list is never copied; a job handed to another thread owns a copy.
 #[derive(Debug)]
-enum Plan {
+struct DataBuffer<'a> {
+    range: Cow<'a, GpaRange>,
+    length: u32,
+}
+
+#[derive(Debug)]
+enum Plan<'a> {
     Reject(RejectReason),
     Run {
         cdb: Cdb,
         target: Target,
-        buffer: Option<GpaRange>,
+        buffer: Option<DataBuffer<'a>>,
         readable: bool,
     },
 }
 
 /// An SRB ready to run. [`SrbJob::run`] does the (blocking) disk I/O and
-/// guest-memory copies and returns the completion to send.
+/// guest-memory copies and returns the completion to send. It borrows the
+/// request's ranges (`'a`); [`into_owned`](Self::into_owned) makes a job
+/// that can be sent elsewhere.
 #[derive(Debug)]
-pub struct SrbJob {
+pub struct SrbJob<'a> {
     transaction_id: u64,
     reply_len: usize,
     srb: ScsiRequest,
     sense_capacity: usize,
-    plan: Plan,
+    plan: Plan<'a>,
 }
 
 /// A sink for requests with no buffer; never written (the buffer length
@@ -119,14 +132,14 @@ impl DataSink for NoSink {
     }
 }
 
-impl SrbJob {
+impl<'a> SrbJob<'a> {
     /// Checks the SRB in `body` (`body_len` bytes of it were received) and
     /// packages it to run; a refused SRB becomes a job that only completes.
     pub(super) fn prepare(
         context: &SrbContext<'_>,
         body: &[u8; vstor::MAX_BODY_SIZE],
         body_len: usize,
-        ranges: &[GpaRange],
+        ranges: &'a [GpaRange],
         reply_to: ReplyTo,
     ) -> Self {
         // The body array is exactly the size of the WIN8 SRB.
@@ -151,6 +164,36 @@ impl SrbJob {
         self.srb.data_transfer_length.get()
     }
 
+    /// The same job holding its own copy of the buffer's page list (one
+    /// allocation for a list too long to store inline), free of the
+    /// request it was prepared from.
+    pub fn into_owned(self) -> SrbJob<'static> {
+        let plan = match self.plan {
+            Plan::Reject(reason) => Plan::Reject(reason),
+            Plan::Run {
+                cdb,
+                target,
+                buffer,
+                readable,
+            } => Plan::Run {
+                cdb,
+                target,
+                buffer: buffer.map(|b| DataBuffer {
+                    range: Cow::Owned(b.range.into_owned()),
+                    length: b.length,
+                }),
+                readable,
+            },
+        };
+        SrbJob {
+            transaction_id: self.transaction_id,
+            reply_len: self.reply_len,
+            srb: self.srb,
+            sense_capacity: self.sense_capacity,
+            plan,
+        }
+    }
+
     /// Runs the SRB (blocking) and builds its completion. `memory` is the
     /// guest memory of the channel that prepared the job (its buffer was
     /// checked against it); the job holds none of its own, so one run
@@ -168,7 +211,7 @@ impl SrbJob {
     pub fn try_run(self, memory: &GuestMemory) -> Attempted {
         let result = self.execute(memory, Wait::Never);
         if matches!(result, Some(Ok(TargetResult::WouldBlock))) {
-            return Attempted::WouldBlock(self);
+            return Attempted::WouldBlock(self.into_owned());
         }
         Attempted::Done(self.completion(result))
     }
@@ -258,16 +301,16 @@ fn run_plan(
     memory: &GuestMemory,
     target: &Target,
     cdb: &[u8],
-    buffer: Option<&GpaRange>,
+    buffer: Option<&DataBuffer<'_>>,
     readable: bool,
     wait: Wait,
 ) -> Result<TargetResult, SinkError> {
     match buffer {
-        Some(range) if readable => {
+        Some(buffer) if readable => {
             // Reads land in the guest's pages straight from the image
             // file (one copy), zeros as one fill.
-            let mut sink = GuestBuffer::new(memory, range);
-            run_target(target, cdb, range.byte_count() as usize, &mut sink, wait)
+            let mut sink = GuestBuffer::prefix(memory, &buffer.range, buffer.length);
+            run_target(target, cdb, buffer.length as usize, &mut sink, wait)
         }
         _ => run_target(target, cdb, 0, &mut NoSink, wait),
     }
@@ -282,12 +325,12 @@ fn reject(srb: &mut ScsiRequest) {
 }
 
 /// Validates an SRB and decides what running it means.
-fn plan(
+fn plan<'a>(
     context: &SrbContext<'_>,
     srb: &ScsiRequest,
     body_len: usize,
-    ranges: &[GpaRange],
-) -> Result<Plan, RejectReason> {
+    ranges: &'a [GpaRange],
+) -> Result<Plan<'a>, RejectReason> {
     let cdb_len = check_fields(srb, body_len, context.config.max_transfer_bytes)?;
     let length = srb.data_transfer_length.get();
     let buffer = data_buffer(context.memory, ranges, length)?;
@@ -336,11 +379,11 @@ fn check_fields(
 }
 
 /// The guest buffer of `length` bytes, checked against guest memory.
-fn data_buffer(
+fn data_buffer<'a>(
     memory: &GuestMemory,
-    ranges: &[GpaRange],
+    ranges: &'a [GpaRange],
     length: u32,
-) -> Result<Option<GpaRange>, RejectReason> {
+) -> Result<Option<DataBuffer<'a>>, RejectReason> {
     if ranges.len() > 1 {
         return Err(RejectReason::Buffer);
     }
@@ -351,12 +394,14 @@ fn data_buffer(
     if range.byte_count() < length {
         return Err(RejectReason::Buffer);
     }
-    let range = range.truncated(length).map_err(|_| RejectReason::Buffer)?;
     // Every page must be inside guest memory before any I/O starts.
     range
         .check_access(memory, 0, u64::from(length))
         .map_err(|_| RejectReason::Buffer)?;
-    Ok(Some(range))
+    Ok(Some(DataBuffer {
+        range: Cow::Borrowed(range),
+        length,
+    }))
 }
 
 /// What the CDB at `address` runs against; REPORT LUNS is answered by the

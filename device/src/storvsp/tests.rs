@@ -338,7 +338,7 @@ fn try_run_completes_what_needs_no_wait_and_hands_back_the_rest() {
             ranges: std::slice::from_ref(r),
             transaction_id: 7,
         }) {
-            Outcome::Execute(job) => job,
+            Outcome::Execute(job) => job.into_owned(),
             other => panic!("READ gave {other:?}"),
         }
     };
@@ -707,7 +707,7 @@ fn jobs_complete_out_of_order() {
             ranges: &[r],
             transaction_id: tid,
         }) {
-            Outcome::Execute(job) => jobs.push(job),
+            Outcome::Execute(job) => jobs.push(job.into_owned()),
             other => panic!("{other:?}"),
         }
     }

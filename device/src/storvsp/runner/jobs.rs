@@ -15,7 +15,7 @@ use vmbdev_ring::GuestMemory;
 struct PoolJob {
     key: PendingKey,
     /// The job and the guest memory it runs on.
-    job: Option<(SrbJob, GuestMemory)>,
+    job: Option<(SrbJob<'static>, GuestMemory)>,
     done: async_channel::Sender<(PendingKey, Completion)>,
 }
 
@@ -68,7 +68,7 @@ impl JobPool {
     }
 
     /// Runs `job` on the I/O spawner.
-    pub(super) fn spawn(&mut self, key: PendingKey, job: SrbJob, memory: GuestMemory) {
+    pub(super) fn spawn(&mut self, key: PendingKey, job: SrbJob<'static>, memory: GuestMemory) {
         self.running += 1;
         let mut job = PoolJob {
             key,
