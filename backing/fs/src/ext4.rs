@@ -160,6 +160,16 @@ fn ext4_path(components: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// The crate's path of `name` in the directory at `dir` (a crate path).
+fn child_path(dir: &[u8], name: &str) -> Vec<u8> {
+    let mut out = dir.to_vec();
+    if out != b"/" {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name.as_bytes());
+    out
+}
+
 /// The components of a link target, last first (the order they are
 /// resolved in when popped).
 fn target_components(target: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
@@ -298,8 +308,8 @@ impl State {
     }
 
     /// Metadata of `path` itself (a final link is not followed), with the
-    /// link target read for links.
-    fn entry_metadata(&self, path: &TreePath) -> Result<Metadata, TreeError> {
+    /// link target read for links, and the crate's path of it.
+    fn entry(&self, path: &TreePath) -> Result<(Vec<u8>, Metadata), TreeError> {
         let resolved = self.resolve(path, false)?;
         let meta = self
             .fs
@@ -309,7 +319,7 @@ impl State {
         if out.kind == EntryKind::Symlink {
             out.link_target = self.link_target(path, &resolved, meta.len())?;
         }
-        Ok(out)
+        Ok((resolved, out))
     }
 
     /// The stored target of the link at `path` (`resolved`, `size` bytes
@@ -360,13 +370,13 @@ impl State {
             Some(i) => i,
             None => {
                 // Checked first: opening follows a final link.
-                let kind = self.entry_metadata(path)?.kind;
-                if let Some(refusal) = unreadable(path, kind) {
+                let (resolved, meta) = self.entry(path)?;
+                if let Some(refusal) = unreadable(path, meta.kind) {
                     return Err(refusal);
                 }
                 let file = self
                     .fs
-                    .open(self.resolve(path, true)?.as_slice())
+                    .open(resolved.as_slice())
                     .map_err(|e| map_error(path, e))?;
                 if self.handles.len() >= HANDLE_CACHE {
                     self.handles.remove(0);
@@ -382,7 +392,8 @@ impl State {
 impl FileTree for Ext4Tree {
     fn lookup(&self, path: &TreePath) -> Result<Metadata, TreeError> {
         let path = path.clone();
-        self.worker.call(move |state| state.entry_metadata(&path))
+        self.worker
+            .call(move |state| state.entry(&path).map(|(_, meta)| meta))
     }
 
     fn read_at(&self, path: &TreePath, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
@@ -444,11 +455,7 @@ impl FileTree for Ext4Tree {
                 let inode = entry.metadata().map_err(|e| map_error(&path, e))?;
                 let mut meta = metadata_of(&inode);
                 if meta.kind == EntryKind::Symlink {
-                    let mut child = resolved.clone();
-                    if child != b"/" {
-                        child.push(b'/');
-                    }
-                    child.extend_from_slice(name.as_bytes());
+                    let child = child_path(&resolved, &name);
                     meta.link_target = state.link_target(&path.join(&name), &child, inode.len())?;
                 }
                 out.push((name, meta));

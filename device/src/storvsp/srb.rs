@@ -94,6 +94,15 @@ struct DataBuffer<'a> {
     length: u32,
 }
 
+impl DataBuffer<'_> {
+    fn into_owned(self) -> DataBuffer<'static> {
+        DataBuffer {
+            range: Cow::Owned(self.range.into_owned()),
+            length: self.length,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Plan<'a> {
     Reject(RejectReason),
@@ -178,10 +187,7 @@ impl<'a> SrbJob<'a> {
             } => Plan::Run {
                 cdb,
                 target,
-                buffer: buffer.map(|b| DataBuffer {
-                    range: Cow::Owned(b.range.into_owned()),
-                    length: b.length,
-                }),
+                buffer: buffer.map(DataBuffer::into_owned),
                 readable,
             },
         };
