@@ -222,7 +222,9 @@ impl IoperfRig {
                 guest.writer.publish()?;
                 let mut seen = 0usize;
                 while seen < depth {
-                    let read = guest
+                    // Returns at once if completions are already there.
+                    guest.reader.wait_readable().await?;
+                    seen += guest
                         .reader
                         .try_read_batch_borrowed(depth - seen, |packet| {
                             if matches!(packet.kind, BorrowedKind::Completion)
@@ -231,10 +233,6 @@ impl IoperfRig {
                                 good += 1;
                             }
                         })?;
-                    seen += read;
-                    if read == 0 {
-                        guest.reader.wait_readable().await?;
-                    }
                 }
             }
             Ok::<_, IoperfError>(good)

@@ -59,7 +59,7 @@ pub use endpoint::{Endpoint, Side, split_gpadl};
 pub use error::RingError;
 pub use gpa::{GpaError, GpaRange, GpadlGuard, GpadlRegistry, INLINE_PAGES};
 pub use loopback::{Loopback, LoopbackConfig, LoopbackError, PageAllocator, loopback};
-pub use mailbox::Mailbox;
+pub use mailbox::{Mailbox, MailboxConsumer};
 pub use memory::{GuestMemory, MemoryError, MemoryRegion, PAGE_SIZE};
 pub use packet::{
     BorrowedKind, BorrowedPacket, GpaRangeList, IncomingPacket, OutgoingKind, OutgoingPacket,

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 
@@ -77,6 +77,52 @@ impl<T> Mailbox<T> {
     }
 }
 
+/// The consumer's side of a [`Mailbox`], for a task that polls it on
+/// every sleep: polled again with the waker it registered last, and
+/// nothing arrived, it skips the registration (two atomic
+/// read-modify-writes). Sound because only a [`put`](Mailbox::put) takes
+/// the registered waker, and it fills the box first, so a poll that finds
+/// the box empty knows its registration still stands, provided every take
+/// goes through this consumer.
+#[derive(Debug)]
+pub struct MailboxConsumer<'a, T> {
+    mailbox: &'a Mailbox<T>,
+    /// A clone of the waker registered last, while it still stands.
+    parked: Option<Waker>,
+}
+
+impl<T> Mailbox<T> {
+    /// The consumer handle; all takes must go through it while it is used.
+    pub fn consumer(&self) -> MailboxConsumer<'_, T> {
+        MailboxConsumer {
+            mailbox: self,
+            parked: None,
+        }
+    }
+}
+
+impl<T> MailboxConsumer<'_, T> {
+    /// Takes the value, or makes sure the task's waker is registered for
+    /// the next [`put`](Mailbox::put).
+    pub fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<T> {
+        if let Some(value) = self.mailbox.try_take() {
+            self.parked = None;
+            return Poll::Ready(value);
+        }
+        if let Some(parked) = &self.parked {
+            if parked.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
+        let taken = self.mailbox.poll_take(cx);
+        self.parked = match taken {
+            Poll::Pending => Some(cx.waker().clone()),
+            Poll::Ready(_) => None,
+        };
+        taken
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +159,34 @@ mod tests {
         mailbox.put(3);
         assert_eq!(count.0.load(Ordering::SeqCst), before + 1);
         assert_eq!(mailbox.try_take(), Some(3));
+    }
+
+    #[test]
+    fn a_consumer_polled_again_is_still_woken_by_the_next_put() {
+        let mailbox = Mailbox::new();
+        let count = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut consumer = mailbox.consumer();
+        for round in 0..3u32 {
+            // Several polls with the same waker: registered once.
+            for _ in 0..3 {
+                assert_eq!(consumer.poll_take(&mut cx), Poll::Pending);
+            }
+            let before = count.0.load(Ordering::SeqCst);
+            mailbox.put(round);
+            assert_eq!(count.0.load(Ordering::SeqCst), before + 1, "round {round}");
+            assert_eq!(consumer.poll_take(&mut cx), Poll::Ready(round));
+        }
+        // A different waker is registered, not skipped.
+        let other = Arc::new(Counter(AtomicUsize::new(0)));
+        let other_waker = Waker::from(other.clone());
+        assert_eq!(consumer.poll_take(&mut cx), Poll::Pending);
+        let mut other_cx = Context::from_waker(&other_waker);
+        assert_eq!(consumer.poll_take(&mut other_cx), Poll::Pending);
+        mailbox.put(9);
+        assert_eq!(other.0.load(Ordering::SeqCst), 1);
+        assert_eq!(consumer.poll_take(&mut other_cx), Poll::Ready(9));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! 4. publish the completions once (one signal, if the guest asked for
 //!    one), then go round again, or sleep on the doorbell when the ring is
 //!    empty (or full) with the interrupt-mask and pending-send-size
-//!    handshakes of the ring.
+//!    handshakes of the ring. A productive pass is followed by a yield and
+//!    one more pass before any sleep ([`REPOLLS_BEFORE_SLEEP`]).
 //!
 //! A guest that stops reading completions therefore stops the device from
 //! taking requests: host memory stays bounded by the queue depth, and the
@@ -72,6 +73,14 @@ pub const READ_BATCH: usize = 32;
 /// Productive batches in a row after which the loop yields to the executor,
 /// so tasks sharing its thread (a guest in the same process) get to run.
 const BATCHES_BEFORE_YIELD: u32 = 8;
+
+/// Passes the loop makes after its last productive one before it sleeps
+/// on the doorbell, each after a yield to the executor (stop, notices and
+/// pool completions are still watched). One pass costs less than the
+/// interrupt-mask handshake and the signal a sleep makes both sides pay:
+/// 4 KiB reads at depth 1 with guest and device on one thread went from
+/// about 0.76 to 0.66 µs each with one pass; a second did not help.
+const REPOLLS_BEFORE_SLEEP: u32 = 1;
 
 /// Why a channel task stopped serving its ring; the device turns it into
 /// a [`ChannelError`](crate::bus::ChannelError) at the bus boundary.
@@ -226,13 +235,16 @@ impl ChannelLoop<'_> {
         let mut stop = pin!(ctx.stop.wait());
         let done = self.out.jobs.done().clone();
         let mut job_done = pin!(done.recv());
+        let mut notices = ctx.notifications.consumer();
         let mut productive = 0u32;
+        let mut idle_polls = 0u32;
         loop {
             if ctx.stop.is_stopped() {
                 return self.publish_before_stop();
             }
             let progress = self.step()?;
             if progress {
+                idle_polls = 0;
                 productive += 1;
                 if productive >= BATCHES_BEFORE_YIELD {
                     productive = 0;
@@ -246,14 +258,27 @@ impl ChannelLoop<'_> {
             } else {
                 productive = 0;
             }
-            let capacity = self.capacity()?;
-            let space_needed = self.space_to_wait_for(capacity);
+            // Before sleeping, yield once and look again: a guest on this
+            // thread gets to send its next request meanwhile, and one on
+            // another vCPU has had the time of a pass to, either way
+            // sparing the doorbell handshake on both sides.
+            let repoll = idle_polls < REPOLLS_BEFORE_SLEEP;
+            idle_polls = if repoll { idle_polls + 1 } else { 0 };
+            let (capacity, space_needed) = if repoll {
+                (0, None)
+            } else {
+                let capacity = self.capacity()?;
+                (capacity, self.space_to_wait_for(capacity))
+            };
             let ring_size = self.out.writer.half().size() as usize;
             let wake = {
                 let reader = &mut self.reader;
                 let writer = &mut self.out.writer;
                 let ring_wait = async {
-                    if let Some(needed) = space_needed.filter(|&n| n + 8 < ring_size) {
+                    if repoll {
+                        futures_lite::future::yield_now().await;
+                        Ok(())
+                    } else if let Some(needed) = space_needed.filter(|&n| n + 8 < ring_size) {
                         writer.wait_write_ready(needed).await
                     } else if capacity > 0 {
                         reader.wait_readable().await
@@ -268,7 +293,7 @@ impl ChannelLoop<'_> {
                     if stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::Stop);
                     }
-                    if let Poll::Ready(notice) = ctx.notifications.poll_take(cx) {
+                    if let Poll::Ready(notice) = notices.poll_take(cx) {
                         return Poll::Ready(Wake::Notice(notice));
                     }
                     // With no job running nothing can arrive (only this

@@ -340,11 +340,16 @@ fn plan<'a>(
     let cdb_len = check_fields(srb, body_len, context.config.max_transfer_bytes)?;
     let length = srb.data_transfer_length.get();
     let buffer = data_buffer(context.memory, ranges, length)?;
-    let mut cdb = Cdb {
-        bytes: [0; vstor::MAX_CDB_SIZE],
+    // All 16 bytes are copied whatever the length (only `..len` is ever
+    // read): a fixed-size copy is a few register moves, where a copy of
+    // `cdb_len` bytes is a call whose partial stores stall the loads
+    // that move the plan.
+    let mut bytes = [0; vstor::MAX_CDB_SIZE];
+    bytes.copy_from_slice(&srb.cdb_or_sense[..vstor::MAX_CDB_SIZE]);
+    let cdb = Cdb {
+        bytes,
         len: cdb_len,
     };
-    cdb.bytes[..cdb_len].copy_from_slice(&srb.cdb_or_sense[..cdb_len]);
     let address = LunAddress {
         path: srb.path_id,
         target: srb.target_id,
