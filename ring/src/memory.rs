@@ -650,21 +650,9 @@ impl GuestMemory {
         let len = buf.len() as u64;
         let first = self.span(gpa, len)?;
         self.pieces(first, gpa, len, |src, at, n| {
-            let dst = &mut buf[at..at + n];
-            #[cfg(feature = "copy-baseline")]
-            match self.method() {
-                CopyMethod::Atomic => {}
-                // SAFETY: as below; `src..src + n` lies in a live region.
-                CopyMethod::Volatile => return unsafe { volatile_from_guest(src, dst) },
-                // SAFETY: the range is mapped; this copy races with
-                // concurrent guest writes and exists only to measure.
-                CopyMethod::Baseline => {
-                    return unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), n) };
-                }
-            }
             // SAFETY: `span` checked that `src..src + n` lies in a region,
-            // mapped while `self` lives; `dst` is host memory.
-            unsafe { copy_from_guest(src, dst) }
+            // mapped while `self` lives; `buf` is host memory.
+            unsafe { self.copy_out(src, &mut buf[at..at + n]) }
         });
         Ok(())
     }
@@ -674,23 +662,57 @@ impl GuestMemory {
         let len = data.len() as u64;
         let first = self.span(gpa, len)?;
         self.pieces(first, gpa, len, |dst, at, n| {
-            let src = &data[at..at + n];
-            #[cfg(feature = "copy-baseline")]
-            match self.method() {
-                CopyMethod::Atomic => {}
-                // SAFETY: as below; `dst..dst + n` lies in a live region.
-                CopyMethod::Volatile => return unsafe { volatile_to_guest(dst, src) },
-                // SAFETY: the range is mapped; this copy races with
-                // concurrent guest accesses and exists only to measure.
-                CopyMethod::Baseline => {
-                    return unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n) };
-                }
-            }
             // SAFETY: `span` checked that `dst..dst + n` lies in a region,
-            // mapped writable while `self` lives; `src` is host memory.
-            unsafe { copy_to_guest(dst, src) }
+            // mapped writable while `self` lives; `data` is host memory.
+            unsafe { self.copy_in(dst, &data[at..at + n]) }
         });
         Ok(())
+    }
+
+    /// Copies `dst.len()` guest bytes at host address `src` into `dst`, by
+    /// the copy method in force.
+    ///
+    /// # Safety
+    ///
+    /// `src..src + dst.len()` lies in a region of this memory.
+    unsafe fn copy_out(&self, src: *const u8, dst: &mut [u8]) {
+        #[cfg(feature = "copy-baseline")]
+        match self.method() {
+            CopyMethod::Atomic => {}
+            // SAFETY: as below.
+            CopyMethod::Volatile => return unsafe { volatile_from_guest(src, dst) },
+            // SAFETY: the range is mapped; this copy races with
+            // concurrent guest writes and exists only to measure.
+            CopyMethod::Baseline => {
+                return unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+            }
+        }
+        // SAFETY: the range lies in a region, mapped while `self` lives
+        // (caller); `dst` is host memory.
+        unsafe { copy_from_guest(src, dst) }
+    }
+
+    /// Copies `src` into guest memory at host address `dst`, by the copy
+    /// method in force.
+    ///
+    /// # Safety
+    ///
+    /// `dst..dst + src.len()` lies in a region of this memory.
+    unsafe fn copy_in(&self, dst: *mut u8, src: &[u8]) {
+        #[cfg(feature = "copy-baseline")]
+        match self.method() {
+            CopyMethod::Atomic => {}
+            // SAFETY: as below.
+            CopyMethod::Volatile => return unsafe { volatile_to_guest(dst, src) },
+            // SAFETY: the range is mapped; this copy races with
+            // concurrent guest accesses and exists only to measure.
+            CopyMethod::Baseline => {
+                return unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+            }
+        }
+        // SAFETY: the range lies in a region, mapped writable while `self`
+        // lives (caller); `src` is host memory.
+        unsafe { copy_to_guest(dst, src) }
     }
 
     /// Sets `len` guest bytes at `gpa` to `byte`.
@@ -1457,9 +1479,158 @@ impl AtomicPage {
     }
 }
 
+/// A run of guest memory inside one region whose host address is
+/// resolved once, for an area copied into and out of many times (a ring's
+/// data pages): each copy is then one bounds check and the copy, with no
+/// region lookup.
+#[derive(Debug, Clone)]
+pub struct ResolvedRun {
+    /// Keeps the mapping behind `host` alive.
+    memory: GuestMemory,
+    gpa: u64,
+    len: usize,
+    host: NonNull<u8>,
+}
+
+// SAFETY: as for `AtomicPage`: `host` points into the mapping `memory`
+// keeps alive, and every access through it is atomic.
+unsafe impl Send for ResolvedRun {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for ResolvedRun {}
+
+impl ResolvedRun {
+    /// `[gpa, gpa + len)` of `memory`, if one region holds all of it
+    /// (`None` if it is backed but spans regions); an error if any of it
+    /// is not backed.
+    pub fn new(memory: GuestMemory, gpa: u64, len: u64) -> Result<Option<Self>, MemoryError> {
+        let first = memory.span(gpa, len)?;
+        let region = &memory.inner.regions[first];
+        let (Some(end), Ok(len)) = (gpa.checked_add(len), usize::try_from(len)) else {
+            return Ok(None);
+        };
+        if end > region.end {
+            return Ok(None);
+        }
+        // Inside the region's mapping: `region.gpa <= gpa < region.end`.
+        let host = region
+            .host
+            .as_ptr()
+            .wrapping_add((gpa - region.gpa) as usize);
+        let Some(host) = NonNull::new(host) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            memory,
+            gpa,
+            len,
+            host,
+        }))
+    }
+
+    /// Length of the run in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the run is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host address of `[offset, offset + n)`, checked to lie in the run.
+    fn at(&self, offset: usize, n: usize) -> Result<*mut u8, MemoryError> {
+        match offset.checked_add(n) {
+            Some(end) if end <= self.len => Ok(self.host.as_ptr().wrapping_add(offset)),
+            _ => Err(MemoryError::OutOfRange {
+                gpa: self.gpa.saturating_add(offset as u64),
+                len: n as u64,
+                size: self.gpa + self.len as u64,
+            }),
+        }
+    }
+
+    /// Copies the run's bytes at `offset` into `buf`.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let src = self.at(offset, buf.len())?;
+        // SAFETY: `at` checked that the bytes lie in the run, inside one
+        // region mapped while `self.memory` lives.
+        unsafe { self.memory.copy_out(src, buf) };
+        Ok(())
+    }
+
+    /// Copies `data` into the run at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+        let dst = self.at(offset, data.len())?;
+        // SAFETY: as in `read`; regions are mapped writable.
+        unsafe { self.memory.copy_in(dst, data) };
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resolved_run_reads_and_writes_what_the_memory_does() {
+        let memory = GuestMemory::new(4 * 4096).unwrap();
+        let run = ResolvedRun::new(memory.clone(), 4096 + 16, 8000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.len(), 8000);
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        run.write(7990 - 300, &data).unwrap();
+        let mut back = vec![0u8; 300];
+        memory.read(4096 + 16 + 7990 - 300, &mut back).unwrap();
+        assert_eq!(back, data);
+        memory.write(4096 + 16, &data[..20]).unwrap();
+        let mut head = [0u8; 20];
+        run.read(0, &mut head).unwrap();
+        assert_eq!(head, data[..20]);
+        // Past the run's end: refused, nothing copied.
+        assert!(matches!(
+            run.read(7990, &mut [0u8; 11]),
+            Err(MemoryError::OutOfRange { len: 11, .. })
+        ));
+        assert!(run.write(usize::MAX, &[1]).is_err());
+        // Outside memory: an error; crossing into a hole or over regions:
+        // not one run.
+        assert!(ResolvedRun::new(memory.clone(), 3 * 4096, 4097).is_err());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot create or map a memfd")]
+    fn a_run_over_two_regions_is_not_resolved() {
+        let fd = rustix::fs::memfd_create("runs", rustix::fs::MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 4 * 4096).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+        let memory = GuestMemory::from_memfd(
+            fd,
+            &[
+                MemoryRegion {
+                    gpa: 0,
+                    len: 2 * 4096,
+                    offset: 0,
+                },
+                MemoryRegion {
+                    gpa: 2 * 4096,
+                    len: 2 * 4096,
+                    offset: 2 * 4096,
+                },
+            ],
+        )
+        .unwrap();
+        assert!(
+            ResolvedRun::new(memory.clone(), 4096, 2 * 4096)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            ResolvedRun::new(memory, 2 * 4096, 2 * 4096)
+                .unwrap()
+                .is_some()
+        );
+    }
 
     #[test]
     fn rejects_bad_sizes() {

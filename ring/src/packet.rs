@@ -253,6 +253,7 @@ pub(crate) enum ParsedKind {
 
 impl ParsedKind {
     /// The borrowed kind over `bytes`, the packet copy it was parsed from.
+    #[inline]
     pub(crate) fn borrow<'a>(&self, bytes: &'a [u8]) -> BorrowedKind<'a> {
         match *self {
             Self::InBand => BorrowedKind::InBand,
@@ -421,6 +422,7 @@ pub fn parse_packet(
 
 /// [`parse_packet`] without building anything: the kind as offsets into
 /// `bytes`, every range checked.
+#[inline]
 pub(crate) fn parse_packet_kind(
     desc: &Descriptor,
     bytes: &[u8],

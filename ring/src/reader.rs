@@ -114,6 +114,7 @@ impl RingReader {
     /// Copies the next packet into `buffer` and validates it. Returns the
     /// view parts and the offset after the packet's trailer, or `None` if
     /// the ring is empty.
+    #[inline]
     fn next_packet(
         half: &RingHalf,
         position: u32,

@@ -4,7 +4,7 @@
 
 use crate::control::ControlPage;
 use crate::error::{Result, RingError};
-use crate::memory::{GuestMemory, PAGE_SHIFT, PAGE_SIZE};
+use crate::memory::{GuestMemory, PAGE_SHIFT, PAGE_SIZE, ResolvedRun};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -39,6 +39,10 @@ pub struct RingHalf {
     memory: GuestMemory,
     control: ControlPage,
     layout: DataLayout,
+    /// The data area resolved to host memory once, when it is consecutive
+    /// pages of one region (as rings most often are): a packet copy then
+    /// costs no region lookup.
+    resolved: Option<ResolvedRun>,
     size: u32,
 }
 
@@ -65,15 +69,19 @@ impl RingHalf {
                 .map_err(crate::gpa::GpaError::from)?;
         }
         let contiguous = data.windows(2).all(|w| w[0].checked_add(1) == Some(w[1]));
-        let layout = if contiguous {
-            DataLayout::Contiguous(data[0] << PAGE_SHIFT)
+        let (layout, resolved) = if contiguous {
+            let base = data[0] << PAGE_SHIFT;
+            let resolved = ResolvedRun::new(memory.clone(), base, u64::from(size))
+                .map_err(crate::gpa::GpaError::from)?;
+            (DataLayout::Contiguous(base), resolved)
         } else {
-            DataLayout::Pages(data.into())
+            (DataLayout::Pages(data.into()), None)
         };
         Ok(Self {
             memory: memory.clone(),
             control: ControlPage::new(memory.clone(), control_gpn << PAGE_SHIFT)?,
             layout,
+            resolved,
             size,
         })
     }
@@ -170,6 +178,12 @@ impl RingHalf {
     /// Copies `buf.len()` (<= size) bytes at data offset `offset` (< size)
     /// out of the ring, wrapping at the end. Returns the offset after them.
     pub fn read_at(&self, mut offset: u32, buf: &mut [u8]) -> Result<u32> {
+        if let Some(run) = &self.resolved {
+            let (head, tail) = buf.split_at_mut(buf.len().min((self.size - offset) as usize));
+            run.read(offset as usize, head)?;
+            run.read(0, tail)?;
+            return Ok(self.advance(offset, buf.len() as u32));
+        }
         let mut done = 0usize;
         while done < buf.len() {
             let (gpa, run) = self.run_at(offset);
@@ -184,6 +198,12 @@ impl RingHalf {
     /// Copies `data` (<= size bytes) into the ring at data offset `offset`
     /// (< size), wrapping at the end. Returns the offset after them.
     pub fn write_at(&self, mut offset: u32, data: &[u8]) -> Result<u32> {
+        if let Some(run) = &self.resolved {
+            let (head, tail) = data.split_at(data.len().min((self.size - offset) as usize));
+            run.write(offset as usize, head)?;
+            run.write(0, tail)?;
+            return Ok(self.advance(offset, data.len() as u32));
+        }
         let mut done = 0usize;
         while done < data.len() {
             let (gpa, run) = self.run_at(offset);
@@ -286,6 +306,28 @@ mod tests {
         let mut back = vec![0u8; 100];
         half.read_at(8192 - 40, &mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn wrapping_copies_of_a_resolved_contiguous_half_land_where_the_pages_are() {
+        let mem = GuestMemory::new(8 * 4096).unwrap();
+        let half = RingHalf::new(&mem, &[0, 3, 4]).unwrap();
+        assert!(half.resolved.is_some());
+        let data: Vec<u8> = (0..100u32).map(|i| i as u8 ^ 0x5a).collect();
+        assert_eq!(half.write_at(8192 - 40, &data).unwrap(), 60);
+        let mut tail = [0u8; 40];
+        mem.read(5 * 4096 - 40, &mut tail).unwrap();
+        assert_eq!(tail, data[..40]);
+        let mut head = [0u8; 60];
+        mem.read(3 * 4096, &mut head).unwrap();
+        assert_eq!(head, data[40..]);
+        let mut back = vec![0u8; 100];
+        assert_eq!(half.read_at(8192 - 40, &mut back).unwrap(), 60);
+        assert_eq!(back, data);
+        // Ending exactly at the end of the ring wraps the offset to 0.
+        assert_eq!(half.write_at(8192 - 8, &data[..8]).unwrap(), 0);
+        assert_eq!(half.read_at(8192 - 8, &mut back[..8]).unwrap(), 0);
+        assert_eq!(back[..8], data[..8]);
     }
 
     #[test]
