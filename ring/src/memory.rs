@@ -1433,34 +1433,32 @@ unsafe fn volatile_to_guest(dst: *mut u8, src: &[u8]) {
 /// is then one atomic instruction, with no region lookup.
 #[derive(Debug, Clone)]
 pub struct AtomicPage {
-    /// Keeps the mapping behind `host` alive.
-    memory: GuestMemory,
-    gpa: u64,
-    host: NonNull<u8>,
+    /// The page, inside one region (regions are page-aligned).
+    run: ResolvedRun,
 }
-
-// SAFETY: `host` points into the mapping `memory` keeps alive, and every
-// access through it is atomic, as with `GuestMemory`'s own accessors, so the
-// page may be used from any thread, as `GuestMemory` may.
-unsafe impl Send for AtomicPage {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for AtomicPage {}
 
 impl AtomicPage {
     /// The page at page-aligned `gpa`; fails if it is not inside `memory`.
     pub fn new(memory: GuestMemory, gpa: u64) -> Result<Self, MemoryError> {
-        let host = memory.host_page(gpa)?;
-        Ok(Self { memory, gpa, host })
+        // Checks the alignment and that the page is backed.
+        memory.host_page(gpa)?;
+        let run = ResolvedRun::new(memory, gpa, PAGE_SIZE as u64)?;
+        // A backed, aligned page never spans regions.
+        let run = run.ok_or(MemoryError::Unaligned {
+            gpa,
+            align: PAGE_SIZE as u64,
+        })?;
+        Ok(Self { run })
     }
 
     /// Guest physical address of the page.
     pub fn gpa(&self) -> u64 {
-        self.gpa
+        self.run.gpa
     }
 
     /// The guest memory the page is in.
     pub fn memory(&self) -> &GuestMemory {
-        &self.memory
+        &self.run.memory
     }
 
     /// The `u32` field at `offset` (4-aligned, inside the page; anything
@@ -1472,10 +1470,10 @@ impl AtomicPage {
         );
         // SAFETY: `host + offset` is 4-aligned (pages are) and inside the
         // page, which lies in one region mapped for as long as
-        // `self.memory` lives, so for as long as `&self`. All access to
+        // `self.run` lives, so for as long as `&self`. All access to
         // guest memory from this process is atomic, so the guest writing
         // the field concurrently is no data race.
-        unsafe { AtomicU32::from_ptr(self.host.as_ptr().add(offset).cast()) }
+        unsafe { AtomicU32::from_ptr(self.run.host.as_ptr().add(offset).cast()) }
     }
 }
 
@@ -1492,8 +1490,9 @@ pub struct ResolvedRun {
     host: NonNull<u8>,
 }
 
-// SAFETY: as for `AtomicPage`: `host` points into the mapping `memory`
-// keeps alive, and every access through it is atomic.
+// SAFETY: `host` points into the mapping `memory` keeps alive, and every
+// access through it is atomic, as with `GuestMemory`'s own accessors, so
+// the run may be used from any thread, as `GuestMemory` may.
 unsafe impl Send for ResolvedRun {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for ResolvedRun {}
