@@ -245,7 +245,8 @@ fn write_batch(
 }
 
 fn drain(reader: &mut RingReader) -> Result<u64, BenchError> {
-    let n = reader.try_read_batch(usize::MAX, |p| {
+    // The borrowed read, as the devices read their rings.
+    let n = reader.try_read_batch_borrowed(usize::MAX, |p| {
         black_box(p.payload);
     })?;
     Ok(n as u64)
@@ -307,11 +308,10 @@ fn two_thread_span(payload: usize, count: u64) -> Result<Span, BenchError> {
     let batch = batch_packets(payload) as usize;
     let result = block_on(async {
         while read < count {
-            read += reader
-                .read_batch(batch, |p| {
-                    black_box(p.payload);
-                })
-                .await? as u64;
+            reader.wait_readable().await?;
+            read += reader.try_read_batch_borrowed(batch, |p| {
+                black_box(p.payload);
+            })? as u64;
         }
         Ok::<_, BenchError>(())
     });
@@ -354,8 +354,13 @@ fn push_pair(
 
 /// Runs every measurement; `quick` moves fewer bytes (for smoke runs).
 pub fn run(quick: bool) -> Result<Vec<BenchResult>, BenchError> {
+    run_payloads(&PAYLOAD_SIZES, quick)
+}
+
+/// [`run`] for the given payload sizes only (a profile wants one).
+pub fn run_payloads(payloads: &[usize], quick: bool) -> Result<Vec<BenchResult>, BenchError> {
     let mut out = Vec::new();
-    for payload in PAYLOAD_SIZES {
+    for &payload in payloads {
         let count = packet_count(payload, quick);
         let base = memcpy_span(payload, count);
         let one = one_thread_span(payload, count)?;
