@@ -304,8 +304,19 @@ impl RingReader {
         max: usize,
         mut f: impl FnMut(PacketView<'_>),
     ) -> Result<usize> {
+        self.read_batch_borrowed(max, |packet| f(packet.to_view()))
+            .await
+    }
+
+    /// [`read_batch`](Self::read_batch) handing out packets that borrow
+    /// their range lists too: nothing is built per packet.
+    pub async fn read_batch_borrowed(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(BorrowedPacket<'_>),
+    ) -> Result<usize> {
         loop {
-            let n = self.try_read_batch(max, &mut f)?;
+            let n = self.try_read_batch_borrowed(max, &mut f)?;
             if n != 0 || max == 0 {
                 return Ok(n);
             }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use async_lock::Mutex as AsyncMutex;
 use vmbdev_protocol::vstor::{self, DataDirection, NtStatus, Operation, SrbStatus};
 use vmbdev_ring::{
-    Endpoint, GpaRange, GuestMemory, OutgoingPacket, PacketKind, PageAllocator, RingError,
+    BorrowedKind, Endpoint, GpaRange, GuestMemory, OutgoingPacket, PageAllocator, RingError,
     RingReader, RingWriter, gpa::pages_spanned,
 };
 
@@ -413,13 +413,13 @@ fn completion_thread(
                 async {
                     loop {
                         reader
-                            .read_batch(64, |view| {
+                            .read_batch_borrowed(64, |packet| {
                                 deliver(
                                     &waiters,
                                     &events,
-                                    view.kind,
-                                    view.transaction_id,
-                                    view.payload,
+                                    packet.kind,
+                                    packet.transaction_id,
+                                    packet.payload,
                                 )
                             })
                             .await?;
@@ -465,13 +465,13 @@ async fn read_completions<T>(
     loop {
         let read = turn
             .guard
-            .read_batch(64, |view| {
+            .read_batch_borrowed(64, |packet| {
                 deliver(
                     waiters,
                     events,
-                    view.kind,
-                    view.transaction_id,
-                    view.payload,
+                    packet.kind,
+                    packet.transaction_id,
+                    packet.payload,
                 )
             })
             .await;
@@ -576,14 +576,20 @@ impl Drop for HandOff<'_> {
 }
 
 /// Hands one host→guest packet to its waiter, or counts it as an event.
-fn deliver(waiters: &Waiters, events: &HostEvents, kind: PacketKind, tid: u64, payload: &[u8]) {
+fn deliver(
+    waiters: &Waiters,
+    events: &HostEvents,
+    kind: BorrowedKind<'_>,
+    tid: u64,
+    payload: &[u8],
+) {
     match kind {
-        PacketKind::Completion => {
+        BorrowedKind::Completion => {
             if !waiters.deliver(tid, payload) {
                 events.count_unexpected();
             }
         }
-        PacketKind::InBand
+        BorrowedKind::InBand
             if payload.get(..4) == Some(&Operation::ENUMERATE_BUS.0.to_le_bytes()) =>
         {
             events.count_enumerate_bus();
