@@ -1592,8 +1592,8 @@ mod tests {
             Err(MemoryError::OutOfRange { len: 11, .. })
         ));
         assert!(run.write(usize::MAX, &[1]).is_err());
-        // Outside memory: an error; crossing into a hole or over regions:
-        // not one run.
+        // Outside memory: an error (a run over two regions is the next
+        // test's).
         assert!(ResolvedRun::new(memory.clone(), 3 * 4096, 4097).is_err());
     }
 

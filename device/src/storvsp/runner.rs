@@ -429,7 +429,6 @@ impl ChannelLoop<'_> {
         // A pass often finds the ring empty: look before taking the
         // state's lock.
         self.batch_was_full = false;
-        self.batch_taken = 0;
         match self.reader.available() {
             Ok(0) => return Ok(false),
             Ok(_) => {}
