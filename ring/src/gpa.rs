@@ -387,11 +387,23 @@ impl GpaRange {
 
     /// Appends this range in wire form to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.byte_count.to_le_bytes());
-        out.extend_from_slice(&self.byte_offset.to_le_bytes());
+        let start = out.len();
+        out.resize(start + self.encoded_len(), 0);
+        self.encode_to_slice(&mut out[start..]);
+    }
+
+    /// Writes this range in wire form at the start of `out`, which holds
+    /// at least [`encoded_len`](Self::encoded_len) bytes; returns that
+    /// length.
+    pub(crate) fn encode_to_slice(&self, out: &mut [u8]) -> usize {
+        out[..4].copy_from_slice(&self.byte_count.to_le_bytes());
+        out[4..8].copy_from_slice(&self.byte_offset.to_le_bytes());
+        let mut at = 8;
         for gpn in self.gpns.as_slice() {
-            out.extend_from_slice(&gpn.to_le_bytes());
+            out[at..at + 8].copy_from_slice(&gpn.to_le_bytes());
+            at += 8;
         }
+        at
     }
 
     /// Length of the wire form in bytes.

@@ -616,12 +616,21 @@ impl<'a> OutgoingPacket<'a> {
     /// and trailer are written by the ring writer).
     pub fn encode_header(&self, out: &mut Vec<u8>) -> Result<()> {
         let ring_len = self.ring_len()?;
-        let length8 = u16::try_from((ring_len as usize - TRAILER_LEN) / 8).map_err(|_| {
-            RingError::PacketTooLarge {
-                bytes: u64::from(ring_len),
-                limit: MAX_PACKET_LEN,
-            }
-        })?;
+        let start = out.len();
+        out.resize(start + self.header_len(), 0);
+        self.encode_header_into(ring_len, &mut out[start..]);
+        Ok(())
+    }
+
+    /// Writes the descriptor and extension at the start of `out`, which
+    /// holds at least [`header_len`](Self::header_len) bytes, for a packet
+    /// whose [`ring_len`](Self::ring_len) is `ring_len`; returns the header
+    /// length. The writer encodes small packets straight into the array it
+    /// copies into the ring, with the length it has already checked.
+    pub(crate) fn encode_header_into(&self, ring_len: u32, out: &mut [u8]) -> usize {
+        // `ring_len` passed `ring_len()`'s check: at most MAX_PACKET_LEN
+        // bytes before the trailer, so `length8` fits u16.
+        let length8 = ((ring_len as usize - TRAILER_LEN) / 8) as u16;
         // header_len <= packet length, which fits u16 units.
         let data_offset8 = (self.header_len() / 8) as u16;
         let packet_type = match self.kind {
@@ -641,28 +650,35 @@ impl<'a> OutgoingPacket<'a> {
             },
             transaction_id: self.transaction_id,
         };
-        out.extend_from_slice(&desc.to_bytes());
+        out[..DESCRIPTOR_LEN].copy_from_slice(&desc.to_bytes());
+        let mut at = DESCRIPTOR_LEN;
         match self.kind {
             OutgoingKind::InBand | OutgoingKind::Completion => {}
             OutgoingKind::GpaDirect(ranges) => {
-                out.extend_from_slice(&0u32.to_le_bytes());
-                out.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+                put(out, &mut at, &0u32.to_le_bytes());
+                put(out, &mut at, &(ranges.len() as u32).to_le_bytes());
                 for range in ranges {
-                    range.encode_into(out);
+                    at += range.encode_to_slice(&mut out[at..]);
                 }
             }
             OutgoingKind::TransferPages { set_id, ranges } => {
-                out.extend_from_slice(&set_id.to_le_bytes());
-                out.extend_from_slice(&0u16.to_le_bytes());
-                out.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+                put(out, &mut at, &set_id.to_le_bytes());
+                put(out, &mut at, &0u16.to_le_bytes());
+                put(out, &mut at, &(ranges.len() as u32).to_le_bytes());
                 for r in ranges {
-                    out.extend_from_slice(&r.byte_count.to_le_bytes());
-                    out.extend_from_slice(&r.byte_offset.to_le_bytes());
+                    put(out, &mut at, &r.byte_count.to_le_bytes());
+                    put(out, &mut at, &r.byte_offset.to_le_bytes());
                 }
             }
         }
-        Ok(())
+        at
     }
+}
+
+/// Copies `bytes` into `out` at `*at` and moves `*at` past them.
+fn put(out: &mut [u8], at: &mut usize, bytes: &[u8]) {
+    out[*at..*at + bytes.len()].copy_from_slice(bytes);
+    *at += bytes.len();
 }
 
 /// Ring bytes (packet + trailer) an in-band packet or completion with

@@ -13,6 +13,12 @@ use std::sync::atomic::{Ordering, fence};
 /// are assembled on the stack and written with one copy.
 const STAGED_PACKET_LEN: usize = 256;
 
+/// The trailer of a packet written at ring offset `start`: that offset in
+/// the high half.
+fn trailer(start: u32) -> [u8; TRAILER_LEN] {
+    (u64::from(start) << 32).to_le_bytes()
+}
+
 /// Writes packets into one ring half.
 pub struct RingWriter {
     half: RingHalf,
@@ -111,45 +117,41 @@ impl RingWriter {
             return Ok(false);
         }
         let start = self.position;
-        self.header.clear();
-        packet.encode_header(&mut self.header)?;
-        let used = self.header.len() + packet.payload_len();
-        let padding = used.next_multiple_of(8) - used;
-        let trailer = (u64::from(start) << 32).to_le_bytes();
         if ring_len as usize <= STAGED_PACKET_LEN {
-            self.position = self.write_staged(start, packet, padding, &trailer)?;
+            self.position = self.write_staged(start, packet, ring_len)?;
             return Ok(true);
         }
+        self.header.clear();
+        self.header.resize(packet.header_len(), 0);
+        packet.encode_header_into(ring_len, &mut self.header);
+        let used = self.header.len() + packet.payload_len();
+        let padding = used.next_multiple_of(8) - used;
         let mut at = self.half.write_at(start, &self.header)?;
         at = self.half.write_at(at, packet.prefix)?;
         at = self.half.write_at(at, packet.payload)?;
         let mut tail = [0u8; 16];
-        tail[padding..padding + TRAILER_LEN].copy_from_slice(&trailer);
+        tail[padding..padding + TRAILER_LEN].copy_from_slice(&trailer(start));
         at = self.half.write_at(at, &tail[..padding + TRAILER_LEN])?;
         self.position = at;
         Ok(true)
     }
 
-    /// Writes a small packet (header already encoded) as one copy into the
-    /// ring: assembled on the stack, it costs one bounds check and one
-    /// guest-memory write instead of four. Returns the offset after it.
-    fn write_staged(
-        &self,
-        start: u32,
-        packet: &OutgoingPacket<'_>,
-        padding: usize,
-        trailer: &[u8; TRAILER_LEN],
-    ) -> Result<u32> {
+    /// Writes a small packet of `ring_len` bytes as one copy into the
+    /// ring: the header is encoded straight into an array on the stack and
+    /// the payload copied after it, so the packet costs one bounds check
+    /// and one guest-memory write instead of four. Returns the offset
+    /// after it.
+    fn write_staged(&self, start: u32, packet: &OutgoingPacket<'_>, ring_len: u32) -> Result<u32> {
         let mut staged = [0u8; STAGED_PACKET_LEN];
-        let mut at = 0;
-        for part in [&self.header[..], packet.prefix, packet.payload] {
+        let mut at = packet.encode_header_into(ring_len, &mut staged);
+        for part in [packet.prefix, packet.payload] {
             staged[at..at + part.len()].copy_from_slice(part);
             at += part.len();
         }
-        // The padding stays zero.
-        at += padding;
-        staged[at..at + TRAILER_LEN].copy_from_slice(trailer);
-        self.half.write_at(start, &staged[..at + TRAILER_LEN])
+        // The padding up to the trailer stays zero.
+        let end = ring_len as usize;
+        staged[end - TRAILER_LEN..end].copy_from_slice(&trailer(start));
+        self.half.write_at(start, &staged[..end])
     }
 
     /// Writes and publishes one packet. `Ok(false)`: not enough space now.
