@@ -121,7 +121,8 @@ impl RingWriter {
             self.position = self.write_staged(start, packet, ring_len)?;
             return Ok(true);
         }
-        self.header.clear();
+        // Every header byte is encoded over, so the buffer is only sized
+        // (zero-filling just what it grows by), not cleared.
         self.header.resize(packet.header_len(), 0);
         packet.encode_header_into(ring_len, &mut self.header);
         let used = self.header.len() + packet.payload_len();

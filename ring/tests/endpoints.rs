@@ -361,8 +361,17 @@ fn packets_past_the_staging_size_roundtrip_with_zero_padding() {
         OutgoingPacket::gpa_direct(77, &ranges, b"srb"),
         OutgoingPacket::in_band(&payload),
     ];
+    let mut start = 0u64;
     for packet in &packets {
         assert!(lb.guest.try_write(packet).unwrap());
+        // The trailer after the packet carries its start offset.
+        let len = packet.ring_len().unwrap() as u64;
+        let mut trailer = [0u8; 8];
+        lb.memory
+            .read(4096 + start + len - 8, &mut trailer)
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(trailer), start << 32);
+        start += len;
         let got = lb.host.try_read().unwrap().unwrap();
         let mut want = packet.payload.to_vec();
         want.resize(want.len().next_multiple_of(8), 0);
